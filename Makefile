@@ -1,0 +1,45 @@
+# Two commands for a fresh machine:  `make demo`  and  `make test`.
+# Each sets up .venv itself: torch is pinned to the local CPU build *before* the package is installed.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test test-slow bench data venv clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] >= (3, 11), "peerlearn needs Python 3.11+"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+## Fashion-MNIST ships in Debian (dataset-fashion-mnist). Best effort: needs root and apt-get.
+data:
+	@if [ -d /usr/share/datasets/fashion-mnist ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing dataset-fashion-mnist (Debian)"; \
+	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
+	   (apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1)) || \
+	  echo "note: could not install dataset-fashion-mnist; its tests will be skipped"; \
+	else echo "note: Fashion-MNIST not installed (apt-get install dataset-fashion-mnist); its tests will be skipped"; fi
+
+## The quickstart: 64 nodes, ring, digits. Ends with a table and plots in runs/quickstart/.
+demo: venv
+	$(BIN)/peerlearn run configs/quickstart.yaml --out runs/quickstart --overwrite
+
+## Fast test suite (what CI runs first).
+test: venv data
+	$(BIN)/python -m pytest -q
+
+## Longer experiment checks (acceptance numbers).
+test-slow: venv data
+	$(BIN)/python -m pytest -q -m slow
+
+bench: venv
+	$(BIN)/python benchmarks/bench_engine.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,55 @@
+"""Federated Averaging: a server samples clients, they train locally, the server averages.
+
+Each round a fraction ``fraction`` of the N clients (at least one) is drawn without
+replacement; each starts from the global model with a fresh optimizer state, runs
+``num_local_steps`` steps, uploads its model, and the server sets the global model to their
+average weighted by client data size. Every row then holds the global model (what any
+client would download next); bytes count uploads by the sampled clients and the server's
+download to them. ``fraction = 1`` with one step is synchronous SGD on model averages.
+
+References:
+    McMahan et al., "Communication-Efficient Learning of Deep Networks from Decentralized Data",
+    AISTATS 2017.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+from peerlearn.algorithms.local import local_steps
+from peerlearn.types import Algorithm, Tensor, Transform
+
+
+class FedAvgState(NamedTuple):
+    round: int
+
+
+def sample_clients(num_nodes: int, fraction: float, seed: int, round_: int) -> Tensor:
+    """The sorted client indices of one round: a pure function of (seed, round)."""
+    k = max(1, math.ceil(fraction * num_nodes))
+    g = torch.Generator().manual_seed(seed * 1_000_003 + round_)
+    return torch.randperm(num_nodes, generator=g)[:k].sort().values
+
+
+def fedavg(optimizer: Transform, num_local_steps: int = 1, fraction: float = 1.0,
+           data_sizes_N: Tensor | None = None, seed: int = 0) -> Algorithm:
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"algorithm.fraction must be in (0, 1], got {fraction}")
+
+    def init(params_NP):
+        return FedAvgState(0)
+
+    def step(state, params_NP, batches, grad_fn, comm):
+        rows = sample_clients(params_NP.shape[0], fraction, seed, state.round)
+        start_RP = params_NP[rows]
+        trained_RP, _, loss_R = local_steps(start_RP, optimizer.init(start_RP), optimizer, batches, grad_fn,
+                                            num_local_steps, rows)
+        weights = None if data_sizes_N is None else data_sizes_N[rows]
+        global_P = comm.server_average(trained_RP, rows, weights)
+        return global_P.expand_as(params_NP).clone(), FedAvgState(state.round + 1), {
+            "loss": float(loss_R.mean()), "clients": float(len(rows))}
+
+    return Algorithm(init, step)

@@ -1,0 +1,177 @@
+"""Command line: ``peerlearn run | validate | list | compare``.
+
+Exit codes: 0 success, 2 bad configuration or arguments (one line on stderr), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import math
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _fail(message: str) -> int:
+    err_console.print(message, markup=False, highlight=False, soft_wrap=True)
+    return 2
+
+
+def _fmt(value: float, kind: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return {"acc": f"{value:.4f}", "mb": f"{value / 1e6:,.2f}", "s": f"{value:.1f}",
+            "sci": f"{value:.3g}", "int": f"{int(value)}"}[kind]
+
+
+_TABLE_COLUMNS = [("rounds", "round", "int"), ("acc mean", "acc_mean", "acc"), ("acc min", "acc_min", "acc"),
+                  ("acc max", "acc_max", "acc"), ("acc avg model", "acc_avg_model", "acc"),
+                  ("train loss", "loss_mean", "sci"), ("consensus dist", "consensus_distance", "sci"),
+                  ("MB sent/node", "bytes_sent_per_node", "mb"), ("wall s", "wall_time_s", "s")]
+
+
+def _summary_table(title: str, runs: dict[str, dict]) -> Table:
+    """Metrics as rows, runs as columns: stays readable in an 80-column terminal."""
+    table = Table(title=title)
+    table.add_column("metric (final round)")
+    for name in runs:
+        table.add_column(name, justify="right")
+    for header, key, kind in _TABLE_COLUMNS:
+        table.add_row(header, *(_fmt(final.get(key, math.nan), kind) for final in runs.values()))
+    return table
+
+
+def cmd_run(args) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from peerlearn.config import build, load_config, to_dict, unused_fields
+    from peerlearn.engines.simulator import simulate
+    from peerlearn.report import RunWriter, choose_run_dir
+
+    cfg = load_config(args.config, args.set)
+    for field in unused_fields(cfg):
+        err_console.print(f"note: {field} is not used by this configuration", markup=False, highlight=False)
+    out_dir = choose_run_dir(args.out, cfg.name, args.overwrite)
+    built = build(cfg)  # every config error surfaces here, before the run directory is written
+    writer = RunWriter(out_dir, to_dict(cfg))
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console,
+                        disable=args.quiet)
+    status = "completed"
+    with progress:
+        task = progress.add_task(cfg.name, total=cfg.num_rounds, status="")
+
+        def on_round(round_: int, last: dict) -> None:
+            progress.update(task, completed=round_, status=f"acc {last['acc_mean']:.3f}")
+
+        try:
+            simulate(built, on_eval=writer.append, on_round=on_round)
+        except KeyboardInterrupt:
+            status = "interrupted"
+        except FloatingPointError as err:
+            status = "diverged"
+            err_console.print(f"error: {err}", markup=False)
+    summary = writer.finish(status)
+    if not args.quiet:
+        console.print(_summary_table(f"{cfg.name}: {cfg.algorithm.name} on {cfg.topology.graph}, "
+                                     f"{cfg.num_nodes} nodes, {cfg.data.dataset}", {cfg.name: summary["final"]}))
+        console.print(f"results: {out_dir}/ (metrics.csv, summary.json, accuracy.png, accuracy_vs_bytes.png, "
+                      "consensus.png)", markup=False)
+    return {"completed": 0, "interrupted": 130}.get(status, 1)
+
+
+def cmd_validate(args) -> int:
+    from peerlearn.config import build, load_config, unused_fields
+
+    cfg = load_config(args.config, args.set)
+    if args.build:
+        build(cfg)
+    for field in unused_fields(cfg):
+        err_console.print(f"note: {field} is not used by this configuration", markup=False, highlight=False)
+    console.print(f"{args.config}: valid ({cfg.algorithm.name}, {cfg.topology.graph}, {cfg.num_nodes} nodes, "
+                  f"{cfg.data.dataset})", markup=False)
+    return 0
+
+
+def cmd_list(args) -> int:
+    from peerlearn.config import REGISTRIES, SECTIONS
+
+    for key, registry in REGISTRIES.items():
+        section = SECTIONS[key.split(".")[0]]
+        table = Table(title=key, title_justify="left", show_lines=False)
+        table.add_column("name", style="bold")
+        table.add_column("parameters (config key = default)")
+        table.add_column("description")
+        for name, entry in registry.items():
+            params = ", ".join(f"{key.split('.')[0]}.{p} = {section.model_fields[p].default!r}" for p in entry.params)
+            doc = (inspect.getdoc(entry.fn) or "").splitlines()[0]
+            table.add_row(name, params or "-", doc)
+        console.print(table)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from peerlearn.report import plot_compare, read_run
+
+    runs, finals = {}, {}
+    for path in args.runs:
+        summary, rows = read_run(path)
+        label = Path(path).name if Path(path).name not in runs else str(path)
+        runs[label], finals[label] = rows, summary.get("final", rows[-1] if rows else {})
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    plot_compare(runs, out)
+    console.print(_summary_table("comparison (final evaluated round)", finals))
+    console.print(f"plot: {out}", markup=False)
+    return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="peerlearn", description="Decentralized learning experiments.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run an experiment config and write its results directory")
+    run.add_argument("config", help="experiment YAML file")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config key, e.g. --set algorithm.lr=0.05 (repeatable)")
+    run.add_argument("--out", help="results directory (default: runs/<name>, made unique)")
+    run.add_argument("--overwrite", action="store_true", help="reuse --out even if it holds an earlier run")
+    run.add_argument("--quiet", action="store_true", help="no progress bar or table")
+    run.set_defaults(func=cmd_run)
+
+    val = sub.add_parser("validate", help="check a config without running it")
+    val.add_argument("config")
+    val.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    val.add_argument("--build", action="store_true", help="also load the data and build the graph")
+    val.set_defaults(func=cmd_validate)
+
+    lst = sub.add_parser("list", help="every graph, mixing rule, dataset, partition, model and algorithm")
+    lst.set_defaults(func=cmd_list)
+
+    cmp_ = sub.add_parser("compare", help="one table and one overlay plot for several run directories")
+    cmp_.add_argument("runs", nargs="+", help="run directories")
+    cmp_.add_argument("--out", default="comparison.png", help="plot file (default: comparison.png)")
+    cmp_.set_defaults(func=cmd_compare)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from peerlearn.config import ConfigError
+
+    args = make_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        return _fail(str(err))
+    except (FileExistsError, FileNotFoundError) as err:
+        return _fail(f"error: {err}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,392 @@
+"""Typed, validated experiment configuration and ``build()``: the ONLY place names map to functions.
+
+A config is YAML with canonical keys (``seed``, ``num_nodes``, ``topology.graph``, ``data.alpha``,
+``algorithm.lr`` ...). :func:`load_config` validates it completely before any work starts and
+raises :class:`ConfigError` with one line naming the field and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Callable, Literal, NamedTuple
+
+import numpy as np
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from peerlearn import algorithms, optim
+from peerlearn.data import datasets, partition
+from peerlearn.data.batching import NodeSampler
+from peerlearn.models import nets
+from peerlearn.topology import graphs, mixing, random_graphs
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; ``str(err)`` is one line naming the field."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Registries: name -> (function, the config fields it uses). `peerlearn list` prints these.
+# ---------------------------------------------------------------------------------------------
+class Entry(NamedTuple):
+    fn: Callable
+    params: tuple[str, ...] = ()
+
+
+GRAPHS = {
+    "complete": Entry(graphs.complete_graph),
+    "ring": Entry(graphs.cycle_graph),
+    "cycle": Entry(graphs.cycle_graph),
+    "path": Entry(graphs.path_graph),
+    "star": Entry(graphs.star_graph),
+    "torus": Entry(graphs.torus_graph, ("rows",)),
+    "hypercube": Entry(graphs.hypercube_graph),
+    "exponential": Entry(graphs.exponential_graph),
+    "random_regular": Entry(random_graphs.random_regular_graph, ("degree",)),
+    "erdos_renyi": Entry(random_graphs.erdos_renyi_graph, ("p",)),
+    "watts_strogatz": Entry(random_graphs.watts_strogatz_graph, ("k", "p")),
+    "barabasi_albert": Entry(random_graphs.barabasi_albert_graph, ("m",)),
+    "file": Entry(random_graphs.from_edge_list, ("path",)),
+}
+MIXING = {
+    "metropolis_hastings": Entry(mixing.metropolis_hastings_weights),
+    "max_degree": Entry(mixing.max_degree_weights),
+    "uniform": Entry(mixing.uniform_weights),
+}
+DATASETS = {
+    "digits": Entry(datasets.load_digits),
+    "fashion_mnist": Entry(datasets.load_fashion_mnist, ("path",)),
+    "mnist1d": Entry(datasets.load_mnist1d, ("num_samples",)),
+    "synthetic": Entry(datasets.load_synthetic, ("num_samples", "num_features", "num_classes", "noise")),
+    "npz": Entry(datasets.load_npz, ("path",)),
+}
+PARTITIONS = {
+    "iid": Entry(partition.iid),
+    "dirichlet": Entry(partition.dirichlet, ("alpha",)),
+    "shards": Entry(partition.shards, ("classes_per_node",)),
+    "quantity_skew": Entry(partition.quantity_skew, ("alpha",)),
+}
+MODELS = {
+    "logreg": Entry(nets.LogisticRegression),
+    "mlp": Entry(nets.MLP, ("hidden",)),
+    "cnn": Entry(nets.CNN, ("channels",)),
+}
+_COMMON_ALGO = ("lr", "num_local_steps", "batch_size", "momentum", "weight_decay")
+ALGORITHMS = {
+    "dsgd": Entry(algorithms.dsgd, _COMMON_ALGO + ("order",)),
+    "fedavg": Entry(algorithms.fedavg, _COMMON_ALGO + ("fraction", "weighting")),
+    "centralized": Entry(algorithms.centralized, _COMMON_ALGO + ("weighting",)),
+    "local": Entry(algorithms.local_only, _COMMON_ALGO),
+}
+REGISTRIES = {"topology.graph": GRAPHS, "topology.mixing": MIXING, "data.dataset": DATASETS,
+              "data.partition": PARTITIONS, "model.name": MODELS, "algorithm.name": ALGORITHMS}
+
+
+def _names(registry: dict) -> Any:
+    return Literal[tuple(registry)]  # type: ignore[valid-type]
+
+
+# ---------------------------------------------------------------------------------------------
+# Schema
+# ---------------------------------------------------------------------------------------------
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TopologyConfig(_Section):
+    graph: _names(GRAPHS) = Field("ring", description="communication graph")
+    mixing: _names(MIXING) = Field("metropolis_hastings", description="rule turning the graph into weights W")
+    degree: int = Field(4, ge=1, description="degree of random_regular")
+    p: float = Field(0.1, ge=0.0, le=1.0, description="edge probability (erdos_renyi) or rewiring probability (watts_strogatz)")
+    k: int = Field(4, ge=2, description="nearest neighbours in the watts_strogatz ring lattice")
+    m: int = Field(2, ge=1, description="edges per new node in barabasi_albert")
+    rows: int | None = Field(None, ge=2, description="rows of the torus (default: most square)")
+    path: str | None = Field(None, description="edge-list file ('u v' per line) for graph=file")
+
+
+class DataConfig(_Section):
+    dataset: _names(DATASETS) = Field("digits", description="dataset (all offline)")
+    partition: _names(PARTITIONS) = Field("iid", description="how training data is split across nodes")
+    alpha: float = Field(1.0, gt=0.0, description="Dirichlet concentration (dirichlet, quantity_skew); small = skewed")
+    classes_per_node: int = Field(2, ge=1, description="classes per node for shards")
+    min_samples_per_node: int = Field(2, ge=1, description="every node gets at least this many training samples")
+    local_test_fraction: float = Field(0.0, ge=0.0, lt=1.0,
+                                       description="fraction of each node's data held out as its local test set")
+    path: str | None = Field(None, description="local folder (fashion_mnist IDX files) or .npz file (npz)")
+    num_samples: int | None = Field(None, ge=10, description="samples to generate (synthetic, mnist1d)")
+    num_features: int = Field(20, ge=1, description="input dimension (synthetic)")
+    num_classes: int = Field(4, ge=2, description="classes (synthetic)")
+    noise: float = Field(0.5, gt=0.0, description="label noise temperature (synthetic)")
+
+
+class ModelConfig(_Section):
+    name: _names(MODELS) = Field("mlp", description="model architecture")
+    hidden: list[int] = Field([64], description="hidden layer widths (mlp)")
+    channels: list[int] = Field([16, 32], min_length=2, max_length=2, description="conv channels (cnn)")
+    same_init: bool = Field(True, description="all nodes start from the same model")
+    grad_strategy: Literal["auto", "vmap", "loop"] = Field(
+        "auto", description="batched gradients: vmap over nodes, or a loop; auto = loop for cnn, else vmap")
+
+
+class AlgorithmConfig(_Section):
+    name: _names(ALGORITHMS) = Field("dsgd", description="learning algorithm")
+    lr: float = Field(0.1, gt=0.0, description="local learning rate")
+    num_local_steps: int = Field(1, ge=1, description="local optimizer steps per round")
+    batch_size: int = Field(16, ge=1, description="mini-batch size per node and step")
+    momentum: float = Field(0.0, ge=0.0, lt=1.0, description="local heavy-ball momentum")
+    weight_decay: float = Field(0.0, ge=0.0, description="L2 penalty")
+    order: Literal["atc", "cta"] = Field("atc", description="dsgd: adapt-then-combine or combine-then-adapt")
+    fraction: float = Field(1.0, gt=0.0, le=1.0, description="fedavg: fraction of clients sampled per round")
+    weighting: Literal["data_size", "uniform"] = Field(
+        "data_size", description="fedavg/centralized: weight nodes by their data size or equally")
+
+
+class ExperimentConfig(_Section):
+    name: str | None = Field(None, description="run name (default: the config file's name)")
+    seed: int = Field(0, ge=0, description="seed of every random choice in the run")
+    num_nodes: int = Field(16, ge=1, le=1_000_000, description="number of nodes")
+    num_rounds: int = Field(100, ge=1, description="communication rounds")
+    eval_every: int = Field(10, ge=1, description="evaluate every this many rounds (and at the last round)")
+    topology: TopologyConfig = TopologyConfig()
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    algorithm: AlgorithmConfig = AlgorithmConfig()
+
+
+SECTIONS = {"topology": TopologyConfig, "data": DataConfig, "model": ModelConfig, "algorithm": AlgorithmConfig}
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and validation
+# ---------------------------------------------------------------------------------------------
+def _check_keys(data: Any, model: type[BaseModel], prefix: str = "") -> None:
+    """Unknown keys are errors that list the allowed ones (pydantic only says 'extra input')."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config error: {prefix.rstrip('.') or 'config'}: expected a mapping of keys, "
+                          f"got {type(data).__name__}")
+    allowed = model.model_fields
+    for key, value in data.items():
+        if key not in allowed:
+            raise ConfigError(f"config error: {prefix}{key}: unknown key; allowed: {', '.join(allowed)}")
+        sub = allowed[key].annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            _check_keys(value if value is not None else {}, sub, f"{prefix}{key}.")
+
+
+def _format(err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    got = first.get("input")
+    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"config error: {loc}: {first['msg']} (got {got!r}){more}"
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``key.sub=value`` strings (values parsed as YAML) to a nested config dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"config error: --set {item!r}: expected key=value, e.g. --set algorithm.lr=0.05")
+        key, raw = item.split("=", 1)
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"config error: {key}: {part} is not a section")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return data
+
+
+def parse_config(data: dict | None, overrides: list[str] = ()) -> ExperimentConfig:
+    data = apply_overrides(dict(data or {}), list(overrides))
+    _check_keys(data, ExperimentConfig)
+    try:
+        cfg = ExperimentConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format(err)) from None
+    check_consistency(cfg)
+    return cfg
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config error: file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config error: {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    cfg = parse_config(data, overrides)
+    if cfg.name is None:
+        cfg.name = path.stem
+    return cfg
+
+
+def check_consistency(cfg: ExperimentConfig) -> None:
+    """Cross-field rules that pydantic's per-field checks cannot express."""
+    t, n = cfg.topology, cfg.num_nodes
+    if cfg.algorithm.name in ("fedavg", "centralized") and not cfg.model.same_init:
+        raise ConfigError(f"config error: model.same_init: algorithm {cfg.algorithm.name} trains one global "
+                          "model, so it needs same_init: true")
+    if t.graph == "file" and not t.path:
+        raise ConfigError("config error: topology.path: graph 'file' needs the path of an edge-list file")
+    if t.graph == "random_regular" and (t.degree >= n or (n * t.degree) % 2):
+        raise ConfigError(f"config error: topology.degree: random_regular needs degree < num_nodes and "
+                          f"num_nodes * degree even; got degree={t.degree}, num_nodes={n}")
+    if t.graph == "watts_strogatz" and t.k >= n:
+        raise ConfigError(f"config error: topology.k: must be < num_nodes={n}, got {t.k}")
+    if t.graph == "barabasi_albert" and t.m >= n:
+        raise ConfigError(f"config error: topology.m: must be < num_nodes={n}, got {t.m}")
+    if t.graph == "hypercube" and n & (n - 1):
+        raise ConfigError(f"config error: num_nodes: graph hypercube needs a power of 2, got {n}")
+    if t.graph == "torus" and t.rows is not None and n % t.rows:
+        raise ConfigError(f"config error: topology.rows: must divide num_nodes={n}, got {t.rows}")
+    if any(h < 1 for h in cfg.model.hidden) or any(c < 1 for c in cfg.model.channels):
+        raise ConfigError("config error: model.hidden/model.channels: every width must be >= 1")
+    if cfg.data.dataset in ("npz",) and not cfg.data.path:
+        raise ConfigError("config error: data.path: dataset 'npz' needs the path of a .npz file")
+
+
+def unused_fields(cfg: ExperimentConfig) -> list[str]:
+    """Fields the user set that the chosen components ignore (reported as a note, not an error)."""
+    chosen = {"topology": (GRAPHS[cfg.topology.graph].params, ("graph", "mixing")),
+              "data": (DATASETS[cfg.data.dataset].params + PARTITIONS[cfg.data.partition].params,
+                       ("dataset", "partition", "min_samples_per_node", "local_test_fraction")),
+              "model": (MODELS[cfg.model.name].params, ("name", "same_init", "grad_strategy")),
+              "algorithm": (ALGORITHMS[cfg.algorithm.name].params, ("name",))}
+    notes = []
+    for section, (params, always) in chosen.items():
+        for key in getattr(cfg, section).model_fields_set:
+            if key not in params and key not in always:
+                notes.append(f"{section}.{key}")
+    return notes
+
+
+def to_dict(cfg: ExperimentConfig) -> dict:
+    return cfg.model_dump(mode="json")
+
+
+# ---------------------------------------------------------------------------------------------
+# build(): config -> parts
+# ---------------------------------------------------------------------------------------------
+class Built(NamedTuple):
+    """Everything a run needs, made from a config."""
+
+    config: ExperimentConfig
+    dataset: datasets.Dataset
+    parts: list[np.ndarray]  # training indices of each node
+    local_test_parts: list[np.ndarray] | None
+    flat: Any  # models.FlatModel
+    params_NP: torch.Tensor
+    grad_fn: Any
+    batches: NodeSampler
+    algorithm: Any
+    adjacency: Any
+    W: Any
+
+
+def _seed(cfg: ExperimentConfig, stream: int) -> int:
+    """Independent, reproducible seeds for each random part of a run."""
+    return int(np.random.SeedSequence([cfg.seed, stream]).generate_state(1)[0])
+
+
+def build_dataset(cfg: ExperimentConfig) -> datasets.Dataset:
+    d = cfg.data
+    kwargs: dict[str, Any] = {}
+    if d.dataset in ("digits", "mnist1d", "synthetic", "npz"):
+        kwargs["seed"] = cfg.seed
+    if d.dataset in ("fashion_mnist", "npz"):
+        kwargs["path"] = d.path
+    if d.dataset in ("digits", "fashion_mnist"):
+        kwargs["image"] = cfg.model.name == "cnn"
+    if d.num_samples is not None and d.dataset in ("mnist1d", "synthetic"):
+        kwargs["num_samples"] = d.num_samples
+    if d.dataset == "synthetic":
+        kwargs.update(num_features=d.num_features, num_classes=d.num_classes, noise=d.noise)
+    return datasets.load_dataset(d.dataset, **kwargs)
+
+
+def build_partition(cfg: ExperimentConfig, labels: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+    d = cfg.data
+    kwargs: dict[str, Any] = {"seed": _seed(cfg, 1), "min_size": d.min_samples_per_node}
+    kwargs.update({p: getattr(d, p) for p in PARTITIONS[d.partition].params})
+    if d.local_test_fraction:  # hold out a part of each node's data; keep min_size for training
+        kwargs["min_size"] = max(d.min_samples_per_node, math.ceil(d.min_samples_per_node / (1 - d.local_test_fraction)) + 1)
+    parts = PARTITIONS[d.partition].fn(labels, cfg.num_nodes, **kwargs)
+    if not d.local_test_fraction:
+        return parts, None
+    rng = np.random.default_rng(_seed(cfg, 2))
+    train, test = [], []
+    for p in parts:
+        p = rng.permutation(p)
+        k = max(1, int(round(len(p) * d.local_test_fraction)))
+        test.append(np.sort(p[:k]))
+        train.append(np.sort(p[k:]))
+    return train, test
+
+
+def build_topology(cfg: ExperimentConfig):
+    t, n = cfg.topology, cfg.num_nodes
+    entry = GRAPHS[t.graph]
+    kwargs = {p: getattr(t, p) for p in entry.params}
+    if entry.fn.__module__.endswith("random_graphs") and t.graph != "file":
+        kwargs["seed"] = _seed(cfg, 3)
+    if t.graph == "file":
+        kwargs["num_nodes"] = n
+        adj = entry.fn(**kwargs)
+    else:
+        adj = entry.fn(n, **kwargs)
+    if adj.shape[0] != n:
+        raise ConfigError(f"config error: topology.path: the edge list has {adj.shape[0]} nodes, num_nodes={n}")
+    if n > 1:
+        graphs.require_connected(adj, t.graph)
+    return adj, MIXING[t.mixing].fn(adj)
+
+
+def build_optimizer(a: AlgorithmConfig):
+    return optim.sgd(a.lr, momentum=a.momentum, weight_decay=a.weight_decay)
+
+
+def build_algorithm(cfg: ExperimentConfig, data_sizes_N: torch.Tensor):
+    a = cfg.algorithm
+    opt = build_optimizer(a)
+    weights = data_sizes_N if a.weighting == "data_size" else None
+    if a.name == "dsgd":
+        return algorithms.dsgd(opt, a.num_local_steps, a.order)
+    if a.name == "fedavg":
+        return algorithms.fedavg(opt, a.num_local_steps, a.fraction, weights, seed=_seed(cfg, 4))
+    if a.name == "centralized":
+        return algorithms.centralized(opt, a.num_local_steps, weights)
+    if a.name == "local":
+        return algorithms.local_only(opt, a.num_local_steps)
+    raise AssertionError(a.name)  # unreachable: the schema lists the names
+
+
+def build(cfg: ExperimentConfig) -> Built:
+    """Make every part of a run; any bad value raises ConfigError naming its field."""
+    from peerlearn.models.functional import FlatModel, make_grad_fn
+
+    try:
+        ds = build_dataset(cfg)
+        parts, local_test = build_partition(cfg, ds.y_train.numpy())
+        adj, W = build_topology(cfg)
+        m = cfg.model
+        kwargs = {"hidden": tuple(m.hidden)} if m.name == "mlp" else {"channels": tuple(m.channels)} if m.name == "cnn" else {}
+        module = nets.build_model(m.name, ds.input_shape, ds.num_classes, **kwargs)
+    except ConfigError:
+        raise
+    except ValueError as err:
+        msg = str(err)
+        raise ConfigError(msg if msg.startswith("config error") else f"config error: {msg}") from None
+    flat = FlatModel(module)
+    strategy = m.grad_strategy if m.grad_strategy != "auto" else ("loop" if m.name == "cnn" else "vmap")
+    sizes = torch.tensor([len(p) for p in parts], dtype=torch.float64)
+    return Built(
+        config=cfg, dataset=ds, parts=parts, local_test_parts=local_test, flat=flat,
+        params_NP=flat.init_params(cfg.num_nodes, _seed(cfg, 5), m.same_init),
+        grad_fn=make_grad_fn(flat, strategy),
+        batches=NodeSampler(ds.x_train, ds.y_train, parts, cfg.algorithm.batch_size, _seed(cfg, 6)),
+        algorithm=build_algorithm(cfg, sizes), adjacency=adj, W=W,
+    )

@@ -1,0 +1,39 @@
+"""Per-node mini-batch sampling into stacked tensors ``[R, B, ...]``."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from peerlearn.types import Batch, Tensor
+
+
+class NodeSampler:
+    """Draws each node's mini-batch uniformly with replacement from that node's own samples.
+
+    All nodes are sampled in one vectorised gather, so a step for 4,096 nodes costs one
+    indexing op. With-replacement sampling is the i.i.d. setting of D-SGD analyses.
+    """
+
+    def __init__(self, x: Tensor, y: Tensor, parts: list[np.ndarray], batch_size: int, seed: int):
+        self.x, self.y, self.batch_size = x, y, batch_size
+        self.sizes = torch.tensor([len(p) for p in parts], dtype=torch.float64)
+        self.offsets = torch.tensor(np.concatenate([[0], np.cumsum([len(p) for p in parts])[:-1]]))
+        self.flat = torch.from_numpy(np.concatenate(parts).astype(np.int64))
+        self.generator = torch.Generator().manual_seed(seed)
+        self.num_nodes = len(parts)
+
+    def next(self, rows: Tensor | None = None) -> Batch:
+        sizes = self.sizes if rows is None else self.sizes[rows]
+        offsets = self.offsets if rows is None else self.offsets[rows]
+        u = torch.rand(self.num_nodes, self.batch_size, generator=self.generator, dtype=torch.float64)
+        if rows is not None:  # draw for all nodes, keep some: the stream does not depend on `rows`
+            u = u[rows]
+        pick = self.flat[offsets[:, None] + (u * sizes[:, None]).long()]
+        return self.x[pick], self.y[pick]
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])

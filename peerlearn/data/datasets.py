@@ -1,0 +1,176 @@
+"""One loader per dataset, all offline: bundled with an installed package, generated, or local files.
+
+Every loader returns a :class:`Dataset` of float32 inputs and int64 labels with a fixed
+train/test split. Nothing here downloads: a dataset that is missing fails with a message
+naming the local-file route.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
+
+
+class Dataset(NamedTuple):
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+    name: str
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+
+def _make(name: str, x_tr, y_tr, x_te, y_te, num_classes: int | None = None) -> Dataset:
+    y_tr, y_te = np.asarray(y_tr, dtype=np.int64), np.asarray(y_te, dtype=np.int64)
+    k = int(num_classes if num_classes is not None else max(y_tr.max(), y_te.max()) + 1)
+    return Dataset(torch.as_tensor(np.asarray(x_tr, dtype=np.float32)), torch.from_numpy(y_tr),
+                   torch.as_tensor(np.asarray(x_te, dtype=np.float32)), torch.from_numpy(y_te), k, name)
+
+
+def _split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int):
+    from sklearn.model_selection import train_test_split
+
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=y)
+    return x_tr, y_tr, x_te, y_te
+
+
+def load_digits(seed: int = 0, test_fraction: float = 0.2, image: bool = False) -> Dataset:
+    """scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes), scaled to [0, 1].
+
+    References:
+        Alpaydin & Kaynak, "Optical Recognition of Handwritten Digits", UCI ML Repository, 1998.
+    """
+    from sklearn.datasets import load_digits as sk_digits
+
+    bunch = sk_digits()
+    x = bunch.data.astype(np.float32) / 16.0
+    if image:
+        x = x.reshape(-1, 1, 8, 8)
+    return _make("digits", *_split(x, bunch.target, test_fraction, seed), num_classes=10)
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """Read one IDX file (optionally gzipped), the format of MNIST and Fashion-MNIST."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    zero, dtype_code, ndim = raw[0] << 8 | raw[1], raw[2], raw[3]
+    if zero != 0 or dtype_code != 0x08:
+        raise ValueError(f"{path}: not an unsigned-byte IDX file")
+    dims = np.frombuffer(raw, dtype=">i4", count=ndim, offset=4)
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(tuple(int(d) for d in dims))
+
+
+def _find_idx(folder: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def load_fashion_mnist(path: str | None = None, image: bool = False) -> Dataset:
+    """Fashion-MNIST (60,000 + 10,000 grey 28x28 images, 10 classes) from local IDX files.
+
+    Looks in ``path`` if given, else in ``$PEERLEARN_FASHION_MNIST``, else where Debian's
+    ``dataset-fashion-mnist`` package puts them (``/usr/share/datasets/fashion-mnist``).
+
+    References:
+        Xiao, Rasul & Vollgraf, "Fashion-MNIST: a Novel Image Dataset for Benchmarking Machine
+        Learning Algorithms", arXiv:1708.07747, 2017.
+    """
+    candidates = [path] if path else [os.environ.get("PEERLEARN_FASHION_MNIST"), *FASHION_MNIST_DIRS]
+    stems = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+    for folder in filter(None, candidates):
+        files = [_find_idx(Path(folder), s) for s in stems]
+        if all(files):
+            xtr, ytr, xte, yte = (_read_idx(f) for f in files)
+            shape = (-1, 1, 28, 28) if image else (-1, 28 * 28)
+            return _make("fashion_mnist", (xtr / 255.0).reshape(shape), ytr, (xte / 255.0).reshape(shape), yte, 10)
+    where = ", ".join(map(str, filter(None, candidates)))
+    raise ValueError(
+        f"data.dataset=fashion_mnist: no IDX files ({stems[0]}[.gz] and the other three) found in {where}. "
+        "Install them with `apt-get install dataset-fashion-mnist`, or set data.path to a folder holding them"
+    )
+
+
+def load_mnist1d(seed: int = 0, num_samples: int = 5000) -> Dataset:
+    """MNIST-1D: 1-D signals of length 40 in 10 classes, generated procedurally (no download).
+
+    Uses ``mnist1d.data.make_dataset`` (never ``get_dataset``, which may download).
+
+    References:
+        Greydanus & Kobak, "Scaling Down Deep Learning with MNIST-1D", ICML 2024.
+    """
+    try:
+        from mnist1d.data import get_dataset_args, make_dataset
+    except ImportError:
+        raise ValueError("data.dataset=mnist1d needs the optional package: pip install 'peerlearn[mnist1d]'") from None
+    args = get_dataset_args()
+    args.seed, args.num_samples = seed, num_samples
+    saved = np.random.get_state()  # make_dataset seeds numpy's global generator
+    try:
+        d = make_dataset(args)
+    finally:
+        np.random.set_state(saved)
+    return _make("mnist1d", d["x"], d["y"], d["x_test"], d["y_test"], 10)
+
+
+def load_synthetic(seed: int = 0, num_samples: int = 4000, num_features: int = 20, num_classes: int = 4,
+                   noise: float = 0.5, test_fraction: float = 0.2) -> Dataset:
+    """Multinomial logistic data with planted weights: ``y ~ softmax(x @ W* / noise)``, ``x ~ N(0, I)``.
+
+    The planted ``W*`` (num_features x num_classes) is the Bayes-optimal linear classifier, so
+    logistic regression has a known target.
+    """
+    rng = np.random.default_rng(seed)
+    w_star = rng.normal(size=(num_features, num_classes))
+    x = rng.normal(size=(num_samples, num_features))
+    logits = x @ w_star / max(noise, 1e-6)
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    y = (p.cumsum(1) > rng.random((num_samples, 1))).argmax(1)
+    n_test = int(round(num_samples * test_fraction))
+    return _make("synthetic", x[n_test:], y[n_test:], x[:n_test], y[:n_test], num_classes)
+
+
+def load_npz(path: str | None, seed: int = 0, test_fraction: float = 0.2) -> Dataset:
+    """A local NumPy ``.npz`` with ``x_train, y_train, x_test, y_test`` (or ``x, y``, split here)."""
+    if not path or not Path(path).is_file():
+        raise ValueError(f"data.path: dataset 'npz' needs an existing .npz file, got {path!r}")
+    with np.load(path) as f:
+        keys = set(f.files)
+        if {"x_train", "y_train", "x_test", "y_test"} <= keys:
+            parts = f["x_train"], f["y_train"], f["x_test"], f["y_test"]
+        elif {"x", "y"} <= keys:
+            x, y = f["x"], f["y"]
+            parts = _split(x, y, test_fraction, seed)
+        else:
+            raise ValueError(f"data.path: {path} must hold arrays x_train, y_train, x_test, y_test "
+                             f"(or x, y); it holds {sorted(keys)}")
+    return _make(Path(path).stem, *parts)
+
+
+LOADERS = {
+    "digits": load_digits,
+    "fashion_mnist": load_fashion_mnist,
+    "mnist1d": load_mnist1d,
+    "synthetic": load_synthetic,
+    "npz": load_npz,
+}
+
+
+def load_dataset(name: str, **kwargs) -> Dataset:
+    if name not in LOADERS:
+        raise ValueError(f"data.dataset: unknown dataset {name!r}; allowed: {', '.join(LOADERS)}")
+    return LOADERS[name](**kwargs)

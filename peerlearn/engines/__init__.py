@@ -1,0 +1,1 @@
+"""Engines own the round loop: the batched simulator here, the distributed engine later."""

@@ -1,0 +1,124 @@
+"""In-process communication for the batched simulator.
+
+:class:`SimComm` moves the rows of ``params_NP`` along the round's topology and counts the
+bytes each node sends, from what is sent: a message of P float32 values costs ``4 P`` bytes
+per receiving neighbour. The distributed engine implements the same methods over
+``torch.distributed``, so algorithms never know which one they run on.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from peerlearn.aggregators.mean import mean
+from peerlearn.types import Tensor
+
+
+class SimComm:
+    """Communication over a mixing matrix ``W_NN`` (set per round with :meth:`set_topology`).
+
+    Attributes:
+        bytes_sent_N: cumulative bytes sent by each node (float64).
+        bytes_sent_server: cumulative bytes sent by a server (FedAvg-style baselines).
+    """
+
+    def __init__(self, W: sp.csr_array | None = None, num_nodes: int | None = None):
+        if W is None and num_nodes is None:
+            raise ValueError("SimComm needs a mixing matrix or num_nodes")
+        self.num_nodes = int(W.shape[0] if W is not None else num_nodes)
+        self.bytes_sent_N = torch.zeros(self.num_nodes, dtype=torch.float64)
+        self.bytes_sent_server = 0.0
+        self.W = None
+        if W is not None:
+            self.set_topology(W)
+
+    # -- topology ---------------------------------------------------------------------------
+    def set_topology(self, W: sp.csr_array) -> None:
+        """Use mixing matrix ``W`` (rows: receivers, columns: senders) from now on."""
+        if W.shape != (self.num_nodes, self.num_nodes):
+            raise ValueError(f"mixing matrix has shape {W.shape}, expected {(self.num_nodes,) * 2}")
+        W = sp.csr_array(W)
+        off = sp.csr_array(W - sp.diags_array(W.diagonal(), format="csr"))
+        off.eliminate_zeros()
+        self.W = W
+        with warnings.catch_warnings():  # "sparse CSR is beta": it is what makes gossip fast
+            warnings.simplefilter("ignore", UserWarning)
+            self._off = torch.sparse_csr_tensor(
+                torch.from_numpy(off.indptr.astype(np.int64)), torch.from_numpy(off.indices.astype(np.int64)),
+                torch.from_numpy(off.data.astype(np.float32)), size=off.shape, check_invariants=False)
+        self._off_rowsum_N1 = torch.from_numpy(np.asarray(off.sum(axis=1), dtype=np.float32).reshape(-1, 1))
+        self.degree_N = torch.from_numpy(np.diff(off.indptr).astype(np.int64))
+        # padded neighbour table for gather(): row i lists N(i), padded with i itself (masked)
+        k = int(self.degree_N.max()) if self.num_nodes else 0
+        nbr = np.repeat(np.arange(self.num_nodes)[:, None], max(k, 0), axis=1)
+        valid = np.zeros((self.num_nodes, k), dtype=bool)
+        rows = np.repeat(np.arange(self.num_nodes), np.diff(off.indptr))
+        pos = np.arange(len(off.indices)) - off.indptr[rows]
+        nbr[rows, pos], valid[rows, pos] = off.indices, True
+        self._nbr_NK, self._valid_NK = torch.from_numpy(nbr), torch.from_numpy(valid)
+        self._out_degree_N = torch.from_numpy(np.bincount(off.indices, minlength=self.num_nodes)).double()
+
+    # -- accounting ---------------------------------------------------------------------------
+    @staticmethod
+    def message_bytes(x_P_or_NP: Tensor) -> int:
+        """Bytes of one node's message: its row as sent (dense values, no metadata)."""
+        return int(x_P_or_NP.shape[-1] * x_P_or_NP.element_size())
+
+    def _count_neighbour_send(self, x_NP: Tensor, message_bytes: int | Tensor | None) -> None:
+        size = self.message_bytes(x_NP) if message_bytes is None else message_bytes
+        self.bytes_sent_N += self._out_degree_N * size
+
+    # -- primitives ----------------------------------------------------------------------------
+    def mix(self, x_NP: Tensor, message_bytes: int | Tensor | None = None) -> Tensor:
+        """Gossip step ``x_i + sum_j W_ij (x_j - x_i)``: every node sends its row to its neighbours.
+
+        Equal to ``W @ x`` in exact arithmetic; this form keeps the network mean of float32
+        rows from drifting when weights such as 1/3 do not sum to exactly one.
+        """
+        self._count_neighbour_send(x_NP, message_bytes)
+        out = torch.addmm(x_NP, self._off, x_NP)  # x + A x   (A: off-diagonal weights)
+        return out.addcmul_(self._off_rowsum_N1, x_NP, value=-1.0)  # - diag(A 1) x
+
+    def gather(self, x_NP: Tensor, include_self: bool = True,
+               message_bytes: int | Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Every node's received rows ``x_NKP`` with mask ``valid_NK`` (padding is False).
+
+        With ``include_self`` column 0 is the node's own row (always valid), then its neighbours.
+        """
+        self._count_neighbour_send(x_NP, message_bytes)
+        nbr, valid = self._nbr_NK, self._valid_NK
+        if include_self:
+            own = torch.arange(self.num_nodes)[:, None]
+            nbr = torch.cat([own, nbr], 1)
+            valid = torch.cat([torch.ones_like(own, dtype=torch.bool), valid], 1)
+        return x_NP[nbr], valid
+
+    def all_reduce_mean(self, x_NP: Tensor, weights_N: Tensor | None = None) -> Tensor:
+        """Weighted mean of all rows (weights default to uniform), as ``x_P``.
+
+        Counted as a ring all-reduce: each node sends ``2 (N-1)/N`` messages.
+        """
+        n = self.num_nodes
+        self.bytes_sent_N += 2.0 * (n - 1) / n * self.message_bytes(x_NP)
+        return mean(x_NP, weights_K=weights_N)
+
+    def server_average(self, x_RP: Tensor, rows: Tensor, weights_R: Tensor | None = None,
+                       broadcast_to: Tensor | None = None) -> Tensor:
+        """Nodes ``rows`` upload their rows; a server averages them and sends the result to ``broadcast_to``.
+
+        ``broadcast_to`` defaults to ``rows``. Upload bytes go to the senders, download bytes to the server.
+        """
+        size = self.message_bytes(x_RP)
+        self.bytes_sent_N.index_add_(0, rows, torch.full((len(rows),), float(size), dtype=torch.float64))
+        self.bytes_sent_server += float(size * len(rows if broadcast_to is None else broadcast_to))
+        return mean(x_RP, weights_K=weights_R)
+
+    # -- totals ----------------------------------------------------------------------------------
+    @property
+    def bytes_sent_total(self) -> float:
+        return float(self.bytes_sent_N.sum()) + self.bytes_sent_server
+

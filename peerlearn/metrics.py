@@ -1,0 +1,25 @@
+"""Pure metric functions over stacked models."""
+
+from __future__ import annotations
+
+import torch
+
+from peerlearn.types import Tensor
+
+
+def accuracy(logits_RTC: Tensor, labels_T: Tensor) -> Tensor:
+    """Fraction of correct predictions of every row's model: ``[R]`` in [0, 1]."""
+    return (logits_RTC.argmax(-1) == labels_T).double().mean(-1)
+
+
+def consensus_distance(params_NP: Tensor) -> float:
+    """``(1/N) sum_i ||x_i - x_bar||^2``: how far the nodes' models are from their average."""
+    x = params_NP.double()
+    return float((x - x.mean(0)).pow(2).sum(1).mean())
+
+
+def summarize(values_N: Tensor, prefix: str) -> dict[str, float]:
+    """Mean, min, max and (population) std of per-node values, keyed ``{prefix}_mean`` etc."""
+    v = values_N.double()
+    return {f"{prefix}_mean": float(v.mean()), f"{prefix}_min": float(v.min()),
+            f"{prefix}_max": float(v.max()), f"{prefix}_std": float(v.std(unbiased=False))}

@@ -1,0 +1,103 @@
+"""Flat-parameter view of a module and batched loss/gradient over stacked parameters.
+
+``params_NP`` holds N models as rows; :meth:`FlatModel.unravel` turns a row into named views
+for :func:`torch.func.functional_call`. Two gradient strategies compute the same numbers:
+``vmap`` (one batched computation over rows; fastest for MLPs / logistic regression on CPU)
+and ``loop`` (one autograd call per row; lighter for CNNs, see ARCHITECTURE.md performance notes).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad_and_value, vmap
+
+from peerlearn.types import Batch, GradFn, Tensor
+
+
+class FlatModel:
+    """A module template plus the layout of its parameters in one flat vector of length P."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+        self.names = [n for n, _ in module.named_parameters()]
+        self.shapes = [p.shape for _, p in module.named_parameters()]
+        self.numels = [math.prod(s) for s in self.shapes]
+        self.num_params = sum(self.numels)
+
+    def ravel(self, module: nn.Module | None = None) -> Tensor:
+        """The parameters of ``module`` (default: the template) as one flat float32 vector."""
+        m = self.module if module is None else module
+        return torch.cat([p.detach().reshape(-1) for p in m.parameters()]).float()
+
+    def unravel(self, params_P: Tensor) -> dict[str, Tensor]:
+        """Named views into one flat parameter row (no copy)."""
+        return {n: t.view(s) for n, t, s in zip(self.names, params_P.split(self.numels), self.shapes)}
+
+    def init_params(self, num_nodes: int, seed: int, same_init: bool = True) -> Tensor:
+        """``params_NP``: every node's initial model, from the module's own initialiser, seeded."""
+        rows = []
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for _ in range(1 if same_init else num_nodes):
+                for layer in self.module.modules():
+                    if layer is not self.module and hasattr(layer, "reset_parameters"):
+                        layer.reset_parameters()
+                rows.append(self.ravel())
+        params = torch.stack(rows)
+        return params.expand(num_nodes, -1).clone() if same_init else params
+
+    def load_into(self, module: nn.Module, params_P: Tensor) -> nn.Module:
+        """Copy one flat row into a real module (for export or a per-node loop)."""
+        with torch.no_grad():
+            for p, v in zip(module.parameters(), self.unravel(params_P).values()):
+                p.copy_(v)
+        return module
+
+
+def make_loss_fn(flat: FlatModel):
+    """``loss(params_P, x_B, y_B) -> scalar`` mean cross-entropy of one model on one batch."""
+
+    def loss(params_P: Tensor, x_B: Tensor, y_B: Tensor) -> Tensor:
+        return F.cross_entropy(functional_call(flat.module, flat.unravel(params_P), (x_B,)), y_B)
+
+    return loss
+
+
+def make_grad_fn(flat: FlatModel, strategy: str = "vmap") -> GradFn:
+    """Batched ``(params_RP, (x_RB, y_RB)) -> (loss_R, grads_RP)`` for any number of rows R."""
+    per_row = grad_and_value(make_loss_fn(flat))
+    if strategy == "vmap":
+        batched = vmap(per_row)
+
+        def grad_fn(params_RP: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
+            grads, loss = batched(params_RP, *batch)
+            return loss, grads
+
+    elif strategy == "loop":
+
+        def grad_fn(params_RP: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
+            x, y = batch
+            grads = torch.empty_like(params_RP)
+            loss = torch.empty(params_RP.shape[0], dtype=params_RP.dtype)
+            for i in range(params_RP.shape[0]):
+                grads[i], loss[i] = per_row(params_RP[i], x[i], y[i])
+            return loss, grads
+
+    else:
+        raise ValueError(f"model.grad_strategy: unknown strategy {strategy!r}; allowed: vmap, loop")
+    return grad_fn
+
+
+@torch.no_grad()
+def predict_logits(flat: FlatModel, params_RP: Tensor, x_T: Tensor, max_samples: int = 2**19) -> Tensor:
+    """Logits ``[R, T, C]`` of every row's model on the same inputs.
+
+    Rows are processed in chunks of at most ``max_samples`` (row, input) pairs to bound memory.
+    """
+    forward = vmap(lambda p, x: functional_call(flat.module, flat.unravel(p), (x,)), in_dims=(0, None))
+    chunk = max(1, max_samples // max(1, x_T.shape[0]))
+    return torch.cat([forward(params_RP[i:i + chunk], x_T) for i in range(0, params_RP.shape[0], chunk)])

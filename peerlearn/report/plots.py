@@ -1,0 +1,70 @@
+"""PNG plots of one run and overlays of several (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _col(rows: list[dict], key: str) -> list[float]:
+    return [r.get(key, math.nan) for r in rows]
+
+
+def plot_run(rows: list[dict], out_dir: Path, title: str = "") -> list[Path]:
+    """``accuracy.png`` (vs round), ``accuracy_vs_bytes.png`` and ``consensus.png``."""
+    out_dir = Path(out_dir)
+    rounds = _col(rows, "round")
+    written = []
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    ax.fill_between(rounds, _col(rows, "acc_min"), _col(rows, "acc_max"), alpha=0.2, label="node min-max")
+    ax.plot(rounds, _col(rows, "acc_mean"), label="node mean")
+    ax.plot(rounds, _col(rows, "acc_avg_model"), "--", label="averaged model")
+    ax.set(xlabel="round", ylabel="test accuracy", title=title, ylim=(0, 1))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    written.append(_save(fig, out_dir / "accuracy.png"))
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    ax.plot([b / 1e6 for b in _col(rows, "bytes_sent_per_node")], _col(rows, "acc_mean"), marker=".")
+    ax.set(xlabel="MB sent per node", ylabel="mean node test accuracy", title=title, ylim=(0, 1))
+    ax.grid(alpha=0.3)
+    written.append(_save(fig, out_dir / "accuracy_vs_bytes.png"))
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    ax.plot(rounds, _col(rows, "consensus_distance"), marker=".")
+    if any(v > 0 for v in _col(rows, "consensus_distance")):
+        ax.set_yscale("log")
+    ax.set(xlabel="round", ylabel="consensus distance (1/N) sum ||x_i - x_bar||^2", title=title)
+    ax.grid(alpha=0.3)
+    written.append(_save(fig, out_dir / "consensus.png"))
+    return written
+
+
+def plot_compare(runs: dict[str, list[dict]], out_path: Path) -> Path:
+    """One figure, three panels: accuracy vs round, accuracy vs bytes, consensus distance."""
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
+    for name, rows in runs.items():
+        axes[0].plot(_col(rows, "round"), _col(rows, "acc_mean"), label=name)
+        axes[1].plot([b / 1e6 for b in _col(rows, "bytes_sent_per_node")], _col(rows, "acc_mean"), label=name)
+        axes[2].plot(_col(rows, "round"), [max(v, 1e-12) for v in _col(rows, "consensus_distance")], label=name)
+    axes[0].set(xlabel="round", ylabel="mean node test accuracy", ylim=(0, 1))
+    axes[1].set(xlabel="MB sent per node", ylabel="mean node test accuracy", ylim=(0, 1))
+    axes[1].set_xscale("symlog", linthresh=0.01)
+    axes[2].set(xlabel="round", ylabel="consensus distance", yscale="log")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    return _save(fig, Path(out_path))
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,81 @@
+"""The run directory: ``config.yaml``, ``metrics.csv`` (appended row by row), ``summary.json``, plots."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import yaml
+
+from peerlearn.engines.simulator import COLUMNS
+
+
+def choose_run_dir(out: str | None, name: str, overwrite: bool = False) -> Path:
+    """``out`` if given (refusing to mix with an earlier run unless ``overwrite``), else a fresh ``runs/<name>[-k]``."""
+    if out is not None:
+        path = Path(out)
+        if (path / "metrics.csv").exists() and not overwrite:
+            raise FileExistsError(f"--out {path}: holds an earlier run; choose another folder or pass --overwrite")
+        return path
+    base = Path("runs") / name
+    path, k = base, 1
+    while path.exists():
+        path, k = Path(f"{base}-{k}"), k + 1
+    return path
+
+
+class RunWriter:
+    """Writes one run's directory as the run goes, so an interrupted run keeps what it computed."""
+
+    def __init__(self, path: Path, config: dict):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        for stale in ("metrics.csv", "summary.json"):
+            (self.path / stale).unlink(missing_ok=True)
+        (self.path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        self.config = config
+        self.rows: list[dict] = []
+        self._file = open(self.path / "metrics.csv", "w", newline="")
+        self._csv = csv.DictWriter(self._file, fieldnames=COLUMNS)
+        self._csv.writeheader()
+        self._file.flush()
+
+    def append(self, row: dict) -> None:
+        self.rows.append(row)
+        self._csv.writerow({k: row.get(k, math.nan) for k in COLUMNS})
+        self._file.flush()
+
+    def finish(self, status: str = "completed", extra: dict | None = None) -> dict:
+        """Close the CSV, write ``summary.json`` and the plots; returns the summary."""
+        self._file.close()
+        final = dict(self.rows[-1]) if self.rows else {}
+        summary = {
+            "name": self.config.get("name"), "status": status,
+            "num_nodes": self.config["num_nodes"], "seed": self.config["seed"],
+            "rounds_completed": int(final.get("round", 0)),
+            "wall_time_s": final.get("wall_time_s", 0.0),
+            "final": final, **(extra or {}),
+        }
+        (self.path / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=True))
+        if self.rows:
+            from peerlearn.report.plots import plot_run
+
+            plot_run(self.rows, self.path, title=str(self.config.get("name")))
+        return summary
+
+
+def read_run(path: str | Path) -> tuple[dict, list[dict]]:
+    """``(summary, rows)`` of a run directory (summary may be partial for an interrupted run)."""
+    path = Path(path)
+    metrics = path / "metrics.csv"
+    if not metrics.is_file():
+        raise FileNotFoundError(f"{path}: not a run directory (no metrics.csv)")
+    with open(metrics, newline="") as f:
+        rows = [{k: float(v) if v not in ("", None) else math.nan for k, v in r.items()} for r in csv.DictReader(f)]
+    summary_file = path / "summary.json"
+    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {
+        "name": path.name, "status": "interrupted", "final": rows[-1] if rows else {}}
+    summary.setdefault("name", path.name)
+    return summary, rows

@@ -1,0 +1,35 @@
+"""Communication graphs, mixing rules and time-varying schedules.
+
+An adjacency is a symmetric ``scipy.sparse.csr_array`` of 0/1 with an empty diagonal; a
+mixing matrix ``W_NN`` is a ``csr_array`` of float64 weights including the diagonal.
+"""
+
+from peerlearn.topology.graphs import (
+    complete_graph,
+    cycle_graph,
+    degrees,
+    exponential_graph,
+    hypercube_graph,
+    is_connected,
+    path_graph,
+    require_connected,
+    star_graph,
+    torus_graph,
+)
+from peerlearn.topology.mixing import (
+    max_degree_weights,
+    metropolis_hastings_weights,
+    spectral_gap,
+    uniform_weights,
+)
+from peerlearn.topology.random_graphs import (
+    barabasi_albert_graph,
+    erdos_renyi_graph,
+    from_edge_list,
+    from_networkx,
+    random_regular_graph,
+    watts_strogatz_graph,
+)
+
+__all__ = [name for name in dir() if name.endswith(("_graph", "_weights")) or name in {
+    "degrees", "is_connected", "require_connected", "spectral_gap", "from_networkx", "from_edge_list"}]

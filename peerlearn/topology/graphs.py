@@ -1,0 +1,117 @@
+"""Deterministic graph generators returning a symmetric sparse adjacency.
+
+Names follow networkx (``cycle_graph``, ``path_graph``...). Each generator validates its
+arguments and raises ``ValueError`` naming the offending parameter.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components
+
+
+def from_edges(num_nodes: int, src: np.ndarray, dst: np.ndarray) -> sp.csr_array:
+    """Symmetric 0/1 adjacency from undirected edges; self-loops and duplicates dropped."""
+    src, dst = np.asarray(src, dtype=np.int64), np.asarray(dst, dtype=np.int64)
+    keep = src != dst
+    src, dst = src[keep], dst[keep]
+    rows, cols = np.concatenate([src, dst]), np.concatenate([dst, src])
+    adj = sp.csr_array((np.ones(len(rows)), (rows, cols)), shape=(num_nodes, num_nodes))
+    adj.sum_duplicates()
+    adj.data[:] = 1.0
+    return adj
+
+
+def _check_num_nodes(num_nodes: int, minimum: int = 1) -> None:
+    if int(num_nodes) != num_nodes or num_nodes < minimum:
+        raise ValueError(f"num_nodes must be an integer >= {minimum}, got {num_nodes}")
+
+
+def degrees(adj: sp.csr_array) -> np.ndarray:
+    """Number of neighbours of every node."""
+    return np.diff(adj.indptr)
+
+
+def is_connected(adj: sp.csr_array) -> bool:
+    return connected_components(adj, directed=False, return_labels=False) == 1
+
+
+def require_connected(adj: sp.csr_array, name: str) -> sp.csr_array:
+    """Return ``adj`` or raise ValueError if the graph falls apart into several components."""
+    count = connected_components(adj, directed=False, return_labels=False)
+    if count != 1:
+        raise ValueError(f"graph {name} with {adj.shape[0]} nodes is disconnected ({count} components); "
+                         "decentralized training needs a connected graph")
+    return adj
+
+
+def complete_graph(num_nodes: int) -> sp.csr_array:
+    """Every node linked to every other node."""
+    _check_num_nodes(num_nodes)
+    i, j = np.triu_indices(num_nodes, k=1)
+    return from_edges(num_nodes, i, j)
+
+
+def cycle_graph(num_nodes: int) -> sp.csr_array:
+    """Ring: node i linked to i-1 and i+1 (mod N)."""
+    _check_num_nodes(num_nodes)
+    i = np.arange(num_nodes)
+    return from_edges(num_nodes, i, (i + 1) % num_nodes)
+
+
+def path_graph(num_nodes: int) -> sp.csr_array:
+    """Line: node i linked to i+1, no wrap-around."""
+    _check_num_nodes(num_nodes)
+    i = np.arange(num_nodes - 1)
+    return from_edges(num_nodes, i, i + 1)
+
+
+def star_graph(num_nodes: int) -> sp.csr_array:
+    """Node 0 linked to every other node (networkx counts leaves; here N counts all nodes)."""
+    _check_num_nodes(num_nodes)
+    leaves = np.arange(1, num_nodes)
+    return from_edges(num_nodes, np.zeros_like(leaves), leaves)
+
+
+def torus_graph(num_nodes: int, rows: int | None = None) -> sp.csr_array:
+    """2-D torus (wrap-around grid) of ``rows x (N / rows)`` nodes, 4 neighbours each.
+
+    Without ``rows`` the most square factorisation of N is used.
+    """
+    _check_num_nodes(num_nodes, 4)
+    if rows is None:
+        rows = max(r for r in range(1, int(np.sqrt(num_nodes)) + 1) if num_nodes % r == 0)
+    if rows < 2 or num_nodes % rows or num_nodes // rows < 2:
+        raise ValueError(f"torus needs num_nodes = rows x cols with rows, cols >= 2; "
+                         f"num_nodes={num_nodes} has no such factorisation (rows={rows})")
+    cols = num_nodes // rows
+    r, c = np.divmod(np.arange(num_nodes), cols)
+    right = r * cols + (c + 1) % cols
+    down = ((r + 1) % rows) * cols + c
+    i = np.arange(num_nodes)
+    return from_edges(num_nodes, np.concatenate([i, i]), np.concatenate([right, down]))
+
+
+def hypercube_graph(num_nodes: int) -> sp.csr_array:
+    """Hypercube: nodes whose indices differ in one bit are linked; N must be a power of 2."""
+    _check_num_nodes(num_nodes, 2)
+    if num_nodes & (num_nodes - 1):
+        raise ValueError(f"hypercube needs num_nodes to be a power of 2, got {num_nodes}")
+    i = np.arange(num_nodes)
+    bits = [1 << b for b in range(num_nodes.bit_length() - 1)]
+    return from_edges(num_nodes, np.concatenate([i] * len(bits)), np.concatenate([i ^ b for b in bits]))
+
+
+def exponential_graph(num_nodes: int) -> sp.csr_array:
+    """Static exponential graph: i linked to i + 2^k (mod N) for 2^k < N, taken undirected.
+
+    References:
+        Ying et al., "Exponential Graph is Provably Efficient for Decentralized Deep Training",
+        NeurIPS 2021; Assran et al., "Stochastic Gradient Push", ICML 2019.
+    """
+    _check_num_nodes(num_nodes, 2)
+    i = np.arange(num_nodes)
+    hops = [1 << k for k in range(int(np.ceil(np.log2(num_nodes))))]
+    return from_edges(num_nodes, np.concatenate([i] * len(hops)),
+                      np.concatenate([(i + h) % num_nodes for h in hops]))

@@ -1,0 +1,68 @@
+"""Seeded random graph generators (networkx underneath) and user-supplied graphs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import networkx as nx
+import numpy as np
+import scipy.sparse as sp
+
+from peerlearn.topology.graphs import from_edges
+
+
+def from_networkx(graph: nx.Graph) -> sp.csr_array:
+    """Adjacency of a networkx graph; nodes are renumbered 0..N-1 in ``graph.nodes`` order."""
+    index = {node: k for k, node in enumerate(graph.nodes)}
+    edges = np.array([(index[u], index[v]) for u, v in graph.edges], dtype=np.int64).reshape(-1, 2)
+    return from_edges(len(index), edges[:, 0], edges[:, 1])
+
+
+def from_edge_list(path: str | Path, num_nodes: int | None = None) -> sp.csr_array:
+    """Adjacency from a text file of ``u v`` lines (integers 0..N-1; ``#`` starts a comment)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"edge list file {str(path)!r} does not exist")
+    try:
+        edges = np.loadtxt(path, dtype=np.int64, comments="#", ndmin=2, usecols=(0, 1))
+    except ValueError as err:
+        raise ValueError(f"edge list file {str(path)!r}: expected lines 'u v' of integers ({err})") from None
+    if edges.size and edges.min() < 0:
+        raise ValueError(f"edge list file {str(path)!r}: node ids must be >= 0")
+    found = int(edges.max()) + 1 if edges.size else 0
+    num_nodes = found if num_nodes is None else num_nodes
+    if found > num_nodes:
+        raise ValueError(f"edge list file {str(path)!r} names node {found - 1} but num_nodes={num_nodes}")
+    return from_edges(num_nodes, edges[:, 0], edges[:, 1])
+
+
+def random_regular_graph(num_nodes: int, degree: int, seed: int | None = None) -> sp.csr_array:
+    """Uniformly random ``degree``-regular graph."""
+    if not 1 <= degree < num_nodes:
+        raise ValueError(f"random_regular needs 1 <= degree < num_nodes, got degree={degree}, num_nodes={num_nodes}")
+    if (num_nodes * degree) % 2:
+        raise ValueError(f"random_regular needs num_nodes * degree even, got {num_nodes} * {degree}")
+    return from_networkx(nx.random_regular_graph(degree, num_nodes, seed=seed))
+
+
+def erdos_renyi_graph(num_nodes: int, p: float, seed: int | None = None) -> sp.csr_array:
+    """G(N, p): every pair linked independently with probability ``p``."""
+    if not 0.0 < p <= 1.0:
+        raise ValueError(f"erdos_renyi needs 0 < p <= 1, got p={p}")
+    return from_networkx(nx.fast_gnp_random_graph(num_nodes, p, seed=seed))
+
+
+def watts_strogatz_graph(num_nodes: int, k: int, p: float, seed: int | None = None) -> sp.csr_array:
+    """Small world: ring lattice with ``k`` nearest neighbours, each edge rewired with probability ``p``."""
+    if not 2 <= k < num_nodes:
+        raise ValueError(f"watts_strogatz needs 2 <= k < num_nodes, got k={k}, num_nodes={num_nodes}")
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"watts_strogatz needs 0 <= p <= 1, got p={p}")
+    return from_networkx(nx.watts_strogatz_graph(num_nodes, k, p, seed=seed))
+
+
+def barabasi_albert_graph(num_nodes: int, m: int, seed: int | None = None) -> sp.csr_array:
+    """Preferential attachment: each new node links to ``m`` existing nodes."""
+    if not 1 <= m < num_nodes:
+        raise ValueError(f"barabasi_albert needs 1 <= m < num_nodes, got m={m}, num_nodes={num_nodes}")
+    return from_networkx(nx.barabasi_albert_graph(num_nodes, m, seed=seed))

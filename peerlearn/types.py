@@ -1,0 +1,66 @@
+"""Protocols and aliases shared by every part of peerlearn.
+
+Shape legend used across the package: N nodes, R selected rows (a subset of nodes),
+P flat parameters, K neighbours (padded), B batch size.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Protocol
+
+import torch
+
+Tensor = torch.Tensor
+Batch = tuple[Tensor, Tensor]  # (inputs_RB..., labels_RB)
+Metrics = dict[str, float]
+
+
+class Transform(NamedTuple):
+    """A stateful update rule over stacked parameters (optax style).
+
+    ``init(params_NP) -> state``; ``update(grads_NP, state, params_NP) -> (updates_NP, state)``.
+    The new parameters are ``params_NP + updates_NP``.
+    """
+
+    init: Callable[[Tensor], Any]
+    update: Callable[[Tensor, Any, Tensor], tuple[Tensor, Any]]
+
+
+class GradFn(Protocol):
+    """Batched loss and gradient: ``(params_RP, batch) -> (loss_R, grads_RP)``."""
+
+    def __call__(self, params_RP: Tensor, batch: Batch) -> tuple[Tensor, Tensor]: ...
+
+
+class BatchStream(Protocol):
+    """Per-node mini-batches: ``next(rows)`` returns the next batch of nodes ``rows`` (all if None)."""
+
+    def next(self, rows: Tensor | None = None) -> Batch: ...
+
+
+class Comm(Protocol):
+    """How messages travel. The simulator and the distributed engine each implement it.
+
+    Every method counts the bytes it sends, per sender, from what is actually sent.
+    """
+
+    num_nodes: int
+
+    def mix(self, x_NP: Tensor) -> Tensor: ...
+
+    def gather(self, x_NP: Tensor, include_self: bool = True) -> tuple[Tensor, Tensor]: ...
+
+    def all_reduce_mean(self, x_NP: Tensor, weights_N: Tensor | None = None) -> Tensor: ...
+
+    def server_average(self, x_NP: Tensor, rows: Tensor, weights_R: Tensor | None = None) -> Tensor: ...
+
+
+class Algorithm(NamedTuple):
+    """A decentralized learning algorithm as two functions.
+
+    ``init(params_NP) -> state``;
+    ``step(state, params_NP, batches, grad_fn, comm) -> (params_NP, state, metrics)``.
+    """
+
+    init: Callable[[Tensor], Any]
+    step: Callable[[Any, Tensor, BatchStream, GradFn, Comm], tuple[Tensor, Any, Metrics]]
