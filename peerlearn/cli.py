@@ -55,10 +55,10 @@ def cmd_run(args) -> int:
     from peerlearn.report import RunWriter, choose_run_dir
 
     cfg = load_config(args.config, args.set)
-    for field in unused_fields(cfg):
-        err_console.print(f"note: {field} is not used by this configuration", markup=False, highlight=False)
     out_dir = choose_run_dir(args.out, cfg.name, args.overwrite)
     built = build(cfg)  # every config error surfaces here, before the run directory is written
+    for field in unused_fields(cfg):
+        err_console.print(f"note: {field} is not used by this configuration", markup=False, highlight=False)
     writer = RunWriter(out_dir, to_dict(cfg))
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console,
@@ -110,7 +110,7 @@ def cmd_list(args) -> int:
         table.add_column("description")
         for name, entry in registry.items():
             params = ", ".join(f"{key.split('.')[0]}.{p} = {section.model_fields[p].default!r}" for p in entry.params)
-            doc = (inspect.getdoc(entry.fn) or "").splitlines()[0]
+            doc = (inspect.getdoc(entry.fn) or inspect.getdoc(inspect.getmodule(entry.fn)) or "-").splitlines()[0]
             table.add_row(name, params or "-", doc)
         console.print(table)
     return 0

@@ -26,6 +26,7 @@ class DsgdState(NamedTuple):
 
 
 def dsgd(optimizer: Transform, num_local_steps: int = 1, order: str = "atc") -> Algorithm:
+    """Decentralized SGD: local steps, then gossip with the round's mixing matrix (ATC or CTA order)."""
     if order not in ("atc", "cta"):
         raise ValueError(f"algorithm.order must be 'atc' or 'cta', got {order!r}")
 

@@ -36,6 +36,7 @@ def sample_clients(num_nodes: int, fraction: float, seed: int, round_: int) -> T
 
 def fedavg(optimizer: Transform, num_local_steps: int = 1, fraction: float = 1.0,
            data_sizes_N: Tensor | None = None, seed: int = 0) -> Algorithm:
+    """Federated Averaging: sampled clients train locally; a server averages them weighted by data size."""
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"algorithm.fraction must be in (0, 1], got {fraction}")
 

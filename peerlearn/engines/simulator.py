@@ -75,6 +75,9 @@ def simulate(built, on_eval: Callable[[dict], None] | None = None,
     start = time.perf_counter()
 
     def record(round_: int) -> None:
+        if not bool(torch.isfinite(params_NP).all()):
+            raise FloatingPointError(f"training diverged by round {round_} (non-finite parameters); "
+                                     "lower algorithm.lr")
         row = {"round": round_, **evaluate(params_NP),
                "loss_mean": float(np.mean(losses)) if losses else math.nan,
                "consensus_distance": consensus_distance(params_NP),

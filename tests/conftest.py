@@ -1,0 +1,25 @@
+import pytest
+import torch
+
+from peerlearn.config import parse_config
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_threads():
+    # fixed thread count: the same seed must give the same numbers on every machine
+    torch.set_num_threads(1)
+    yield
+
+
+def tiny_config(**sections):
+    """A small, fast config (16 nodes, digits) with nested overrides: tiny_config(topology={...})."""
+    base = {"seed": 0, "num_nodes": 16, "num_rounds": 20, "eval_every": 5,
+            "data": {"dataset": "digits", "partition": "iid"},
+            "model": {"name": "mlp", "hidden": [16]},
+            "algorithm": {"name": "dsgd", "lr": 0.1, "batch_size": 8}}
+    for key, value in sections.items():
+        if isinstance(value, dict):
+            base.setdefault(key, {}).update(value)
+        else:
+            base[key] = value
+    return parse_config(base)

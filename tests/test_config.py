@@ -1,0 +1,82 @@
+"""Every config error stops before any work with one line naming the field, and exit code 2."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from peerlearn.cli import main
+from peerlearn.config import ConfigError, load_config, parse_config
+
+GOOD = {"num_nodes": 8, "num_rounds": 2, "eval_every": 1, "model": {"hidden": [8]}}
+
+CASES = [
+    ({"topology": {"grph": "ring"}}, "topology.grph: unknown key; allowed: graph, mixing"),
+    ({"learning_rate": 0.1}, "learning_rate: unknown key; allowed: name, seed"),
+    ({"topology": {"graph": "rign"}}, "topology.graph: Input should be 'complete'"),
+    ({"num_nodes": "many"}, "num_nodes: Input should be a valid integer"),
+    ({"algorithm": {"lr": -0.1}}, "algorithm.lr: Input should be greater than 0"),
+    ({"algorithm": {"momentum": 1.5}}, "algorithm.momentum: Input should be less than 1"),
+    ({"data": {"partition": "dirichlet", "alpha": 0}}, "data.alpha: Input should be greater than 0"),
+    ({"data": {"dataset": "cifar10"}}, "data.dataset: Input should be 'digits'"),
+    ({"topology": {"graph": "random_regular", "degree": 3}, "num_nodes": 9}, "topology.degree: random_regular needs"),
+    ({"topology": {"graph": "random_regular", "degree": 8}}, "topology.degree: random_regular needs degree < num_nodes"),
+    ({"topology": {"graph": "hypercube"}, "num_nodes": 12}, "num_nodes: graph hypercube needs a power of 2"),
+    ({"topology": {"graph": "star", "mixing": "uniform"}}, "config error: mixing 'uniform' is doubly stochastic only"),
+    ({"topology": {"graph": "erdos_renyi", "p": 0.01}}, "is disconnected"),
+    ({"topology": {"graph": "file"}}, "topology.path: graph 'file' needs"),
+    ({"topology": {"graph": "file", "path": "/nonexistent/edges.txt"}}, "does not exist"),
+    ({"algorithm": {"name": "fedavg"}, "model": {"same_init": False}}, "model.same_init"),
+    ({"data": {"dataset": "npz"}}, "data.path: dataset 'npz' needs"),
+    ({"data": {"dataset": "fashion_mnist", "path": "/nonexistent"}}, "data.dataset=fashion_mnist: no IDX files"),
+    ({"data": {"partition": "dirichlet", "alpha": 0.01, "min_samples_per_node": 150}}, "data.partition=dirichlet"),
+    ({"model": {"name": "cnn"}, "data": {"dataset": "synthetic"}}, "model.name=cnn needs image-shaped"),
+    ({"topology": "ring"}, "topology: expected a mapping"),
+]
+
+
+@pytest.mark.parametrize("override, message", CASES, ids=[c[1][:40] for c in CASES])
+def test_config_error_is_one_line_with_exit_code_2(tmp_path, capsys, override, message):
+    data = {**GOOD, **override}
+    if isinstance(override.get("model"), dict):
+        data["model"] = {**GOOD["model"], **override["model"]}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    out_dir = tmp_path / "run"
+    code = main(["run", str(path), "--out", str(out_dir), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("config error:") and message in err, err
+    assert not out_dir.exists()  # nothing written, nothing lost
+
+
+def test_set_overrides_and_bad_set_syntax(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(GOOD))
+    cfg = load_config(path, ["algorithm.lr=0.05", "topology.graph=torus", "model.hidden=[4, 4]"])
+    assert cfg.algorithm.lr == 0.05 and cfg.topology.graph == "torus" and cfg.model.hidden == [4, 4]
+    assert cfg.name == "c"
+    assert main(["validate", str(path), "--set", "algorithm.lr"]) == 2
+    assert "expected key=value" in capsys.readouterr().err
+
+
+def test_missing_and_invalid_yaml(tmp_path, capsys):
+    assert main(["validate", str(tmp_path / "nope.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("num_nodes: [1, 2\n")
+    assert main(["validate", str(bad)]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
+
+
+def test_defaults_are_complete_and_valid():
+    cfg = parse_config({})
+    assert cfg.topology.graph == "ring" and cfg.algorithm.name == "dsgd" and cfg.data.dataset == "digits"
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).parents[1].joinpath("configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_configs_validate(path):
+    cfg = load_config(path)
+    assert cfg.num_rounds >= 1
