@@ -115,6 +115,8 @@ class DataConfig(_Section):
     local_test_fraction: float = Field(0.0, ge=0.0, lt=1.0,
                                        description="fraction of each node's data held out as its local test set")
     path: str | None = Field(None, description="local folder (fashion_mnist IDX files) or .npz file (npz)")
+    test_samples: int | None = Field(None, ge=1, description="evaluate on a seeded subset of this many test samples "
+                                     "(default: the whole test set)")
     num_samples: int | None = Field(None, ge=10, description="samples to generate (synthetic, mnist1d)")
     num_features: int = Field(20, ge=1, description="input dimension (synthetic)")
     num_classes: int = Field(4, ge=2, description="classes (synthetic)")
@@ -127,7 +129,8 @@ class ModelConfig(_Section):
     channels: list[int] = Field([16, 32], min_length=2, max_length=2, description="conv channels (cnn)")
     same_init: bool = Field(True, description="all nodes start from the same model")
     grad_strategy: Literal["auto", "vmap", "loop"] = Field(
-        "auto", description="batched gradients: vmap over nodes, or a loop; auto = loop for cnn, else vmap")
+        "auto", description="gradients of all nodes: one vmap, or a loop over nodes; auto = vmap unless its "
+                            "activations would exceed 2 GiB")
 
 
 class AlgorithmConfig(_Section):
@@ -253,7 +256,7 @@ def unused_fields(cfg: ExperimentConfig) -> list[str]:
     """Fields the user set that the chosen components ignore (reported as a note, not an error)."""
     chosen = {"topology": (GRAPHS[cfg.topology.graph].params, ("graph", "mixing")),
               "data": (DATASETS[cfg.data.dataset].params + PARTITIONS[cfg.data.partition].params,
-                       ("dataset", "partition", "min_samples_per_node", "local_test_fraction")),
+                       ("dataset", "partition", "min_samples_per_node", "local_test_fraction", "test_samples")),
               "model": (MODELS[cfg.model.name].params, ("name", "same_init", "grad_strategy")),
               "algorithm": (ALGORITHMS[cfg.algorithm.name].params, ("name",))}
     notes = []
@@ -305,7 +308,12 @@ def build_dataset(cfg: ExperimentConfig) -> datasets.Dataset:
         kwargs["num_samples"] = d.num_samples
     if d.dataset == "synthetic":
         kwargs.update(num_features=d.num_features, num_classes=d.num_classes, noise=d.noise)
-    return datasets.load_dataset(d.dataset, **kwargs)
+    ds = datasets.load_dataset(d.dataset, **kwargs)
+    if d.test_samples is not None and d.test_samples < len(ds.y_test):
+        g = torch.Generator().manual_seed(_seed(cfg, 7))
+        keep = torch.randperm(len(ds.y_test), generator=g)[: d.test_samples].sort().values
+        ds = ds._replace(x_test=ds.x_test[keep], y_test=ds.y_test[keep])
+    return ds
 
 
 def build_partition(cfg: ExperimentConfig, labels: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
@@ -364,9 +372,18 @@ def build_algorithm(cfg: ExperimentConfig, data_sizes_N: torch.Tensor):
     raise AssertionError(a.name)  # unreachable: the schema lists the names
 
 
+def choose_grad_strategy(cfg: ExperimentConfig, activations_per_sample: int, budget_bytes: int = 2 * 2**30) -> str:
+    """``model.grad_strategy``, with ``auto`` resolved: vmap (faster wherever measured, see
+    benchmarks/README.md) unless its float32 activations for forward + backward (~3x) exceed the budget."""
+    if cfg.model.grad_strategy != "auto":
+        return cfg.model.grad_strategy
+    vmap_bytes = 3 * 4 * cfg.num_nodes * cfg.algorithm.batch_size * activations_per_sample
+    return "vmap" if vmap_bytes <= budget_bytes else "loop"
+
+
 def build(cfg: ExperimentConfig) -> Built:
     """Make every part of a run; any bad value raises ConfigError naming its field."""
-    from peerlearn.models.functional import FlatModel, make_grad_fn
+    from peerlearn.models.functional import FlatModel, activation_numel, make_grad_fn
 
     try:
         ds = build_dataset(cfg)
@@ -381,7 +398,7 @@ def build(cfg: ExperimentConfig) -> Built:
         msg = str(err)
         raise ConfigError(msg if msg.startswith("config error") else f"config error: {msg}") from None
     flat = FlatModel(module)
-    strategy = m.grad_strategy if m.grad_strategy != "auto" else ("loop" if m.name == "cnn" else "vmap")
+    strategy = choose_grad_strategy(cfg, activation_numel(flat, ds.input_shape))
     sizes = torch.tensor([len(p) for p in parts], dtype=torch.float64)
     return Built(
         config=cfg, dataset=ds, parts=parts, local_test_parts=local_test, flat=flat,

@@ -92,12 +92,36 @@ def make_grad_fn(flat: FlatModel, strategy: str = "vmap") -> GradFn:
     return grad_fn
 
 
+def activation_numel(flat: FlatModel, input_shape: tuple[int, ...]) -> int:
+    """Elements of all intermediate outputs of one forward pass on one sample (a memory estimate)."""
+    total = 0
+
+    def count(_module, _inputs, output):
+        nonlocal total
+        total += output.numel()
+
+    hooks = [m.register_forward_hook(count) for m in flat.module.modules() if m is not flat.module]
+    try:
+        with torch.no_grad():
+            flat.module(torch.zeros(1, *input_shape))
+    finally:
+        for h in hooks:
+            h.remove()
+    return max(total, 1)
+
+
 @torch.no_grad()
-def predict_logits(flat: FlatModel, params_RP: Tensor, x_T: Tensor, max_samples: int = 2**19) -> Tensor:
+def predict_logits(flat: FlatModel, params_RP: Tensor, x_T: Tensor, max_elements: int = 2**24) -> Tensor:
     """Logits ``[R, T, C]`` of every row's model on the same inputs.
 
-    Rows are processed in chunks of at most ``max_samples`` (row, input) pairs to bound memory.
+    Work is split over rows and inputs so that one chunk's activations stay below
+    ``max_elements`` floats (64 MiB by default): a CNN on 10,000 images never materialises
+    gigabytes at once.
     """
     forward = vmap(lambda p, x: functional_call(flat.module, flat.unravel(p), (x,)), in_dims=(0, None))
-    chunk = max(1, max_samples // max(1, x_T.shape[0]))
-    return torch.cat([forward(params_RP[i:i + chunk], x_T) for i in range(0, params_RP.shape[0], chunk)])
+    per_sample = activation_numel(flat, tuple(x_T.shape[1:]))
+    samples = max(1, min(x_T.shape[0], max_elements // per_sample))
+    rows = max(1, max_elements // (per_sample * samples))
+    return torch.cat([
+        torch.cat([forward(params_RP[r:r + rows], x_T[t:t + samples]) for t in range(0, x_T.shape[0], samples)], 1)
+        for r in range(0, params_RP.shape[0], rows)])

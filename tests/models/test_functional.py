@@ -69,10 +69,23 @@ def test_predict_logits_chunks_give_the_same_result():
     params = flat.init_params(7, seed=0, same_init=False)
     x = torch.randn(20, 6)
     full = predict_logits(flat, params, x)
-    chunked = predict_logits(flat, params, x, max_samples=40)  # 2 rows per chunk
-    assert full.shape == (7, 20, 3) and torch.allclose(full, chunked)
+    for budget in (1, 50, 400, 10**6):  # one sample per chunk ... everything at once
+        chunked = predict_logits(flat, params, x, max_elements=budget)
+        assert full.shape == chunked.shape == (7, 20, 3) and torch.allclose(full, chunked, atol=1e-6)
 
 
 def test_cnn_refuses_flat_inputs():
     with pytest.raises(ValueError, match="image-shaped"):
         build_model("cnn", (64,), 10)
+
+
+
+def test_auto_grad_strategy_falls_back_to_the_loop_when_vmap_would_not_fit():
+    from peerlearn.config import choose_grad_strategy
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config(num_nodes=1024, algorithm={"batch_size": 32})
+    assert choose_grad_strategy(cfg, activations_per_sample=1_000) == "vmap"  # 0.4 GB
+    assert choose_grad_strategy(cfg, activations_per_sample=100_000) == "loop"  # 39 GB
+    forced = tiny_config(model={"grad_strategy": "vmap"})
+    assert choose_grad_strategy(forced, activations_per_sample=10**9) == "vmap"
