@@ -7,6 +7,7 @@ raises :class:`ConfigError` with one line naming the field and what is allowed.
 
 from __future__ import annotations
 
+import inspect
 import math
 from pathlib import Path
 from typing import Any, Callable, Literal, NamedTuple
@@ -339,7 +340,7 @@ def build_topology(cfg: ExperimentConfig):
     t, n = cfg.topology, cfg.num_nodes
     entry = GRAPHS[t.graph]
     kwargs = {p: getattr(t, p) for p in entry.params}
-    if entry.fn.__module__.endswith("random_graphs") and t.graph != "file":
+    if "seed" in inspect.signature(entry.fn).parameters:
         kwargs["seed"] = _seed(cfg, 3)
     if t.graph == "file":
         kwargs["num_nodes"] = n

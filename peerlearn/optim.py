@@ -1,7 +1,7 @@
 """Optimizers over stacked parameters ``params_NP`` as :class:`~peerlearn.types.Transform` pairs.
 
 Every row is an independent node; each node's optimizer state is the matching row of the
-state tensors, so selecting rows selects nodes (see :func:`select_rows`, :func:`scatter_rows`).
+state tensors (every state field has a leading node axis), so selecting rows selects nodes.
 """
 
 from __future__ import annotations
@@ -39,17 +39,3 @@ def sgd(lr: float, momentum: float = 0.0, weight_decay: float = 0.0, nesterov: b
 
     return Transform(init, update)
 
-
-def select_rows(state, rows: Tensor):
-    """The optimizer state of nodes ``rows``: every state field has a leading node axis."""
-    return type(state)(*(t[rows] for t in state))
-
-
-def scatter_rows(state, rows: Tensor, sub_state):
-    """A copy of ``state`` with the rows of nodes ``rows`` replaced by ``sub_state``."""
-    out = []
-    for full, part in zip(state, sub_state):
-        full = full.clone()
-        full[rows] = part
-        out.append(full)
-    return type(state)(*out)

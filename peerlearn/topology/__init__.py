@@ -31,5 +31,9 @@ from peerlearn.topology.random_graphs import (
     watts_strogatz_graph,
 )
 
-__all__ = [name for name in dir() if name.endswith(("_graph", "_weights")) or name in {
-    "degrees", "is_connected", "require_connected", "spectral_gap", "from_networkx", "from_edge_list"}]
+__all__ = [
+    "barabasi_albert_graph", "complete_graph", "cycle_graph", "degrees", "erdos_renyi_graph", "exponential_graph",
+    "from_edge_list", "from_networkx", "hypercube_graph", "is_connected", "max_degree_weights",
+    "metropolis_hastings_weights", "path_graph", "random_regular_graph", "require_connected", "spectral_gap",
+    "star_graph", "torus_graph", "uniform_weights", "watts_strogatz_graph",
+]
