@@ -15,6 +15,12 @@ def _col(rows: list[dict], key: str) -> list[float]:
     return [r.get(key, math.nan) for r in rows]
 
 
+def _acc_vs_mb(rows: list[dict]) -> tuple[list[float], list[float]]:
+    """(MB sent per node, mean accuracy) for the rows after the first byte was sent (log-scale friendly)."""
+    pairs = [(r["bytes_sent_per_node"] / 1e6, r["acc_mean"]) for r in rows if r.get("bytes_sent_per_node", 0) > 0]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
 def plot_run(rows: list[dict], out_dir: Path, title: str = "") -> list[Path]:
     """``accuracy.png`` (vs round), ``accuracy_vs_bytes.png`` and ``consensus.png``."""
     out_dir = Path(out_dir)
@@ -31,7 +37,12 @@ def plot_run(rows: list[dict], out_dir: Path, title: str = "") -> list[Path]:
     written.append(_save(fig, out_dir / "accuracy.png"))
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    ax.plot([b / 1e6 for b in _col(rows, "bytes_sent_per_node")], _col(rows, "acc_mean"), marker=".")
+    mb, acc = _acc_vs_mb(rows)
+    if mb:
+        ax.plot(mb, acc, marker=".")
+        ax.set_xscale("log")
+    else:
+        ax.text(0.5, 0.5, "no bytes sent (no communication)", ha="center", transform=ax.transAxes)
     ax.set(xlabel="MB sent per node", ylabel="mean node test accuracy", title=title, ylim=(0, 1))
     ax.grid(alpha=0.3)
     written.append(_save(fig, out_dir / "accuracy_vs_bytes.png"))
@@ -49,14 +60,21 @@ def plot_run(rows: list[dict], out_dir: Path, title: str = "") -> list[Path]:
 def plot_compare(runs: dict[str, list[dict]], out_path: Path) -> Path:
     """One figure, three panels: accuracy vs round, accuracy vs bytes, consensus distance."""
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
+    silent = []
     for name, rows in runs.items():
-        axes[0].plot(_col(rows, "round"), _col(rows, "acc_mean"), label=name)
-        axes[1].plot([b / 1e6 for b in _col(rows, "bytes_sent_per_node")], _col(rows, "acc_mean"), label=name)
+        line, = axes[0].plot(_col(rows, "round"), _col(rows, "acc_mean"), label=name)
+        mb, acc = _acc_vs_mb(rows)
+        if mb:
+            axes[1].plot(mb, acc, label=name, color=line.get_color())
+        else:
+            silent.append(name)
         axes[2].plot(_col(rows, "round"), [max(v, 1e-12) for v in _col(rows, "consensus_distance")], label=name)
     axes[0].set(xlabel="round", ylabel="mean node test accuracy", ylim=(0, 1))
     axes[1].set(xlabel="MB sent per node", ylabel="mean node test accuracy", ylim=(0, 1))
-    axes[1].set_xscale("symlog", linthresh=0.01)
-    axes[2].set(xlabel="round", ylabel="consensus distance", yscale="log")
+    axes[1].set_xscale("log")
+    if silent:
+        axes[1].set_title(f"sent nothing: {', '.join(silent)}", fontsize=9)
+    axes[2].set(xlabel="round", ylabel="consensus distance (floored at 1e-12)", yscale="log")
     for ax in axes:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
