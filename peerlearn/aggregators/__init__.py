@@ -1,9 +1,12 @@
-"""Aggregators: ``fn(x_KP, *, weights_K=None, **hyper) -> x_P`` and batched ``fn(x_NKP, valid_NK) -> x_NP``.
+"""Aggregators over each node's received models: ``rule(x_NKP, valid_NK, **hyper) -> x_NP``.
 
-Robust rules (median, Krum, ...) arrive with the robustness issue; the mean is here so the
-gather path is built and tested from the start.
+Column 0 is the node's own model; padded entries (``valid_NK`` False) never count.
+``mean(x_KP, weights_K)`` is the single-node weighted mean used by FedAvg and all-reduce.
 """
 
 from peerlearn.aggregators.mean import masked_mean, mean
+from peerlearn.aggregators.robust import (centered_clipping, coordinate_median, geometric_median, krum, multi_krum,
+                                          nearest_neighbor_mean, trimmed_mean)
 
-__all__ = ["masked_mean", "mean"]
+__all__ = ["centered_clipping", "coordinate_median", "geometric_median", "krum", "masked_mean", "mean",
+           "multi_krum", "nearest_neighbor_mean", "trimmed_mean"]

@@ -1,0 +1,133 @@
+"""Robust aggregation rules over each node's received models.
+
+Every rule is batched over nodes and respects a padding mask:
+``rule(x_NKP, valid_NK, **hyper) -> x_NP``. Column 0 of ``x_NKP`` is the node's own model
+(``SimComm.gather(include_self=True)``), columns 1.. its neighbours' messages; padded
+entries (``valid_NK`` False) never influence the result. ``f`` is the number of Byzantine
+inputs a node is told to tolerate among the ones it receives.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from peerlearn.types import Tensor
+
+
+def _counts(valid_NK: Tensor) -> Tensor:
+    return valid_NK.sum(1)
+
+
+def _require(valid_NK: Tensor, minimum_fn, rule: str, f: int) -> None:
+    k_min = int(_counts(valid_NK).min())
+    if k_min < minimum_fn(f):
+        raise ValueError(f"algorithm.f: {rule} with f={f} needs every node to receive at least {minimum_fn(f)} "
+                         f"models (itself included); the least connected node receives {k_min}")
+
+
+def coordinate_median(x_NKP: Tensor, valid_NK: Tensor) -> Tensor:
+    """Coordinate-wise median of the valid inputs (the lower median for an even count).
+
+    References:
+        Yin et al., "Byzantine-Robust Distributed Learning: Towards Optimal Statistical Rates", ICML 2018.
+    """
+    masked = x_NKP.masked_fill(~valid_NK[..., None], float("nan"))
+    return torch.nanmedian(masked, dim=1).values
+
+
+def trimmed_mean(x_NKP: Tensor, valid_NK: Tensor, f: int = 1) -> Tensor:
+    """Per coordinate, drop the ``f`` largest and ``f`` smallest valid values and average the rest.
+
+    References:
+        Yin et al., "Byzantine-Robust Distributed Learning: Towards Optimal Statistical Rates", ICML 2018.
+    """
+    _require(valid_NK, lambda f: 2 * f + 1, "trimmed_mean", f)
+    ordered = x_NKP.masked_fill(~valid_NK[..., None], float("inf")).sort(dim=1).values  # valid ones first
+    pos = torch.arange(x_NKP.shape[1])[None, :]
+    keep = (pos >= f) & (pos < _counts(valid_NK)[:, None] - f)  # [N, K]
+    kept = ordered.masked_fill(~keep[..., None], 0.0)
+    return kept.sum(1) / keep.sum(1, keepdim=True).to(x_NKP.dtype)
+
+
+def _krum_scores(x_NKP: Tensor, valid_NK: Tensor, f: int) -> Tensor:
+    """Krum score of each input: sum of squared distances to its ``k - f - 2`` nearest valid others."""
+    d = torch.cdist(x_NKP, x_NKP).pow(2)  # [N, K, K]
+    pair_ok = valid_NK[:, :, None] & valid_NK[:, None, :]
+    pair_ok &= ~torch.eye(x_NKP.shape[1], dtype=torch.bool)[None]
+    d = d.masked_fill(~pair_ok, float("inf")).sort(dim=2).values
+    m = (_counts(valid_NK) - f - 2).clamp_min(1)
+    take = torch.arange(x_NKP.shape[1])[None, None, :] < m[:, None, None]
+    scores = d.masked_fill(~take, 0.0).sum(2)
+    return scores.masked_fill(~valid_NK, float("inf"))
+
+
+def krum(x_NKP: Tensor, valid_NK: Tensor, f: int = 1) -> Tensor:
+    """The input closest (in summed squared distance) to its ``k - f - 2`` nearest neighbours.
+
+    References:
+        Blanchard et al., "Machine Learning with Adversaries: Byzantine Tolerant Gradient Descent", NeurIPS 2017.
+    """
+    return multi_krum(x_NKP, valid_NK, f=f, m=1)
+
+
+def multi_krum(x_NKP: Tensor, valid_NK: Tensor, f: int = 1, m: int | None = None) -> Tensor:
+    """Average of the ``m`` inputs with the lowest Krum scores (default ``m = k - f``).
+
+    References:
+        Blanchard et al., NeurIPS 2017; El Mhamdi et al., "The Hidden Vulnerability of Distributed
+        Learning in Byzantium", ICML 2018.
+    """
+    _require(valid_NK, lambda f: 2 * f + 3, "krum", f)
+    scores = _krum_scores(x_NKP, valid_NK, f)
+    counts = _counts(valid_NK)
+    m_N = (counts - f) if m is None else torch.full_like(counts, m)
+    rank = scores.argsort(dim=1).argsort(dim=1)  # 0 = best
+    chosen = (rank < m_N[:, None]) & valid_NK
+    w = chosen.to(x_NKP.dtype)
+    return (w[..., None] * x_NKP).sum(1) / w.sum(1, keepdim=True)
+
+
+def geometric_median(x_NKP: Tensor, valid_NK: Tensor, nu: float = 1e-6, num_iters: int = 20) -> Tensor:
+    """Smoothed Weiszfeld iterations for ``argmin_z sum_j ||z - x_j||`` (breakdown point 1/2).
+
+    References:
+        Pillutla, Kakade & Harchaoui, "Robust Aggregation for Federated Learning", IEEE TSP 2022 (RFA).
+    """
+    w = valid_NK.to(x_NKP.dtype)
+    z = (w[..., None] * x_NKP).sum(1) / w.sum(1, keepdim=True)
+    for _ in range(num_iters):
+        beta = w / (x_NKP - z[:, None, :]).norm(dim=2).clamp_min(nu)
+        z = (beta[..., None] * x_NKP).sum(1) / beta.sum(1, keepdim=True)
+    return z
+
+
+def centered_clipping(x_NKP: Tensor, valid_NK: Tensor, tau: float = 1.0, num_iters: int = 1) -> Tensor:
+    """Self-centered clipping: start from the own model, add the mean of the clipped differences.
+
+    ``v <- v + (1/k) sum_j clip(x_j - v, tau)`` with ``clip(u, tau) = u * min(1, tau/||u||)``.
+
+    References:
+        Karimireddy, He & Jaggi, "Learning from History for Byzantine Robust Optimization", ICML 2021;
+        He, Karimireddy & Jaggi, "Byzantine-Robust Decentralized Learning via ClippedGossip", 2022.
+    """
+    w = valid_NK.to(x_NKP.dtype)
+    v = x_NKP[:, 0]
+    for _ in range(num_iters):
+        diff = x_NKP - v[:, None, :]
+        scale = (tau / diff.norm(dim=2).clamp_min(1e-12)).clamp(max=1.0) * w
+        v = v + (scale[..., None] * diff).sum(1) / w.sum(1, keepdim=True)
+    return v
+
+
+def nearest_neighbor_mean(x_NKP: Tensor, valid_NK: Tensor, f: int = 1) -> Tensor:
+    """NNA: the average of the ``k - f`` valid inputs closest to the node's own model (itself included).
+
+    References:
+        Farhadkhani et al., "Robust Collaborative Learning with Linear Gradient Overhead", ICML 2023 (MoNNA).
+    """
+    _require(valid_NK, lambda f: f + 1, "nearest_neighbor_mean", f)
+    dist = (x_NKP - x_NKP[:, :1]).norm(dim=2).masked_fill(~valid_NK, float("inf"))
+    rank = dist.argsort(dim=1).argsort(dim=1)
+    chosen = (rank < (_counts(valid_NK) - f)[:, None]) & valid_NK
+    w = chosen.to(x_NKP.dtype)
+    return (w[..., None] * x_NKP).sum(1) / w.sum(1, keepdim=True)
