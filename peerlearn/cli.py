@@ -132,6 +132,47 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_matrix(args) -> int:
+    import yaml
+
+    from peerlearn.config import AGGREGATORS, ATTACKS, ConfigError, load_config, to_dict
+    from peerlearn.report.matrix import run_matrix
+
+    cfg = load_config(args.config, args.set)
+    attacks = ["none", *(a for a in args.attacks if a != "none")]
+    for what, names, allowed in (("--attacks", attacks[1:], ATTACKS), ("--defenses", args.defenses, AGGREGATORS)):
+        bad = [n for n in names if n not in allowed]
+        if bad:
+            raise ConfigError(f"config error: {what}: unknown {', '.join(bad)}; allowed: {', '.join(allowed)}")
+    base = to_dict(cfg)
+    if cfg.num_byzantine == 0:
+        raise ConfigError("config error: threat.num_byzantine: the matrix needs Byzantine nodes "
+                          "(e.g. --set threat.num_byzantine=10)")
+    out = Path(args.out or Path("runs") / f"{cfg.name}-matrix")
+    table = Table(title=f"attack x defence: honest mean / min accuracy ({cfg.num_byzantine} Byzantine of "
+                        f"{cfg.num_nodes}, {cfg.topology.graph})")
+    total = len(attacks) * len(args.defenses)
+    done = []
+
+    def on_cell(attack, defense, row):
+        done.append(row)
+        if not args.quiet:
+            console.print(f"[{len(done)}/{total}] {attack} vs {defense}: mean {row['acc_mean']:.3f}, "
+                          f"min {row['acc_min']:.3f}", markup=False)
+
+    rows = run_matrix(base, attacks, list(args.defenses), out, on_cell)
+    table.add_column("attack \\ defence")
+    for d in args.defenses:
+        table.add_column(d, justify="right")
+    for a in attacks:
+        cells = {r["defense"]: r for r in rows if r["attack"] == a}
+        table.add_row(a, *(f"{cells[d]['acc_mean']:.2f} / {cells[d]['acc_min']:.2f}" for d in args.defenses))
+    console.print(table)
+    (out / "config.yaml").write_text(yaml.safe_dump(base, sort_keys=False))
+    console.print(f"results: {out}/ (matrix.csv, matrix.png)", markup=False)
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="peerlearn", description="Decentralized learning experiments.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -158,6 +199,15 @@ def make_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("runs", nargs="+", help="run directories")
     cmp_.add_argument("--out", default="comparison.png", help="plot file (default: comparison.png)")
     cmp_.set_defaults(func=cmd_compare)
+    mat = sub.add_parser("matrix", help="run every attack x defence pair; a table and a heatmap")
+    mat.add_argument("config")
+    mat.add_argument("--attacks", nargs="+", default=["gaussian", "sign_flip", "alie", "ipm", "large_norm"])
+    mat.add_argument("--defenses", nargs="+", default=["gossip", "median", "trimmed_mean", "krum",
+                                                          "geometric_median", "centered_clipping", "nna"])
+    mat.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    mat.add_argument("--out", help="results directory (default: runs/<name>-matrix)")
+    mat.add_argument("--quiet", action="store_true")
+    mat.set_defaults(func=cmd_matrix)
     return parser
 
 

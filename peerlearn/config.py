@@ -17,7 +17,7 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from peerlearn import algorithms, optim
+from peerlearn import aggregators, algorithms, attacks, optim
 from peerlearn.data import datasets, partition
 from peerlearn.data.batching import NodeSampler
 from peerlearn.models import nets
@@ -81,8 +81,35 @@ ALGORITHMS = {
     "centralized": Entry(algorithms.centralized, _COMMON_ALGO + ("weighting",)),
     "local": Entry(algorithms.local_only, _COMMON_ALGO),
 }
+def _gossip(x_NP, comm):
+    """Linear gossip with the mixing matrix: ``x_i + sum_j W_ij (x_j - x_i)`` (no robustness)."""
+
+
+AGGREGATORS = {
+    "gossip": Entry(_gossip),
+    "mean": Entry(aggregators.masked_mean),
+    "median": Entry(aggregators.coordinate_median),
+    "trimmed_mean": Entry(aggregators.trimmed_mean, ("f",)),
+    "krum": Entry(aggregators.krum, ("f",)),
+    "multi_krum": Entry(aggregators.multi_krum, ("f",)),
+    "geometric_median": Entry(aggregators.geometric_median),
+    "centered_clipping": Entry(aggregators.centered_clipping, ("tau",)),
+    "nna": Entry(aggregators.nearest_neighbor_mean, ("f",)),
+}
+# fewest inputs (own model included) each rule needs to tolerate f Byzantine ones
+AGGREGATOR_MIN_INPUTS = {"trimmed_mean": lambda f: 2 * f + 1, "krum": lambda f: 2 * f + 3,
+                         "multi_krum": lambda f: 2 * f + 3, "nna": lambda f: f + 1}
+ATTACKS = {
+    "sign_flip": Entry(attacks.sign_flip),
+    "gaussian": Entry(attacks.gaussian, ("sigma",)),
+    "large_norm": Entry(attacks.large_norm, ("scale",)),
+    "alie": Entry(attacks.alie, ("z",)),
+    "ipm": Entry(attacks.ipm, ("epsilon",)),
+    "label_flip": Entry(attacks.flip_labels),
+}
 REGISTRIES = {"topology.graph": GRAPHS, "topology.mixing": MIXING, "data.dataset": DATASETS,
-              "data.partition": PARTITIONS, "model.name": MODELS, "algorithm.name": ALGORITHMS}
+              "data.partition": PARTITIONS, "model.name": MODELS, "algorithm.name": ALGORITHMS,
+              "algorithm.aggregator": AGGREGATORS, "threat.attack": ATTACKS}
 
 
 def _names(registry: dict) -> Any:
@@ -145,6 +172,24 @@ class AlgorithmConfig(_Section):
     fraction: float = Field(1.0, gt=0.0, le=1.0, description="fedavg: fraction of clients sampled per round")
     weighting: Literal["data_size", "uniform"] = Field(
         "data_size", description="fedavg/centralized: weight nodes by their data size or equally")
+    aggregator: _names(AGGREGATORS) = Field("gossip", description="dsgd: how a node combines its own and received models")
+    f: int = Field(1, ge=0, description="Byzantine inputs each node's robust rule tolerates")
+    tau: float = Field(1.0, gt=0.0, description="clipping radius (centered_clipping)")
+
+
+class ThreatConfig(_Section):
+    num_byzantine: int = Field(0, ge=0, description="number of Byzantine nodes")
+    fraction: float | None = Field(None, ge=0.0, lt=1.0, description="fraction of Byzantine nodes (instead of num_byzantine)")
+    placement: Literal[attacks.PLACEMENTS] = Field("random", description="where Byzantine nodes sit: random, "
+                                                   "degree (hubs), cluster (a connected ball)")
+    attack: _names(ATTACKS) | None = Field(None, description="what Byzantine nodes do (none: they behave honestly)")
+    collusion: Literal["all", "neighbors"] = Field(
+        "all", description="honest messages an attacker sees: everyone's, or its neighbours'")
+    sybil: bool = Field(False, description="all Byzantine identities send one identical message (Sybil clones)")
+    sigma: float = Field(1.0, gt=0.0, description="gaussian: noise standard deviation")
+    scale: float = Field(100.0, description="large_norm: factor on the own model")
+    z: float = Field(1.5, description="alie: standard deviations below the honest mean")
+    epsilon: float = Field(0.1, description="ipm: factor on the negated honest mean")
 
 
 class ExperimentConfig(_Section):
@@ -157,9 +202,16 @@ class ExperimentConfig(_Section):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     algorithm: AlgorithmConfig = AlgorithmConfig()
+    threat: ThreatConfig = ThreatConfig()
+
+    @property
+    def num_byzantine(self) -> int:
+        t = self.threat
+        return int(round(t.fraction * self.num_nodes)) if t.fraction is not None else t.num_byzantine
 
 
-SECTIONS = {"topology": TopologyConfig, "data": DataConfig, "model": ModelConfig, "algorithm": AlgorithmConfig}
+SECTIONS = {"topology": TopologyConfig, "data": DataConfig, "model": ModelConfig, "algorithm": AlgorithmConfig,
+            "threat": ThreatConfig}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,6 +301,18 @@ def check_consistency(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"config error: topology.rows: must divide num_nodes={n}, got {t.rows}")
     if any(h < 1 for h in cfg.model.hidden) or any(c < 1 for c in cfg.model.channels):
         raise ConfigError("config error: model.hidden/model.channels: every width must be >= 1")
+    th, a = cfg.threat, cfg.algorithm
+    if th.fraction is not None and "num_byzantine" in th.model_fields_set:
+        raise ConfigError("config error: threat.fraction: give threat.num_byzantine or threat.fraction, not both")
+    if cfg.num_byzantine >= n:
+        raise ConfigError(f"config error: threat.num_byzantine: must be < num_nodes={n}, got {cfg.num_byzantine}")
+    if th.attack is not None and cfg.num_byzantine == 0:
+        raise ConfigError(f"config error: threat.attack: {th.attack} needs Byzantine nodes; set threat.num_byzantine")
+    if th.attack in attacks.MODEL_ATTACKS and a.name != "dsgd":
+        raise ConfigError(f"config error: threat.attack: model-poisoning attacks act on gossip messages; "
+                          f"algorithm {a.name} is not supported yet (use dsgd, or attack label_flip)")
+    if a.aggregator != "gossip" and a.name != "dsgd":
+        raise ConfigError(f"config error: algorithm.aggregator: only dsgd takes an aggregator, not {a.name}")
     if cfg.data.dataset in ("npz",) and not cfg.data.path:
         raise ConfigError("config error: data.path: dataset 'npz' needs the path of a .npz file")
 
@@ -259,7 +323,10 @@ def unused_fields(cfg: ExperimentConfig) -> list[str]:
               "data": (DATASETS[cfg.data.dataset].params + PARTITIONS[cfg.data.partition].params,
                        ("dataset", "partition", "min_samples_per_node", "local_test_fraction", "test_samples")),
               "model": (MODELS[cfg.model.name].params, ("name", "same_init", "grad_strategy")),
-              "algorithm": (ALGORITHMS[cfg.algorithm.name].params, ("name",))}
+              "algorithm": (ALGORITHMS[cfg.algorithm.name].params + AGGREGATORS[cfg.algorithm.aggregator].params,
+                            ("name", "aggregator")),
+              "threat": ((ATTACKS[cfg.threat.attack].params if cfg.threat.attack else ()),
+                         ("num_byzantine", "fraction", "placement", "attack", "collusion", "sybil"))}
     notes = []
     for section, (params, always) in chosen.items():
         for key in getattr(cfg, section).model_fields_set:
@@ -289,6 +356,8 @@ class Built(NamedTuple):
     algorithm: Any
     adjacency: Any
     W: Any
+    honest_N: torch.Tensor  # bool: False for Byzantine nodes (metrics count honest nodes only)
+    threat: Any  # engines.comm.Threat or None
 
 
 def _seed(cfg: ExperimentConfig, stream: int) -> int:
@@ -358,12 +427,51 @@ def build_optimizer(a: AlgorithmConfig):
     return optim.sgd(a.lr, momentum=a.momentum, weight_decay=a.weight_decay)
 
 
-def build_algorithm(cfg: ExperimentConfig, data_sizes_N: torch.Tensor):
+def build_aggregator(cfg: ExperimentConfig, adjacency):
+    """The dsgd combine rule (None = linear gossip), with f checked against the graph's degrees."""
+    a = cfg.algorithm
+    if a.aggregator == "gossip":
+        return None
+    if a.aggregator in AGGREGATOR_MIN_INPUTS:
+        need, have = AGGREGATOR_MIN_INPUTS[a.aggregator](a.f), int(graphs.degrees(adjacency).min()) + 1
+        if have < need:
+            raise ConfigError(f"config error: algorithm.f: {a.aggregator} with f={a.f} needs every node to receive "
+                              f"at least {need} models (itself included); on this {cfg.topology.graph} the least "
+                              f"connected node receives {have}")
+    entry = AGGREGATORS[a.aggregator]
+    hyper = {p: getattr(a, p) for p in entry.params}
+    return (lambda x, valid: entry.fn(x, valid, **hyper)) if hyper else entry.fn
+
+
+def build_threat(cfg: ExperimentConfig, adjacency):
+    """(honest_N, Threat or None, poisoned-data mask or None)."""
+    from peerlearn.engines.comm import Threat
+
+    th, n = cfg.threat, cfg.num_nodes
+    byz = attacks.place_byzantine(adjacency, cfg.num_byzantine, th.placement, _seed(cfg, 8))
+    honest_N = torch.from_numpy(~byz)
+    if th.attack is None or not byz.any():
+        return honest_N, None, None
+    if th.attack == "label_flip":
+        return honest_N, None, torch.from_numpy(byz)
+    seen = np.tile(~byz, (int(byz.sum()), 1)).astype(np.float64)
+    if th.collusion == "neighbors":
+        seen *= (adjacency[np.flatnonzero(byz)].toarray() > 0)
+    seen /= np.maximum(seen.sum(1, keepdims=True), 1.0)
+    entry = ATTACKS[th.attack]
+    hyper = {p: getattr(th, p) for p in entry.params}
+    fn = (lambda own, mean, std, g: entry.fn(own, mean, std, g, **hyper)) if hyper else entry.fn
+    threat = Threat(torch.from_numpy(np.flatnonzero(byz)), fn, torch.from_numpy(seen).float(), th.sybil,
+                    torch.Generator().manual_seed(_seed(cfg, 9)))
+    return honest_N, threat, None
+
+
+def build_algorithm(cfg: ExperimentConfig, data_sizes_N: torch.Tensor, aggregator=None):
     a = cfg.algorithm
     opt = build_optimizer(a)
     weights = data_sizes_N if a.weighting == "data_size" else None
     if a.name == "dsgd":
-        return algorithms.dsgd(opt, a.num_local_steps, a.order)
+        return algorithms.dsgd(opt, a.num_local_steps, a.order, aggregator)
     if a.name == "fedavg":
         return algorithms.fedavg(opt, a.num_local_steps, a.fraction, weights, seed=_seed(cfg, 4))
     if a.name == "centralized":
@@ -382,12 +490,15 @@ def choose_grad_strategy(cfg: ExperimentConfig, activations_per_sample: int, bud
     return "vmap" if vmap_bytes <= budget_bytes else "loop"
 
 
-def build(cfg: ExperimentConfig) -> Built:
-    """Make every part of a run; any bad value raises ConfigError naming its field."""
+def build(cfg: ExperimentConfig, dataset: datasets.Dataset | None = None) -> Built:
+    """Make every part of a run; any bad value raises ConfigError naming its field.
+
+    ``dataset`` reuses an already loaded dataset (e.g. across the runs of ``peerlearn matrix``).
+    """
     from peerlearn.models.functional import FlatModel, activation_numel, make_grad_fn
 
     try:
-        ds = build_dataset(cfg)
+        ds = build_dataset(cfg) if dataset is None else dataset
         parts, local_test = build_partition(cfg, ds.y_train.numpy())
         adj, W = build_topology(cfg)
         m = cfg.model
@@ -401,10 +512,14 @@ def build(cfg: ExperimentConfig) -> Built:
     flat = FlatModel(module)
     strategy = choose_grad_strategy(cfg, activation_numel(flat, ds.input_shape))
     sizes = torch.tensor([len(p) for p in parts], dtype=torch.float64)
+    aggregator = build_aggregator(cfg, adj)
+    honest_N, threat, poisoned_N = build_threat(cfg, adj)
+    num_classes = ds.num_classes
     return Built(
         config=cfg, dataset=ds, parts=parts, local_test_parts=local_test, flat=flat,
         params_NP=flat.init_params(cfg.num_nodes, _seed(cfg, 5), m.same_init),
         grad_fn=make_grad_fn(flat, strategy),
-        batches=NodeSampler(ds.x_train, ds.y_train, parts, cfg.algorithm.batch_size, _seed(cfg, 6)),
-        algorithm=build_algorithm(cfg, sizes), adjacency=adj, W=W,
+        batches=NodeSampler(ds.x_train, ds.y_train, parts, cfg.algorithm.batch_size, _seed(cfg, 6),
+                            poisoned_N, lambda y: attacks.flip_labels(y, num_classes)),
+        algorithm=build_algorithm(cfg, sizes, aggregator), adjacency=adj, W=W, honest_N=honest_N, threat=threat,
     )

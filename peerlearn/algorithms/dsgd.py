@@ -15,7 +15,7 @@ References:
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 from peerlearn.algorithms.local import local_steps
 from peerlearn.types import Algorithm, Transform
@@ -25,8 +25,17 @@ class DsgdState(NamedTuple):
     opt_state: Any
 
 
-def dsgd(optimizer: Transform, num_local_steps: int = 1, order: str = "atc") -> Algorithm:
-    """Decentralized SGD: local steps, then gossip with the round's mixing matrix (ATC or CTA order)."""
+def dsgd(optimizer: Transform, num_local_steps: int = 1, order: str = "atc",
+         aggregator: Callable | None = None) -> Algorithm:
+    """Decentralized SGD: local steps, then gossip with the round's mixing matrix (ATC or CTA order).
+
+    With ``aggregator`` (``rule(x_NKP, valid_NK) -> x_NP``, e.g. a robust rule) each node combines
+    its own model and its neighbours' messages by that rule instead of the weighted sum ``W x``.
+    """
+
+    def combine(comm, x_NP):
+        return comm.mix(x_NP) if aggregator is None else aggregator(*comm.gather(x_NP, include_self=True))
+
     if order not in ("atc", "cta"):
         raise ValueError(f"algorithm.order must be 'atc' or 'cta', got {order!r}")
 
@@ -37,9 +46,9 @@ def dsgd(optimizer: Transform, num_local_steps: int = 1, order: str = "atc") -> 
         trained, opt_state, loss = local_steps(params_NP, state.opt_state, optimizer, batches, grad_fn,
                                                num_local_steps)
         if order == "atc":
-            params_NP = comm.mix(trained)
+            params_NP = combine(comm, trained)
         else:
-            params_NP = comm.mix(params_NP) + (trained - params_NP)
+            params_NP = combine(comm, params_NP) + (trained - params_NP)
         return params_NP, DsgdState(opt_state), {"loss": float(loss.mean())}
 
     return Algorithm(init, step)

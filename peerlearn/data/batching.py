@@ -15,13 +15,15 @@ class NodeSampler:
     indexing op. With-replacement sampling is the i.i.d. setting of D-SGD analyses.
     """
 
-    def __init__(self, x: Tensor, y: Tensor, parts: list[np.ndarray], batch_size: int, seed: int):
+    def __init__(self, x: Tensor, y: Tensor, parts: list[np.ndarray], batch_size: int, seed: int,
+                 poisoned_N: Tensor | None = None, poison_labels=None):
         self.x, self.y, self.batch_size = x, y, batch_size
         self.sizes = torch.tensor([len(p) for p in parts], dtype=torch.float64)
         self.offsets = torch.tensor(np.concatenate([[0], np.cumsum([len(p) for p in parts])[:-1]]))
         self.flat = torch.from_numpy(np.concatenate(parts).astype(np.int64))
         self.generator = torch.Generator().manual_seed(seed)
         self.num_nodes = len(parts)
+        self.poisoned_N, self.poison_labels = poisoned_N, poison_labels  # data poisoning of some nodes
 
     def next(self, rows: Tensor | None = None) -> Batch:
         sizes = self.sizes if rows is None else self.sizes[rows]
@@ -30,7 +32,11 @@ class NodeSampler:
         if rows is not None:  # draw for all nodes, keep some: the stream does not depend on `rows`
             u = u[rows]
         pick = self.flat[offsets[:, None] + (u * sizes[:, None]).long()]
-        return self.x[pick], self.y[pick]
+        x, y = self.x[pick], self.y[pick]
+        if self.poisoned_N is not None:
+            bad = self.poisoned_N if rows is None else self.poisoned_N[rows]
+            y = torch.where(bad[:, None], self.poison_labels(y), y)
+        return x, y
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}

@@ -9,6 +9,7 @@ per receiving neighbour. The distributed engine implements the same methods over
 from __future__ import annotations
 
 import warnings
+from typing import Callable, NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -16,6 +17,21 @@ import torch
 
 from peerlearn.aggregators.mean import mean
 from peerlearn.types import Tensor
+
+
+class Threat(NamedTuple):
+    """Byzantine nodes and what they send instead of their honest message.
+
+    ``attack(own_BP, mean_BP, std_BP, generator) -> msg_BP`` (hyper-parameters bound);
+    ``view_BN[b, j] > 0`` where Byzantine node b sees honest node j's message (rows sum to 1);
+    ``sybil``: every Byzantine identity sends the first one's message (one adversary, many clones).
+    """
+
+    byzantine_idx: Tensor
+    attack: Callable | None
+    view_BN: Tensor
+    sybil: bool
+    generator: torch.Generator
 
 
 class SimComm:
@@ -33,6 +49,7 @@ class SimComm:
         self.bytes_sent_N = torch.zeros(self.num_nodes, dtype=torch.float64)
         self.bytes_sent_server = 0.0
         self.W = None
+        self.threat: Threat | None = None
         if W is not None:
             self.set_topology(W)
 
@@ -62,6 +79,25 @@ class SimComm:
         self._nbr_NK, self._valid_NK = torch.from_numpy(nbr), torch.from_numpy(valid)
         self._out_degree_N = torch.from_numpy(np.bincount(off.indices, minlength=self.num_nodes)).double()
 
+    # -- attacks at the message boundary ---------------------------------------------------------
+    def set_threat(self, threat: Threat | None) -> None:
+        self.threat = threat
+
+    def _poison(self, x_NP: Tensor) -> Tensor:
+        """The messages as received: Byzantine rows replaced by the attack (honest rows untouched)."""
+        t = self.threat
+        if t is None or t.attack is None or len(t.byzantine_idx) == 0:
+            return x_NP
+        view = t.view_BN.to(x_NP.dtype)
+        mean = view @ x_NP
+        std = (view @ x_NP.square() - mean.square()).clamp_min(0).sqrt()
+        msg = t.attack(x_NP[t.byzantine_idx], mean, std, t.generator)
+        if t.sybil:
+            msg = msg[:1].expand_as(msg)
+        out = x_NP.clone()
+        out[t.byzantine_idx] = msg.to(x_NP.dtype)
+        return out
+
     # -- accounting ---------------------------------------------------------------------------
     @staticmethod
     def message_bytes(x_P_or_NP: Tensor) -> int:
@@ -80,7 +116,8 @@ class SimComm:
         rows from drifting when weights such as 1/3 do not sum to exactly one.
         """
         self._count_neighbour_send(x_NP, message_bytes)
-        out = torch.addmm(x_NP, self._off, x_NP)  # x + A x   (A: off-diagonal weights)
+        sent = self._poison(x_NP)
+        out = torch.addmm(x_NP, self._off, sent)  # x + A m   (A: off-diagonal weights, m: messages)
         return out.addcmul_(self._off_rowsum_N1, x_NP, value=-1.0)  # - diag(A 1) x
 
     def gather(self, x_NP: Tensor, include_self: bool = True,
@@ -90,12 +127,13 @@ class SimComm:
         With ``include_self`` column 0 is the node's own row (always valid), then its neighbours.
         """
         self._count_neighbour_send(x_NP, message_bytes)
+        sent = self._poison(x_NP)
         nbr, valid = self._nbr_NK, self._valid_NK
-        if include_self:
-            own = torch.arange(self.num_nodes)[:, None]
-            nbr = torch.cat([own, nbr], 1)
-            valid = torch.cat([torch.ones_like(own, dtype=torch.bool), valid], 1)
-        return x_NP[nbr], valid
+        received = sent[nbr]
+        if include_self:  # a node's own model is never poisoned in its own hands
+            received = torch.cat([x_NP[:, None, :], received], 1)
+            valid = torch.cat([torch.ones(self.num_nodes, 1, dtype=torch.bool), valid], 1)
+        return received, valid
 
     def all_reduce_mean(self, x_NP: Tensor, weights_N: Tensor | None = None) -> Tensor:
         """Weighted mean of all rows (weights default to uniform), as ``x_P``.

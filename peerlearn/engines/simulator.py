@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from peerlearn.attacks import flip_labels
 from peerlearn.engines.comm import SimComm
 from peerlearn.metrics import accuracy, consensus_distance, summarize
 from peerlearn.models.functional import FlatModel, predict_logits
@@ -21,16 +22,23 @@ from peerlearn.types import Tensor
 
 # Columns of metrics.csv, in order (a stable contract: later issues add columns at the end).
 COLUMNS = ["round", "acc_mean", "acc_min", "acc_max", "acc_std", "acc_avg_model", "acc_local_mean",
-           "loss_mean", "consensus_distance", "bytes_sent_total", "bytes_sent_per_node", "wall_time_s"]
+           "loss_mean", "consensus_distance", "bytes_sent_total", "bytes_sent_per_node", "wall_time_s",
+           "attack_success"]
 
 
 class Evaluator:
-    """Test accuracy of every node's model, of the averaged model, and on each node's local test split."""
+    """Test accuracy of the honest nodes' models, of their average, and on each node's local test split.
+
+    ``honest_N`` masks out Byzantine nodes; ``flipped_labels`` (label-flip attacks) adds
+    ``attack_success``: the fraction of honest predictions equal to the attacker's label.
+    """
 
     def __init__(self, flat: FlatModel, x_test: Tensor, y_test: Tensor,
                  x_train: Tensor | None = None, y_train: Tensor | None = None,
-                 local_test_parts: list[np.ndarray] | None = None):
+                 local_test_parts: list[np.ndarray] | None = None, honest_N: Tensor | None = None,
+                 flipped_labels: Tensor | None = None):
         self.flat, self.x_test, self.y_test = flat, x_test, y_test
+        self.honest_N, self.flipped_labels = honest_N, flipped_labels
         self.local = None
         if local_test_parts is not None:  # pad each node's local test indices to a rectangle + mask
             width = max(len(p) for p in local_test_parts)
@@ -42,8 +50,12 @@ class Evaluator:
 
     @torch.no_grad()
     def __call__(self, params_NP: Tensor) -> dict[str, float]:
-        acc_N = accuracy(predict_logits(self.flat, params_NP, self.x_test), self.y_test)
-        out = summarize(acc_N, "acc")
+        if self.honest_N is not None:
+            params_NP = params_NP[self.honest_N]
+        logits = predict_logits(self.flat, params_NP, self.x_test)
+        out = summarize(accuracy(logits, self.y_test), "acc")
+        out["attack_success"] = (float(accuracy(logits, self.flipped_labels).mean())
+                                 if self.flipped_labels is not None else float("nan"))
         avg = params_NP.mean(0, keepdim=True)
         out["acc_avg_model"] = float(accuracy(predict_logits(self.flat, avg, self.x_test), self.y_test)[0])
         out["acc_local_mean"] = self._local_accuracy(params_NP) if self.local is not None else float("nan")
@@ -53,6 +65,8 @@ class Evaluator:
         from torch.func import functional_call, vmap
 
         x, y, mask = self.local
+        if self.honest_N is not None:
+            x, y, mask = x[self.honest_N], y[self.honest_N], mask[self.honest_N]
         forward = vmap(lambda p, xb: functional_call(self.flat.module, self.flat.unravel(p), (xb,)))
         correct = (forward(params_NP, x).argmax(-1) == y) & mask
         return float((correct.sum(1) / mask.sum(1)).double().mean())
@@ -67,7 +81,11 @@ def simulate(built, on_eval: Callable[[dict], None] | None = None,
     cfg = built.config
     comm = SimComm(built.W)
     ds = built.dataset
-    evaluate = Evaluator(built.flat, ds.x_test, ds.y_test, ds.x_train, ds.y_train, built.local_test_parts)
+    comm.set_threat(built.threat)
+    attacked = built.threat is not None or built.batches.poisoned_N is not None
+    flipped = flip_labels(ds.y_test, ds.num_classes) if built.batches.poisoned_N is not None else None
+    evaluate = Evaluator(built.flat, ds.x_test, ds.y_test, ds.x_train, ds.y_train, built.local_test_parts,
+                         built.honest_N, flipped)
     params_NP = built.params_NP.clone()
     state = built.algorithm.init(params_NP)
     rows: list[dict] = []
@@ -75,12 +93,12 @@ def simulate(built, on_eval: Callable[[dict], None] | None = None,
     start = time.perf_counter()
 
     def record(round_: int) -> None:
-        if not bool(torch.isfinite(params_NP).all()):
+        if not attacked and not bool(torch.isfinite(params_NP).all()):  # under attack, ruin is a result
             raise FloatingPointError(f"training diverged by round {round_} (non-finite parameters); "
                                      "lower algorithm.lr")
         row = {"round": round_, **evaluate(params_NP),
                "loss_mean": float(np.mean(losses)) if losses else math.nan,
-               "consensus_distance": consensus_distance(params_NP),
+               "consensus_distance": consensus_distance(params_NP[built.honest_N]),
                "bytes_sent_total": comm.bytes_sent_total,
                "bytes_sent_per_node": comm.bytes_sent_total / cfg.num_nodes,
                "wall_time_s": time.perf_counter() - start}
@@ -93,7 +111,7 @@ def simulate(built, on_eval: Callable[[dict], None] | None = None,
     for round_ in range(1, cfg.num_rounds + 1):
         params_NP, state, step_metrics = built.algorithm.step(state, params_NP, built.batches, built.grad_fn, comm)
         losses.append(step_metrics["loss"])
-        if not math.isfinite(step_metrics["loss"]):
+        if not attacked and not math.isfinite(step_metrics["loss"]):
             raise FloatingPointError(f"training diverged at round {round_} (loss {step_metrics['loss']}); "
                                      "lower algorithm.lr")
         if round_ % cfg.eval_every == 0 or round_ == cfg.num_rounds:

@@ -1,0 +1,136 @@
+import numpy as np
+import pytest
+import torch
+
+from peerlearn import attacks
+from peerlearn.config import build, parse_config
+from peerlearn.engines.comm import SimComm, Threat
+from peerlearn.engines.simulator import simulate
+from peerlearn.topology import barabasi_albert_graph, cycle_graph, metropolis_hastings_weights
+from tests.conftest import tiny_config
+
+
+def _threat(byz, attack, n, sybil=False):
+    honest = np.ones(n, dtype=bool)
+    honest[byz] = False
+    view = np.tile(honest, (len(byz), 1)).astype(np.float32)
+    view /= view.sum(1, keepdims=True)
+    return Threat(torch.tensor(byz), attack, torch.from_numpy(view), sybil, torch.Generator().manual_seed(0))
+
+
+def test_poisoning_replaces_only_byzantine_messages():
+    n = 8
+    comm = SimComm(metropolis_hastings_weights(cycle_graph(n)))
+    x = torch.randn(n, 4)
+    comm.set_threat(_threat([2, 5], attacks.sign_flip, n))
+    received, valid = comm.gather(x, include_self=True)
+    honest_mean = x[[0, 1, 3, 4, 6, 7]].mean(0)
+    assert torch.allclose(received[3, 1:][valid[3, 1:]].sum(0), -honest_mean + x[4])  # node 3 hears 2 (bad) and 4
+    assert torch.equal(received[:, 0], x)  # a node's own model is never replaced in its own hands
+    mixed = comm.mix(x)
+    clean = SimComm(metropolis_hastings_weights(cycle_graph(n))).mix(x)
+    assert torch.allclose(mixed[0], clean[0]) and not torch.allclose(mixed[1], clean[1])  # 1 neighbours 2
+
+
+def test_sybil_clones_send_one_identical_message():
+    n = 10
+    comm = SimComm(metropolis_hastings_weights(barabasi_albert_graph(n, 2, seed=0)))
+    comm.set_threat(_threat([1, 4, 7], attacks.large_norm, n, sybil=True))
+    sent = comm._poison(torch.randn(n, 3))
+    assert torch.equal(sent[1], sent[4]) and torch.equal(sent[4], sent[7])
+
+
+def test_alie_and_ipm_follow_their_formulas():
+    own, mean, std = torch.randn(2, 5), torch.randn(2, 5), torch.rand(2, 5)
+    g = torch.Generator()
+    assert torch.allclose(attacks.alie(own, mean, std, g, z=1.5), mean - 1.5 * std)
+    assert torch.allclose(attacks.ipm(own, mean, std, g, epsilon=0.1), -0.1 * mean)
+
+
+def test_placement():
+    adj = barabasi_albert_graph(50, 2, seed=0)
+    deg = np.diff(adj.indptr)
+    hubs = attacks.place_byzantine(adj, 5, "degree", seed=0)
+    assert hubs.sum() == 5 and deg[hubs].min() >= np.sort(deg)[-5]
+    ball = np.flatnonzero(attacks.place_byzantine(adj, 8, "cluster", seed=1))
+    sub = adj[ball][:, ball]
+    from scipy.sparse.csgraph import connected_components
+    assert connected_components(sub, directed=False, return_labels=False) == 1
+    assert attacks.place_byzantine(adj, 7, "random", seed=2).sum() == 7
+
+
+def test_one_large_norm_node_ruins_its_ring_neighbours_and_the_median_holds():
+    """The known result: one Byzantine input controls an average; the median ignores it.
+
+    Compared with the same rule without the attack (the same Byzantine node behaving honestly).
+    """
+    final = {}
+    for aggregator in ("gossip", "median"):
+        for attack in (None, "large_norm"):
+            cfg = tiny_config(num_rounds=40, eval_every=40, algorithm={"lr": 0.3, "aggregator": aggregator},
+                              threat={"num_byzantine": 1, "attack": attack})
+            final[aggregator, attack] = simulate(build(cfg))[-1]
+    assert final["gossip", None]["acc_min"] > 0.5
+    assert final["gossip", "large_norm"]["acc_max"] < 0.2  # the whole ring is destroyed, not just neighbours
+    assert final["median", "large_norm"]["acc_mean"] > final["median", None]["acc_mean"] - 0.05
+    assert final["median", "large_norm"]["acc_mean"] > 0.5
+
+
+def test_median_holds_against_gaussian_noise_where_averaging_degrades():
+    final = {}
+    for aggregator in ("gossip", "median"):
+        cfg = tiny_config(num_rounds=40, eval_every=40, topology={"graph": "random_regular", "degree": 6},
+                          algorithm={"lr": 0.3, "aggregator": aggregator},
+                          threat={"num_byzantine": 3, "attack": "gaussian", "sigma": 3.0})
+        final[aggregator] = simulate(build(cfg))[-1]["acc_mean"]
+    assert final["median"] > final["gossip"] + 0.1, final
+
+
+def test_label_flip_poisons_only_byzantine_batches_and_reports_success():
+    b = build(tiny_config(num_rounds=10, eval_every=10, threat={"num_byzantine": 4, "attack": "label_flip"}))
+    poisoned = b.batches.poisoned_N
+    assert int(poisoned.sum()) == 4 and torch.equal(~poisoned, b.honest_N)
+    x, y = b.batches.next()
+    for i in range(16):
+        labels = {int(v) for v in y[i]}
+        own = set(b.dataset.y_train[b.parts[i]].tolist())
+        flipped = {9 - v for v in own}
+        assert labels <= (flipped if poisoned[i] else own)
+    row = simulate(b)[-1]
+    assert 0.0 <= row["attack_success"] <= 1.0
+
+
+@pytest.mark.parametrize("threat, algorithm, message", [
+    ({"num_byzantine": 16}, {}, "threat.num_byzantine: must be < num_nodes=16"),
+    ({"num_byzantine": 2, "fraction": 0.1}, {}, "threat.fraction: give threat.num_byzantine or threat.fraction"),
+    ({"attack": "sign_flip"}, {}, "threat.attack: sign_flip needs Byzantine nodes"),
+    ({"num_byzantine": 2, "attack": "alie"}, {"name": "fedavg"}, "algorithm fedavg is not supported yet"),
+    ({}, {"aggregator": "trimmed_mean", "f": 2}, "algorithm.f: trimmed_mean with f=2 needs every node to receive "
+                                                   "at least 5 models (itself included); on this ring"),
+    ({}, {"aggregator": "krum", "f": 1}, "algorithm.f: krum with f=1 needs"),
+    ({}, {"name": "fedavg", "aggregator": "median"}, "algorithm.aggregator: only dsgd"),
+])
+def test_invalid_threat_models_are_one_line_config_errors(threat, algorithm, message):
+    from peerlearn.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message.replace("(", "\\(").replace(")", "\\)")):
+        cfg = parse_config({"num_nodes": 16, "threat": threat, "algorithm": algorithm})
+        build(cfg)
+
+
+def test_matrix_command_writes_table_and_heatmap(tmp_path, capsys):
+    import yaml
+
+    from peerlearn import cli
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml.safe_dump({"num_nodes": 12, "num_rounds": 5, "eval_every": 5,
+                                    "topology": {"graph": "random_regular", "degree": 4},
+                                    "model": {"hidden": [8]}, "threat": {"num_byzantine": 2}}))
+    out = tmp_path / "mx"
+    assert cli.main(["matrix", str(path), "--attacks", "sign_flip", "--defenses", "gossip", "median",
+                     "--out", str(out), "--quiet"]) == 0
+    lines = (out / "matrix.csv").read_text().splitlines()
+    assert len(lines) == 1 + 2 * 2 and lines[0].startswith("attack,defense,acc_mean")
+    assert (out / "matrix.png").stat().st_size > 5_000
+    assert "sign_flip" in capsys.readouterr().out
+    assert cli.main(["matrix", str(path), "--attacks", "teleport", "--out", str(out)]) == 2
