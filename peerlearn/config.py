@@ -95,6 +95,7 @@ AGGREGATORS = {
     "geometric_median": Entry(aggregators.geometric_median),
     "centered_clipping": Entry(aggregators.centered_clipping, ("tau",)),
     "nna": Entry(aggregators.nearest_neighbor_mean, ("f",)),
+    "foolsgold": Entry(aggregators.foolsgold),
 }
 # fewest inputs (own model included) each rule needs to tolerate f Byzantine ones
 AGGREGATOR_MIN_INPUTS = {"trimmed_mean": lambda f: 2 * f + 1, "krum": lambda f: 2 * f + 3,
@@ -311,6 +312,9 @@ def check_consistency(cfg: ExperimentConfig) -> None:
     if th.attack in attacks.MODEL_ATTACKS and a.name != "dsgd":
         raise ConfigError(f"config error: threat.attack: model-poisoning attacks act on gossip messages; "
                           f"algorithm {a.name} is not supported yet (use dsgd, or attack label_flip)")
+    if a.aggregator == "foolsgold" and not cfg.model.same_init:
+        raise ConfigError("config error: model.same_init: foolsgold measures update histories from the common "
+                          "initial model, so it needs same_init: true")
     if a.aggregator != "gossip" and a.name != "dsgd":
         raise ConfigError(f"config error: algorithm.aggregator: only dsgd takes an aggregator, not {a.name}")
     if cfg.data.dataset in ("npz",) and not cfg.data.path:
@@ -427,7 +431,7 @@ def build_optimizer(a: AlgorithmConfig):
     return optim.sgd(a.lr, momentum=a.momentum, weight_decay=a.weight_decay)
 
 
-def build_aggregator(cfg: ExperimentConfig, adjacency):
+def build_aggregator(cfg: ExperimentConfig, adjacency, reference_P: torch.Tensor):
     """The dsgd combine rule (None = linear gossip), with f checked against the graph's degrees."""
     a = cfg.algorithm
     if a.aggregator == "gossip":
@@ -440,6 +444,8 @@ def build_aggregator(cfg: ExperimentConfig, adjacency):
                               f"connected node receives {have}")
     entry = AGGREGATORS[a.aggregator]
     hyper = {p: getattr(a, p) for p in entry.params}
+    if a.aggregator == "foolsgold":  # histories telescope to x_j - x_0 from the common initial model
+        hyper["reference_P"] = reference_P
     return (lambda x, valid: entry.fn(x, valid, **hyper)) if hyper else entry.fn
 
 
@@ -512,12 +518,13 @@ def build(cfg: ExperimentConfig, dataset: datasets.Dataset | None = None) -> Bui
     flat = FlatModel(module)
     strategy = choose_grad_strategy(cfg, activation_numel(flat, ds.input_shape))
     sizes = torch.tensor([len(p) for p in parts], dtype=torch.float64)
-    aggregator = build_aggregator(cfg, adj)
+    params_NP = flat.init_params(cfg.num_nodes, _seed(cfg, 5), m.same_init)
+    aggregator = build_aggregator(cfg, adj, params_NP[0])
     honest_N, threat, poisoned_N = build_threat(cfg, adj)
     num_classes = ds.num_classes
     return Built(
         config=cfg, dataset=ds, parts=parts, local_test_parts=local_test, flat=flat,
-        params_NP=flat.init_params(cfg.num_nodes, _seed(cfg, 5), m.same_init),
+        params_NP=params_NP,
         grad_fn=make_grad_fn(flat, strategy),
         batches=NodeSampler(ds.x_train, ds.y_train, parts, cfg.algorithm.batch_size, _seed(cfg, 6),
                             poisoned_N, lambda y: attacks.flip_labels(y, num_classes)),

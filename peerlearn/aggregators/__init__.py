@@ -7,6 +7,7 @@ Column 0 is the node's own model; padded entries (``valid_NK`` False) never coun
 from peerlearn.aggregators.mean import masked_mean, mean
 from peerlearn.aggregators.robust import (centered_clipping, coordinate_median, geometric_median, krum, multi_krum,
                                           nearest_neighbor_mean, trimmed_mean)
+from peerlearn.aggregators.sybil import foolsgold
 
-__all__ = ["centered_clipping", "coordinate_median", "geometric_median", "krum", "masked_mean", "mean",
+__all__ = ["centered_clipping", "coordinate_median", "foolsgold", "geometric_median", "krum", "masked_mean", "mean",
            "multi_krum", "nearest_neighbor_mean", "trimmed_mean"]

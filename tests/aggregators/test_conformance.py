@@ -17,6 +17,8 @@ RULES = {
     "geometric_median": (A.geometric_median, True),
     "centered_clipping": (functools.partial(A.centered_clipping, tau=0.5, num_iters=3), True),
     "nearest_neighbor_mean": (functools.partial(A.nearest_neighbor_mean, f=2), True),
+    # own weight 1 and similarity weights in [0, 1]: not a breakdown-point rule, so "robust" is not claimed
+    "foolsgold": (functools.partial(A.foolsgold, reference_P=torch.zeros(5, dtype=torch.float64)), False),
 }
 N, K, P = 6, 9, 5
 
@@ -63,6 +65,8 @@ def test_padding_never_leaks(name):
 def test_breakdown_f_arbitrary_inputs_stay_bounded(name):
     """Two of nine inputs at 1e6: a robust rule stays within the honest inputs' range; the mean does not."""
     rule, robust = RULES[name]
+    if name == "foolsgold":
+        pytest.skip("foolsgold claims no breakdown point: it filters look-alikes (test_foolsgold_gives_...)")
     x, valid = _inputs()
     x[:, [3, 5]] = 1e6
     out = rule(x, torch.ones_like(valid))
@@ -104,3 +108,15 @@ def test_too_few_inputs_for_f_is_a_clear_error():
         A.trimmed_mean(x, valid, f=4)
     with pytest.raises(ValueError, match="algorithm.f: krum"):
         A.krum(x, valid, f=3)
+
+
+def test_foolsgold_gives_identical_clones_zero_weight():
+    """Three clones sending one vector are dropped; distinct honest neighbours keep positive weight."""
+    g = torch.Generator().manual_seed(0)
+    honest = torch.randn(1, 5, 6, generator=g, dtype=torch.float64)
+    clone = torch.full((1, 3, 6), 50.0, dtype=torch.float64)
+    x = torch.cat([honest, clone], 1)
+    valid = torch.ones(1, 8, dtype=torch.bool)
+    out = A.foolsgold(x, valid, reference_P=torch.zeros(6, dtype=torch.float64))
+    assert float(out.abs().max()) < float(honest.abs().max())  # none of the clones' 50s got through
+    assert not torch.allclose(out[0], honest[0, 0])  # honest neighbours did contribute

@@ -134,3 +134,24 @@ def test_matrix_command_writes_table_and_heatmap(tmp_path, capsys):
     assert (out / "matrix.png").stat().st_size > 5_000
     assert "sign_flip" in capsys.readouterr().out
     assert cli.main(["matrix", str(path), "--attacks", "teleport", "--out", str(out)]) == 2
+
+
+def test_foolsgold_neutralises_identical_sybil_clones_where_the_mean_does_not():
+    """Four Sybil identities send one poisoned model to everyone (complete graph)."""
+    final = {}
+    for aggregator in ("gossip", "foolsgold"):
+        for attack in (None, "sign_flip"):
+            cfg = tiny_config(num_rounds=40, eval_every=40, topology={"graph": "complete"},
+                              algorithm={"lr": 0.3, "aggregator": aggregator},
+                              threat={"num_byzantine": 4, "attack": attack, "sybil": True})
+            final[aggregator, attack] = simulate(build(cfg))[-1]["acc_mean"]
+    assert final["gossip", "sign_flip"] < 0.2
+    assert final["foolsgold", "sign_flip"] > 0.6
+    assert final["foolsgold", "sign_flip"] > final["foolsgold", None] - 0.1
+
+
+def test_foolsgold_needs_a_common_initial_model():
+    from peerlearn.config import ConfigError
+
+    with pytest.raises(ConfigError, match="model.same_init: foolsgold"):
+        parse_config({"algorithm": {"aggregator": "foolsgold"}, "model": {"same_init": False}})
