@@ -7,6 +7,7 @@ raises :class:`ConfigError` with one line naming the field and what is allowed.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from pathlib import Path
@@ -19,7 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from peerlearn import aggregators, algorithms, attacks, optim
 from peerlearn.data import datasets, partition
+from peerlearn.aggregators.robust import MIN_INPUTS, min_inputs_error
 from peerlearn.data.batching import NodeSampler
+from peerlearn.engines.comm import SimComm, Threat
 from peerlearn.models import nets
 from peerlearn.topology import graphs, mixing, random_graphs
 
@@ -81,12 +84,8 @@ ALGORITHMS = {
     "centralized": Entry(algorithms.centralized, _COMMON_ALGO + ("weighting",)),
     "local": Entry(algorithms.local_only, _COMMON_ALGO),
 }
-def _gossip(x_NP, comm):
-    """Linear gossip with the mixing matrix: ``x_i + sum_j W_ij (x_j - x_i)`` (no robustness)."""
-
-
 AGGREGATORS = {
-    "gossip": Entry(_gossip),
+    "gossip": Entry(SimComm.mix),
     "mean": Entry(aggregators.masked_mean),
     "median": Entry(aggregators.coordinate_median),
     "trimmed_mean": Entry(aggregators.trimmed_mean, ("f",)),
@@ -97,9 +96,6 @@ AGGREGATORS = {
     "nna": Entry(aggregators.nearest_neighbor_mean, ("f",)),
     "foolsgold": Entry(aggregators.foolsgold),
 }
-# fewest inputs (own model included) each rule needs to tolerate f Byzantine ones
-AGGREGATOR_MIN_INPUTS = {"trimmed_mean": lambda f: 2 * f + 1, "krum": lambda f: 2 * f + 3,
-                         "multi_krum": lambda f: 2 * f + 3, "nna": lambda f: f + 1}
 ATTACKS = {
     "sign_flip": Entry(attacks.sign_flip),
     "gaussian": Entry(attacks.gaussian, ("sigma",)),
@@ -436,24 +432,21 @@ def build_aggregator(cfg: ExperimentConfig, adjacency, reference_P: torch.Tensor
     a = cfg.algorithm
     if a.aggregator == "gossip":
         return None
-    if a.aggregator in AGGREGATOR_MIN_INPUTS:
-        need, have = AGGREGATOR_MIN_INPUTS[a.aggregator](a.f), int(graphs.degrees(adjacency).min()) + 1
-        if have < need:
-            raise ConfigError(f"config error: algorithm.f: {a.aggregator} with f={a.f} needs every node to receive "
-                              f"at least {need} models (itself included); on this {cfg.topology.graph} the least "
-                              f"connected node receives {have}")
     entry = AGGREGATORS[a.aggregator]
+    if entry.fn.__name__ in MIN_INPUTS:
+        error = min_inputs_error(entry.fn.__name__, a.f, int(graphs.degrees(adjacency).min()) + 1,
+                                 label=a.aggregator, where=f"on this {cfg.topology.graph} ")
+        if error:
+            raise ConfigError(f"config error: {error}")
     hyper = {p: getattr(a, p) for p in entry.params}
     if a.aggregator == "foolsgold":  # histories telescope to x_j - x_0 from the common initial model
         hyper["reference_P"] = reference_P
-    return (lambda x, valid: entry.fn(x, valid, **hyper)) if hyper else entry.fn
+    return functools.partial(entry.fn, **hyper)
 
 
 def build_threat(cfg: ExperimentConfig, adjacency):
     """(honest_N, Threat or None, poisoned-data mask or None)."""
-    from peerlearn.engines.comm import Threat
-
-    th, n = cfg.threat, cfg.num_nodes
+    th = cfg.threat
     byz = attacks.place_byzantine(adjacency, cfg.num_byzantine, th.placement, _seed(cfg, 8))
     honest_N = torch.from_numpy(~byz)
     if th.attack is None or not byz.any():
@@ -465,8 +458,7 @@ def build_threat(cfg: ExperimentConfig, adjacency):
         seen *= (adjacency[np.flatnonzero(byz)].toarray() > 0)
     seen /= np.maximum(seen.sum(1, keepdims=True), 1.0)
     entry = ATTACKS[th.attack]
-    hyper = {p: getattr(th, p) for p in entry.params}
-    fn = (lambda own, mean, std, g: entry.fn(own, mean, std, g, **hyper)) if hyper else entry.fn
+    fn = functools.partial(entry.fn, **{p: getattr(th, p) for p in entry.params})
     threat = Threat(torch.from_numpy(np.flatnonzero(byz)), fn, torch.from_numpy(seen).float(), th.sybil,
                     torch.Generator().manual_seed(_seed(cfg, 9)))
     return honest_N, threat, None
@@ -501,7 +493,7 @@ def build(cfg: ExperimentConfig, dataset: datasets.Dataset | None = None) -> Bui
 
     ``dataset`` reuses an already loaded dataset (e.g. across the runs of ``peerlearn matrix``).
     """
-    from peerlearn.models.functional import FlatModel, activation_numel, make_grad_fn
+    from peerlearn.models.functional import FlatModel, make_grad_fn
 
     try:
         ds = build_dataset(cfg) if dataset is None else dataset
@@ -516,7 +508,7 @@ def build(cfg: ExperimentConfig, dataset: datasets.Dataset | None = None) -> Bui
         msg = str(err)
         raise ConfigError(msg if msg.startswith("config error") else f"config error: {msg}") from None
     flat = FlatModel(module)
-    strategy = choose_grad_strategy(cfg, activation_numel(flat, ds.input_shape))
+    strategy = choose_grad_strategy(cfg, flat.activation_numel(ds.input_shape))
     sizes = torch.tensor([len(p) for p in parts], dtype=torch.float64)
     params_NP = flat.init_params(cfg.num_nodes, _seed(cfg, 5), m.same_init)
     aggregator = build_aggregator(cfg, adj, params_NP[0])

@@ -11,18 +11,34 @@ from __future__ import annotations
 
 import torch
 
+from peerlearn.aggregators.mean import masked_mean
 from peerlearn.types import Tensor
+
+# fewest inputs (own model included) each rule needs to tolerate f Byzantine ones
+MIN_INPUTS = {"trimmed_mean": lambda f: 2 * f + 1, "krum": lambda f: 2 * f + 3,
+              "multi_krum": lambda f: 2 * f + 3, "nearest_neighbor_mean": lambda f: f + 1}
+
+
+def min_inputs_error(rule: str, f: int, k_min: int, label: str | None = None, where: str = "") -> str | None:
+    """The ``algorithm.f`` error if a node receiving ``k_min`` models cannot run ``rule`` with ``f``, else None.
+
+    ``label`` names the rule as the user wrote it; ``where`` (e.g. "on this ring ") places the node.
+    """
+    need = MIN_INPUTS[rule](f)
+    if k_min >= need:
+        return None
+    return (f"algorithm.f: {label or rule} with f={f} needs every node to receive at least {need} models "
+            f"(itself included); {where}the least connected node receives {k_min}")
 
 
 def _counts(valid_NK: Tensor) -> Tensor:
     return valid_NK.sum(1)
 
 
-def _require(valid_NK: Tensor, minimum_fn, rule: str, f: int) -> None:
-    k_min = int(_counts(valid_NK).min())
-    if k_min < minimum_fn(f):
-        raise ValueError(f"algorithm.f: {rule} with f={f} needs every node to receive at least {minimum_fn(f)} "
-                         f"models (itself included); the least connected node receives {k_min}")
+def _require(valid_NK: Tensor, rule: str, f: int) -> None:
+    error = min_inputs_error(rule, f, int(_counts(valid_NK).min()))
+    if error:
+        raise ValueError(error)
 
 
 def coordinate_median(x_NKP: Tensor, valid_NK: Tensor) -> Tensor:
@@ -41,7 +57,7 @@ def trimmed_mean(x_NKP: Tensor, valid_NK: Tensor, f: int = 1) -> Tensor:
     References:
         Yin et al., "Byzantine-Robust Distributed Learning: Towards Optimal Statistical Rates", ICML 2018.
     """
-    _require(valid_NK, lambda f: 2 * f + 1, "trimmed_mean", f)
+    _require(valid_NK, "trimmed_mean", f)
     ordered = x_NKP.masked_fill(~valid_NK[..., None], float("inf")).sort(dim=1).values  # valid ones first
     pos = torch.arange(x_NKP.shape[1])[None, :]
     keep = (pos >= f) & (pos < _counts(valid_NK)[:, None] - f)  # [N, K]
@@ -77,14 +93,12 @@ def multi_krum(x_NKP: Tensor, valid_NK: Tensor, f: int = 1, m: int | None = None
         Blanchard et al., NeurIPS 2017; El Mhamdi et al., "The Hidden Vulnerability of Distributed
         Learning in Byzantium", ICML 2018.
     """
-    _require(valid_NK, lambda f: 2 * f + 3, "krum", f)
+    _require(valid_NK, "krum" if m == 1 else "multi_krum", f)
     scores = _krum_scores(x_NKP, valid_NK, f)
     counts = _counts(valid_NK)
     m_N = (counts - f) if m is None else torch.full_like(counts, m)
     rank = scores.argsort(dim=1).argsort(dim=1)  # 0 = best
-    chosen = (rank < m_N[:, None]) & valid_NK
-    w = chosen.to(x_NKP.dtype)
-    return (w[..., None] * x_NKP).sum(1) / w.sum(1, keepdim=True)
+    return masked_mean(x_NKP, (rank < m_N[:, None]) & valid_NK)
 
 
 def geometric_median(x_NKP: Tensor, valid_NK: Tensor, nu: float = 1e-6, num_iters: int = 20) -> Tensor:
@@ -94,7 +108,7 @@ def geometric_median(x_NKP: Tensor, valid_NK: Tensor, nu: float = 1e-6, num_iter
         Pillutla, Kakade & Harchaoui, "Robust Aggregation for Federated Learning", IEEE TSP 2022 (RFA).
     """
     w = valid_NK.to(x_NKP.dtype)
-    z = (w[..., None] * x_NKP).sum(1) / w.sum(1, keepdim=True)
+    z = masked_mean(x_NKP, valid_NK)
     for _ in range(num_iters):
         beta = w / (x_NKP - z[:, None, :]).norm(dim=2).clamp_min(nu)
         z = (beta[..., None] * x_NKP).sum(1) / beta.sum(1, keepdim=True)
@@ -125,9 +139,7 @@ def nearest_neighbor_mean(x_NKP: Tensor, valid_NK: Tensor, f: int = 1) -> Tensor
     References:
         Farhadkhani et al., "Robust Collaborative Learning with Linear Gradient Overhead", ICML 2023 (MoNNA).
     """
-    _require(valid_NK, lambda f: f + 1, "nearest_neighbor_mean", f)
+    _require(valid_NK, "nearest_neighbor_mean", f)
     dist = (x_NKP - x_NKP[:, :1]).norm(dim=2).masked_fill(~valid_NK, float("inf"))
     rank = dist.argsort(dim=1).argsort(dim=1)
-    chosen = (rank < (_counts(valid_NK) - f)[:, None]) & valid_NK
-    w = chosen.to(x_NKP.dtype)
-    return (w[..., None] * x_NKP).sum(1) / w.sum(1, keepdim=True)
+    return masked_mean(x_NKP, (rank < (_counts(valid_NK) - f)[:, None]) & valid_NK)

@@ -28,7 +28,7 @@ class Threat(NamedTuple):
     """
 
     byzantine_idx: Tensor
-    attack: Callable | None
+    attack: Callable
     view_BN: Tensor
     sybil: bool
     generator: torch.Generator
@@ -86,7 +86,7 @@ class SimComm:
     def _poison(self, x_NP: Tensor) -> Tensor:
         """The messages as received: Byzantine rows replaced by the attack (honest rows untouched)."""
         t = self.threat
-        if t is None or t.attack is None or len(t.byzantine_idx) == 0:
+        if t is None or len(t.byzantine_idx) == 0:
             return x_NP
         view = t.view_BN.to(x_NP.dtype)
         mean = view @ x_NP

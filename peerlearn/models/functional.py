@@ -27,11 +27,31 @@ class FlatModel:
         self.shapes = [p.shape for _, p in module.named_parameters()]
         self.numels = [math.prod(s) for s in self.shapes]
         self.num_params = sum(self.numels)
+        self._activations: dict[tuple[int, ...], int] = {}
 
     def ravel(self, module: nn.Module | None = None) -> Tensor:
         """The parameters of ``module`` (default: the template) as one flat float32 vector."""
         m = self.module if module is None else module
         return torch.cat([p.detach().reshape(-1) for p in m.parameters()]).float()
+
+    def activation_numel(self, input_shape: tuple[int, ...]) -> int:
+        """Elements of all intermediate outputs of one forward pass on one sample (a memory estimate; cached)."""
+        if input_shape not in self._activations:
+            total = 0
+
+            def count(_module, _inputs, output):
+                nonlocal total
+                total += output.numel()
+
+            hooks = [m.register_forward_hook(count) for m in self.module.modules() if m is not self.module]
+            try:
+                with torch.no_grad():
+                    self.module(torch.zeros(1, *input_shape))
+            finally:
+                for h in hooks:
+                    h.remove()
+            self._activations[input_shape] = max(total, 1)
+        return self._activations[input_shape]
 
     def unravel(self, params_P: Tensor) -> dict[str, Tensor]:
         """Named views into one flat parameter row (no copy)."""
@@ -92,24 +112,6 @@ def make_grad_fn(flat: FlatModel, strategy: str = "vmap") -> GradFn:
     return grad_fn
 
 
-def activation_numel(flat: FlatModel, input_shape: tuple[int, ...]) -> int:
-    """Elements of all intermediate outputs of one forward pass on one sample (a memory estimate)."""
-    total = 0
-
-    def count(_module, _inputs, output):
-        nonlocal total
-        total += output.numel()
-
-    hooks = [m.register_forward_hook(count) for m in flat.module.modules() if m is not flat.module]
-    try:
-        with torch.no_grad():
-            flat.module(torch.zeros(1, *input_shape))
-    finally:
-        for h in hooks:
-            h.remove()
-    return max(total, 1)
-
-
 @torch.no_grad()
 def predict_logits(flat: FlatModel, params_RP: Tensor, x_T: Tensor, max_elements: int = 2**24) -> Tensor:
     """Logits ``[R, T, C]`` of every row's model on the same inputs.
@@ -119,7 +121,7 @@ def predict_logits(flat: FlatModel, params_RP: Tensor, x_T: Tensor, max_elements
     gigabytes at once.
     """
     forward = vmap(lambda p, x: functional_call(flat.module, flat.unravel(p), (x,)), in_dims=(0, None))
-    per_sample = activation_numel(flat, tuple(x_T.shape[1:]))
+    per_sample = flat.activation_numel(tuple(x_T.shape[1:]))
     samples = max(1, min(x_T.shape[0], max_elements // per_sample))
     rows = max(1, max_elements // (per_sample * samples))
     return torch.cat([
