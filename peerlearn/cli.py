@@ -141,7 +141,7 @@ def cmd_matrix(args) -> int:
     cfg = load_config(args.config, args.set)
     attacks = ["none", *(a for a in args.attacks if a != "none")]
     for what, names, allowed in (("--attacks", attacks[1:], ATTACKS), ("--defenses", args.defenses, AGGREGATORS)):
-        bad = [n for n in names if n not in allowed]
+        bad = [n for n in names if n.split(":")[0] not in allowed]
         if bad:
             raise ConfigError(f"config error: {what}: unknown {', '.join(bad)}; allowed: {', '.join(allowed)}")
     base = to_dict(cfg)
@@ -201,9 +201,12 @@ def make_parser() -> argparse.ArgumentParser:
     cmp_.set_defaults(func=cmd_compare)
     mat = sub.add_parser("matrix", help="run every attack x defence pair; a table and a heatmap")
     mat.add_argument("config")
-    mat.add_argument("--attacks", nargs="+", default=["gaussian", "sign_flip", "alie", "ipm", "large_norm"])
+    mat.add_argument("--attacks", nargs="+", default=["gaussian", "sign_flip", "alie", "ipm", "large_norm", "dmpa",
+                                                         "label_flip", "backdoor"])
     mat.add_argument("--defenses", nargs="+", default=["gossip", "median", "trimmed_mean", "krum",
-                                                          "geometric_median", "centered_clipping", "nna"])
+                                                          "geometric_median", "centered_clipping", "nna"],
+                     help="aggregators, each optionally with its own algorithm keys: bulyan:f=1 or "
+                          "centered_clipping:tau=0.1")
     mat.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     mat.add_argument("--out", help="results directory (default: runs/<name>-matrix)")
     mat.add_argument("--quiet", action="store_true")

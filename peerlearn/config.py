@@ -24,7 +24,7 @@ from peerlearn.aggregators.robust import MIN_INPUTS, min_inputs_error
 from peerlearn.data.batching import NodeSampler
 from peerlearn.engines.comm import SimComm, Threat
 from peerlearn.models import nets
-from peerlearn.topology import graphs, mixing, random_graphs
+from peerlearn.topology import directed, graphs, mixing, random_graphs, schedules
 
 
 class ConfigError(ValueError):
@@ -53,11 +53,24 @@ GRAPHS = {
     "watts_strogatz": Entry(random_graphs.watts_strogatz_graph, ("k", "p")),
     "barabasi_albert": Entry(random_graphs.barabasi_albert_graph, ("m",)),
     "file": Entry(random_graphs.from_edge_list, ("path",)),
+    "directed_ring": Entry(directed.directed_cycle_graph),
+    "directed_exponential": Entry(directed.directed_exponential_graph),
 }
+SCHEDULES = {
+    "static": Entry(schedules.constant_schedule),
+    "random_matching": Entry(schedules.random_matching_schedule),
+    "one_peer_exponential": Entry(schedules.one_peer_exponential_schedule),
+    "resample": Entry(schedules.resampled_schedule, ("graph",)),
+    "sampled": Entry(schedules.sampled_clients_schedule, ("fraction",)),
+    "sequence": Entry(schedules.sequence_schedule, ("sequence",)),
+}
+DIRECTED_GRAPHS = ("directed_ring", "directed_exponential")
+RANDOM_GRAPHS = ("random_regular", "erdos_renyi", "watts_strogatz", "barabasi_albert")
 MIXING = {
     "metropolis_hastings": Entry(mixing.metropolis_hastings_weights),
     "max_degree": Entry(mixing.max_degree_weights),
     "uniform": Entry(mixing.uniform_weights),
+    "column_stochastic": Entry(directed.column_stochastic_weights),
 }
 DATASETS = {
     "digits": Entry(datasets.load_digits),
@@ -77,13 +90,21 @@ MODELS = {
     "mlp": Entry(nets.MLP, ("hidden",)),
     "cnn": Entry(nets.CNN, ("channels",)),
 }
-_COMMON_ALGO = ("lr", "num_local_steps", "batch_size", "momentum", "weight_decay")
+_COMMON_ALGO = ("lr", "num_local_steps", "batch_size", "optimizer", "momentum", "weight_decay")
+_SERVER = ("server_period", "server_fraction", "server_broadcast")
 ALGORITHMS = {
-    "dsgd": Entry(algorithms.dsgd, _COMMON_ALGO + ("order",)),
+    "dsgd": Entry(algorithms.dsgd, _COMMON_ALGO + ("order", "gossip_steps", "sam_rho", "comm_every",
+                                                  "comm_late_fraction", "variance_correction") + _SERVER),
+    "gradient_tracking": Entry(algorithms.gradient_tracking, ("lr", "batch_size") + _SERVER),
+    "push_sum": Entry(algorithms.push_sum, _COMMON_ALGO + _SERVER),
+    "diloco": Entry(algorithms.diloco, _COMMON_ALGO + ("outer_lr", "outer_momentum", "combine")),
+    "local_sgd": Entry(algorithms.local_sgd, _COMMON_ALGO),
     "fedavg": Entry(algorithms.fedavg, _COMMON_ALGO + ("fraction", "weighting")),
+    "fedprox": Entry(optim.proximal, _COMMON_ALGO + ("fraction", "weighting", "prox_mu")),
     "centralized": Entry(algorithms.centralized, _COMMON_ALGO + ("weighting",)),
     "local": Entry(algorithms.local_only, _COMMON_ALGO),
 }
+SERVER_ALGORITHMS = ("fedavg", "fedprox", "centralized", "diloco", "local_sgd")  # one global model
 AGGREGATORS = {
     "gossip": Entry(SimComm.mix),
     "mean": Entry(aggregators.masked_mean),
@@ -91,6 +112,7 @@ AGGREGATORS = {
     "trimmed_mean": Entry(aggregators.trimmed_mean, ("f",)),
     "krum": Entry(aggregators.krum, ("f",)),
     "multi_krum": Entry(aggregators.multi_krum, ("f",)),
+    "bulyan": Entry(aggregators.bulyan, ("f",)),
     "geometric_median": Entry(aggregators.geometric_median),
     "centered_clipping": Entry(aggregators.centered_clipping, ("tau",)),
     "nna": Entry(aggregators.nearest_neighbor_mean, ("f",)),
@@ -102,9 +124,12 @@ ATTACKS = {
     "large_norm": Entry(attacks.large_norm, ("scale",)),
     "alie": Entry(attacks.alie, ("z",)),
     "ipm": Entry(attacks.ipm, ("epsilon",)),
-    "label_flip": Entry(attacks.flip_labels),
+    "dmpa": Entry(attacks.dmpa, ("z",)),
+    "label_flip": Entry(attacks.label_flip_poison),
+    "backdoor": Entry(attacks.backdoor_poison, ("target_label", "poison_fraction", "trigger_size")),
 }
-REGISTRIES = {"topology.graph": GRAPHS, "topology.mixing": MIXING, "data.dataset": DATASETS,
+REGISTRIES = {"topology.graph": GRAPHS, "topology.mixing": MIXING,
+              "topology.schedule": SCHEDULES, "data.dataset": DATASETS,
               "data.partition": PARTITIONS, "model.name": MODELS, "algorithm.name": ALGORITHMS,
               "algorithm.aggregator": AGGREGATORS, "threat.attack": ATTACKS}
 
@@ -129,6 +154,12 @@ class TopologyConfig(_Section):
     m: int = Field(2, ge=1, description="edges per new node in barabasi_albert")
     rows: int | None = Field(None, ge=2, description="rows of the torus (default: most square)")
     path: str | None = Field(None, description="edge-list file ('u v' per line) for graph=file")
+    schedule: _names(SCHEDULES) = Field(
+        "static", description="time-varying topology: static (the graph every round), random_matching, "
+                              "one_peer_exponential, resample (a new random graph each round), sampled (a random "
+                              "fraction averages together), sequence (edge-list files in turn)")
+    fraction: float = Field(0.25, gt=0.0, le=1.0, description="schedule sampled: fraction of nodes averaging per round")
+    sequence: list[str] = Field([], description="schedule sequence: edge-list files used in turn")
 
 
 class DataConfig(_Section):
@@ -164,7 +195,26 @@ class AlgorithmConfig(_Section):
     num_local_steps: int = Field(1, ge=1, description="local optimizer steps per round")
     batch_size: int = Field(16, ge=1, description="mini-batch size per node and step")
     momentum: float = Field(0.0, ge=0.0, lt=1.0, description="local heavy-ball momentum")
-    weight_decay: float = Field(0.0, ge=0.0, description="L2 penalty")
+    weight_decay: float = Field(0.0, ge=0.0, description="L2 penalty (decoupled for adamw)")
+    optimizer: Literal["sgd", "adamw"] = Field("sgd", description="local (inner) optimizer")
+    gossip_steps: int = Field(1, ge=1, description="dsgd: gossip rounds per training round (DFedSAM-MGS: Q)")
+    sam_rho: float = Field(0.0, ge=0.0, description="dsgd: sharpness-aware local steps with this radius "
+                           "(DFedSAM); 0 = plain SGD steps")
+    comm_every: int = Field(1, ge=1, description="dsgd: gossip only every this many rounds")
+    comm_late_fraction: float = Field(0.0, ge=0.0, le=1.0, description="dsgd: gossip every round during this last "
+                                      "fraction of the run (communication spent late)")
+    variance_correction: bool = Field(False, description="dsgd: restore each layer's variance after averaging")
+    final_merge: bool = Field(False, description="after the last round, all nodes average once (one all-reduce)")
+    outer_lr: float = Field(0.7, gt=0.0, description="diloco: outer learning rate")
+    outer_momentum: float = Field(0.9, ge=0.0, lt=1.0, description="diloco: outer Nesterov momentum")
+    combine: Literal["all_reduce", "gossip"] = Field("all_reduce", description="diloco: average the trained models "
+                                                     "with an all-reduce or one gossip step")
+    prox_mu: float = Field(0.01, ge=0.0, description="fedprox: weight of the proximal term")
+    server_period: int = Field(0, ge=0, description="semi-decentralized: a server averages a sample every this "
+                               "many rounds (0 = never)")
+    server_fraction: float = Field(0.25, gt=0.0, le=1.0, description="semi-decentralized: fraction of nodes sampled")
+    server_broadcast: Literal["sampled", "all"] = Field("sampled", description="semi-decentralized: the average goes "
+                                                        "back to the sampled nodes (S2S) or to all (S2A)")
     order: Literal["atc", "cta"] = Field("atc", description="dsgd: adapt-then-combine or combine-then-adapt")
     fraction: float = Field(1.0, gt=0.0, le=1.0, description="fedavg: fraction of clients sampled per round")
     weighting: Literal["data_size", "uniform"] = Field(
@@ -185,8 +235,12 @@ class ThreatConfig(_Section):
     sybil: bool = Field(False, description="all Byzantine identities send one identical message (Sybil clones)")
     sigma: float = Field(1.0, gt=0.0, description="gaussian: noise standard deviation")
     scale: float = Field(100.0, description="large_norm: factor on the own model")
-    z: float = Field(1.5, description="alie: standard deviations below the honest mean")
+    z: float = Field(1.5, description="alie, dmpa: standard deviations below the honest mean")
     epsilon: float = Field(0.1, description="ipm: factor on the negated honest mean")
+    target_label: int = Field(0, ge=0, description="backdoor: the class triggered inputs are pushed to")
+    poison_fraction: float = Field(0.5, gt=0.0, le=1.0, description="backdoor: fraction of each poisoned batch "
+                                   "that carries the trigger")
+    trigger_size: int = Field(3, ge=1, description="backdoor: side of the square trigger patch (top-left corner)")
 
 
 class ExperimentConfig(_Section):
@@ -280,7 +334,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig
 def check_consistency(cfg: ExperimentConfig) -> None:
     """Cross-field rules that pydantic's per-field checks cannot express."""
     t, n = cfg.topology, cfg.num_nodes
-    if cfg.algorithm.name in ("fedavg", "centralized") and not cfg.model.same_init:
+    if cfg.algorithm.name in SERVER_ALGORITHMS and not cfg.model.same_init:
         raise ConfigError(f"config error: model.same_init: algorithm {cfg.algorithm.name} trains one global "
                           "model, so it needs same_init: true")
     if t.graph == "file" and not t.path:
@@ -307,24 +361,61 @@ def check_consistency(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"config error: threat.attack: {th.attack} needs Byzantine nodes; set threat.num_byzantine")
     if th.attack in attacks.MODEL_ATTACKS and a.name != "dsgd":
         raise ConfigError(f"config error: threat.attack: model-poisoning attacks act on gossip messages; "
-                          f"algorithm {a.name} is not supported yet (use dsgd, or attack label_flip)")
+                          f"algorithm {a.name} is not supported yet (use dsgd, or a data attack: "
+                          f"{', '.join(attacks.DATA_ATTACKS)})")
     if a.aggregator == "foolsgold" and not cfg.model.same_init:
         raise ConfigError("config error: model.same_init: foolsgold measures update histories from the common "
                           "initial model, so it needs same_init: true")
     if a.aggregator != "gossip" and a.name != "dsgd":
         raise ConfigError(f"config error: algorithm.aggregator: only dsgd takes an aggregator, not {a.name}")
+    check_topology_algorithm(cfg)
     if cfg.data.dataset in ("npz",) and not cfg.data.path:
         raise ConfigError("config error: data.path: dataset 'npz' needs the path of a .npz file")
 
 
+def check_topology_algorithm(cfg: ExperimentConfig) -> None:
+    """Directed graphs, schedules and the algorithms that can use them."""
+    t, a, th = cfg.topology, cfg.algorithm, cfg.threat
+    directed_graph = t.graph in DIRECTED_GRAPHS and t.schedule == "static"
+    if directed_graph and t.mixing != "column_stochastic":
+        raise ConfigError(f"config error: topology.mixing: the directed graph {t.graph} needs column_stochastic "
+                          f"weights, got {t.mixing}")
+    if t.mixing == "column_stochastic" and a.name != "push_sum":
+        raise ConfigError(f"config error: topology.mixing: column_stochastic weights do not preserve the average "
+                          f"under {a.name}; use algorithm push_sum (or a doubly stochastic mixing rule)")
+    if t.schedule == "resample" and t.graph not in RANDOM_GRAPHS:
+        raise ConfigError(f"config error: topology.graph: schedule resample draws a new random graph each round; "
+                          f"use one of {', '.join(RANDOM_GRAPHS)}, got {t.graph}")
+    if t.schedule == "sequence" and not t.sequence:
+        raise ConfigError("config error: topology.sequence: schedule sequence needs a list of edge-list files")
+    if t.schedule != "static" and a.aggregator != "gossip":
+        raise ConfigError(f"config error: algorithm.aggregator: {a.aggregator} needs a static topology (its f is "
+                          f"checked against the graph), got topology.schedule {t.schedule}")
+    if t.schedule != "static" and th.attack is not None and th.collusion == "neighbors":
+        raise ConfigError("config error: threat.collusion: 'neighbors' needs a static topology; use 'all'")
+    if a.name == "gradient_tracking" and a.num_local_steps != 1:
+        raise ConfigError("config error: algorithm.num_local_steps: gradient_tracking takes one step per round, "
+                          f"got {a.num_local_steps}")
+    if a.server_period and a.name in SERVER_ALGORITHMS + ("local",):
+        raise ConfigError(f"config error: algorithm.server_period: {a.name} does not gossip; server rounds apply to "
+                          f"dsgd, gradient_tracking and push_sum")
+    if a.final_merge and th.attack in attacks.MODEL_ATTACKS:
+        raise ConfigError("config error: algorithm.final_merge: the final merge is a trusted all-reduce; it cannot "
+                          "run under a model-poisoning attack")
+    if a.variance_correction and a.aggregator != "gossip":
+        raise ConfigError("config error: algorithm.variance_correction: corrects linear gossip averaging; "
+                          f"not combined with aggregator {a.aggregator}")
+
+
 def unused_fields(cfg: ExperimentConfig) -> list[str]:
     """Fields the user set that the chosen components ignore (reported as a note, not an error)."""
-    chosen = {"topology": (GRAPHS[cfg.topology.graph].params, ("graph", "mixing")),
+    chosen = {"topology": (GRAPHS[cfg.topology.graph].params + SCHEDULES[cfg.topology.schedule].params,
+                           ("graph", "mixing", "schedule")),
               "data": (DATASETS[cfg.data.dataset].params + PARTITIONS[cfg.data.partition].params,
                        ("dataset", "partition", "min_samples_per_node", "local_test_fraction", "test_samples")),
               "model": (MODELS[cfg.model.name].params, ("name", "same_init", "grad_strategy")),
               "algorithm": (ALGORITHMS[cfg.algorithm.name].params + AGGREGATORS[cfg.algorithm.aggregator].params,
-                            ("name", "aggregator")),
+                            ("name", "aggregator", "final_merge")),
               "threat": ((ATTACKS[cfg.threat.attack].params if cfg.threat.attack else ()),
                          ("num_byzantine", "fraction", "placement", "attack", "collusion", "sybil"))}
     notes = []
@@ -356,8 +447,10 @@ class Built(NamedTuple):
     algorithm: Any
     adjacency: Any
     W: Any
+    schedule: Any  # round -> W for a time-varying topology, or None
     honest_N: torch.Tensor  # bool: False for Byzantine nodes (metrics count honest nodes only)
     threat: Any  # engines.comm.Threat or None
+    attack_test: Any  # (x, y) on which a data attack's success is measured, or None
 
 
 def _seed(cfg: ExperimentConfig, stream: int) -> int:
@@ -418,13 +511,45 @@ def build_topology(cfg: ExperimentConfig):
         adj = entry.fn(n, **kwargs)
     if adj.shape[0] != n:
         raise ConfigError(f"config error: topology.path: the edge list has {adj.shape[0]} nodes, num_nodes={n}")
-    if n > 1:
-        graphs.require_connected(adj, t.graph)
+    if n > 1 and t.schedule in ("static", "resample"):
+        if t.graph in DIRECTED_GRAPHS:
+            if not directed.is_strongly_connected(adj):
+                raise ConfigError(f"config error: topology.graph: {t.graph} is not strongly connected")
+        else:
+            graphs.require_connected(adj, t.graph)
     return adj, MIXING[t.mixing].fn(adj)
 
 
+def build_schedule(cfg: ExperimentConfig, W):
+    """``schedule(round) -> W`` for a time-varying topology, or None for a static one."""
+    t, n = cfg.topology, cfg.num_nodes
+    if t.schedule == "static":
+        return None
+    seed = _seed(cfg, 10)
+    if t.schedule == "random_matching":
+        return schedules.random_matching_schedule(n, seed)
+    if t.schedule == "one_peer_exponential":
+        return schedules.one_peer_exponential_schedule(n)
+    if t.schedule == "sampled":
+        return schedules.sampled_clients_schedule(n, t.fraction, seed)
+    if t.schedule == "resample":
+        entry = GRAPHS[t.graph]
+        kwargs = {p: getattr(t, p) for p in entry.params}
+        return schedules.resampled_schedule(lambda s: entry.fn(n, seed=s, **kwargs), MIXING[t.mixing].fn, seed)
+    Ws = []
+    for path in t.sequence:
+        adj = random_graphs.from_edge_list(path, num_nodes=n)
+        if adj.shape[0] != n:
+            raise ConfigError(f"config error: topology.sequence: {path} has {adj.shape[0]} nodes, num_nodes={n}")
+        Ws.append(MIXING[t.mixing].fn(adj))
+    return schedules.sequence_schedule(Ws)
+
+
 def build_optimizer(a: AlgorithmConfig):
-    return optim.sgd(a.lr, momentum=a.momentum, weight_decay=a.weight_decay)
+    if a.optimizer == "adamw":
+        return optim.adamw(a.lr, weight_decay=a.weight_decay)
+    opt = optim.sgd(a.lr, momentum=a.momentum, weight_decay=a.weight_decay)
+    return optim.proximal(opt, a.prox_mu) if a.name == "fedprox" else opt
 
 
 def build_aggregator(cfg: ExperimentConfig, adjacency, reference_P: torch.Tensor):
@@ -445,13 +570,13 @@ def build_aggregator(cfg: ExperimentConfig, adjacency, reference_P: torch.Tensor
 
 
 def build_threat(cfg: ExperimentConfig, adjacency):
-    """(honest_N, Threat or None, poisoned-data mask or None)."""
+    """(honest_N, Threat or None, poisoned-data mask or None): model attacks act on messages, data attacks on batches."""
     th = cfg.threat
     byz = attacks.place_byzantine(adjacency, cfg.num_byzantine, th.placement, _seed(cfg, 8))
     honest_N = torch.from_numpy(~byz)
     if th.attack is None or not byz.any():
         return honest_N, None, None
-    if th.attack == "label_flip":
+    if th.attack in attacks.DATA_ATTACKS:
         return honest_N, None, torch.from_numpy(byz)
     seen = np.tile(~byz, (int(byz.sum()), 1)).astype(np.float64)
     if th.collusion == "neighbors":
@@ -464,19 +589,58 @@ def build_threat(cfg: ExperimentConfig, adjacency):
     return honest_N, threat, None
 
 
-def build_algorithm(cfg: ExperimentConfig, data_sizes_N: torch.Tensor, aggregator=None):
+def build_data_poisoning(cfg: ExperimentConfig, ds: datasets.Dataset):
+    """(``poison(x, y, u) -> (x, y)``, attack test set ``(x, y)``) of a data attack, or (None, None)."""
+    th = cfg.threat
+    if th.attack not in attacks.DATA_ATTACKS or cfg.num_byzantine == 0:
+        return None, None
+    if th.attack == "backdoor" and th.target_label >= ds.num_classes:
+        raise ConfigError(f"config error: threat.target_label: must be < {ds.num_classes} (the classes of "
+                          f"{ds.name}), got {th.target_label}")
+    trigger = {"size": th.trigger_size, "value": float(ds.x_train.max())}
+    if th.attack == "label_flip":
+        poison = functools.partial(attacks.label_flip_poison, num_classes=ds.num_classes)
+    else:
+        poison = functools.partial(attacks.backdoor_poison, input_shape=ds.input_shape, target_label=th.target_label,
+                                   fraction=th.poison_fraction, **trigger)
+    test = attacks.attack_test_set(th.attack, ds.x_test, ds.y_test, ds.num_classes, ds.input_shape,
+                                   th.target_label, **trigger)
+    return poison, test
+
+
+def build_algorithm(cfg: ExperimentConfig, data_sizes_N: torch.Tensor, aggregator=None, layer_slices=None):
     a = cfg.algorithm
     opt = build_optimizer(a)
     weights = data_sizes_N if a.weighting == "data_size" else None
     if a.name == "dsgd":
-        return algorithms.dsgd(opt, a.num_local_steps, a.order, aggregator)
-    if a.name == "fedavg":
-        return algorithms.fedavg(opt, a.num_local_steps, a.fraction, weights, seed=_seed(cfg, 4))
-    if a.name == "centralized":
-        return algorithms.centralized(opt, a.num_local_steps, weights)
-    if a.name == "local":
-        return algorithms.local_only(opt, a.num_local_steps)
-    raise AssertionError(a.name)  # unreachable: the schema lists the names
+        combine = algorithms.gossip_combine(aggregator, a.gossip_steps)
+        if a.variance_correction:
+            combine = aggregators.variance_corrected(combine, layer_slices)
+        communicate = None
+        if a.comm_every > 1 or a.comm_late_fraction:
+            communicate = algorithms.communication_schedule(cfg.num_rounds, a.comm_every, a.comm_late_fraction)
+        algo = algorithms.dsgd(opt, a.num_local_steps, a.order, sam_rho=a.sam_rho, communicate=communicate,
+                               combine=combine)
+    elif a.name == "gradient_tracking":
+        algo = algorithms.gradient_tracking(a.lr)
+    elif a.name == "push_sum":
+        algo = algorithms.push_sum(opt, a.num_local_steps)
+    elif a.name == "diloco":
+        algo = algorithms.diloco(opt, a.num_local_steps, a.outer_lr, a.outer_momentum, combine=a.combine)
+    elif a.name == "local_sgd":
+        algo = algorithms.local_sgd(opt, a.num_local_steps)
+    elif a.name in ("fedavg", "fedprox"):
+        algo = algorithms.fedavg(opt, a.num_local_steps, a.fraction, weights, seed=_seed(cfg, 4))
+    elif a.name == "centralized":
+        algo = algorithms.centralized(opt, a.num_local_steps, weights)
+    elif a.name == "local":
+        algo = algorithms.local_only(opt, a.num_local_steps)
+    else:
+        raise AssertionError(a.name)  # unreachable: the schema lists the names
+    if a.server_period:
+        algo = algorithms.with_server_rounds(algo, a.server_period, a.server_fraction, a.server_broadcast,
+                                             seed=_seed(cfg, 11))
+    return algo
 
 
 def choose_grad_strategy(cfg: ExperimentConfig, activations_per_sample: int, budget_bytes: int = 2 * 2**30) -> str:
@@ -499,6 +663,7 @@ def build(cfg: ExperimentConfig, dataset: datasets.Dataset | None = None) -> Bui
         ds = build_dataset(cfg) if dataset is None else dataset
         parts, local_test = build_partition(cfg, ds.y_train.numpy())
         adj, W = build_topology(cfg)
+        schedule = build_schedule(cfg, W)  # sequence files are read (and checked) before anything runs
         m = cfg.model
         kwargs = {"hidden": tuple(m.hidden)} if m.name == "mlp" else {"channels": tuple(m.channels)} if m.name == "cnn" else {}
         module = nets.build_model(m.name, ds.input_shape, ds.num_classes, **kwargs)
@@ -513,12 +678,13 @@ def build(cfg: ExperimentConfig, dataset: datasets.Dataset | None = None) -> Bui
     params_NP = flat.init_params(cfg.num_nodes, _seed(cfg, 5), m.same_init)
     aggregator = build_aggregator(cfg, adj, params_NP[0])
     honest_N, threat, poisoned_N = build_threat(cfg, adj)
-    num_classes = ds.num_classes
+    poison, attack_test = build_data_poisoning(cfg, ds)
     return Built(
         config=cfg, dataset=ds, parts=parts, local_test_parts=local_test, flat=flat,
         params_NP=params_NP,
         grad_fn=make_grad_fn(flat, strategy),
         batches=NodeSampler(ds.x_train, ds.y_train, parts, cfg.algorithm.batch_size, _seed(cfg, 6),
-                            poisoned_N, lambda y: attacks.flip_labels(y, num_classes)),
-        algorithm=build_algorithm(cfg, sizes, aggregator), adjacency=adj, W=W, honest_N=honest_N, threat=threat,
+                            poisoned_N, poison),
+        algorithm=build_algorithm(cfg, sizes, aggregator, flat.layer_slices()), adjacency=adj, W=W,
+        schedule=schedule, honest_N=honest_N, threat=threat, attack_test=attack_test,
     )

@@ -39,3 +39,62 @@ def sgd(lr: float, momentum: float = 0.0, weight_decay: float = 0.0, nesterov: b
 
     return Transform(init, update)
 
+
+
+class AdamState(NamedTuple):
+    m_NP: Tensor
+    v_NP: Tensor
+    count_N: Tensor  # steps taken by each node (rows may be stepped separately)
+
+
+def adamw(lr: float, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
+          weight_decay: float = 0.0) -> Transform:
+    """Adam with decoupled weight decay, per node.
+
+    References:
+        Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015;
+        Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
+    """
+
+    def init(params_NP: Tensor) -> AdamState:
+        zeros = torch.zeros_like(params_NP)
+        return AdamState(zeros, zeros.clone(), torch.zeros(params_NP.shape[0], 1, dtype=params_NP.dtype))
+
+    def update(grads_NP: Tensor, state: AdamState, params_NP: Tensor) -> tuple[Tensor, AdamState]:
+        m = state.m_NP.mul(beta1).add_(grads_NP, alpha=1 - beta1)
+        v = state.v_NP.mul(beta2).addcmul_(grads_NP, grads_NP, value=1 - beta2)
+        count = state.count_N + 1
+        m_hat = m / (1 - beta1 ** count)
+        v_hat = v / (1 - beta2 ** count)
+        step = m_hat / (v_hat.sqrt() + eps)
+        if weight_decay:
+            step = step + weight_decay * params_NP
+        return -lr * step, AdamState(m, v, count)
+
+    return Transform(init, update)
+
+
+class ProximalState(NamedTuple):
+    anchor_NP: Tensor
+    inner: object
+
+
+def proximal(inner: Transform, mu: float) -> Transform:
+    """Add the FedProx term ``mu (x - x_anchor)`` to every gradient; the anchor is the model at ``init``.
+
+    FedAvg re-initialises its clients' optimizer every round, so the anchor is the global model
+    the client started the round from.
+
+    References:
+        Li et al., "Federated Optimization in Heterogeneous Networks", MLSys 2020 (FedProx).
+    """
+
+    def init(params_NP: Tensor) -> ProximalState:
+        return ProximalState(params_NP.clone(), inner.init(params_NP))
+
+    def update(grads_NP: Tensor, state: ProximalState, params_NP: Tensor) -> tuple[Tensor, ProximalState]:
+        g = grads_NP + mu * (params_NP - state.anchor_NP)
+        updates, inner_state = inner.update(g, state.inner, params_NP)
+        return updates, ProximalState(state.anchor_NP, inner_state)
+
+    return Transform(init, update)

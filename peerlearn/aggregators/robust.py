@@ -16,7 +16,8 @@ from peerlearn.types import Tensor
 
 # fewest inputs (own model included) each rule needs to tolerate f Byzantine ones
 MIN_INPUTS = {"trimmed_mean": lambda f: 2 * f + 1, "krum": lambda f: 2 * f + 3,
-              "multi_krum": lambda f: 2 * f + 3, "nearest_neighbor_mean": lambda f: f + 1}
+              "multi_krum": lambda f: 2 * f + 3, "bulyan": lambda f: 4 * f + 3,
+              "nearest_neighbor_mean": lambda f: f + 1}
 
 
 def min_inputs_error(rule: str, f: int, k_min: int, label: str | None = None, where: str = "") -> str | None:
@@ -65,9 +66,12 @@ def trimmed_mean(x_NKP: Tensor, valid_NK: Tensor, f: int = 1) -> Tensor:
     return kept.sum(1) / keep.sum(1, keepdim=True).to(x_NKP.dtype)
 
 
-def _krum_scores(x_NKP: Tensor, valid_NK: Tensor, f: int) -> Tensor:
-    """Krum score of each input: sum of squared distances to its ``k - f - 2`` nearest valid others."""
-    d = torch.cdist(x_NKP, x_NKP).pow(2)  # [N, K, K]
+def _krum_scores(x_NKP: Tensor, valid_NK: Tensor, f: int, d_NKK: Tensor | None = None) -> Tensor:
+    """Krum score of each input: sum of squared distances to its ``k - f - 2`` nearest valid others.
+
+    ``d_NKK`` reuses already computed squared distances (Bulyan scores shrinking sets).
+    """
+    d = torch.cdist(x_NKP, x_NKP).pow(2) if d_NKK is None else d_NKK  # [N, K, K]
     pair_ok = valid_NK[:, :, None] & valid_NK[:, None, :]
     pair_ok &= ~torch.eye(x_NKP.shape[1], dtype=torch.bool)[None]
     d = d.masked_fill(~pair_ok, float("inf")).sort(dim=2).values
@@ -75,6 +79,21 @@ def _krum_scores(x_NKP: Tensor, valid_NK: Tensor, f: int) -> Tensor:
     take = torch.arange(x_NKP.shape[1])[None, None, :] < m[:, None, None]
     scores = d.masked_fill(~take, 0.0).sum(2)
     return scores.masked_fill(~valid_NK, float("inf"))
+
+
+def _krum_rank(x_NKP: Tensor, valid_NK: Tensor, f: int, d_NKK: Tensor | None = None) -> Tensor:
+    """Rank of each input by Krum score (0 = best), ties broken by the summed distance to all valid others.
+
+    Ties are real: with ``k - f - 2 = 1`` two mutually nearest inputs score the same. Breaking them
+    by a second score of the inputs themselves (not by their position) keeps the rule
+    permutation-invariant.
+    """
+    d = torch.cdist(x_NKP, x_NKP).pow(2) if d_NKK is None else d_NKK
+    scores = _krum_scores(x_NKP, valid_NK, f, d)
+    total = (d * (valid_NK[:, :, None] & valid_NK[:, None, :])).sum(2).masked_fill(~valid_NK, float("inf"))
+    order = total.argsort(dim=1)
+    order = order.gather(1, scores.gather(1, order).argsort(dim=1, stable=True))  # by score, then total
+    return order.argsort(dim=1)
 
 
 def krum(x_NKP: Tensor, valid_NK: Tensor, f: int = 1) -> Tensor:
@@ -94,11 +113,36 @@ def multi_krum(x_NKP: Tensor, valid_NK: Tensor, f: int = 1, m: int | None = None
         Learning in Byzantium", ICML 2018.
     """
     _require(valid_NK, "krum" if m == 1 else "multi_krum", f)
-    scores = _krum_scores(x_NKP, valid_NK, f)
     counts = _counts(valid_NK)
     m_N = (counts - f) if m is None else torch.full_like(counts, m)
-    rank = scores.argsort(dim=1).argsort(dim=1)  # 0 = best
+    rank = _krum_rank(x_NKP, valid_NK, f)
     return masked_mean(x_NKP, (rank < m_N[:, None]) & valid_NK)
+
+
+def bulyan(x_NKP: Tensor, valid_NK: Tensor, f: int = 1) -> Tensor:
+    """Bulyan over Krum: select ``theta = k - 2f`` inputs by repeated Krum (each winner removed), then
+    per coordinate average the ``theta - 2f`` selected values closest to their median.
+
+    Needs ``k >= 4f + 3`` inputs. Krum alone can be steered coordinate by coordinate by an input
+    that is close in L2 but far in one coordinate; the trimmed second stage bounds every coordinate.
+
+    References:
+        El Mhamdi, Guerraoui & Rouault, "The Hidden Vulnerability of Distributed Learning in Byzantium",
+        ICML 2018.
+    """
+    _require(valid_NK, "bulyan", f)
+    d = torch.cdist(x_NKP, x_NKP).pow(2)
+    theta_N = _counts(valid_NK) - 2 * f
+    selected = torch.zeros_like(valid_NK)
+    for step in range(int(theta_N.max())):
+        remaining = valid_NK & ~selected
+        pick = _krum_rank(x_NKP, remaining, f, d) == 0
+        selected |= pick & (step < theta_N)[:, None]
+    med = coordinate_median(x_NKP, selected)
+    spread = (x_NKP - med[:, None, :]).abs().masked_fill(~selected[..., None], float("inf"))
+    rank = spread.argsort(dim=1).argsort(dim=1)  # per coordinate: 0 = closest to the median
+    keep = rank < (theta_N - 2 * f)[:, None, None]
+    return (x_NKP * keep).sum(1) / keep.sum(1).to(x_NKP.dtype)
 
 
 def geometric_median(x_NKP: Tensor, valid_NK: Tensor, nu: float = 1e-6, num_iters: int = 20) -> Tensor:

@@ -16,14 +16,15 @@ class NodeSampler:
     """
 
     def __init__(self, x: Tensor, y: Tensor, parts: list[np.ndarray], batch_size: int, seed: int,
-                 poisoned_N: Tensor | None = None, poison_labels=None):
+                 poisoned_N: Tensor | None = None, poison=None):
         self.x, self.y, self.batch_size = x, y, batch_size
         self.sizes = torch.tensor([len(p) for p in parts], dtype=torch.float64)
         self.offsets = torch.tensor(np.concatenate([[0], np.cumsum([len(p) for p in parts])[:-1]]))
         self.flat = torch.from_numpy(np.concatenate(parts).astype(np.int64))
         self.generator = torch.Generator().manual_seed(seed)
         self.num_nodes = len(parts)
-        self.poisoned_N, self.poison_labels = poisoned_N, poison_labels  # data poisoning of some nodes
+        # data poisoning: poison(x, y, u) -> (x, y) rewrites the batches of the nodes in poisoned_N
+        self.poisoned_N, self.poison = poisoned_N, poison
 
     def next(self, rows: Tensor | None = None) -> Batch:
         sizes = self.sizes if rows is None else self.sizes[rows]
@@ -34,8 +35,12 @@ class NodeSampler:
         pick = self.flat[offsets[:, None] + (u * sizes[:, None]).long()]
         x, y = self.x[pick], self.y[pick]
         if self.poisoned_N is not None:
-            bad = self.poisoned_N if rows is None else self.poisoned_N[rows]
-            y = torch.where(bad[:, None], self.poison_labels(y), y)
+            u_poison = torch.rand(self.num_nodes, self.batch_size, generator=self.generator, dtype=torch.float64)
+            bad = self.poisoned_N
+            if rows is not None:
+                u_poison, bad = u_poison[rows], bad[rows]
+            if bool(bad.any()):
+                x[bad], y[bad] = self.poison(x[bad], y[bad], u_poison[bad])
         return x, y
 
     def state_dict(self) -> dict:

@@ -16,13 +16,15 @@ import scipy.sparse as sp
 import torch
 
 from peerlearn.aggregators.mean import mean
+from peerlearn.attacks.model_poisoning import HonestView
 from peerlearn.types import Tensor
 
 
 class Threat(NamedTuple):
     """Byzantine nodes and what they send instead of their honest message.
 
-    ``attack(own_BP, mean_BP, std_BP, generator) -> msg_BP`` (hyper-parameters bound);
+    ``attack(own_BP, seen, generator) -> msg_BP`` (hyper-parameters bound; ``seen`` an
+    :class:`~peerlearn.attacks.HonestView`);
     ``view_BN[b, j] > 0`` where Byzantine node b sees honest node j's message (rows sum to 1);
     ``sybil``: every Byzantine identity sends the first one's message (one adversary, many clones).
     """
@@ -68,6 +70,8 @@ class SimComm:
                 torch.from_numpy(off.indptr.astype(np.int64)), torch.from_numpy(off.indices.astype(np.int64)),
                 torch.from_numpy(off.data.astype(np.float32)), size=off.shape, check_invariants=False)
         self._off_rowsum_N1 = torch.from_numpy(np.asarray(off.sum(axis=1), dtype=np.float32).reshape(-1, 1))
+        self._diag_N1 = torch.from_numpy(np.asarray(W.diagonal(), dtype=np.float32).reshape(-1, 1))
+        self._by_dtype = {torch.float32: (self._off, self._off_rowsum_N1, self._diag_N1)}
         self.degree_N = torch.from_numpy(np.diff(off.indptr).astype(np.int64))
         # padded neighbour table for gather(): row i lists N(i), padded with i itself (masked)
         k = int(self.degree_N.max()) if self.num_nodes else 0
@@ -79,6 +83,12 @@ class SimComm:
         self._nbr_NK, self._valid_NK = torch.from_numpy(nbr), torch.from_numpy(valid)
         self._out_degree_N = torch.from_numpy(np.bincount(off.indices, minlength=self.num_nodes)).double()
 
+    def _weights(self, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+        """(off-diagonal CSR, its row sums, the diagonal) in ``dtype`` (float32 built, others cached)."""
+        if dtype not in self._by_dtype:
+            self._by_dtype[dtype] = tuple(t.to(dtype) for t in self._by_dtype[torch.float32])
+        return self._by_dtype[dtype]
+
     # -- attacks at the message boundary ---------------------------------------------------------
     def set_threat(self, threat: Threat | None) -> None:
         self.threat = threat
@@ -88,10 +98,7 @@ class SimComm:
         t = self.threat
         if t is None or len(t.byzantine_idx) == 0:
             return x_NP
-        view = t.view_BN.to(x_NP.dtype)
-        mean = view @ x_NP
-        std = (view @ x_NP.square() - mean.square()).clamp_min(0).sqrt()
-        msg = t.attack(x_NP[t.byzantine_idx], mean, std, t.generator)
+        msg = t.attack(x_NP[t.byzantine_idx], HonestView(x_NP, t.view_BN), t.generator)
         if t.sybil:
             msg = msg[:1].expand_as(msg)
         out = x_NP.clone()
@@ -117,8 +124,16 @@ class SimComm:
         """
         self._count_neighbour_send(x_NP, message_bytes)
         sent = self._poison(x_NP)
-        out = torch.addmm(x_NP, self._off, sent)  # x + A m   (A: off-diagonal weights, m: messages)
-        return out.addcmul_(self._off_rowsum_N1, x_NP, value=-1.0)  # - diag(A 1) x
+        off, rowsum, _ = self._weights(x_NP.dtype)
+        out = torch.addmm(x_NP, off, sent)  # x + A m   (A: off-diagonal weights, m: messages)
+        return out.addcmul_(rowsum, x_NP, value=-1.0)  # - diag(A 1) x
+
+    def push(self, x_NP: Tensor, message_bytes: int | Tensor | None = None) -> Tensor:
+        """``W x`` as a plain weighted sum, for column-stochastic ``W`` (push-sum): each node keeps
+        ``W_ii`` of its own row and receives ``W_ij x_j`` from each in-neighbour ``j``."""
+        self._count_neighbour_send(x_NP, message_bytes)
+        off, _, diag = self._weights(x_NP.dtype)
+        return torch.addmm(diag * x_NP, off, self._poison(x_NP))
 
     def gather(self, x_NP: Tensor, include_self: bool = True,
                message_bytes: int | Tensor | None = None) -> tuple[Tensor, Tensor]:

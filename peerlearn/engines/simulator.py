@@ -14,7 +14,6 @@ from typing import Callable
 import numpy as np
 import torch
 
-from peerlearn.attacks import flip_labels
 from peerlearn.engines.comm import SimComm
 from peerlearn.metrics import accuracy, consensus_distance, summarize
 from peerlearn.models.functional import FlatModel, predict_logits
@@ -29,16 +28,17 @@ COLUMNS = ["round", "acc_mean", "acc_min", "acc_max", "acc_std", "acc_avg_model"
 class Evaluator:
     """Test accuracy of the honest nodes' models, of their average, and on each node's local test split.
 
-    ``honest_N`` masks out Byzantine nodes; ``flipped_labels`` (label-flip attacks) adds
-    ``attack_success``: the fraction of honest predictions equal to the attacker's label.
+    ``honest_N`` masks out Byzantine nodes; ``attack_test = (x, y)`` (data attacks) adds
+    ``attack_success``: the fraction of honest predictions on ``x`` equal to the attacker's labels ``y``
+    (flipped labels; the target class on triggered inputs).
     """
 
     def __init__(self, flat: FlatModel, x_test: Tensor, y_test: Tensor,
                  x_train: Tensor | None = None, y_train: Tensor | None = None,
                  local_test_parts: list[np.ndarray] | None = None, honest_N: Tensor | None = None,
-                 flipped_labels: Tensor | None = None):
+                 attack_test: tuple[Tensor, Tensor] | None = None):
         self.flat, self.x_test, self.y_test = flat, x_test, y_test
-        self.honest_N, self.flipped_labels = honest_N, flipped_labels
+        self.honest_N, self.attack_test = honest_N, attack_test
         self.local = None
         if local_test_parts is not None:  # pad each node's local test indices to a rectangle + mask
             width = max(len(p) for p in local_test_parts)
@@ -54,8 +54,10 @@ class Evaluator:
             params_NP = params_NP[self.honest_N]
         logits = predict_logits(self.flat, params_NP, self.x_test)
         out = summarize(accuracy(logits, self.y_test), "acc")
-        out["attack_success"] = (float(accuracy(logits, self.flipped_labels).mean())
-                                 if self.flipped_labels is not None else float("nan"))
+        out["attack_success"] = float("nan")
+        if self.attack_test is not None:
+            x_att, y_att = self.attack_test
+            out["attack_success"] = float(accuracy(predict_logits(self.flat, params_NP, x_att), y_att).mean())
         avg = params_NP.mean(0, keepdim=True)
         out["acc_avg_model"] = float(accuracy(predict_logits(self.flat, avg, self.x_test), self.y_test)[0])
         out["acc_local_mean"] = self._local_accuracy(params_NP) if self.local is not None else float("nan")
@@ -73,19 +75,20 @@ class Evaluator:
 
 
 def simulate(built, on_eval: Callable[[dict], None] | None = None,
-             on_round: Callable[[int, dict], None] | None = None) -> list[dict]:
+             on_round: Callable[[int, dict], None] | None = None,
+             on_finish: Callable[[Tensor], None] | None = None) -> list[dict]:
     """Run ``built`` (from :func:`peerlearn.config.build`) to the end; returns the evaluated rows.
 
-    Rows are evaluated at round 0, every ``eval_every`` rounds and at the last round.
+    Rows are evaluated at round 0, every ``eval_every`` rounds and at the last round;
+    ``on_finish`` receives the final ``params_NP``.
     """
     cfg = built.config
     comm = SimComm(built.W)
     ds = built.dataset
     comm.set_threat(built.threat)
-    attacked = built.threat is not None or built.batches.poisoned_N is not None
-    flipped = flip_labels(ds.y_test, ds.num_classes) if built.batches.poisoned_N is not None else None
+    attacked = built.threat is not None or built.attack_test is not None
     evaluate = Evaluator(built.flat, ds.x_test, ds.y_test, ds.x_train, ds.y_train, built.local_test_parts,
-                         built.honest_N, flipped)
+                         built.honest_N, built.attack_test)
     params_NP = built.params_NP.clone()
     state = built.algorithm.init(params_NP)
     rows: list[dict] = []
@@ -109,7 +112,11 @@ def simulate(built, on_eval: Callable[[dict], None] | None = None,
 
     record(0)
     for round_ in range(1, cfg.num_rounds + 1):
+        if built.schedule is not None:
+            comm.set_topology(built.schedule(round_))
         params_NP, state, step_metrics = built.algorithm.step(state, params_NP, built.batches, built.grad_fn, comm)
+        if round_ == cfg.num_rounds and cfg.algorithm.final_merge:  # one global average, then evaluate
+            params_NP = comm.all_reduce_mean(params_NP).expand_as(params_NP).clone()
         losses.append(step_metrics["loss"])
         if not attacked and not math.isfinite(step_metrics["loss"]):
             raise FloatingPointError(f"training diverged at round {round_} (loss {step_metrics['loss']}); "
@@ -118,4 +125,6 @@ def simulate(built, on_eval: Callable[[dict], None] | None = None,
             record(round_)
         if on_round is not None:
             on_round(round_, rows[-1])
+    if on_finish is not None:
+        on_finish(params_NP)
     return rows

@@ -8,6 +8,7 @@ and ``loop`` (one autograd call per row; lighter for CNNs, see ARCHITECTURE.md p
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -52,6 +53,11 @@ class FlatModel:
                     h.remove()
             self._activations[input_shape] = max(total, 1)
         return self._activations[input_shape]
+
+    def layer_slices(self) -> list[slice]:
+        """Column range of every parameter tensor with more than one element in ``params_NP``."""
+        starts = [0, *itertools.accumulate(self.numels)]
+        return [slice(a, a + n) for a, n in zip(starts, self.numels) if n > 1]
 
     def unravel(self, params_P: Tensor) -> dict[str, Tensor]:
         """Named views into one flat parameter row (no copy)."""

@@ -13,12 +13,29 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def parse_defense(spec: str) -> dict:
+    """``"bulyan:f=1,tau=0.5"`` -> ``{"aggregator": "bulyan", "f": 1, "tau": 0.5}`` (algorithm keys)."""
+    import yaml
+
+    from peerlearn.config import ConfigError
+
+    name, _, rest = spec.partition(":")
+    keys = {"aggregator": name}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ConfigError(f"config error: --defenses {spec}: expected name:key=value,key=value")
+        keys[key.strip()] = yaml.safe_load(value)
+    return keys
+
+
 def run_matrix(base: dict, attacks: list[str], defenses: list[str], out_dir: Path,
                on_cell: Callable[[str, str, dict], None] | None = None) -> list[dict]:
     """Run every (attack, defence) pair of ``base`` (a config dict).
 
     ``"none"`` is the no-attack row: the same Byzantine nodes behave honestly, so every row
-    measures the same honest set.
+    measures the same honest set. A defence is an aggregator name, optionally with its own
+    algorithm keys (:func:`parse_defense`).
 
     The dataset is loaded once and shared by all runs. Writes ``matrix.csv`` (a row per pair,
     appended as each finishes) and ``matrix.png`` (heatmaps of honest mean and min accuracy).
@@ -33,7 +50,7 @@ def run_matrix(base: dict, attacks: list[str], defenses: list[str], out_dir: Pat
         for defense in defenses:
             threat = dict(base.get("threat") or {})
             threat["attack"] = None if attack == "none" else attack
-            algorithm = {**(base.get("algorithm") or {}), "aggregator": defense}
+            algorithm = {**(base.get("algorithm") or {}), **parse_defense(defense)}
             configs[attack, defense] = parse_config({**base, "threat": threat, "algorithm": algorithm})
     dataset = build_dataset(next(iter(configs.values())))
     built = {key: build(cfg, dataset) for key, cfg in configs.items()}

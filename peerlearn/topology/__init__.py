@@ -4,6 +4,13 @@ An adjacency is a symmetric ``scipy.sparse.csr_array`` of 0/1 with an empty diag
 mixing matrix ``W_NN`` is a ``csr_array`` of float64 weights including the diagonal.
 """
 
+from peerlearn.topology import schedules
+from peerlearn.topology.directed import (
+    column_stochastic_weights,
+    directed_cycle_graph,
+    directed_exponential_graph,
+    is_strongly_connected,
+)
 from peerlearn.topology.graphs import (
     complete_graph,
     cycle_graph,
@@ -32,7 +39,8 @@ from peerlearn.topology.random_graphs import (
 )
 
 __all__ = [
-    "barabasi_albert_graph", "complete_graph", "cycle_graph", "degrees", "erdos_renyi_graph", "exponential_graph",
+    "barabasi_albert_graph", "column_stochastic_weights", "complete_graph", "directed_cycle_graph",
+    "directed_exponential_graph", "is_strongly_connected", "schedules", "cycle_graph", "degrees", "erdos_renyi_graph", "exponential_graph",
     "from_edge_list", "from_networkx", "hypercube_graph", "is_connected", "max_degree_weights",
     "metropolis_hastings_weights", "path_graph", "random_regular_graph", "require_connected", "spectral_gap",
     "star_graph", "torus_graph", "uniform_weights", "watts_strogatz_graph",

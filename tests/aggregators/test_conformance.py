@@ -14,6 +14,7 @@ RULES = {
     "trimmed_mean": (functools.partial(A.trimmed_mean, f=2), True),
     "krum": (functools.partial(A.krum, f=2), True),
     "multi_krum": (functools.partial(A.multi_krum, f=2), True),
+    "bulyan": (functools.partial(A.bulyan, f=1), True),
     "geometric_median": (A.geometric_median, True),
     "centered_clipping": (functools.partial(A.centered_clipping, tau=0.5, num_iters=3), True),
     "nearest_neighbor_mean": (functools.partial(A.nearest_neighbor_mean, f=2), True),
@@ -120,3 +121,39 @@ def test_foolsgold_gives_identical_clones_zero_weight():
     out = A.foolsgold(x, valid, reference_P=torch.zeros(6, dtype=torch.float64))
     assert float(out.abs().max()) < float(honest.abs().max())  # none of the clones' 50s got through
     assert not torch.allclose(out[0], honest[0, 0])  # honest neighbours did contribute
+
+
+def _bulyan_reference(x_KP, f):
+    """Bulyan for one node, written as the paper states it (a loop over Krum selections)."""
+    remaining, chosen = list(range(len(x_KP))), []
+    for _ in range(len(x_KP) - 2 * f):
+        k = len(remaining)
+        scores = []  # (Krum score, then the summed distance to all others as tie-break)
+        for i in remaining:
+            d = sorted(float((x_KP[i] - x_KP[j]).pow(2).sum()) for j in remaining if j != i)
+            scores.append((sum(d[: max(k - f - 2, 1)]), sum(d)))
+        chosen.append(remaining.pop(min(range(k), key=scores.__getitem__)))
+    sel = x_KP[chosen]  # [theta, P]
+    beta = len(chosen) - 2 * f
+    med = sel.median(0).values  # lower median, as coordinate_median
+    out = torch.empty(x_KP.shape[1], dtype=x_KP.dtype)
+    for c in range(x_KP.shape[1]):
+        order = (sel[:, c] - med[c]).abs().argsort(stable=True)
+        out[c] = sel[order[:beta], c].mean()
+    return out
+
+
+@pytest.mark.parametrize("f", [1, 2])
+def test_bulyan_matches_a_per_node_loop(f):
+    x, valid = _inputs(seed=3)
+    x = torch.cat([x, x[:, :4] + 0.01], 1)  # 13 inputs: f=2 needs 4f+3 = 11
+    valid = torch.cat([valid, torch.ones(N, 4, dtype=torch.bool)], 1)
+    out = A.bulyan(x, valid, f=f)
+    for i in range(N):
+        assert torch.allclose(out[i], _bulyan_reference(x[i][valid[i]], f), atol=1e-10), i
+
+
+def test_bulyan_needs_4f_plus_3_inputs():
+    x, valid = _inputs()
+    with pytest.raises(ValueError, match="bulyan with f=2 needs every node to receive at least 11"):
+        A.bulyan(x, valid, f=2)

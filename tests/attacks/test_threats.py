@@ -41,10 +41,37 @@ def test_sybil_clones_send_one_identical_message():
 
 
 def test_alie_and_ipm_follow_their_formulas():
-    own, mean, std = torch.randn(2, 5), torch.randn(2, 5), torch.rand(2, 5)
-    g = torch.Generator()
-    assert torch.allclose(attacks.alie(own, mean, std, g, z=1.5), mean - 1.5 * std)
-    assert torch.allclose(attacks.ipm(own, mean, std, g, epsilon=0.1), -0.1 * mean)
+    x = torch.randn(6, 5, dtype=torch.float64)
+    view = torch.tensor([[0.25, 0.25, 0.25, 0.25, 0, 0], [0, 0, 0, 0, 0.5, 0.5]], dtype=torch.float64)
+    seen, g = attacks.HonestView(x, view), torch.Generator()
+    mean = torch.stack([x[:4].mean(0), x[4:].mean(0)])
+    std = torch.stack([x[:4].std(0, unbiased=False), x[4:].std(0, unbiased=False)])
+    assert torch.allclose(seen.mean, mean) and torch.allclose(seen.std, std)
+    own = torch.randn(2, 5, dtype=torch.float64)
+    assert torch.allclose(attacks.alie(own, seen, g, z=1.5), mean - 1.5 * std)
+    assert torch.allclose(attacks.ipm(own, seen, g, epsilon=0.1), -0.1 * mean)
+
+
+def test_dmpa_pushes_along_the_top_principal_direction_by_z_deviations():
+    """Honest models spread mostly along one planted direction: the colluders' shift lies along it."""
+    g = torch.Generator().manual_seed(0)
+    p, n = 40, 200
+    direction = torch.randn(p, generator=g, dtype=torch.float64)
+    direction /= direction.norm()
+    center = torch.randn(p, generator=g, dtype=torch.float64)
+    x = center + 3.0 * torch.randn(n, 1, generator=g, dtype=torch.float64) * direction \
+        + 0.1 * torch.randn(n, p, generator=g, dtype=torch.float64)
+    view = torch.full((3, n), 1.0 / n, dtype=torch.float64)  # three colluders who see everyone
+    seen = attacks.HonestView(x, view)
+    u, lam = seen.principal()
+    centred = x - x.mean(0)
+    top = torch.linalg.eigvalsh(centred.T @ centred / n)[-1]
+    assert torch.allclose(lam, top.expand(3), rtol=1e-6)
+    msg = attacks.dmpa(torch.zeros(3, p, dtype=torch.float64), seen, g, z=2.0)
+    shift = msg - seen.mean
+    assert torch.allclose(shift.norm(dim=1), 2.0 * top.sqrt().expand(3), rtol=1e-6)
+    assert float((shift[0] / shift[0].norm() @ direction).abs()) > 0.99
+    assert torch.equal(msg[0], msg[1]) and torch.equal(msg[1], msg[2])  # colluders agree
 
 
 def test_placement():
@@ -100,6 +127,46 @@ def test_label_flip_poisons_only_byzantine_batches_and_reports_success():
     assert 0.0 <= row["attack_success"] <= 1.0
 
 
+def test_trigger_stamps_the_top_left_patch():
+    flat = attacks.add_trigger(torch.zeros(2, 64), (64,), size=3, value=16.0).reshape(2, 8, 8)
+    assert flat[:, :3, :3].eq(16).all() and flat.sum() == 2 * 9 * 16
+    image = attacks.add_trigger(torch.zeros(1, 2, 5, 5), (2, 5, 5), size=2, value=1.0)
+    assert image[0, :, :2, :2].eq(1).all() and image.sum() == 8
+    odd = attacks.add_trigger(torch.zeros(1, 40), (40,), size=3, value=1.0)
+    assert odd[0, :9].eq(1).all() and odd.sum() == 9
+
+
+def test_backdoor_poisons_a_fraction_of_byzantine_batches():
+    b = build(tiny_config(threat={"num_byzantine": 4, "attack": "backdoor", "target_label": 7,
+                                  "poison_fraction": 0.5}))
+    poisoned = b.batches.poisoned_N
+    x, y = b.batches.next()
+    trigger = attacks.add_trigger(x, b.dataset.input_shape, 3, float(b.dataset.x_train.max()))
+    stamped = (x == trigger).all(-1)
+    assert not stamped[~poisoned].any()  # honest batches carry no trigger
+    assert (y[poisoned][stamped[poisoned]] == 7).all()
+    assert 0.2 < float(stamped[poisoned].double().mean()) < 0.8  # about half of each poisoned batch
+    x_att, y_att = b.attack_test
+    assert (y_att == 7).all() and len(y_att) == int((b.dataset.y_test != 7).sum())
+
+
+def test_backdoor_succeeds_against_averaging_while_the_main_task_survives():
+    """The known result: a few backdoored peers implant the trigger in everyone's averaged model."""
+    from peerlearn.metrics import accuracy
+    from peerlearn.models.functional import predict_logits
+
+    cfg = tiny_config(num_rounds=60, eval_every=60, topology={"graph": "complete"}, algorithm={"lr": 0.3},
+                      threat={"num_byzantine": 4, "attack": "backdoor", "target_label": 0, "poison_fraction": 0.5})
+    attacked = simulate(build(cfg))[-1]
+    clean = build(cfg.model_copy(update={"threat": cfg.threat.model_copy(update={"attack": None})}))
+    final = []
+    simulate(clean, on_finish=final.append)
+    x_att, y_att = build(cfg).attack_test  # the same triggered test set, measured on the clean models
+    base_rate = float(accuracy(predict_logits(clean.flat, final[0][clean.honest_N], x_att), y_att).mean())
+    assert attacked["acc_mean"] > 0.75  # the main task survives: the attack hides
+    assert attacked["attack_success"] > base_rate + 0.4, (attacked["attack_success"], base_rate)
+
+
 @pytest.mark.parametrize("threat, algorithm, message", [
     ({"num_byzantine": 16}, {}, "threat.num_byzantine: must be < num_nodes=16"),
     ({"num_byzantine": 2, "fraction": 0.1}, {}, "threat.fraction: give threat.num_byzantine or threat.fraction"),
@@ -109,6 +176,8 @@ def test_label_flip_poisons_only_byzantine_batches_and_reports_success():
                                                    "at least 5 models (itself included); on this ring"),
     ({}, {"aggregator": "krum", "f": 1}, "algorithm.f: krum with f=1 needs"),
     ({}, {"name": "fedavg", "aggregator": "median"}, "algorithm.aggregator: only dsgd"),
+    ({"num_byzantine": 2, "attack": "backdoor", "target_label": 10}, {}, "threat.target_label: must be < 10"),
+    ({}, {"aggregator": "bulyan", "f": 1}, "algorithm.f: bulyan with f=1 needs every node to receive at least 7"),
 ])
 def test_invalid_threat_models_are_one_line_config_errors(threat, algorithm, message):
     from peerlearn.config import ConfigError
@@ -127,13 +196,16 @@ def test_matrix_command_writes_table_and_heatmap(tmp_path, capsys):
                                     "topology": {"graph": "random_regular", "degree": 4},
                                     "model": {"hidden": [8]}, "threat": {"num_byzantine": 2}}))
     out = tmp_path / "mx"
-    assert cli.main(["matrix", str(path), "--attacks", "sign_flip", "--defenses", "gossip", "median",
+    assert cli.main(["matrix", str(path), "--attacks", "sign_flip", "--defenses", "gossip", "trimmed_mean:f=1",
                      "--out", str(out), "--quiet"]) == 0
     lines = (out / "matrix.csv").read_text().splitlines()
     assert len(lines) == 1 + 2 * 2 and lines[0].startswith("attack,defense,acc_mean")
     assert (out / "matrix.png").stat().st_size > 5_000
     assert "sign_flip" in capsys.readouterr().out
+    assert "trimmed_mean:f=1" in (out / "matrix.csv").read_text()
     assert cli.main(["matrix", str(path), "--attacks", "teleport", "--out", str(out)]) == 2
+    assert cli.main(["matrix", str(path), "--defenses", "krum:f=5", "--out", str(out)]) == 2  # f too large
+    assert "algorithm.f: krum with f=5" in capsys.readouterr().err
 
 
 def test_foolsgold_neutralises_identical_sybil_clones_where_the_mean_does_not():

@@ -1,0 +1,47 @@
+"""Semi-decentralized learning: gossip, plus a server that periodically averages a sampled subset.
+
+Every ``period`` rounds, after the wrapped algorithm's round, a fraction of the nodes uploads
+its models and the server averages them. Sampled-to-sampled (S2S) returns the average to the
+sampled nodes only; sampled-to-all (S2A) broadcasts it to every node.
+
+References:
+    Rodio, Neglia, Chen & Larsson, "A Unified Convergence Analysis for Semi-Decentralized Learning:
+    Sampled-to-Sampled vs. Sampled-to-All Communication", 2025.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+
+from peerlearn.algorithms.fedavg import sample_clients
+from peerlearn.types import Algorithm
+
+
+class SemiState(NamedTuple):
+    inner: Any
+    round: int
+
+
+def with_server_rounds(algorithm: Algorithm, period: int, fraction: float, broadcast: str = "sampled",
+                       seed: int = 0) -> Algorithm:
+    """Add a server aggregation every ``period`` rounds to ``algorithm``; ``broadcast``: ``sampled`` or ``all``."""
+    if broadcast not in ("sampled", "all"):
+        raise ValueError(f"algorithm.server_broadcast must be 'sampled' or 'all', got {broadcast!r}")
+
+    def init(params_NP):
+        return SemiState(algorithm.init(params_NP), 0)
+
+    def step(state, params_NP, batches, grad_fn, comm):
+        params_NP, inner, metrics = algorithm.step(state.inner, params_NP, batches, grad_fn, comm)
+        round_ = state.round + 1
+        if round_ % period == 0:
+            n = params_NP.shape[0]
+            rows = sample_clients(n, fraction, seed, round_)
+            to = rows if broadcast == "sampled" else torch.arange(n)
+            params_NP = params_NP.clone()
+            params_NP[to] = comm.server_average(params_NP[rows], rows, broadcast_to=to)
+        return params_NP, SemiState(inner, round_), metrics
+
+    return Algorithm(init, step)

@@ -1,0 +1,109 @@
+"""Time-varying topologies: ``schedule(round) -> W_NN`` (rounds count from 1).
+
+Each schedule is a pure function of the round (and its seed), so a run can resume at any round
+and two engines agree on every round's graph.
+
+References:
+    Koloskova et al., "A Unified Theory of Decentralized SGD with Changing Topology and Local Updates",
+    ICML 2020 (time-varying W); Ying et al., "Exponential Graph is Provably Efficient for Decentralized
+    Deep Training", NeurIPS 2021 (one-peer exponential); Boyd et al., "Randomized Gossip Algorithms",
+    IEEE Trans. Inf. Theory 2006 (random matchings).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+
+Schedule = Callable[[int], sp.csr_array]
+
+
+def _round_rng(seed: int, round_: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([seed, round_]))
+
+
+def constant_schedule(W: sp.csr_array) -> Schedule:
+    """The same mixing matrix every round."""
+    return lambda round_: W
+
+
+def pairwise_average(num_nodes: int, src: np.ndarray, dst: np.ndarray) -> sp.csr_array:
+    """``W`` where each pair ``(src_k, dst_k)`` averages (weights 1/2); other nodes keep their model.
+
+    Doubly stochastic when the pairs are disjoint (a matching).
+    """
+    rows = np.concatenate([src, dst, src, dst])
+    cols = np.concatenate([dst, src, src, dst])
+    W = sp.csr_array((np.full(len(rows), 0.5), (rows, cols)), shape=(num_nodes, num_nodes))
+    alone = np.setdiff1d(np.arange(num_nodes), np.concatenate([src, dst]))
+    return sp.csr_array(W + sp.csr_array((np.ones(len(alone)), (alone, alone)), shape=W.shape))
+
+
+def random_matching_schedule(num_nodes: int, seed: int = 0) -> Schedule:
+    """A fresh uniformly random perfect matching each round (one node idles when N is odd)."""
+
+    def schedule(round_: int) -> sp.csr_array:
+        perm = _round_rng(seed, round_).permutation(num_nodes)
+        half = num_nodes // 2
+        return pairwise_average(num_nodes, perm[:half], perm[half:2 * half])
+
+    return schedule
+
+
+def one_peer_exponential_schedule(num_nodes: int) -> Schedule:
+    """Round t: node i sends to ``i + 2^(t mod log2 N)`` and averages with what it receives.
+
+    ``W_t = (I + S_t) / 2`` with ``S_t`` a cyclic shift: doubly stochastic, one message per node
+    per round. For N a power of two the product of ``log2 N`` consecutive rounds is exactly the
+    uniform average.
+    """
+    tau = max(1, int(np.ceil(np.log2(num_nodes))))
+    i = np.arange(num_nodes)
+
+    def schedule(round_: int) -> sp.csr_array:
+        hop = 1 << ((round_ - 1) % tau)
+        sender = (i - hop) % num_nodes  # row i receives from i - hop
+        W = sp.csr_array((np.full(num_nodes, 0.5), (i, sender)), shape=(num_nodes, num_nodes))
+        return sp.csr_array(W + sp.diags_array(np.full(num_nodes, 0.5)))
+
+    return schedule
+
+
+def resampled_schedule(make_graph: Callable[[int], sp.csr_array], mixing: Callable[[sp.csr_array], sp.csr_array],
+                       seed: int = 0) -> Schedule:
+    """A new random graph every round: ``make_graph(round_seed)`` then ``mixing`` (e.g. epidemic learning
+    with a fresh random regular graph per round)."""
+
+    def schedule(round_: int) -> sp.csr_array:
+        round_seed = int(np.random.SeedSequence([seed, round_]).generate_state(1)[0])
+        return mixing(make_graph(round_seed))
+
+    return schedule
+
+
+def sampled_clients_schedule(num_nodes: int, fraction: float, seed: int = 0) -> Schedule:
+    """Each round a random ``fraction`` of the nodes averages all together; the rest keep their models.
+
+    The FedAvg communication pattern as a gossip schedule (no server).
+    """
+    k = max(2, int(np.ceil(fraction * num_nodes))) if num_nodes > 1 else 1
+
+    def schedule(round_: int) -> sp.csr_array:
+        chosen = np.sort(_round_rng(seed, round_).choice(num_nodes, size=k, replace=False))
+        rows = np.repeat(chosen, k)
+        cols = np.tile(chosen, k)
+        W = sp.csr_array((np.full(len(rows), 1.0 / k), (rows, cols)), shape=(num_nodes, num_nodes))
+        rest = np.setdiff1d(np.arange(num_nodes), chosen)
+        return sp.csr_array(W + sp.csr_array((np.ones(len(rest)), (rest, rest)), shape=W.shape))
+
+    return schedule
+
+
+def sequence_schedule(Ws: Sequence[sp.csr_array]) -> Schedule:
+    """A user-given list of mixing matrices, used in turn and repeated."""
+    if not Ws:
+        raise ValueError("topology.sequence: needs at least one graph")
+    return lambda round_: Ws[(round_ - 1) % len(Ws)]
+
