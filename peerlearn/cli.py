@@ -128,6 +128,17 @@ def cmd_compare(args) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     plot_compare(runs, out)
     console.print(_summary_table("comparison (final evaluated round)", finals))
+    if args.target is not None:
+        from peerlearn.metrics import first_reaching
+
+        table = Table(title=f"first evaluated round with {args.target_metric} >= {args.target}")
+        for col in ("run", "round", "MB sent per node", "wall time (s)"):
+            table.add_column(col, justify="left" if col == "run" else "right")
+        for name, rows in runs.items():
+            hit = first_reaching(rows, args.target, args.target_metric)
+            table.add_row(name, *(("never", "-", "-") if hit is None else (
+                str(int(hit["round"])), _fmt(hit["bytes_sent_per_node"], "mb"), f"{hit['wall_time_s']:.1f}")))
+        console.print(table)
     console.print(f"plot: {out}", markup=False)
     return 0
 
@@ -198,6 +209,8 @@ def make_parser() -> argparse.ArgumentParser:
     cmp_ = sub.add_parser("compare", help="one table and one overlay plot for several run directories")
     cmp_.add_argument("runs", nargs="+", help="run directories")
     cmp_.add_argument("--out", default="comparison.png", help="plot file (default: comparison.png)")
+    cmp_.add_argument("--target", type=float, help="also report when each run first reached this accuracy")
+    cmp_.add_argument("--target-metric", default="acc_mean", help="metric for --target (default: acc_mean)")
     cmp_.set_defaults(func=cmd_compare)
     mat = sub.add_parser("matrix", help="run every attack x defence pair; a table and a heatmap")
     mat.add_argument("config")

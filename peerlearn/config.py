@@ -99,12 +99,13 @@ ALGORITHMS = {
     "push_sum": Entry(algorithms.push_sum, _COMMON_ALGO + _SERVER),
     "diloco": Entry(algorithms.diloco, _COMMON_ALGO + ("outer_lr", "outer_momentum", "combine")),
     "local_sgd": Entry(algorithms.local_sgd, _COMMON_ALGO),
+    "modest": Entry(algorithms.modest, _COMMON_ALGO + ("sample_size", "num_aggregators")),
     "fedavg": Entry(algorithms.fedavg, _COMMON_ALGO + ("fraction", "weighting")),
     "fedprox": Entry(optim.proximal, _COMMON_ALGO + ("fraction", "weighting", "prox_mu")),
     "centralized": Entry(algorithms.centralized, _COMMON_ALGO + ("weighting",)),
     "local": Entry(algorithms.local_only, _COMMON_ALGO),
 }
-SERVER_ALGORITHMS = ("fedavg", "fedprox", "centralized", "diloco", "local_sgd")  # one global model
+SERVER_ALGORITHMS = ("fedavg", "fedprox", "centralized", "diloco", "local_sgd", "modest")  # one global model
 AGGREGATORS = {
     "gossip": Entry(SimComm.mix),
     "mean": Entry(aggregators.masked_mean),
@@ -209,6 +210,8 @@ class AlgorithmConfig(_Section):
     outer_momentum: float = Field(0.9, ge=0.0, lt=1.0, description="diloco: outer Nesterov momentum")
     combine: Literal["all_reduce", "gossip"] = Field("all_reduce", description="diloco: average the trained models "
                                                      "with an all-reduce or one gossip step")
+    sample_size: int = Field(10, ge=1, description="modest: nodes sampled per round (s)")
+    num_aggregators: int = Field(1, ge=1, description="modest: aggregators per round (a), among the sampled")
     prox_mu: float = Field(0.01, ge=0.0, description="fedprox: weight of the proximal term")
     server_period: int = Field(0, ge=0, description="semi-decentralized: a server averages a sample every this "
                                "many rounds (0 = never)")
@@ -393,6 +396,9 @@ def check_topology_algorithm(cfg: ExperimentConfig) -> None:
                           f"checked against the graph), got topology.schedule {t.schedule}")
     if t.schedule != "static" and th.attack is not None and th.collusion == "neighbors":
         raise ConfigError("config error: threat.collusion: 'neighbors' needs a static topology; use 'all'")
+    if a.name == "modest" and not 1 <= a.num_aggregators <= min(a.sample_size, cfg.num_nodes):
+        raise ConfigError(f"config error: algorithm.num_aggregators: must be in [1, sample_size={a.sample_size}] "
+                          f"(and <= num_nodes), got {a.num_aggregators}")
     if a.name == "gradient_tracking" and a.num_local_steps != 1:
         raise ConfigError("config error: algorithm.num_local_steps: gradient_tracking takes one step per round, "
                           f"got {a.num_local_steps}")
@@ -627,6 +633,8 @@ def build_algorithm(cfg: ExperimentConfig, data_sizes_N: torch.Tensor, aggregato
         algo = algorithms.push_sum(opt, a.num_local_steps)
     elif a.name == "diloco":
         algo = algorithms.diloco(opt, a.num_local_steps, a.outer_lr, a.outer_momentum, combine=a.combine)
+    elif a.name == "modest":
+        algo = algorithms.modest(opt, a.num_local_steps, a.sample_size, a.num_aggregators, seed=_seed(cfg, 12))
     elif a.name == "local_sgd":
         algo = algorithms.local_sgd(opt, a.num_local_steps)
     elif a.name in ("fedavg", "fedprox"):

@@ -23,3 +23,8 @@ def summarize(values_N: Tensor, prefix: str) -> dict[str, float]:
     v = values_N.double()
     return {f"{prefix}_mean": float(v.mean()), f"{prefix}_min": float(v.min()),
             f"{prefix}_max": float(v.max()), f"{prefix}_std": float(v.std(unbiased=False))}
+
+
+def first_reaching(rows: list[dict], target: float, key: str = "acc_mean") -> dict | None:
+    """The first evaluated row whose ``key`` reaches ``target`` (e.g. bytes to 90% accuracy), or None."""
+    return next((r for r in rows if r.get(key, float("nan")) >= target), None)

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from peerlearn import cli
-from peerlearn.config import build, parse_config
+from peerlearn.config import build, load_config, parse_config
 from peerlearn.data.datasets import FASHION_MNIST_DIRS
 from peerlearn.engines.simulator import simulate
 
@@ -53,3 +53,23 @@ def test_mnist1d_learns():
                         "model": {"name": "mlp", "hidden": [64]},
                         "algorithm": {"lr": 0.1, "momentum": 0.9, "batch_size": 32}})
     assert simulate(build(cfg))[-1]["acc_mean"] > 0.35  # chance is 0.10
+
+
+@pytest.mark.slow
+def test_single_merge_after_low_communication_dsgd_nears_fedavg():
+    """'A Single Merging Suffices': low-communication D-SGD on a torus, one final merge, within 2 points
+    of FedAvg with every client on the same compute (docs/reproductions.md)."""
+    merged = simulate(build(load_config(ROOT / "configs/single_merge.yaml")))[-1]
+    fedavg = simulate(build(load_config(ROOT / "configs/fedavg.yaml", ["algorithm.fraction=1.0"])))[-1]
+    assert merged["acc_mean"] > fedavg["acc_mean"] - 0.02, (merged["acc_mean"], fedavg["acc_mean"])
+    assert merged["bytes_sent_total"] < 0.5 * fedavg["bytes_sent_total"]
+
+
+@pytest.mark.slow
+def test_diloco_matches_synchronous_training_with_twenty_times_less_communication():
+    diloco = simulate(build(load_config(ROOT / "configs/diloco.yaml")))[-1]
+    sync = simulate(build(load_config(ROOT / "configs/centralized.yaml", ["num_rounds=600"])))[-1]
+    same_comm = simulate(build(load_config(ROOT / "configs/centralized.yaml", ["num_rounds=30", "eval_every=5"])))[-1]
+    assert diloco["acc_mean"] > sync["acc_mean"] - 0.02
+    assert diloco["acc_mean"] > same_comm["acc_mean"] + 0.1
+    assert diloco["bytes_sent_total"] * 19 < sync["bytes_sent_total"]

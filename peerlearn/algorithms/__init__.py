@@ -6,8 +6,9 @@ from peerlearn.algorithms.dsgd import communication_schedule, dsgd, gossip_combi
 from peerlearn.algorithms.fedavg import fedavg
 from peerlearn.algorithms.gradient_tracking import gradient_tracking
 from peerlearn.algorithms.local_only import local_only
+from peerlearn.algorithms.modest import modest
 from peerlearn.algorithms.push_sum import push_sum
 from peerlearn.algorithms.semi_decentralized import with_server_rounds
 
 __all__ = ["centralized", "communication_schedule", "diloco", "dsgd", "fedavg", "gossip_combine",
-           "gradient_tracking", "local_only", "local_sgd", "push_sum", "with_server_rounds"]
+           "gradient_tracking", "local_only", "local_sgd", "modest", "push_sum", "with_server_rounds"]

@@ -150,6 +150,16 @@ class SimComm:
             valid = torch.cat([torch.ones(self.num_nodes, 1, dtype=torch.bool), valid], 1)
         return received, valid
 
+    def multicast_mean(self, x_RP: Tensor, senders: Tensor, receivers: Tensor) -> Tensor:
+        """Every sender sends its row to every receiver (not to itself); returns ``x_P``, the mean of the
+        senders' rows, which is what each receiver holds after averaging what it got.
+
+        Peer-to-peer, no server: bytes go to the senders, one message per (sender, other receiver).
+        """
+        others = len(receivers) - torch.isin(senders, receivers).to(torch.float64)
+        self.bytes_sent_N.index_add_(0, senders, others * self.message_bytes(x_RP))
+        return mean(x_RP)
+
     def all_reduce_mean(self, x_NP: Tensor, weights_N: Tensor | None = None) -> Tensor:
         """Weighted mean of all rows (weights default to uniform), as ``x_P``.
 

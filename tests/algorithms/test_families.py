@@ -246,3 +246,30 @@ def test_final_merge_leaves_one_model_and_counts_an_all_reduce():
 def test_invalid_algorithm_options_are_one_line_config_errors(section, message):
     with pytest.raises(ConfigError, match=message):
         parse_config({"num_nodes": 8, **section})
+
+
+def test_modest_with_everyone_sampled_is_fedavg_with_uniform_weights():
+    W = uniform_weights(complete_graph(16))
+    opt = optim.sgd(0.1)
+    mod, _ = _run(algorithms.modest(opt, 3, sample_size=16, num_aggregators=1), W)
+    fed, _ = _run(algorithms.fedavg(opt, 3, fraction=1.0, data_sizes_N=None), W)
+    assert torch.allclose(mod, fed, atol=1e-5)
+
+
+def test_modest_traffic_is_about_2as_messages_per_round_whatever_n():
+    from peerlearn.algorithms.modest import modest_sample
+
+    for n in (32, 64):
+        b = build(tiny_config(num_nodes=n))
+        comm = SimComm(uniform_weights(complete_graph(n)))
+        algo = algorithms.modest(optim.sgd(0.1), 1, sample_size=6, num_aggregators=2, seed=5)
+        params, state = b.params_NP.clone(), algo.init(b.params_NP)
+        params, state, _ = algo.step(state, params, b.batches, b.grad_fn, comm)
+        rows, nxt = modest_sample(n, 6, 5, 1), modest_sample(n, 6, 5, 2)
+        overlap = int(torch.isin(rows, nxt[:2]).sum())
+        messages = (6 * 2 - overlap) + 2 * (6 - 1)
+        assert comm.bytes_sent_total == messages * 4 * b.flat.num_params
+        untouched = torch.ones(n, dtype=torch.bool)
+        untouched[nxt] = False
+        assert torch.equal(params[untouched], b.params_NP[untouched])  # only S_{k+1} received the aggregate
+        assert float((params[nxt] - params[nxt[0]]).abs().max()) == 0.0

@@ -1,0 +1,66 @@
+"""MoDeST: decentralized sampling. Each round a small pseudo-random sample trains, and a few of the
+next round's sampled nodes aggregate and forward, so no node talks to everyone.
+
+Round k (synchronous form of the protocol, no faults):
+
+1. the sample ``S_k`` (``sample_size`` nodes, a pure function of the seed and k, as MoDeST's
+   hash ordering makes it for every node with the same view) holds the model it received and
+   trains ``num_local_steps`` steps;
+2. each participant sends its model to the ``num_aggregators`` aggregators of round k+1 (the
+   first nodes of ``S_{k+1}``), which average what they receive;
+3. the aggregators send the average to every member of ``S_{k+1}``.
+
+Other nodes keep the last model they held: every row is what that node actually has, so
+``acc_mean`` is the accuracy of a random node's model and ``acc_max`` tracks the fresh aggregate.
+About ``2 * a * s`` model transfers per round, independent of N.
+
+References:
+    de Vos, Dhasade, Kermarrec, Lavoie, Pouwelse & Sharma, "MoDeST: Bridging the Gap between Federated
+    and Decentralized Learning with Decentralized Sampling", 2023 (later "Decentralized Learning Made
+    Practical with Client Sampling", arXiv:2302.13837; defaults s = 10, a = 1, 5 local steps).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from peerlearn.algorithms.local import local_steps
+from peerlearn.types import Algorithm, Tensor, Transform
+
+
+class ModestState(NamedTuple):
+    round: int
+
+
+def modest_sample(num_nodes: int, sample_size: int, seed: int, round_: int) -> Tensor:
+    """``S_k`` in MoDeST's order (aggregators first): a pure function of (seed, round)."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + round_)
+    return torch.randperm(num_nodes, generator=g)[:sample_size]
+
+
+def modest(optimizer: Transform, num_local_steps: int = 5, sample_size: int = 10, num_aggregators: int = 1,
+           seed: int = 0) -> Algorithm:
+    """MoDeST with ``sample_size`` (s) participants and ``num_aggregators`` (a) aggregators per round."""
+    if not 1 <= num_aggregators <= sample_size:
+        raise ValueError(f"algorithm.num_aggregators must be in [1, sample_size={sample_size}], got {num_aggregators}")
+
+    def init(params_NP):
+        return ModestState(0)
+
+    def step(state, params_NP, batches, grad_fn, comm):
+        n, k = params_NP.shape[0], state.round + 1
+        size = min(sample_size, n)
+        rows = modest_sample(n, size, seed, k)
+        nxt = modest_sample(n, size, seed, k + 1)
+        trained, _, loss = local_steps(params_NP[rows], optimizer.init(params_NP[rows]), optimizer, batches,
+                                       grad_fn, num_local_steps, rows)
+        aggregators = nxt[:num_aggregators]
+        average = comm.multicast_mean(trained, rows, aggregators)
+        params_NP = params_NP.clone()
+        params_NP[nxt] = comm.multicast_mean(average.expand(len(aggregators), -1), aggregators, nxt)
+        return params_NP, ModestState(k), {"loss": float(loss.mean())}
+
+    return Algorithm(init, step)
+
