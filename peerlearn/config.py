@@ -504,19 +504,22 @@ def build_partition(cfg: ExperimentConfig, labels: np.ndarray) -> tuple[list[np.
     return train, test
 
 
+def _read_edge_list(path: str, num_nodes: int, field: str):
+    """An edge-list file's adjacency, which must have exactly ``num_nodes`` nodes."""
+    adj = random_graphs.from_edge_list(path, num_nodes=num_nodes)
+    if adj.shape[0] != num_nodes:
+        raise ConfigError(f"config error: {field}: the edge list {path} has {adj.shape[0]} nodes, "
+                          f"num_nodes={num_nodes}")
+    return adj
+
+
 def build_topology(cfg: ExperimentConfig):
     t, n = cfg.topology, cfg.num_nodes
     entry = GRAPHS[t.graph]
     kwargs = {p: getattr(t, p) for p in entry.params}
     if "seed" in inspect.signature(entry.fn).parameters:
         kwargs["seed"] = _seed(cfg, 3)
-    if t.graph == "file":
-        kwargs["num_nodes"] = n
-        adj = entry.fn(**kwargs)
-    else:
-        adj = entry.fn(n, **kwargs)
-    if adj.shape[0] != n:
-        raise ConfigError(f"config error: topology.path: the edge list has {adj.shape[0]} nodes, num_nodes={n}")
+    adj = _read_edge_list(t.path, n, "topology.path") if t.graph == "file" else entry.fn(n, **kwargs)
     if n > 1 and t.schedule in ("static", "resample"):
         if t.graph in DIRECTED_GRAPHS:
             if not directed.is_strongly_connected(adj):
@@ -526,7 +529,7 @@ def build_topology(cfg: ExperimentConfig):
     return adj, MIXING[t.mixing].fn(adj)
 
 
-def build_schedule(cfg: ExperimentConfig, W):
+def build_schedule(cfg: ExperimentConfig):
     """``schedule(round) -> W`` for a time-varying topology, or None for a static one."""
     t, n = cfg.topology, cfg.num_nodes
     if t.schedule == "static":
@@ -542,13 +545,8 @@ def build_schedule(cfg: ExperimentConfig, W):
         entry = GRAPHS[t.graph]
         kwargs = {p: getattr(t, p) for p in entry.params}
         return schedules.resampled_schedule(lambda s: entry.fn(n, seed=s, **kwargs), MIXING[t.mixing].fn, seed)
-    Ws = []
-    for path in t.sequence:
-        adj = random_graphs.from_edge_list(path, num_nodes=n)
-        if adj.shape[0] != n:
-            raise ConfigError(f"config error: topology.sequence: {path} has {adj.shape[0]} nodes, num_nodes={n}")
-        Ws.append(MIXING[t.mixing].fn(adj))
-    return schedules.sequence_schedule(Ws)
+    return schedules.sequence_schedule([MIXING[t.mixing].fn(_read_edge_list(path, n, "topology.sequence"))
+                                        for path in t.sequence])
 
 
 def build_optimizer(a: AlgorithmConfig):
@@ -671,7 +669,7 @@ def build(cfg: ExperimentConfig, dataset: datasets.Dataset | None = None) -> Bui
         ds = build_dataset(cfg) if dataset is None else dataset
         parts, local_test = build_partition(cfg, ds.y_train.numpy())
         adj, W = build_topology(cfg)
-        schedule = build_schedule(cfg, W)  # sequence files are read (and checked) before anything runs
+        schedule = build_schedule(cfg)  # sequence files are read (and checked) before anything runs
         m = cfg.model
         kwargs = {"hidden": tuple(m.hidden)} if m.name == "mlp" else {"channels": tuple(m.channels)} if m.name == "cnn" else {}
         module = nets.build_model(m.name, ds.input_shape, ds.num_classes, **kwargs)

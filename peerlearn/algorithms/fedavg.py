@@ -27,11 +27,16 @@ class FedAvgState(NamedTuple):
     round: int
 
 
+def round_permutation(num_nodes: int, seed: int, round_: int) -> Tensor:
+    """A random order of the nodes for one round: a pure function of (seed, round)."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + round_)
+    return torch.randperm(num_nodes, generator=g)
+
+
 def sample_clients(num_nodes: int, fraction: float, seed: int, round_: int) -> Tensor:
     """The sorted client indices of one round: a pure function of (seed, round)."""
     k = max(1, math.ceil(fraction * num_nodes))
-    g = torch.Generator().manual_seed(seed * 1_000_003 + round_)
-    return torch.randperm(num_nodes, generator=g)[:k].sort().values
+    return round_permutation(num_nodes, seed, round_)[:k].sort().values
 
 
 def fedavg(optimizer: Transform, num_local_steps: int = 1, fraction: float = 1.0,

@@ -24,8 +24,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import torch
-
+from peerlearn.algorithms.fedavg import round_permutation
 from peerlearn.algorithms.local import local_steps
 from peerlearn.types import Algorithm, Tensor, Transform
 
@@ -36,8 +35,7 @@ class ModestState(NamedTuple):
 
 def modest_sample(num_nodes: int, sample_size: int, seed: int, round_: int) -> Tensor:
     """``S_k`` in MoDeST's order (aggregators first): a pure function of (seed, round)."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + round_)
-    return torch.randperm(num_nodes, generator=g)[:sample_size]
+    return round_permutation(num_nodes, seed, round_)[:sample_size]
 
 
 def modest(optimizer: Transform, num_local_steps: int = 5, sample_size: int = 10, num_aggregators: int = 1,

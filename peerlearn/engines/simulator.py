@@ -56,8 +56,9 @@ class Evaluator:
         out = summarize(accuracy(logits, self.y_test), "acc")
         out["attack_success"] = float("nan")
         if self.attack_test is not None:
-            x_att, y_att = self.attack_test
-            out["attack_success"] = float(accuracy(predict_logits(self.flat, params_NP, x_att), y_att).mean())
+            x_att, y_att = self.attack_test  # label flip measures on the clean test inputs: reuse their logits
+            att_logits = logits if x_att is self.x_test else predict_logits(self.flat, params_NP, x_att)
+            out["attack_success"] = float(accuracy(att_logits, y_att).mean())
         avg = params_NP.mean(0, keepdim=True)
         out["acc_avg_model"] = float(accuracy(predict_logits(self.flat, avg, self.x_test), self.y_test)[0])
         out["acc_local_mean"] = self._local_accuracy(params_NP) if self.local is not None else float("nan")
