@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from peerlearn import aggregators, algorithms, attacks, optim
-from peerlearn.data import datasets, partition
+from peerlearn.data import datasets, partition, shakespeare
 from peerlearn.aggregators.robust import MIN_INPUTS, min_inputs_error
 from peerlearn.data.batching import NodeSampler
 from peerlearn.engines.comm import SimComm, Threat
@@ -78,17 +78,20 @@ DATASETS = {
     "mnist1d": Entry(datasets.load_mnist1d, ("num_samples",)),
     "synthetic": Entry(datasets.load_synthetic, ("num_samples", "num_features", "num_classes", "noise")),
     "npz": Entry(datasets.load_npz, ("path",)),
+    "shakespeare": Entry(shakespeare.load_shakespeare, ("path", "seq_len")),
 }
 PARTITIONS = {
     "iid": Entry(partition.iid),
     "dirichlet": Entry(partition.dirichlet, ("alpha",)),
     "shards": Entry(partition.shards, ("classes_per_node",)),
     "quantity_skew": Entry(partition.quantity_skew, ("alpha",)),
+    "natural": Entry(partition.natural),
 }
 MODELS = {
     "logreg": Entry(nets.LogisticRegression),
     "mlp": Entry(nets.MLP, ("hidden",)),
     "cnn": Entry(nets.CNN, ("channels",)),
+    "gru": Entry(nets.CharGRU, ("hidden", "embed_dim")),
 }
 _COMMON_ALGO = ("lr", "num_local_steps", "batch_size", "optimizer", "momentum", "weight_decay")
 _SERVER = ("server_period", "server_fraction", "server_broadcast")
@@ -171,7 +174,13 @@ class DataConfig(_Section):
     min_samples_per_node: int = Field(2, ge=1, description="every node gets at least this many training samples")
     local_test_fraction: float = Field(0.0, ge=0.0, lt=1.0,
                                        description="fraction of each node's data held out as its local test set")
-    path: str | None = Field(None, description="local folder (fashion_mnist IDX files) or .npz file (npz)")
+    path: str | None = Field(None, description="local folder (fashion_mnist IDX files, shakespeare plays) or "
+                             ".npz file (npz)")
+    seq_len: int = Field(80, ge=1, description="characters of context per sample (shakespeare)")
+    relay_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of nodes that hold no data and only "
+                                  "relay (they gossip but do not train)")
+    relay_placement: Literal["hubs", "random"] = Field("hubs", description="which nodes relay: the highest-degree "
+                                                       "ones, or random ones")
     test_samples: int | None = Field(None, ge=1, description="evaluate on a seeded subset of this many test samples "
                                      "(default: the whole test set)")
     num_samples: int | None = Field(None, ge=10, description="samples to generate (synthetic, mnist1d)")
@@ -182,7 +191,8 @@ class DataConfig(_Section):
 
 class ModelConfig(_Section):
     name: _names(MODELS) = Field("mlp", description="model architecture")
-    hidden: list[int] = Field([64], description="hidden layer widths (mlp)")
+    hidden: list[int] = Field([64], description="hidden layer widths (mlp), GRU layer widths (gru)")
+    embed_dim: int = Field(8, ge=1, description="character embedding size (gru)")
     channels: list[int] = Field([16, 32], min_length=2, max_length=2, description="conv channels (cnn)")
     same_init: bool = Field(True, description="all nodes start from the same model")
     grad_strategy: Literal["auto", "vmap", "loop"] = Field(
@@ -246,6 +256,34 @@ class ThreatConfig(_Section):
     trigger_size: int = Field(3, ge=1, description="backdoor: side of the square trigger patch (top-left corner)")
 
 
+class FaultsConfig(_Section):
+    crash_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of nodes that crash")
+    crash_round: int = Field(1, ge=1, description="round at which they crash")
+    recover_round: int | None = Field(None, ge=2, description="round at which crashed nodes come back (none: never)")
+    crash_placement: Literal["random", "hubs"] = Field("random", description="which nodes crash: random, or the "
+                                                       "highest-degree ones")
+    crash_among: Literal["all", "data", "relays"] = Field("all", description="crash only nodes that hold data, or "
+                                                          "only relay nodes (data.relay_fraction)")
+    churn_leave: float = Field(0.0, ge=0.0, le=1.0, description="churn: probability that an up node leaves in a round")
+    churn_join: float = Field(0.0, ge=0.0, le=1.0, description="churn: probability that a node that left comes back "
+                              "in a round")
+    late_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of nodes that join late")
+    join_round: int = Field(1, ge=1, description="round at which late joiners join")
+    rejoin: Literal["neighbour", "stale"] = Field("neighbour", description="a node that comes back starts from an "
+                                                  "alive neighbour's model, or from its own stale one")
+    link_failure: float = Field(0.0, ge=0.0, lt=1.0, description="probability that a link is down in a round")
+    message_loss: float = Field(0.0, ge=0.0, lt=1.0, description="probability that one gossip message is lost")
+    partition_groups: int = Field(1, ge=1, description="split the network into this many groups of consecutive "
+                                  "ids (1: no partition)")
+    partition_round: int = Field(1, ge=1, description="round at which the partition starts")
+    heal_round: int | None = Field(None, ge=2, description="round at which the partition heals (none: never)")
+
+    @property
+    def active(self) -> bool:
+        return bool(self.crash_fraction or self.churn_leave or self.late_fraction or self.link_failure
+                    or self.message_loss or self.partition_groups > 1)
+
+
 class ExperimentConfig(_Section):
     name: str | None = Field(None, description="run name (default: the config file's name)")
     seed: int = Field(0, ge=0, description="seed of every random choice in the run")
@@ -257,6 +295,7 @@ class ExperimentConfig(_Section):
     model: ModelConfig = ModelConfig()
     algorithm: AlgorithmConfig = AlgorithmConfig()
     threat: ThreatConfig = ThreatConfig()
+    faults: FaultsConfig = FaultsConfig()
 
     @property
     def num_byzantine(self) -> int:
@@ -265,7 +304,7 @@ class ExperimentConfig(_Section):
 
 
 SECTIONS = {"topology": TopologyConfig, "data": DataConfig, "model": ModelConfig, "algorithm": AlgorithmConfig,
-            "threat": ThreatConfig}
+            "threat": ThreatConfig, "faults": FaultsConfig}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,6 +413,32 @@ def check_consistency(cfg: ExperimentConfig) -> None:
     check_topology_algorithm(cfg)
     if cfg.data.dataset in ("npz",) and not cfg.data.path:
         raise ConfigError("config error: data.path: dataset 'npz' needs the path of a .npz file")
+    check_faults(cfg)
+
+
+def check_faults(cfg: ExperimentConfig) -> None:
+    f, d = cfg.faults, cfg.data
+    if f.recover_round is not None and f.recover_round <= f.crash_round:
+        raise ConfigError(f"config error: faults.recover_round: must be after crash_round={f.crash_round}, "
+                          f"got {f.recover_round}")
+    if f.heal_round is not None and f.heal_round <= f.partition_round:
+        raise ConfigError(f"config error: faults.heal_round: must be after partition_round={f.partition_round}, "
+                          f"got {f.heal_round}")
+    if f.partition_groups > cfg.num_nodes:
+        raise ConfigError(f"config error: faults.partition_groups: at most num_nodes={cfg.num_nodes}, "
+                          f"got {f.partition_groups}")
+    if f.churn_join and not f.churn_leave:
+        raise ConfigError("config error: faults.churn_join: nodes only come back after leaving; set faults.churn_leave")
+    if f.crash_among == "relays" and not d.relay_fraction:
+        raise ConfigError("config error: faults.crash_among: relays needs relay nodes; set data.relay_fraction")
+    if f.active and cfg.topology.mixing == "uniform":
+        raise ConfigError("config error: topology.mixing: uniform weights need a regular graph, which faults break; "
+                          "use metropolis_hastings or max_degree")
+    if d.relay_fraction and d.local_test_fraction:
+        raise ConfigError("config error: data.local_test_fraction: relay nodes hold no data to hold out; "
+                          "not combined with data.relay_fraction")
+    if d.relay_fraction and cfg.num_byzantine:
+        raise ConfigError("config error: data.relay_fraction: relay nodes are not combined with Byzantine nodes yet")
 
 
 def check_topology_algorithm(cfg: ExperimentConfig) -> None:
@@ -418,7 +483,8 @@ def unused_fields(cfg: ExperimentConfig) -> list[str]:
     chosen = {"topology": (GRAPHS[cfg.topology.graph].params + SCHEDULES[cfg.topology.schedule].params,
                            ("graph", "mixing", "schedule")),
               "data": (DATASETS[cfg.data.dataset].params + PARTITIONS[cfg.data.partition].params,
-                       ("dataset", "partition", "min_samples_per_node", "local_test_fraction", "test_samples")),
+                       ("dataset", "partition", "min_samples_per_node", "local_test_fraction", "test_samples",
+                        "relay_fraction", "relay_placement")),
               "model": (MODELS[cfg.model.name].params, ("name", "same_init", "grad_strategy")),
               "algorithm": (ALGORITHMS[cfg.algorithm.name].params + AGGREGATORS[cfg.algorithm.aggregator].params,
                             ("name", "aggregator", "final_merge")),
@@ -457,6 +523,8 @@ class Built(NamedTuple):
     honest_N: torch.Tensor  # bool: False for Byzantine nodes (metrics count honest nodes only)
     threat: Any  # engines.comm.Threat or None
     attack_test: Any  # (x, y) on which a data attack's success is measured, or None
+    faults: Any = None  # engines.faults.FaultPlan or None
+    relay_N: Any = None  # bool numpy mask of nodes that hold no data, or None
 
 
 def _seed(cfg: ExperimentConfig, stream: int) -> int:
@@ -469,8 +537,12 @@ def build_dataset(cfg: ExperimentConfig) -> datasets.Dataset:
     kwargs: dict[str, Any] = {}
     if d.dataset in ("digits", "mnist1d", "synthetic", "npz"):
         kwargs["seed"] = cfg.seed
-    if d.dataset in ("fashion_mnist", "npz"):
+    if d.dataset in ("fashion_mnist", "npz", "shakespeare"):
         kwargs["path"] = d.path
+    if d.dataset == "shakespeare":
+        kwargs.update(seq_len=d.seq_len, seed=cfg.seed)
+        if d.test_samples is not None:
+            kwargs["test_samples"] = d.test_samples
     if d.dataset in ("digits", "fashion_mnist"):
         kwargs["image"] = cfg.model.name == "cnn"
     if d.num_samples is not None and d.dataset in ("mnist1d", "synthetic"):
@@ -485,13 +557,30 @@ def build_dataset(cfg: ExperimentConfig) -> datasets.Dataset:
     return ds
 
 
-def build_partition(cfg: ExperimentConfig, labels: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+def build_partition(cfg: ExperimentConfig, labels: np.ndarray, groups: np.ndarray | None = None,
+                    relay_N: np.ndarray | None = None) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+    """Training indices of each node (and of its local test set); ``groups`` are the dataset's natural
+    groups; relay nodes (``relay_N``) get no data."""
+    if relay_N is not None and relay_N.any():
+        parts, local_test = build_partition(cfg.model_copy(update={"num_nodes": int((~relay_N).sum())}), labels,
+                                            groups)
+        it = iter(parts)
+        return [np.empty(0, dtype=np.int64) if r else next(it) for r in relay_N], local_test
     d = cfg.data
     kwargs: dict[str, Any] = {"seed": _seed(cfg, 1), "min_size": d.min_samples_per_node}
     kwargs.update({p: getattr(d, p) for p in PARTITIONS[d.partition].params})
     if d.local_test_fraction:  # hold out a part of each node's data; keep min_size for training
         kwargs["min_size"] = max(d.min_samples_per_node, math.ceil(d.min_samples_per_node / (1 - d.local_test_fraction)) + 1)
-    parts = PARTITIONS[d.partition].fn(labels, cfg.num_nodes, **kwargs)
+    if d.partition == "natural":
+        if groups is None:
+            raise ConfigError(f"config error: data.partition: natural needs a dataset with natural groups "
+                              f"(shakespeare); {d.dataset} has none")
+        parts = PARTITIONS[d.partition].fn(groups, cfg.num_nodes, **kwargs)
+    elif groups is not None:  # only samples that belong to a group may be held (e.g. no cross-role windows)
+        usable = np.flatnonzero(groups >= 0)
+        parts = [usable[p] for p in PARTITIONS[d.partition].fn(labels[usable], cfg.num_nodes, **kwargs)]
+    else:
+        parts = PARTITIONS[d.partition].fn(labels, cfg.num_nodes, **kwargs)
     if not d.local_test_fraction:
         return parts, None
     rng = np.random.default_rng(_seed(cfg, 2))
@@ -547,6 +636,51 @@ def build_schedule(cfg: ExperimentConfig):
         return schedules.resampled_schedule(lambda s: entry.fn(n, seed=s, **kwargs), MIXING[t.mixing].fn, seed)
     return schedules.sequence_schedule([MIXING[t.mixing].fn(_read_edge_list(path, n, "topology.sequence"))
                                         for path in t.sequence])
+
+
+def _pick_nodes(adj, pool_N: np.ndarray, count: int, how: str, seed: int) -> np.ndarray:
+    """Mask of ``count`` nodes of ``pool_N``: at random, or the highest-degree ones (ties at random)."""
+    rng = np.random.default_rng(seed)
+    pool = np.flatnonzero(pool_N)
+    if how == "hubs":
+        chosen = pool[np.lexsort((rng.random(len(pool)), -np.diff(adj.indptr)[pool]))[:count]]
+    else:
+        chosen = rng.choice(pool, size=count, replace=False)
+    mask = np.zeros(len(pool_N), dtype=bool)
+    mask[chosen] = True
+    return mask
+
+
+def build_relays(cfg: ExperimentConfig, adj) -> np.ndarray | None:
+    """Mask of the nodes that hold no data and only relay (``data.relay_fraction``), or None."""
+    d, n = cfg.data, cfg.num_nodes
+    count = int(round(d.relay_fraction * n))
+    if count == 0:
+        return None
+    if count >= n:
+        raise ConfigError(f"config error: data.relay_fraction: leaves no node with data ({count} of {n} relay)")
+    return _pick_nodes(adj, np.ones(n, dtype=bool), count, d.relay_placement, _seed(cfg, 14))
+
+
+def build_faults(cfg: ExperimentConfig, adj, relay_N: np.ndarray | None):
+    """The run's :class:`~peerlearn.engines.faults.FaultPlan`, or None without faults."""
+    from peerlearn.engines import faults
+
+    f, n = cfg.faults, cfg.num_nodes
+    if not f.active:
+        return None
+    relay = np.zeros(n, dtype=bool) if relay_N is None else relay_N
+    pool = {"all": np.ones(n, dtype=bool), "data": ~relay, "relays": relay}[f.crash_among]
+    crash = _pick_nodes(adj, pool, int(round(f.crash_fraction * pool.sum())), f.crash_placement, _seed(cfg, 15))
+    late = _pick_nodes(adj, np.ones(n, dtype=bool), int(round(f.late_fraction * n)), "random", _seed(cfg, 16))
+    alive = faults.alive_timeline(n, cfg.num_rounds, crash_N=crash, crash_round=f.crash_round,
+                                  recover_round=f.recover_round, churn_leave=f.churn_leave, churn_join=f.churn_join,
+                                  late_N=late, join_round=f.join_round, seed=_seed(cfg, 17))
+    groups = faults.contiguous_groups(n, f.partition_groups) if f.partition_groups > 1 else None
+    heal = f.heal_round if f.heal_round is not None else cfg.num_rounds + 1
+    return faults.FaultPlan(alive, MIXING[cfg.topology.mixing].fn, link_failure=f.link_failure,
+                            message_loss=f.message_loss, groups_N=groups, partition_rounds=(f.partition_round, heal),
+                            rejoin=f.rejoin, seed=_seed(cfg, 18))
 
 
 def build_optimizer(a: AlgorithmConfig):
@@ -667,11 +801,17 @@ def build(cfg: ExperimentConfig, dataset: datasets.Dataset | None = None) -> Bui
 
     try:
         ds = build_dataset(cfg) if dataset is None else dataset
-        parts, local_test = build_partition(cfg, ds.y_train.numpy())
         adj, W = build_topology(cfg)
+        relay_N = build_relays(cfg, adj)
+        parts, local_test = build_partition(cfg, ds.y_train.numpy(), ds.groups, relay_N)
         schedule = build_schedule(cfg)  # sequence files are read (and checked) before anything runs
         m = cfg.model
-        kwargs = {"hidden": tuple(m.hidden)} if m.name == "mlp" else {"channels": tuple(m.channels)} if m.name == "cnn" else {}
+        kwargs = {p: tuple(v) if isinstance(v := getattr(m, p), list) else v for p in MODELS[m.name].params}
+        tokens = not ds.x_train.is_floating_point()
+        if getattr(nets.MODELS[m.name], "tokens", False) != tokens:
+            raise ConfigError(f"config error: model.name: {m.name} " + (
+                f"takes token inputs; {ds.name} gives numbers (use logreg, mlp or cnn)" if not tokens else
+                f"takes numeric inputs; {ds.name} gives character tokens (use gru)"))
         module = nets.build_model(m.name, ds.input_shape, ds.num_classes, **kwargs)
     except ConfigError:
         raise
@@ -679,7 +819,7 @@ def build(cfg: ExperimentConfig, dataset: datasets.Dataset | None = None) -> Bui
         msg = str(err)
         raise ConfigError(msg if msg.startswith("config error") else f"config error: {msg}") from None
     flat = FlatModel(module)
-    strategy = choose_grad_strategy(cfg, flat.activation_numel(ds.input_shape))
+    strategy = choose_grad_strategy(cfg, flat.activation_numel(ds.input_shape, ds.x_train.dtype))
     sizes = torch.tensor([len(p) for p in parts], dtype=torch.float64)
     params_NP = flat.init_params(cfg.num_nodes, _seed(cfg, 5), m.same_init)
     aggregator = build_aggregator(cfg, adj, params_NP[0])
@@ -690,7 +830,8 @@ def build(cfg: ExperimentConfig, dataset: datasets.Dataset | None = None) -> Bui
         params_NP=params_NP,
         grad_fn=make_grad_fn(flat, strategy),
         batches=NodeSampler(ds.x_train, ds.y_train, parts, cfg.algorithm.batch_size, _seed(cfg, 6),
-                            poisoned_N, poison),
+                            poisoned_N, poison, silent_N=None if relay_N is None else torch.from_numpy(relay_N)),
         algorithm=build_algorithm(cfg, sizes, aggregator, flat.layer_slices()), adjacency=adj, W=W,
         schedule=schedule, honest_N=honest_N, threat=threat, attack_test=attack_test,
+        faults=build_faults(cfg, adj, relay_N), relay_N=relay_N,
     )

@@ -55,7 +55,8 @@ def fedavg(optimizer: Transform, num_local_steps: int = 1, fraction: float = 1.0
                                             num_local_steps, rows)
         weights = None if data_sizes_N is None else data_sizes_N[rows]
         global_P = comm.server_average(trained_RP, rows, weights)
-        return global_P.expand_as(params_NP).clone(), FedAvgState(state.round + 1), {
+        out = params_NP if global_P is None else global_P.expand_as(params_NP).clone()  # None: no client was up
+        return out, FedAvgState(state.round + 1), {
             "loss": float(loss_R.mean()), "clients": float(len(rows))}
 
     return Algorithm(init, step)

@@ -57,7 +57,10 @@ def modest(optimizer: Transform, num_local_steps: int = 5, sample_size: int = 10
         aggregators = nxt[:num_aggregators]
         average = comm.multicast_mean(trained, rows, aggregators)
         params_NP = params_NP.clone()
-        params_NP[nxt] = comm.multicast_mean(average.expand(len(aggregators), -1), aggregators, nxt)
+        if average is not None:  # None: every sampled node was down, nothing reached the aggregators
+            forwarded = comm.multicast_mean(average.expand(len(aggregators), -1), aggregators, nxt)
+            if forwarded is not None:  # None: every aggregator was down; the next sample keeps its models
+                params_NP[nxt] = forwarded
         return params_NP, ModestState(k), {"loss": float(loss.mean())}
 
     return Algorithm(init, step)

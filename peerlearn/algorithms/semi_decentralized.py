@@ -40,8 +40,10 @@ def with_server_rounds(algorithm: Algorithm, period: int, fraction: float, broad
             n = params_NP.shape[0]
             rows = sample_clients(n, fraction, seed, round_)
             to = rows if broadcast == "sampled" else torch.arange(n)
-            params_NP = params_NP.clone()
-            params_NP[to] = comm.server_average(params_NP[rows], rows, broadcast_to=to)
+            average = comm.server_average(params_NP[rows], rows, broadcast_to=to)
+            if average is not None:  # None: every sampled node was down
+                params_NP = params_NP.clone()
+                params_NP[to] = average
         return params_NP, SemiState(inner, round_), metrics
 
     return Algorithm(init, step)

@@ -16,7 +16,7 @@ class NodeSampler:
     """
 
     def __init__(self, x: Tensor, y: Tensor, parts: list[np.ndarray], batch_size: int, seed: int,
-                 poisoned_N: Tensor | None = None, poison=None):
+                 poisoned_N: Tensor | None = None, poison=None, silent_N: Tensor | None = None):
         self.x, self.y, self.batch_size = x, y, batch_size
         self.sizes = torch.tensor([len(p) for p in parts], dtype=torch.float64)
         self.offsets = torch.tensor(np.concatenate([[0], np.cumsum([len(p) for p in parts])[:-1]]))
@@ -25,6 +25,8 @@ class NodeSampler:
         self.num_nodes = len(parts)
         # data poisoning: poison(x, y, u) -> (x, y) rewrites the batches of the nodes in poisoned_N
         self.poisoned_N, self.poison = poisoned_N, poison
+        # nodes without data (relays): their batches carry label -1, which the loss weighs by zero
+        self.silent_N = silent_N if silent_N is not None and bool(silent_N.any()) else None
 
     def next(self, rows: Tensor | None = None) -> Batch:
         sizes = self.sizes if rows is None else self.sizes[rows]
@@ -32,8 +34,11 @@ class NodeSampler:
         u = torch.rand(self.num_nodes, self.batch_size, generator=self.generator, dtype=torch.float64)
         if rows is not None:  # draw for all nodes, keep some: the stream does not depend on `rows`
             u = u[rows]
-        pick = self.flat[offsets[:, None] + (u * sizes[:, None]).long()]
+        pick = self.flat[(offsets[:, None] + (u * sizes[:, None]).long()).clamp(max=len(self.flat) - 1)]
         x, y = self.x[pick], self.y[pick]
+        if self.silent_N is not None:
+            silent = self.silent_N if rows is None else self.silent_N[rows]
+            y[silent] = -1
         if self.poisoned_N is not None:
             u_poison = torch.rand(self.num_nodes, self.batch_size, generator=self.generator, dtype=torch.float64)
             bad = self.poisoned_N

@@ -25,6 +25,8 @@ class Dataset(NamedTuple):
     y_test: torch.Tensor
     num_classes: int
     name: str
+    groups: np.ndarray | None = None  # natural group of each training sample (-1: never sampled), or None
+    group_names: list[str] | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -161,12 +163,19 @@ def load_npz(path: str | None, seed: int = 0, test_fraction: float = 0.2) -> Dat
     return _make(Path(path).stem, *parts)
 
 
+def _load_shakespeare(**kwargs) -> Dataset:
+    from peerlearn.data.shakespeare import load_shakespeare  # it imports Dataset from here
+
+    return load_shakespeare(**kwargs)
+
+
 LOADERS = {
     "digits": load_digits,
     "fashion_mnist": load_fashion_mnist,
     "mnist1d": load_mnist1d,
     "synthetic": load_synthetic,
     "npz": load_npz,
+    "shakespeare": _load_shakespeare,
 }
 
 

@@ -86,4 +86,27 @@ def quantity_skew(labels: np.ndarray, num_nodes: int, alpha: float, seed: int = 
     return _check(np.split(rng.permutation(n), np.cumsum(sizes)[:-1]), min_size, "quantity_skew")
 
 
-PARTITIONS = {"iid": iid, "dirichlet": dirichlet, "shards": shards, "quantity_skew": quantity_skew}
+def natural(groups: np.ndarray, num_nodes: int, seed: int = 0, min_size: int = 1) -> list[np.ndarray]:
+    """One node per natural group (Shakespeare: per speaking role), as the LEAF benchmark splits.
+
+    ``groups[i]`` is sample i's group, -1 for samples no node may hold. Groups with fewer than
+    ``min_size`` samples are dropped, and ``num_nodes`` of the rest are drawn at random (seeded),
+    so node sizes keep their natural, heavy-tailed spread.
+
+    References:
+        Caldas et al., "LEAF: A Benchmark for Federated Settings", arXiv:1812.01097, 2018.
+    """
+    groups = np.asarray(groups)
+    order = np.argsort(groups, kind="stable")
+    ids, first, counts = np.unique(groups[order], return_index=True, return_counts=True)
+    eligible = np.flatnonzero((ids >= 0) & (counts >= min_size))
+    if len(eligible) < num_nodes:
+        raise ValueError(f"data.partition=natural: only {len(eligible)} groups have >= {min_size} samples; "
+                         f"num_nodes={num_nodes} needs one each (use fewer nodes or a smaller "
+                         "data.min_samples_per_node)")
+    chosen = np.sort(np.random.default_rng(seed).choice(eligible, num_nodes, replace=False))
+    return _check([order[first[k]:first[k] + counts[k]] for k in chosen], min_size, "natural")
+
+
+PARTITIONS = {"iid": iid, "dirichlet": dirichlet, "shards": shards, "quantity_skew": quantity_skew,
+              "natural": natural}

@@ -52,6 +52,7 @@ class SimComm:
         self.bytes_sent_server = 0.0
         self.W = None
         self.threat: Threat | None = None
+        self.alive_N: Tensor | None = None  # None: every node is up
         if W is not None:
             self.set_topology(W)
 
@@ -88,6 +89,14 @@ class SimComm:
         if dtype not in self._by_dtype:
             self._by_dtype[dtype] = tuple(t.to(dtype) for t in self._by_dtype[torch.float32])
         return self._by_dtype[dtype]
+
+    def set_alive(self, alive_N: Tensor | None) -> None:
+        """Nodes that are up this round (None: all). Down nodes send nothing: collectives skip them;
+        gossip reaches them only through the topology, from which the engine removed their links."""
+        self.alive_N = None if alive_N is None or bool(alive_N.all()) else alive_N
+
+    def _up(self, idx: Tensor) -> Tensor:
+        return idx if self.alive_N is None else idx[self.alive_N[idx]]
 
     # -- attacks at the message boundary ---------------------------------------------------------
     def set_threat(self, threat: Threat | None) -> None:
@@ -150,12 +159,18 @@ class SimComm:
             valid = torch.cat([torch.ones(self.num_nodes, 1, dtype=torch.bool), valid], 1)
         return received, valid
 
-    def multicast_mean(self, x_RP: Tensor, senders: Tensor, receivers: Tensor) -> Tensor:
+    def multicast_mean(self, x_RP: Tensor, senders: Tensor, receivers: Tensor) -> Tensor | None:
         """Every sender sends its row to every receiver (not to itself); returns ``x_P``, the mean of the
-        senders' rows, which is what each receiver holds after averaging what it got.
+        senders' rows, which is what each receiver holds after averaging what it got, or None when
+        every sender is down (nothing arrives).
 
         Peer-to-peer, no server: bytes go to the senders, one message per (sender, other receiver).
         """
+        if self.alive_N is not None:  # down senders send nothing; down receivers receive nothing
+            up = self.alive_N[senders]
+            if not bool(up.any()):
+                return None
+            x_RP, senders, receivers = x_RP[up], senders[up], self._up(receivers)
         others = len(receivers) - torch.isin(senders, receivers).to(torch.float64)
         self.bytes_sent_N.index_add_(0, senders, others * self.message_bytes(x_RP))
         return mean(x_RP)
@@ -165,16 +180,29 @@ class SimComm:
 
         Counted as a ring all-reduce: each node sends ``2 (N-1)/N`` messages.
         """
+        if self.alive_N is not None:  # the all-reduce runs among the nodes that are up
+            up = self.alive_N
+            n = int(up.sum())
+            self.bytes_sent_N[up] += 2.0 * (n - 1) / max(n, 1) * self.message_bytes(x_NP)
+            return mean(x_NP[up], weights_K=None if weights_N is None else weights_N[up])
         n = self.num_nodes
         self.bytes_sent_N += 2.0 * (n - 1) / n * self.message_bytes(x_NP)
         return mean(x_NP, weights_K=weights_N)
 
     def server_average(self, x_RP: Tensor, rows: Tensor, weights_R: Tensor | None = None,
-                       broadcast_to: Tensor | None = None) -> Tensor:
-        """Nodes ``rows`` upload their rows; a server averages them and sends the result to ``broadcast_to``.
+                       broadcast_to: Tensor | None = None) -> Tensor | None:
+        """Nodes ``rows`` upload their rows; a server averages them and sends the result to ``broadcast_to``;
+        None when every node of ``rows`` is down (the server has nothing to average).
 
         ``broadcast_to`` defaults to ``rows``. Upload bytes go to the senders, download bytes to the server.
         """
+        if self.alive_N is not None:  # only nodes that are up upload and receive
+            up = self.alive_N[rows]
+            if not bool(up.any()):
+                return None
+            broadcast_to = self._up(rows if broadcast_to is None else broadcast_to)
+            x_RP, rows = x_RP[up], rows[up]
+            weights_R = None if weights_R is None else weights_R[up]
         size = self.message_bytes(x_RP)
         self.bytes_sent_N.index_add_(0, rows, torch.full((len(rows),), float(size), dtype=torch.float64))
         self.bytes_sent_server += float(size * len(rows if broadcast_to is None else broadcast_to))

@@ -14,7 +14,10 @@ from typing import Callable
 import numpy as np
 import torch
 
+from torch.utils._pytree import tree_map
+
 from peerlearn.engines.comm import SimComm
+from peerlearn.engines.faults import freeze_rows
 from peerlearn.metrics import accuracy, consensus_distance, summarize
 from peerlearn.models.functional import FlatModel, predict_logits
 from peerlearn.types import Tensor
@@ -22,7 +25,7 @@ from peerlearn.types import Tensor
 # Columns of metrics.csv, in order (a stable contract: later issues add columns at the end).
 COLUMNS = ["round", "acc_mean", "acc_min", "acc_max", "acc_std", "acc_avg_model", "acc_local_mean",
            "loss_mean", "consensus_distance", "bytes_sent_total", "bytes_sent_per_node", "wall_time_s",
-           "attack_success"]
+           "attack_success", "acc_alive_mean", "alive_nodes"]
 
 
 class Evaluator:
@@ -49,11 +52,16 @@ class Evaluator:
             self.local = (x_train[torch.from_numpy(idx)], y_train[torch.from_numpy(idx)], torch.from_numpy(mask))
 
     @torch.no_grad()
-    def __call__(self, params_NP: Tensor) -> dict[str, float]:
+    def __call__(self, params_NP: Tensor, alive_N: Tensor | None = None) -> dict[str, float]:
+        """Metrics over all (honest) nodes; ``acc_alive_mean`` over those of them that are up."""
+        alive_N = torch.ones(params_NP.shape[0], dtype=torch.bool) if alive_N is None else alive_N
         if self.honest_N is not None:
-            params_NP = params_NP[self.honest_N]
+            params_NP, alive_N = params_NP[self.honest_N], alive_N[self.honest_N]
         logits = predict_logits(self.flat, params_NP, self.x_test)
-        out = summarize(accuracy(logits, self.y_test), "acc")
+        acc_N = accuracy(logits, self.y_test)
+        out = summarize(acc_N, "acc")
+        out["acc_alive_mean"] = float(acc_N[alive_N].double().mean()) if bool(alive_N.any()) else float("nan")
+        out["alive_nodes"] = int(alive_N.sum())
         out["attack_success"] = float("nan")
         if self.attack_test is not None:
             x_att, y_att = self.attack_test  # label flip measures on the clean test inputs: reuse their logits
@@ -75,6 +83,10 @@ class Evaluator:
         return float((correct.sum(1) / mask.sum(1)).double().mean())
 
 
+def _clone(x):
+    return x.clone() if isinstance(x, Tensor) else x
+
+
 def simulate(built, on_eval: Callable[[dict], None] | None = None,
              on_round: Callable[[int, dict], None] | None = None,
              on_finish: Callable[[Tensor], None] | None = None) -> list[dict]:
@@ -94,14 +106,16 @@ def simulate(built, on_eval: Callable[[dict], None] | None = None,
     state = built.algorithm.init(params_NP)
     rows: list[dict] = []
     losses: list[float] = []
+    faults = built.faults
+    alive_N = None if faults is None else torch.from_numpy(faults.alive(0).copy())
     start = time.perf_counter()
 
     def record(round_: int) -> None:
         if not attacked and not bool(torch.isfinite(params_NP).all()):  # under attack, ruin is a result
             raise FloatingPointError(f"training diverged by round {round_} (non-finite parameters); "
                                      "lower algorithm.lr")
-        row = {"round": round_, **evaluate(params_NP),
-               "loss_mean": float(np.mean(losses)) if losses else math.nan,
+        row = {"round": round_, **evaluate(params_NP, alive_N),
+               "loss_mean": float(np.nanmean(losses)) if losses and not np.isnan(losses).all() else math.nan,
                "consensus_distance": consensus_distance(params_NP[built.honest_N]),
                "bytes_sent_total": comm.bytes_sent_total,
                "bytes_sent_per_node": comm.bytes_sent_total / cfg.num_nodes,
@@ -113,13 +127,33 @@ def simulate(built, on_eval: Callable[[dict], None] | None = None,
 
     record(0)
     for round_ in range(1, cfg.num_rounds + 1):
-        if built.schedule is not None:
-            comm.set_topology(built.schedule(round_))
-        params_NP, state, step_metrics = built.algorithm.step(state, params_NP, built.batches, built.grad_fn, comm)
-        if round_ == cfg.num_rounds and cfg.algorithm.final_merge:  # one global average, then evaluate
-            params_NP = comm.all_reduce_mean(params_NP).expand_as(params_NP).clone()
+        base_W = built.schedule(round_) if built.schedule is not None else None
+        if faults is not None:
+            rf = faults.at(round_, base_W if base_W is not None else built.W)
+            comm.set_topology(rf.W)
+            comm.set_alive(rf.alive_N)
+            alive_N = rf.alive_N
+            dst, src = faults.rejoin_sources(rf.joined, built.adjacency, alive_N.numpy(), round_)
+            if len(dst):  # a node that comes back starts from an alive neighbour's model
+                params_NP = params_NP.clone()
+                params_NP[torch.from_numpy(dst)] = params_NP[torch.from_numpy(src)]
+        elif base_W is not None:
+            comm.set_topology(base_W)
+        down = None if alive_N is None or bool(alive_N.all()) else ~alive_N
+        silent = down is not None and not bool(alive_N.any())
+        if silent:  # the whole network is down: nothing happens this round
+            step_metrics = {"loss": math.nan}
+        else:
+            before = (params_NP.clone(), tree_map(_clone, state)) if down is not None else None
+            params_NP, state, step_metrics = built.algorithm.step(state, params_NP, built.batches, built.grad_fn,
+                                                                  comm)
+            if before is not None:  # a down node neither trains nor communicates: its rows stay as they were
+                params_NP, state = freeze_rows(params_NP, before[0], down), freeze_rows(state, before[1], down)
+        if round_ == cfg.num_rounds and cfg.algorithm.final_merge and not silent:  # one global average, then evaluate
+            merged = comm.all_reduce_mean(params_NP).expand_as(params_NP)
+            params_NP = merged.clone() if down is None else torch.where(down[:, None], params_NP, merged)
         losses.append(step_metrics["loss"])
-        if not attacked and not math.isfinite(step_metrics["loss"]):
+        if not attacked and not silent and not math.isfinite(step_metrics["loss"]):
             raise FloatingPointError(f"training diverged at round {round_} (loss {step_metrics['loss']}); "
                                      "lower algorithm.lr")
         if round_ % cfg.eval_every == 0 or round_ == cfg.num_rounds:

@@ -28,31 +28,36 @@ class FlatModel:
         self.shapes = [p.shape for _, p in module.named_parameters()]
         self.numels = [math.prod(s) for s in self.shapes]
         self.num_params = sum(self.numels)
-        self._activations: dict[tuple[int, ...], int] = {}
+        self._activations: dict[tuple, int] = {}
 
     def ravel(self, module: nn.Module | None = None) -> Tensor:
         """The parameters of ``module`` (default: the template) as one flat float32 vector."""
         m = self.module if module is None else module
         return torch.cat([p.detach().reshape(-1) for p in m.parameters()]).float()
 
-    def activation_numel(self, input_shape: tuple[int, ...]) -> int:
-        """Elements of all intermediate outputs of one forward pass on one sample (a memory estimate; cached)."""
-        if input_shape not in self._activations:
+    def activation_numel(self, input_shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> int:
+        """Elements of all intermediate outputs of one forward pass on one sample (a memory estimate; cached).
+
+        ``dtype`` is the input's: integer inputs (token indices) are fed as zeros of that type.
+        """
+        key = (tuple(input_shape), dtype)
+        if key not in self._activations:
             total = 0
 
             def count(_module, _inputs, output):
                 nonlocal total
-                total += output.numel()
+                outs = output if isinstance(output, (tuple, list)) else (output,)
+                total += sum(o.numel() for o in outs if isinstance(o, torch.Tensor))
 
             hooks = [m.register_forward_hook(count) for m in self.module.modules() if m is not self.module]
             try:
                 with torch.no_grad():
-                    self.module(torch.zeros(1, *input_shape))
+                    self.module(torch.zeros(1, *input_shape, dtype=dtype))
             finally:
                 for h in hooks:
                     h.remove()
-            self._activations[input_shape] = max(total, 1)
-        return self._activations[input_shape]
+            self._activations[key] = max(total, 1)
+        return self._activations[key]
 
     def layer_slices(self) -> list[slice]:
         """Column range of every parameter tensor with more than one element in ``params_NP``."""
@@ -85,10 +90,12 @@ class FlatModel:
 
 
 def make_loss_fn(flat: FlatModel):
-    """``loss(params_P, x_B, y_B) -> scalar`` mean cross-entropy of one model on one batch."""
+    """``loss(params_P, x_B, y_B) -> scalar`` mean cross-entropy of one model on one batch (0 for a batch
+    labelled -1, the batch of a node that holds no data)."""
 
     def loss(params_P: Tensor, x_B: Tensor, y_B: Tensor) -> Tensor:
-        return F.cross_entropy(functional_call(flat.module, flat.unravel(params_P), (x_B,)), y_B)
+        ce = F.cross_entropy(functional_call(flat.module, flat.unravel(params_P), (x_B,)), y_B.clamp(min=0))
+        return ce * (y_B[0] >= 0)  # label -1 marks a node without data (a relay): zero loss, zero gradient
 
     return loss
 
@@ -127,7 +134,7 @@ def predict_logits(flat: FlatModel, params_RP: Tensor, x_T: Tensor, max_elements
     gigabytes at once.
     """
     forward = vmap(lambda p, x: functional_call(flat.module, flat.unravel(p), (x,)), in_dims=(0, None))
-    per_sample = flat.activation_numel(tuple(x_T.shape[1:]))
+    per_sample = flat.activation_numel(tuple(x_T.shape[1:]), x_T.dtype)
     samples = max(1, min(x_T.shape[0], max_elements // per_sample))
     rows = max(1, max_elements // (per_sample * samples))
     return torch.cat([

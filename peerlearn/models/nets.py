@@ -1,9 +1,12 @@
-"""Model definitions: logistic regression, MLP and a small CNN. Plain modules, no state beyond weights."""
+"""Model definitions: logistic regression, MLP, a small CNN and a character GRU. Plain modules, no state
+beyond weights."""
 
 from __future__ import annotations
 
 import math
+import warnings
 
+import torch
 from torch import nn
 
 
@@ -42,7 +45,73 @@ class CNN(nn.Sequential):
         )
 
 
-MODELS = {"logreg": LogisticRegression, "mlp": MLP, "cnn": CNN}
+class GRU(nn.Module):
+    """One GRU layer over ``[B, T, in]``, stepped with ``torch.gru_cell`` so that ``torch.func.vmap``
+    can batch it over node models (``nn.GRU`` has no batching rule for an input shared by all rows).
+
+    Same equations, gate order (r, z, n), parameters and initialisation as ``torch.nn.GRU``.
+    Measured on CPU (16 nodes, batch 32, 80 steps): as fast as ``nn.GRU`` under vmap and about 3x
+    faster than the same cell written with separate matmuls (per-op overhead dominates at this size).
+    """
+
+    def __init__(self, input_size: int, hidden_size: int):
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.weight_ih = nn.Parameter(torch.empty(3 * hidden_size, input_size))
+        self.weight_hh = nn.Parameter(torch.empty(3 * hidden_size, hidden_size))
+        self.bias_ih = nn.Parameter(torch.empty(3 * hidden_size))
+        self.bias_hh = nn.Parameter(torch.empty(3 * hidden_size))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for p in self.parameters():
+            nn.init.uniform_(p, -bound, bound)
+
+    def forward(self, x):
+        h = x.new_zeros(x.shape[0], self.hidden_size)
+        out = []
+        with warnings.catch_warnings():  # vmap's per-row fallback for gru_cell is the fastest option measured
+            warnings.filterwarnings("ignore", message=".*batching rule for aten::gru_cell")
+            for t in range(x.shape[1]):
+                h = torch.gru_cell(x[:, t], h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+                out.append(h)
+        return torch.stack(out, 1)
+
+
+class CharGRU(nn.Module):
+    """Character model: embedding, stacked GRU layers, next-character logits from the last step.
+
+    The LEAF Shakespeare model is an 8-dim embedding and two 256-unit LSTM layers; this one
+    keeps the 8-dim embedding and defaults to one 64-unit GRU layer so that hundreds of nodes
+    train on a CPU. Inputs are token indices ``[B, T]``; the vocabulary is ``num_classes``.
+
+    References:
+        Caldas et al., "LEAF: A Benchmark for Federated Settings", arXiv:1812.01097, 2018.
+        Cho et al., "Learning Phrase Representations using RNN Encoder-Decoder for Statistical
+        Machine Translation", EMNLP 2014 (GRU).
+    """
+
+    tokens = True  # takes integer token inputs
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, hidden: tuple[int, ...] = (64,),
+                 embed_dim: int = 8):
+        super().__init__()
+        if len(input_shape) != 1:
+            raise ValueError(f"model.name=gru needs sequences of tokens; this dataset gives shape {input_shape}")
+        self.embed = nn.Embedding(num_classes, embed_dim)
+        widths = (embed_dim, *hidden)
+        self.layers = nn.ModuleList(GRU(a, b) for a, b in zip(widths, widths[1:]))
+        self.head = nn.Linear(widths[-1], num_classes)
+
+    def forward(self, x):
+        h = self.embed(x)
+        for layer in self.layers:
+            h = layer(h)
+        return self.head(h[:, -1])
+
+
+MODELS = {"logreg": LogisticRegression, "mlp": MLP, "cnn": CNN, "gru": CharGRU}
 
 
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, **kwargs) -> nn.Module:
