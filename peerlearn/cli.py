@@ -50,28 +50,41 @@ def _summary_table(title: str, runs: dict[str, dict]) -> Table:
 def cmd_run(args) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from peerlearn.config import build, load_config, to_dict, unused_fields
+    from peerlearn.config import ConfigError, build, load_config, parse_config, to_dict, unused_fields
     from peerlearn.engines.simulator import simulate
     from peerlearn.report import RunWriter, choose_run_dir
+    from peerlearn.report.run_dir import load_checkpoint
 
-    cfg = load_config(args.config, args.set)
-    out_dir = choose_run_dir(args.out, cfg.name, args.overwrite)
+    resume = None
+    if args.resume:
+        if args.config or args.set or args.out:
+            raise ConfigError("config error: --resume DIR: continues the run in DIR with its own config; "
+                              "give no config file, --set or --out")
+        data, resume = load_checkpoint(args.resume)
+        cfg, out_dir = parse_config(data), Path(args.resume)
+    elif args.config is None:
+        raise ConfigError("config error: peerlearn run needs a config file (or --resume DIR)")
+    else:
+        cfg = load_config(args.config, args.set)
+        out_dir = choose_run_dir(args.out, cfg.name, args.overwrite)
     built = build(cfg)  # every config error surfaces here, before the run directory is written
     for field in unused_fields(cfg):
         err_console.print(f"note: {field} is not used by this configuration", markup=False, highlight=False)
-    writer = RunWriter(out_dir, to_dict(cfg))
+    writer = RunWriter(out_dir, to_dict(cfg), rows=None if resume is None else resume["rows"])
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console,
                         disable=args.quiet)
     status = "completed"
     with progress:
-        task = progress.add_task(cfg.name, total=cfg.num_rounds, status="")
+        task = progress.add_task(cfg.name, total=cfg.num_rounds, status="",
+                                 completed=0 if resume is None else resume["round"])
 
         def on_round(round_: int, last: dict) -> None:
             progress.update(task, completed=round_, status=f"acc {last['acc_mean']:.3f}")
 
         try:
-            simulate(built, on_eval=writer.append, on_round=on_round)
+            simulate(built, on_eval=writer.append, on_round=on_round, on_checkpoint=writer.checkpoint,
+                     resume=resume)
         except KeyboardInterrupt:
             status = "interrupted"
         except FloatingPointError as err:
@@ -126,7 +139,7 @@ def cmd_compare(args) -> int:
         runs[label], finals[label] = rows, summary.get("final", rows[-1] if rows else {})
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    plot_compare(runs, out)
+    plot_compare(runs, out, args.metric)
     console.print(_summary_table("comparison (final evaluated round)", finals))
     if args.target is not None:
         from peerlearn.metrics import first_reaching
@@ -189,7 +202,9 @@ def make_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run an experiment config and write its results directory")
-    run.add_argument("config", help="experiment YAML file")
+    run.add_argument("config", nargs="?", help="experiment YAML file")
+    run.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR from its last "
+                     "checkpoint (written at every evaluation)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config key, e.g. --set algorithm.lr=0.05 (repeatable)")
     run.add_argument("--out", help="results directory (default: runs/<name>, made unique)")
@@ -211,6 +226,8 @@ def make_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--out", default="comparison.png", help="plot file (default: comparison.png)")
     cmp_.add_argument("--target", type=float, help="also report when each run first reached this accuracy")
     cmp_.add_argument("--target-metric", default="acc_mean", help="metric for --target (default: acc_mean)")
+    cmp_.add_argument("--metric", default="acc_mean", help="accuracy column to plot, e.g. acc_alive_mean under "
+                      "faults, acc_avg_model (default: acc_mean)")
     cmp_.set_defaults(func=cmd_compare)
     mat = sub.add_parser("matrix", help="run every attack x defence pair; a table and a heatmap")
     mat.add_argument("config")

@@ -49,13 +49,13 @@ def test_same_seed_gives_identical_metrics(config_file, tmp_path):
 def test_interrupted_run_keeps_what_it_wrote(config_file, tmp_path, monkeypatch):
     real = simulator.simulate
 
-    def interrupted(built, on_eval=None, on_round=None):
+    def interrupted(built, on_eval=None, **kwargs):
         def stop_after_three(row):
             on_eval(row)
             if row["round"] >= 10:
-                raise KeyboardInterrupt
+                raise KeyboardInterrupt  # Ctrl-C after the row is written, before its checkpoint
 
-        return real(built, on_eval=stop_after_three, on_round=on_round)
+        return real(built, on_eval=stop_after_three, **kwargs)
 
     monkeypatch.setattr(simulator, "simulate", interrupted)
     out = tmp_path / "run"
@@ -63,7 +63,11 @@ def test_interrupted_run_keeps_what_it_wrote(config_file, tmp_path, monkeypatch)
     summary, rows = read_run(out)
     assert [r["round"] for r in rows] == [0, 5, 10]
     assert summary["status"] == "interrupted" and summary["rounds_completed"] == 10
-    assert (out / "accuracy.png").is_file()
+    assert (out / "accuracy.png").is_file() and (out / "checkpoint.pt").is_file()
+    monkeypatch.setattr(simulator, "simulate", real)
+    assert cli.main(["run", "--resume", str(out), "--quiet"]) == 0  # resumes from round 5's checkpoint
+    summary, rows = read_run(out)
+    assert summary["status"] == "completed" and [r["round"] for r in rows][:4] == [0, 5, 10, 15]
 
 
 def test_list_shows_every_component(capsys):

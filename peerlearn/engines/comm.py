@@ -208,6 +208,18 @@ class SimComm:
         self.bytes_sent_server += float(size * len(rows if broadcast_to is None else broadcast_to))
         return mean(x_RP, weights_K=weights_R)
 
+    # -- checkpoints -----------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """The byte counters (the topology and alive set are re-derived from the round on resume)."""
+        return {"bytes_sent_N": self.bytes_sent_N.clone(), "bytes_sent_server": self.bytes_sent_server,
+                "threat_generator": None if self.threat is None else self.threat.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.bytes_sent_N = state["bytes_sent_N"].clone()
+        self.bytes_sent_server = float(state["bytes_sent_server"])
+        if self.threat is not None and state.get("threat_generator") is not None:
+            self.threat.generator.set_state(state["threat_generator"])
+
     # -- totals ----------------------------------------------------------------------------------
     @property
     def bytes_sent_total(self) -> float:

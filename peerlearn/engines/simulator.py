@@ -89,11 +89,17 @@ def _clone(x):
 
 def simulate(built, on_eval: Callable[[dict], None] | None = None,
              on_round: Callable[[int, dict], None] | None = None,
-             on_finish: Callable[[Tensor], None] | None = None) -> list[dict]:
+             on_finish: Callable[[Tensor], None] | None = None,
+             on_checkpoint: Callable[[dict], None] | None = None,
+             resume: dict | None = None) -> list[dict]:
     """Run ``built`` (from :func:`peerlearn.config.build`) to the end; returns the evaluated rows.
 
     Rows are evaluated at round 0, every ``eval_every`` rounds and at the last round;
-    ``on_finish`` receives the final ``params_NP``.
+    ``on_finish`` receives the final ``params_NP``. After every evaluated row, ``on_checkpoint``
+    receives a snapshot of everything the rest of the run depends on (models, algorithm state,
+    sampler and attack generators, byte counters, the rows so far); ``resume=snapshot`` continues
+    from it and produces the same rows as the uninterrupted run (``wall_time_s`` aside).
+    Every other random choice (schedules, faults, client samples) is a pure function of the round.
     """
     cfg = built.config
     comm = SimComm(built.W)
@@ -124,9 +130,23 @@ def simulate(built, on_eval: Callable[[dict], None] | None = None,
         rows.append(row)
         if on_eval is not None:
             on_eval(row)
+        if on_checkpoint is not None:
+            on_checkpoint({"round": round_, "params_NP": params_NP, "state": state, "rows": rows,
+                           "sampler": built.batches.state_dict(), "comm": comm.state_dict(),
+                           "wall_time_s": row["wall_time_s"]})
 
-    record(0)
-    for round_ in range(1, cfg.num_rounds + 1):
+    if resume is None:
+        first = 1
+        record(0)
+    else:
+        first = resume["round"] + 1
+        params_NP, state, rows[:] = resume["params_NP"].clone(), resume["state"], list(resume["rows"])
+        built.batches.load_state_dict(resume["sampler"])
+        comm.load_state_dict(resume["comm"])
+        start -= resume["wall_time_s"]
+        if faults is not None:
+            alive_N = torch.from_numpy(faults.alive(resume["round"]).copy())
+    for round_ in range(first, cfg.num_rounds + 1):
         base_W = built.schedule(round_) if built.schedule is not None else None
         if faults is not None:
             rf = faults.at(round_, base_W if base_W is not None else built.W)

@@ -15,9 +15,10 @@ def _col(rows: list[dict], key: str) -> list[float]:
     return [r.get(key, math.nan) for r in rows]
 
 
-def _acc_vs_mb(rows: list[dict]) -> tuple[list[float], list[float]]:
-    """(MB sent per node, mean accuracy) for the rows after the first byte was sent (log-scale friendly)."""
-    pairs = [(r["bytes_sent_per_node"] / 1e6, r["acc_mean"]) for r in rows if r.get("bytes_sent_per_node", 0) > 0]
+def _acc_vs_mb(rows: list[dict], metric: str = "acc_mean") -> tuple[list[float], list[float]]:
+    """(MB sent per node, accuracy) for the rows after the first byte was sent (log-scale friendly)."""
+    pairs = [(r["bytes_sent_per_node"] / 1e6, r.get(metric, math.nan)) for r in rows
+             if r.get("bytes_sent_per_node", 0) > 0]
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
@@ -31,6 +32,12 @@ def plot_run(rows: list[dict], out_dir: Path, title: str = "") -> list[Path]:
     ax.fill_between(rounds, _col(rows, "acc_min"), _col(rows, "acc_max"), alpha=0.2, label="node min-max")
     ax.plot(rounds, _col(rows, "acc_mean"), label="node mean")
     ax.plot(rounds, _col(rows, "acc_avg_model"), "--", label="averaged model")
+    alive = [v for v in _col(rows, "alive_nodes") if not math.isnan(v)]
+    if alive and min(alive) < max(alive):  # faults took nodes down: show the nodes that were up
+        ax.plot(rounds, _col(rows, "acc_alive_mean"), ":", label="alive-node mean")
+        ax2 = ax.twinx()
+        ax2.step(rounds, _col(rows, "alive_nodes"), where="post", color="grey", alpha=0.5)
+        ax2.set(ylabel="alive nodes", ylim=(0, max(alive) * 1.05))
     ax.set(xlabel="round", ylabel="test accuracy", title=title, ylim=(0, 1))
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
@@ -57,20 +64,22 @@ def plot_run(rows: list[dict], out_dir: Path, title: str = "") -> list[Path]:
     return written
 
 
-def plot_compare(runs: dict[str, list[dict]], out_path: Path) -> Path:
-    """One figure, three panels: accuracy vs round, accuracy vs bytes, consensus distance."""
+def plot_compare(runs: dict[str, list[dict]], out_path: Path, metric: str = "acc_mean") -> Path:
+    """One figure, three panels: ``metric`` vs round, ``metric`` vs bytes, consensus distance."""
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
     silent = []
+    label = {"acc_mean": "mean node test accuracy", "acc_alive_mean": "mean alive-node test accuracy",
+             "acc_avg_model": "averaged-model test accuracy"}.get(metric, metric)
     for name, rows in runs.items():
-        line, = axes[0].plot(_col(rows, "round"), _col(rows, "acc_mean"), label=name)
-        mb, acc = _acc_vs_mb(rows)
+        line, = axes[0].plot(_col(rows, "round"), _col(rows, metric), label=name)
+        mb, acc = _acc_vs_mb(rows, metric)
         if mb:
             axes[1].plot(mb, acc, label=name, color=line.get_color())
         else:
             silent.append(name)
         axes[2].plot(_col(rows, "round"), [max(v, 1e-12) for v in _col(rows, "consensus_distance")], label=name)
-    axes[0].set(xlabel="round", ylabel="mean node test accuracy", ylim=(0, 1))
-    axes[1].set(xlabel="MB sent per node", ylabel="mean node test accuracy", ylim=(0, 1))
+    axes[0].set(xlabel="round", ylabel=label, ylim=(0, 1))
+    axes[1].set(xlabel="MB sent per node", ylabel=label, ylim=(0, 1))
     axes[1].set_xscale("log")
     if silent:
         axes[1].set_title(f"sent nothing: {', '.join(silent)}", fontsize=9)

@@ -26,13 +26,20 @@ def choose_run_dir(out: str | None, name: str, overwrite: bool = False) -> Path:
     return path
 
 
-class RunWriter:
-    """Writes one run's directory as the run goes, so an interrupted run keeps what it computed."""
+CHECKPOINT = "checkpoint.pt"
 
-    def __init__(self, path: Path, config: dict):
+
+class RunWriter:
+    """Writes one run's directory as the run goes, so an interrupted run keeps what it computed.
+
+    ``rows`` (when resuming) are the rows of the checkpoint: ``metrics.csv`` is rewritten with
+    them, dropping anything written after the checkpoint, and the run appends from there.
+    """
+
+    def __init__(self, path: Path, config: dict, rows: list[dict] | None = None):
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
-        for stale in ("metrics.csv", "summary.json"):
+        for stale in ("metrics.csv", "summary.json") + ((CHECKPOINT,) if rows is None else ()):
             (self.path / stale).unlink(missing_ok=True)
         (self.path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         self.config = config
@@ -41,6 +48,16 @@ class RunWriter:
         self._csv = csv.DictWriter(self._file, fieldnames=COLUMNS)
         self._csv.writeheader()
         self._file.flush()
+        for row in rows or ():
+            self.append(row)
+
+    def checkpoint(self, snapshot: dict) -> None:
+        """Save ``snapshot`` (from the engine) atomically: a kill mid-write leaves the previous one."""
+        import torch
+
+        tmp = self.path / (CHECKPOINT + ".tmp")
+        torch.save(snapshot, tmp)
+        tmp.replace(self.path / CHECKPOINT)
 
     def append(self, row: dict) -> None:
         self.rows.append(row)
@@ -48,8 +65,12 @@ class RunWriter:
         self._file.flush()
 
     def finish(self, status: str = "completed", extra: dict | None = None) -> dict:
-        """Close the CSV, write ``summary.json`` and the plots; returns the summary."""
+        """Close the CSV, write ``summary.json`` and the plots; returns the summary.
+
+        A completed run drops its checkpoint; an interrupted one keeps it for ``--resume``."""
         self._file.close()
+        if status == "completed":
+            (self.path / CHECKPOINT).unlink(missing_ok=True)
         final = dict(self.rows[-1]) if self.rows else {}
         summary = {
             "name": self.config.get("name"), "status": status,
@@ -64,6 +85,22 @@ class RunWriter:
 
             plot_run(self.rows, self.path, title=str(self.config.get("name")))
         return summary
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict, dict]:
+    """``(config dict, snapshot)`` of an interrupted run directory, for ``peerlearn run --resume``."""
+    import torch
+
+    path = Path(path)
+    ckpt, config = path / CHECKPOINT, path / "config.yaml"
+    if not ckpt.is_file() or not config.is_file():
+        summary = path / "summary.json"
+        done = summary.is_file() and json.loads(summary.read_text()).get("status") == "completed"
+        raise FileNotFoundError(f"--resume {path}: " + ("the run is already complete" if done else
+                                "no checkpoint.pt and config.yaml there (not a run directory, or it "
+                                "stopped before its first evaluation)"))
+    # our own file, written by RunWriter.checkpoint: it holds NamedTuple states, hence weights_only=False
+    return yaml.safe_load(config.read_text()), torch.load(ckpt, weights_only=False)
 
 
 def read_run(path: str | Path) -> tuple[dict, list[dict]]:
