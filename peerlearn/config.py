@@ -638,17 +638,7 @@ def build_schedule(cfg: ExperimentConfig):
                                         for path in t.sequence])
 
 
-def _pick_nodes(adj, pool_N: np.ndarray, count: int, how: str, seed: int) -> np.ndarray:
-    """Mask of ``count`` nodes of ``pool_N``: at random, or the highest-degree ones (ties at random)."""
-    rng = np.random.default_rng(seed)
-    pool = np.flatnonzero(pool_N)
-    if how == "hubs":
-        chosen = pool[np.lexsort((rng.random(len(pool)), -np.diff(adj.indptr)[pool]))[:count]]
-    else:
-        chosen = rng.choice(pool, size=count, replace=False)
-    mask = np.zeros(len(pool_N), dtype=bool)
-    mask[chosen] = True
-    return mask
+_PLACE = {"hubs": "degree", "random": "random"}  # config words -> attacks.place_nodes
 
 
 def build_relays(cfg: ExperimentConfig, adj) -> np.ndarray | None:
@@ -659,7 +649,7 @@ def build_relays(cfg: ExperimentConfig, adj) -> np.ndarray | None:
         return None
     if count >= n:
         raise ConfigError(f"config error: data.relay_fraction: leaves no node with data ({count} of {n} relay)")
-    return _pick_nodes(adj, np.ones(n, dtype=bool), count, d.relay_placement, _seed(cfg, 14))
+    return attacks.place_nodes(adj, count, _PLACE[d.relay_placement], _seed(cfg, 14))
 
 
 def build_faults(cfg: ExperimentConfig, adj, relay_N: np.ndarray | None):
@@ -671,8 +661,9 @@ def build_faults(cfg: ExperimentConfig, adj, relay_N: np.ndarray | None):
         return None
     relay = np.zeros(n, dtype=bool) if relay_N is None else relay_N
     pool = {"all": np.ones(n, dtype=bool), "data": ~relay, "relays": relay}[f.crash_among]
-    crash = _pick_nodes(adj, pool, int(round(f.crash_fraction * pool.sum())), f.crash_placement, _seed(cfg, 15))
-    late = _pick_nodes(adj, np.ones(n, dtype=bool), int(round(f.late_fraction * n)), "random", _seed(cfg, 16))
+    crash = attacks.place_nodes(adj, int(round(f.crash_fraction * pool.sum())), _PLACE[f.crash_placement],
+                                _seed(cfg, 15), pool_N=pool)
+    late = attacks.place_nodes(adj, int(round(f.late_fraction * n)), "random", _seed(cfg, 16))
     alive = faults.alive_timeline(n, cfg.num_rounds, crash_N=crash, crash_round=f.crash_round,
                                   recover_round=f.recover_round, churn_leave=f.churn_leave, churn_join=f.churn_join,
                                   late_N=late, join_round=f.join_round, seed=_seed(cfg, 17))

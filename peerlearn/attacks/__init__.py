@@ -8,8 +8,8 @@ from peerlearn.attacks.data_poisoning import (DATA_ATTACKS, add_trigger, attack_
                                               flip_labels, label_flip_poison)
 from peerlearn.attacks.model_poisoning import (MODEL_ATTACKS, HonestView, alie, dmpa, gaussian, ipm, large_norm,
                                                sign_flip)
-from peerlearn.attacks.placement import PLACEMENTS, place_byzantine
+from peerlearn.attacks.placement import PLACEMENTS, place_byzantine, place_nodes
 
 __all__ = ["DATA_ATTACKS", "MODEL_ATTACKS", "PLACEMENTS", "HonestView", "add_trigger", "alie", "attack_test_set",
            "backdoor_poison", "dmpa", "flip_labels", "gaussian", "ipm", "label_flip_poison", "large_norm",
-           "place_byzantine", "sign_flip"]
+           "place_byzantine", "place_nodes", "sign_flip"]
