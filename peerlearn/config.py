@@ -284,6 +284,16 @@ class FaultsConfig(_Section):
                     or self.message_loss or self.partition_groups > 1)
 
 
+class ClockConfig(_Section):
+    step_time_s: float = Field(0.05, ge=0.0, description="simulated seconds of one mini-batch step on a "
+                               "reference node")
+    bandwidth_mbps: float = Field(10.0, gt=0.0, description="each node's upload bandwidth, megabits per second")
+    latency_ms: float = Field(50.0, ge=0.0, description="one-way message latency, milliseconds")
+    speed_sigma: float = Field(0.0, ge=0.0, description="log-normal spread of per-node compute speed (0: equal)")
+    straggler_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of nodes that are stragglers")
+    straggler_slowdown: float = Field(10.0, ge=1.0, description="how many times slower a straggler computes")
+
+
 class ExperimentConfig(_Section):
     name: str | None = Field(None, description="run name (default: the config file's name)")
     seed: int = Field(0, ge=0, description="seed of every random choice in the run")
@@ -296,6 +306,7 @@ class ExperimentConfig(_Section):
     algorithm: AlgorithmConfig = AlgorithmConfig()
     threat: ThreatConfig = ThreatConfig()
     faults: FaultsConfig = FaultsConfig()
+    clock: ClockConfig = ClockConfig()
 
     @property
     def num_byzantine(self) -> int:
@@ -304,7 +315,7 @@ class ExperimentConfig(_Section):
 
 
 SECTIONS = {"topology": TopologyConfig, "data": DataConfig, "model": ModelConfig, "algorithm": AlgorithmConfig,
-            "threat": ThreatConfig, "faults": FaultsConfig}
+            "threat": ThreatConfig, "faults": FaultsConfig, "clock": ClockConfig}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -524,6 +535,7 @@ class Built(NamedTuple):
     threat: Any  # engines.comm.Threat or None
     attack_test: Any  # (x, y) on which a data attack's success is measured, or None
     faults: Any = None  # engines.faults.FaultPlan or None
+    clock: Any = None  # () -> engines.clock.Clock (a fresh simulated clock per run)
     relay_N: Any = None  # bool numpy mask of nodes that hold no data, or None
 
 
@@ -672,6 +684,17 @@ def build_faults(cfg: ExperimentConfig, adj, relay_N: np.ndarray | None):
     return faults.FaultPlan(alive, MIXING[cfg.topology.mixing].fn, link_failure=f.link_failure,
                             message_loss=f.message_loss, groups_N=groups, partition_rounds=(f.partition_round, heal),
                             rejoin=f.rejoin, seed=_seed(cfg, 18))
+
+
+def build_clock(cfg: ExperimentConfig):
+    """A factory of the run's simulated clock (per-node speeds drawn once, seeded)."""
+    from peerlearn.engines.clock import Clock, node_slowdowns
+
+    c = cfg.clock
+    slowdown = node_slowdowns(cfg.num_nodes, c.speed_sigma, c.straggler_fraction, c.straggler_slowdown,
+                              seed=_seed(cfg, 19))
+    return functools.partial(Clock, slowdown, step_time_s=c.step_time_s, bandwidth_Bps=c.bandwidth_mbps * 1e6 / 8,
+                             latency_s=c.latency_ms / 1e3)
 
 
 def build_optimizer(a: AlgorithmConfig):
@@ -824,5 +847,5 @@ def build(cfg: ExperimentConfig, dataset: datasets.Dataset | None = None) -> Bui
                             poisoned_N, poison, silent_N=None if relay_N is None else torch.from_numpy(relay_N)),
         algorithm=build_algorithm(cfg, sizes, aggregator, flat.layer_slices()), adjacency=adj, W=W,
         schedule=schedule, honest_N=honest_N, threat=threat, attack_test=attack_test,
-        faults=build_faults(cfg, adj, relay_N), relay_N=relay_N,
+        faults=build_faults(cfg, adj, relay_N), relay_N=relay_N, clock=build_clock(cfg),
     )

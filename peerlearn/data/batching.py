@@ -23,12 +23,17 @@ class NodeSampler:
         self.flat = torch.from_numpy(np.concatenate(parts).astype(np.int64))
         self.generator = torch.Generator().manual_seed(seed)
         self.num_nodes = len(parts)
+        self.drawn_N = torch.zeros(self.num_nodes, dtype=torch.int64)  # mini-batches drawn per node (the clock's compute)
         # data poisoning: poison(x, y, u) -> (x, y) rewrites the batches of the nodes in poisoned_N
         self.poisoned_N, self.poison = poisoned_N, poison
         # nodes without data (relays): their batches carry label -1, which the loss weighs by zero
         self.silent_N = silent_N if silent_N is not None and bool(silent_N.any()) else None
 
     def next(self, rows: Tensor | None = None) -> Batch:
+        if rows is None:
+            self.drawn_N += 1
+        else:
+            self.drawn_N.index_add_(0, rows, torch.ones(len(rows), dtype=torch.int64))
         sizes = self.sizes if rows is None else self.sizes[rows]
         offsets = self.offsets if rows is None else self.offsets[rows]
         u = torch.rand(self.num_nodes, self.batch_size, generator=self.generator, dtype=torch.float64)

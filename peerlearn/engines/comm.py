@@ -53,6 +53,7 @@ class SimComm:
         self.W = None
         self.threat: Threat | None = None
         self.alive_N: Tensor | None = None  # None: every node is up
+        self.collective_calls = 0  # all-reduces, server averages, multicasts so far (the clock's barriers)
         if W is not None:
             self.set_topology(W)
 
@@ -166,6 +167,7 @@ class SimComm:
 
         Peer-to-peer, no server: bytes go to the senders, one message per (sender, other receiver).
         """
+        self.collective_calls += 1
         if self.alive_N is not None:  # down senders send nothing; down receivers receive nothing
             up = self.alive_N[senders]
             if not bool(up.any()):
@@ -180,6 +182,7 @@ class SimComm:
 
         Counted as a ring all-reduce: each node sends ``2 (N-1)/N`` messages.
         """
+        self.collective_calls += 1
         if self.alive_N is not None:  # the all-reduce runs among the nodes that are up
             up = self.alive_N
             n = int(up.sum())
@@ -196,6 +199,7 @@ class SimComm:
 
         ``broadcast_to`` defaults to ``rows``. Upload bytes go to the senders, download bytes to the server.
         """
+        self.collective_calls += 1
         if self.alive_N is not None:  # only nodes that are up upload and receive
             up = self.alive_N[rows]
             if not bool(up.any()):

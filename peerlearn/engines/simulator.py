@@ -25,7 +25,8 @@ from peerlearn.types import Tensor
 # Columns of metrics.csv, in order (a stable contract: later issues add columns at the end).
 COLUMNS = ["round", "acc_mean", "acc_min", "acc_max", "acc_std", "acc_avg_model", "acc_local_mean",
            "loss_mean", "consensus_distance", "bytes_sent_total", "bytes_sent_per_node", "wall_time_s",
-           "attack_success", "acc_alive_mean", "alive_nodes"]
+           "attack_success", "acc_alive_mean", "alive_nodes", "sim_time_s", "sim_compute_s", "sim_comm_s",
+           "sim_wait_s"]
 
 
 class Evaluator:
@@ -114,6 +115,7 @@ def simulate(built, on_eval: Callable[[dict], None] | None = None,
     losses: list[float] = []
     faults = built.faults
     alive_N = None if faults is None else torch.from_numpy(faults.alive(0).copy())
+    clock = built.clock() if built.clock is not None else None
     start = time.perf_counter()
 
     def record(round_: int) -> None:
@@ -125,7 +127,7 @@ def simulate(built, on_eval: Callable[[dict], None] | None = None,
                "consensus_distance": consensus_distance(params_NP[built.honest_N]),
                "bytes_sent_total": comm.bytes_sent_total,
                "bytes_sent_per_node": comm.bytes_sent_total / cfg.num_nodes,
-               "wall_time_s": time.perf_counter() - start}
+               "wall_time_s": time.perf_counter() - start, **(clock.metrics() if clock is not None else {})}
         losses.clear()
         rows.append(row)
         if on_eval is not None:
@@ -133,6 +135,7 @@ def simulate(built, on_eval: Callable[[dict], None] | None = None,
         if on_checkpoint is not None:
             on_checkpoint({"round": round_, "params_NP": params_NP, "state": state, "rows": rows,
                            "sampler": built.batches.state_dict(), "comm": comm.state_dict(),
+                           "clock": None if clock is None else clock.state_dict(),
                            "wall_time_s": row["wall_time_s"]})
 
     if resume is None:
@@ -143,6 +146,8 @@ def simulate(built, on_eval: Callable[[dict], None] | None = None,
         params_NP, state, rows[:] = resume["params_NP"].clone(), resume["state"], list(resume["rows"])
         built.batches.load_state_dict(resume["sampler"])
         comm.load_state_dict(resume["comm"])
+        if clock is not None and resume.get("clock") is not None:
+            clock.load_state_dict(resume["clock"])
         start -= resume["wall_time_s"]
         if faults is not None:
             alive_N = torch.from_numpy(faults.alive(resume["round"]).copy())
@@ -157,10 +162,14 @@ def simulate(built, on_eval: Callable[[dict], None] | None = None,
             if len(dst):  # a node that comes back starts from an alive neighbour's model
                 params_NP = params_NP.clone()
                 params_NP[torch.from_numpy(dst)] = params_NP[torch.from_numpy(src)]
+                if clock is not None:
+                    clock.sync(dst, src)
         elif base_W is not None:
             comm.set_topology(base_W)
         down = None if alive_N is None or bool(alive_N.all()) else ~alive_N
         silent = down is not None and not bool(alive_N.any())
+        drawn0, bytes0 = built.batches.drawn_N.clone(), comm.bytes_sent_N.clone()
+        server0, calls0 = comm.bytes_sent_server, comm.collective_calls
         if silent:  # the whole network is down: nothing happens this round
             step_metrics = {"loss": math.nan}
         else:
@@ -172,6 +181,10 @@ def simulate(built, on_eval: Callable[[dict], None] | None = None,
         if round_ == cfg.num_rounds and cfg.algorithm.final_merge and not silent:  # one global average, then evaluate
             merged = comm.all_reduce_mean(params_NP).expand_as(params_NP)
             params_NP = merged.clone() if down is None else torch.where(down[:, None], params_NP, merged)
+        if clock is not None:
+            clock.advance((built.batches.drawn_N - drawn0).numpy().astype(np.float64),
+                          (comm.bytes_sent_N - bytes0).numpy(), comm.W, comm.collective_calls > calls0,
+                          comm.bytes_sent_server - server0, None if alive_N is None else alive_N.numpy())
         losses.append(step_metrics["loss"])
         if not attacked and not silent and not math.isfinite(step_metrics["loss"]):
             raise FloatingPointError(f"training diverged at round {round_} (loss {step_metrics['loss']}); "
