@@ -33,7 +33,9 @@ def _fmt(value: float, kind: str) -> str:
 _TABLE_COLUMNS = [("rounds", "round", "int"), ("acc mean", "acc_mean", "acc"), ("acc min", "acc_min", "acc"),
                   ("acc max", "acc_max", "acc"), ("acc avg model", "acc_avg_model", "acc"),
                   ("train loss", "loss_mean", "sci"), ("consensus dist", "consensus_distance", "sci"),
-                  ("MB sent/node", "bytes_sent_per_node", "mb"), ("wall s", "wall_time_s", "s")]
+                  ("MB sent/node", "bytes_sent_per_node", "mb"),
+                  ("sim time s", "sim_time_s", "s"), ("  compute / comm / wait", "sim_split", "split"),
+                  ("wall s", "wall_time_s", "s")]
 
 
 def _summary_table(title: str, runs: dict[str, dict]) -> Table:
@@ -43,7 +45,11 @@ def _summary_table(title: str, runs: dict[str, dict]) -> Table:
     for name in runs:
         table.add_column(name, justify="right")
     for header, key, kind in _TABLE_COLUMNS:
-        table.add_row(header, *(_fmt(final.get(key, math.nan), kind) for final in runs.values()))
+        if kind == "split":  # where simulated time went, per node on average
+            table.add_row(header, *(" / ".join(_fmt(final.get(k, math.nan), "s") for k in
+                                               ("sim_compute_s", "sim_comm_s", "sim_wait_s")) for final in runs.values()))
+        else:
+            table.add_row(header, *(_fmt(final.get(key, math.nan), kind) for final in runs.values()))
     return table
 
 
