@@ -95,8 +95,10 @@ class Clock:
 
 def _row_max(W: sp.csr_array, sender_ready: np.ndarray, own_ready: np.ndarray) -> np.ndarray:
     """``max(own_ready_i, max_{j: W_ij != 0} sender_ready_j)`` for every row i (in-neighbours in W)."""
-    rows = np.repeat(np.arange(W.shape[0]), np.diff(W.indptr))
     vals = np.where(W.data != 0, sender_ready[W.indices], -np.inf)
     out = own_ready.copy()
-    np.maximum.at(out, rows, vals)
+    nonempty = np.diff(W.indptr) > 0
+    if vals.size:  # reduceat over each row's slice of the CSR data (empty rows masked out)
+        row_max = np.maximum.reduceat(vals, np.minimum(W.indptr[:-1], vals.size - 1))
+        out[nonempty] = np.maximum(out[nonempty], row_max[nonempty])
     return out

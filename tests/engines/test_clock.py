@@ -67,3 +67,13 @@ def test_node_slowdowns_are_seeded_with_median_one():
     assert np.array_equal(a, node_slowdowns(10001, sigma=0.5, seed=3))
     b = node_slowdowns(100, straggler_fraction=0.1, straggler_slowdown=7.0, seed=0)
     assert sorted(set(b.tolist())) == [1.0, 7.0] and (b == 7.0).sum() == 10
+
+
+def test_row_max_handles_rows_without_entries():
+    import scipy.sparse as sp
+
+    from peerlearn.engines.clock import _row_max
+
+    W = sp.csr_array(np.array([[0, 1, 0, 0], [0, 0, 0, 0], [1, 0, 0, 1], [0, 0, 0, 0]], dtype=float))
+    ready = np.array([1.0, 5.0, 2.0, 7.0])
+    assert _row_max(W, ready, ready).tolist() == [5.0, 5.0, 7.0, 7.0]
