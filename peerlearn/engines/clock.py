@@ -98,7 +98,7 @@ def _row_max(W: sp.csr_array, sender_ready: np.ndarray, own_ready: np.ndarray) -
     vals = np.where(W.data != 0, sender_ready[W.indices], -np.inf)
     out = own_ready.copy()
     nonempty = np.diff(W.indptr) > 0
-    if vals.size:  # reduceat over each row's slice of the CSR data (empty rows masked out)
-        row_max = np.maximum.reduceat(vals, np.minimum(W.indptr[:-1], vals.size - 1))
-        out[nonempty] = np.maximum(out[nonempty], row_max[nonempty])
+    if vals.size:  # reduceat over the slices of the non-empty rows (each runs to the next one's start)
+        row_max = np.maximum.reduceat(vals, W.indptr[:-1][nonempty])
+        out[nonempty] = np.maximum(out[nonempty], row_max)
     return out
