@@ -107,8 +107,14 @@ ALGORITHMS = {
     "fedprox": Entry(optim.proximal, _COMMON_ALGO + ("fraction", "weighting", "prox_mu")),
     "centralized": Entry(algorithms.centralized, _COMMON_ALGO + ("weighting",)),
     "local": Entry(algorithms.local_only, _COMMON_ALGO),
+    "gossip_learning": Entry(algorithms.gossip_learning, _COMMON_ALGO + ("period_s",)),
+    "async_push_sum": Entry(algorithms.async_push_sum, _COMMON_ALGO + ("period_s",)),
+    "async_local_sgd": Entry(algorithms.async_local_sgd, _COMMON_ALGO + ("outer_lr", "outer_momentum",
+                                                                         "staleness_power", "period_s")),
 }
-SERVER_ALGORITHMS = ("fedavg", "fedprox", "centralized", "diloco", "local_sgd", "modest")  # one global model
+ASYNC_ALGORITHMS = ("gossip_learning", "async_push_sum", "async_local_sgd")  # run by the event engine
+SERVER_ALGORITHMS = ("fedavg", "fedprox", "centralized", "diloco", "local_sgd", "modest",
+                     "async_local_sgd")  # one global model
 AGGREGATORS = {
     "gossip": Entry(SimComm.mix),
     "mean": Entry(aggregators.masked_mean),
@@ -216,8 +222,14 @@ class AlgorithmConfig(_Section):
                                       "fraction of the run (communication spent late)")
     variance_correction: bool = Field(False, description="dsgd: restore each layer's variance after averaging")
     final_merge: bool = Field(False, description="after the last round, all nodes average once (one all-reduce)")
-    outer_lr: float = Field(0.7, gt=0.0, description="diloco: outer learning rate")
-    outer_momentum: float = Field(0.9, ge=0.0, lt=1.0, description="diloco: outer Nesterov momentum")
+    outer_lr: float = Field(0.7, gt=0.0, description="diloco, async_local_sgd: outer learning rate")
+    outer_momentum: float = Field(0.9, ge=0.0, lt=1.0, description="diloco, async_local_sgd: outer Nesterov "
+                                  "momentum (async: delayed Nesterov, one momentum step per num_nodes pushes)")
+    staleness_power: float = Field(0.0, ge=0.0, description="async_local_sgd: weigh a push of staleness tau by "
+                                   "(1 + tau)^-power (0: no weighting)")
+    period_s: float | None = Field(None, gt=0.0, description="asynchronous algorithms: a node's timer period in "
+                                   "simulated seconds (default: gossip_learning one round, the others as fast as "
+                                   "each node's local steps and sends allow)")
     combine: Literal["all_reduce", "gossip"] = Field("all_reduce", description="diloco: average the trained models "
                                                      "with an all-reduce or one gossip step")
     sample_size: int = Field(10, ge=1, description="modest: nodes sampled per round (s)")
@@ -292,6 +304,8 @@ class ClockConfig(_Section):
     speed_sigma: float = Field(0.0, ge=0.0, description="log-normal spread of per-node compute speed (0: equal)")
     straggler_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of nodes that are stragglers")
     straggler_slowdown: float = Field(10.0, ge=1.0, description="how many times slower a straggler computes")
+    slices_per_round: int = Field(4, ge=1, description="asynchronous algorithms: events in the same of this many "
+                                  "slices of a round are batched together (more: finer timing, slower)")
 
 
 class ExperimentConfig(_Section):
@@ -459,9 +473,12 @@ def check_topology_algorithm(cfg: ExperimentConfig) -> None:
     if directed_graph and t.mixing != "column_stochastic":
         raise ConfigError(f"config error: topology.mixing: the directed graph {t.graph} needs column_stochastic "
                           f"weights, got {t.mixing}")
-    if t.mixing == "column_stochastic" and a.name != "push_sum":
+    if t.mixing == "column_stochastic" and a.name not in ("push_sum", "async_push_sum"):
         raise ConfigError(f"config error: topology.mixing: column_stochastic weights do not preserve the average "
-                          f"under {a.name}; use algorithm push_sum (or a doubly stochastic mixing rule)")
+                          f"under {a.name}; use algorithm push_sum or async_push_sum (or a doubly stochastic "
+                          f"mixing rule)")
+    if a.name in ASYNC_ALGORITHMS and a.final_merge:
+        raise ConfigError(f"config error: algorithm.final_merge: not available for the asynchronous {a.name}")
     if t.schedule == "resample" and t.graph not in RANDOM_GRAPHS:
         raise ConfigError(f"config error: topology.graph: schedule resample draws a new random graph each round; "
                           f"use one of {', '.join(RANDOM_GRAPHS)}, got {t.graph}")
@@ -478,7 +495,7 @@ def check_topology_algorithm(cfg: ExperimentConfig) -> None:
     if a.name == "gradient_tracking" and a.num_local_steps != 1:
         raise ConfigError("config error: algorithm.num_local_steps: gradient_tracking takes one step per round, "
                           f"got {a.num_local_steps}")
-    if a.server_period and a.name in SERVER_ALGORITHMS + ("local",):
+    if a.server_period and a.name in SERVER_ALGORITHMS + ASYNC_ALGORITHMS + ("local",):
         raise ConfigError(f"config error: algorithm.server_period: {a.name} does not gossip; server rounds apply to "
                           f"dsgd, gradient_tracking and push_sum")
     if a.final_merge and th.attack in attacks.MODEL_ATTACKS:
@@ -760,7 +777,8 @@ def build_data_poisoning(cfg: ExperimentConfig, ds: datasets.Dataset):
     return poison, test
 
 
-def build_algorithm(cfg: ExperimentConfig, data_sizes_N: torch.Tensor, aggregator=None, layer_slices=None):
+def build_algorithm(cfg: ExperimentConfig, data_sizes_N: torch.Tensor, aggregator=None, layer_slices=None,
+                    relay_N: np.ndarray | None = None):
     a = cfg.algorithm
     opt = build_optimizer(a)
     weights = data_sizes_N if a.weighting == "data_size" else None
@@ -789,6 +807,13 @@ def build_algorithm(cfg: ExperimentConfig, data_sizes_N: torch.Tensor, aggregato
         algo = algorithms.centralized(opt, a.num_local_steps, weights)
     elif a.name == "local":
         algo = algorithms.local_only(opt, a.num_local_steps)
+    elif a.name == "gossip_learning":
+        algo = algorithms.gossip_learning(opt, a.num_local_steps, a.batch_size, None if relay_N is None
+                                          else torch.from_numpy(~relay_N))
+    elif a.name == "async_push_sum":
+        algo = algorithms.async_push_sum(opt, a.num_local_steps)
+    elif a.name == "async_local_sgd":
+        algo = algorithms.async_local_sgd(opt, a.num_local_steps, a.outer_lr, a.outer_momentum, a.staleness_power)
     else:
         raise AssertionError(a.name)  # unreachable: the schema lists the names
     if a.server_period:
@@ -845,7 +870,7 @@ def build(cfg: ExperimentConfig, dataset: datasets.Dataset | None = None) -> Bui
         grad_fn=make_grad_fn(flat, strategy),
         batches=NodeSampler(ds.x_train, ds.y_train, parts, cfg.algorithm.batch_size, _seed(cfg, 6),
                             poisoned_N, poison, silent_N=None if relay_N is None else torch.from_numpy(relay_N)),
-        algorithm=build_algorithm(cfg, sizes, aggregator, flat.layer_slices()), adjacency=adj, W=W,
+        algorithm=build_algorithm(cfg, sizes, aggregator, flat.layer_slices(), relay_N), adjacency=adj, W=W,
         schedule=schedule, honest_N=honest_N, threat=threat, attack_test=attack_test,
         faults=build_faults(cfg, adj, relay_N), relay_N=relay_N, clock=build_clock(cfg),
     )

@@ -64,3 +64,19 @@ class Algorithm(NamedTuple):
 
     init: Callable[[Tensor], Any]
     step: Callable[[Any, Tensor, BatchStream, GradFn, Comm], tuple[Tensor, Any, Metrics]]
+
+
+class AsyncAlgorithm(NamedTuple):
+    """An asynchronous algorithm, run by the event engine (:mod:`peerlearn.engines.async_engine`).
+
+    ``init(params_NP) -> state``;
+    ``wake(state, params_NP, wakers, batches, grad_fn, net) -> (params_NP, state, metrics)``: the nodes
+    ``wakers`` (a shuffled index array) fired their timers in the same time slice and act together;
+    ``net`` (:class:`~peerlearn.engines.async_net.AsyncNet`) picks peers, delivers and counts messages.
+    ``timer``: True when a node fires on a fixed period (gossip learning), False when it fires again
+    as soon as its own work (local steps and sends) is done.
+    """
+
+    init: Callable[[Tensor], Any]
+    wake: Callable[..., tuple[Tensor, Any, Metrics]]
+    timer: bool = False

@@ -37,7 +37,12 @@ def _roundtrip(snapshot):
     {"algorithm": {"aggregator": "trimmed_mean"}, "topology": {"graph": "torus"},
      "threat": {"num_byzantine": 2, "attack": "gaussian"}},
     {"topology": {"schedule": "random_matching"}, "data": {"partition": "dirichlet", "alpha": 0.5}},
-], ids=["dsgd-momentum-faults", "diloco", "fedavg", "byzantine-gaussian", "random-matching"])
+    {"algorithm": {"name": "gossip_learning", "momentum": 0.5}, "faults": {"churn_leave": 0.1, "churn_join": 0.3},
+     "clock": {"speed_sigma": 0.5}},
+    {"algorithm": {"name": "async_local_sgd", "num_local_steps": 2, "staleness_power": 0.5},
+     "clock": {"straggler_fraction": 0.25}},
+], ids=["dsgd-momentum-faults", "diloco", "fedavg", "byzantine-gaussian", "random-matching", "gossip-learning",
+        "async-local-sgd"])
 def test_resume_from_any_checkpoint_gives_the_same_rows(sections):
     cfg = tiny_config(num_rounds=24, eval_every=4, **sections)
     snapshots = []

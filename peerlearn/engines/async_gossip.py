@@ -24,6 +24,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from peerlearn.engines.async_net import AsyncNet
 from peerlearn.types import Tensor
 
 
@@ -45,10 +46,10 @@ def pairwise_gossip(x_NP: Tensor, adjacency: sp.csr_array, duration_s: float, pe
         raise ValueError(f"slice_s and period_s must be > 0, got {slice_s}, {period_s}")
     adj = sp.csr_array(adjacency)
     n = adj.shape[0]
-    degree = np.diff(adj.indptr)
-    if (degree == 0).any():
+    if (np.diff(adj.indptr) == 0).any():
         raise ValueError("pairwise_gossip: every node needs a neighbour (isolated nodes never average)")
-    rng = np.random.default_rng(seed)
+    net = AsyncNet(adj, seed)
+    rng = net.rng
     mean_period = period_s * (np.ones(n) if slowdown_N is None else np.asarray(slowdown_N, dtype=np.float64))
     due = rng.exponential(mean_period)
     x = x_NP.clone()
@@ -60,7 +61,7 @@ def pairwise_gossip(x_NP: Tensor, adjacency: sp.csr_array, duration_s: float, pe
         wakers = np.flatnonzero(due < end)
         if len(wakers):
             wakers = rng.permutation(wakers)
-            peers = adj.indices[adj.indptr[wakers] + (rng.random(len(wakers)) * degree[wakers]).astype(np.int64)]
+            peers = net.random_peers(wakers)
             a, b = _disjoint_pairs(wakers, peers, n)
             if len(a):
                 ia, ib = torch.from_numpy(a), torch.from_numpy(b)

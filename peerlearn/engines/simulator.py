@@ -20,13 +20,13 @@ from peerlearn.engines.comm import SimComm
 from peerlearn.engines.faults import freeze_rows
 from peerlearn.metrics import accuracy, consensus_distance, summarize
 from peerlearn.models.functional import FlatModel, predict_logits
-from peerlearn.types import Tensor
+from peerlearn.types import AsyncAlgorithm, Tensor
 
 # Columns of metrics.csv, in order (a stable contract: later issues add columns at the end).
 COLUMNS = ["round", "acc_mean", "acc_min", "acc_max", "acc_std", "acc_avg_model", "acc_local_mean",
            "loss_mean", "consensus_distance", "bytes_sent_total", "bytes_sent_per_node", "wall_time_s",
            "attack_success", "acc_alive_mean", "alive_nodes", "sim_time_s", "sim_compute_s", "sim_comm_s",
-           "sim_wait_s"]
+           "sim_wait_s", "staleness_mean"]
 
 
 class Evaluator:
@@ -84,6 +84,20 @@ class Evaluator:
         return float((correct.sum(1) / mask.sum(1)).double().mean())
 
 
+def evaluation_row(round_: int, evaluate: Evaluator, params_NP: Tensor, alive_N: Tensor | None, losses: list[float],
+                   honest_N: Tensor, bytes_total: float, num_nodes: int, wall_time_s: float, clock_metrics: dict,
+                   attacked: bool) -> dict:
+    """One metrics row (both engines): evaluation, the mean of ``losses`` since the last row, bytes, time."""
+    if not attacked and not bool(torch.isfinite(params_NP).all()):  # under attack, ruin is a result
+        raise FloatingPointError(f"training diverged by round {round_} (non-finite parameters); "
+                                 "lower algorithm.lr")
+    return {"round": round_, **evaluate(params_NP, alive_N),
+            "loss_mean": float(np.nanmean(losses)) if losses and not np.isnan(losses).all() else math.nan,
+            "consensus_distance": consensus_distance(params_NP[honest_N]),
+            "bytes_sent_total": bytes_total, "bytes_sent_per_node": bytes_total / num_nodes,
+            "wall_time_s": wall_time_s, "staleness_mean": math.nan, **clock_metrics}
+
+
 def _clone(x):
     return x.clone() if isinstance(x, Tensor) else x
 
@@ -102,6 +116,10 @@ def simulate(built, on_eval: Callable[[dict], None] | None = None,
     from it and produces the same rows as the uninterrupted run (``wall_time_s`` aside).
     Every other random choice (schedules, faults, client samples) is a pure function of the round.
     """
+    if isinstance(built.algorithm, AsyncAlgorithm):  # an event-driven algorithm: the asynchronous engine
+        from peerlearn.engines.async_engine import simulate_async
+
+        return simulate_async(built, on_eval, on_round, on_finish, on_checkpoint, resume)
     cfg = built.config
     comm = SimComm(built.W)
     ds = built.dataset
@@ -119,15 +137,9 @@ def simulate(built, on_eval: Callable[[dict], None] | None = None,
     start = time.perf_counter()
 
     def record(round_: int) -> None:
-        if not attacked and not bool(torch.isfinite(params_NP).all()):  # under attack, ruin is a result
-            raise FloatingPointError(f"training diverged by round {round_} (non-finite parameters); "
-                                     "lower algorithm.lr")
-        row = {"round": round_, **evaluate(params_NP, alive_N),
-               "loss_mean": float(np.nanmean(losses)) if losses and not np.isnan(losses).all() else math.nan,
-               "consensus_distance": consensus_distance(params_NP[built.honest_N]),
-               "bytes_sent_total": comm.bytes_sent_total,
-               "bytes_sent_per_node": comm.bytes_sent_total / cfg.num_nodes,
-               "wall_time_s": time.perf_counter() - start, **(clock.metrics() if clock is not None else {})}
+        row = evaluation_row(round_, evaluate, params_NP, alive_N, losses, built.honest_N, comm.bytes_sent_total,
+                             cfg.num_nodes, time.perf_counter() - start,
+                             clock.metrics() if clock is not None else {}, attacked)
         losses.clear()
         rows.append(row)
         if on_eval is not None:

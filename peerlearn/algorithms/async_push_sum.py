@@ -1,0 +1,44 @@
+"""Asynchronous push-sum (asynchronous gradient push): a node pushes as soon as its local steps are done.
+
+Each node keeps a numerator ``x_i`` and a weight ``w_i`` (initially 1). When node ``i`` wakes it
+takes its local steps at the de-biased model ``z_i = x_i / w_i``, adds the update to ``x_i``, keeps
+``P_ii (x_i, w_i)`` and sends ``P_ji (x_i, w_i)`` to each out-neighbour ``j``, whose mass is simply
+added (no waiting for anyone). Column sums of one conserve ``sum x`` and ``sum w`` at every event,
+so the de-biased models tend to the average even though fast nodes push more often. With all
+nodes waking together this is exactly synchronous push-sum (:func:`peerlearn.algorithms.push_sum`).
+
+References:
+    Kempe, Dobra & Gehrke, "Gossip-Based Computation of Aggregate Information", FOCS 2003 (push-sum);
+    Assran & Rabbat, "Asynchronous Gradient Push", IEEE Trans. Automatic Control 2021.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from peerlearn.algorithms.local import local_steps
+from peerlearn.algorithms.push_sum import PushSumState
+from peerlearn.engines.async_net import put_rows, take_rows
+from peerlearn.types import AsyncAlgorithm, Transform
+
+
+def async_push_sum(optimizer: Transform, num_local_steps: int = 1) -> AsyncAlgorithm:
+    """Asynchronous push-sum with local steps; the mixing matrix must be column stochastic."""
+
+    def init(params_NP):
+        return PushSumState(params_NP.clone(), torch.ones(params_NP.shape[0], 1, dtype=params_NP.dtype),
+                            optimizer.init(params_NP))
+
+    def wake(state, params_NP, wakers, batches, grad_fn, net):
+        rows = torch.from_numpy(wakers)
+        start = params_NP[rows]
+        trained, opt_rows, loss = local_steps(start, take_rows(state.opt_state, rows), optimizer, batches,
+                                              grad_fn, num_local_steps, rows)
+        numerator = state.numerator_NP.clone()
+        numerator[rows] += trained - start
+        pushed = net.push(torch.cat([numerator, state.weight_N1], dim=1), wakers)
+        numerator, weight = pushed[:, :-1], pushed[:, -1:]
+        return numerator / weight, PushSumState(numerator, weight, put_rows(state.opt_state, rows, opt_rows)), {
+            "loss": float(loss.mean())}
+
+    return AsyncAlgorithm(init, wake)

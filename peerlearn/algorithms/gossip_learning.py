@@ -1,0 +1,82 @@
+"""Gossip learning: each node on its own timer sends (model, age) to a random peer, which merges and trains.
+
+The receiver ``j`` of ``(x_i, a_i)`` merges by age weights,
+``x_j <- (a_j x_j + a_i x_i) / (a_j + a_i)`` (a plain average while both ages are 0), takes
+``a_j <- max(a_j, a_i)``, then runs its local steps and adds the samples it processed to its age
+("merge-update"). There is no mixing matrix: pairwise merges are doubly stochastic only in
+expectation. The age is one extra value per message.
+
+In the event engine the wakers of a time slice send together; a receiver takes one message per
+slice (the first in the slice's random order) and a sender whose peer is already taken retries in
+the next slice, as does one whose peer is still training on an earlier message (a receiver trains at
+its own speed). Every message carries the sender's model at the start of the slice.
+
+References:
+    Ormándi, Hegedűs & Jelasity, "Gossip Learning with Linear Models on Fully Distributed Data",
+    Concurrency and Computation 2013 (merge-update, age weights);
+    Hegedűs, Danner & Jelasity, "Decentralized Learning Works: An Empirical Comparison of Gossip
+    Learning and Federated Learning", JPDC 2021.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from peerlearn.algorithms.local import local_steps
+from peerlearn.engines.async_net import put_rows, take_rows
+from peerlearn.types import AsyncAlgorithm, Tensor, Transform
+
+
+class GossipLearningState(NamedTuple):
+    age_N: Tensor  # samples each node's model has been trained on (float64)
+    opt_state: Any
+
+
+def first_per_receiver(receivers: np.ndarray) -> np.ndarray:
+    """Positions of the first message to each receiver (in the given order); -1 receivers are skipped."""
+    valid = np.flatnonzero(receivers >= 0)
+    _, first = np.unique(receivers[valid], return_index=True)
+    return np.sort(valid[first])
+
+
+def gossip_learning(optimizer: Transform, num_local_steps: int = 1, batch_size: int = 16,
+                    data_N: Tensor | None = None) -> AsyncAlgorithm:
+    """Gossip learning (merge-update); ``data_N`` marks nodes with training data (relays' ages do not grow)."""
+
+    def init(params_NP):
+        return GossipLearningState(torch.zeros(params_NP.shape[0], dtype=torch.float64),
+                                   optimizer.init(params_NP))
+
+    def wake(state, params_NP, wakers, batches, grad_fn, net):
+        receivers = net.random_peers(wakers)
+        has_peer = receivers >= 0
+        ready = np.where(has_peer, receivers, -1)
+        ready[has_peer] = np.where(net.free(receivers[has_peer]), receivers[has_peer], -1)
+        keep = first_per_receiver(ready)
+        taken = np.zeros(len(wakers), dtype=bool)
+        taken[keep] = True
+        net.defer(wakers[~taken & has_peer])  # their peer is training, or already has a message this slice
+        if not len(keep):
+            return params_NP, state, {"loss": float("nan")}
+        s, r = torch.from_numpy(wakers[keep]), torch.from_numpy(receivers[keep])
+        net.send(wakers[keep], (params_NP.shape[1] + 1) * params_NP.element_size())
+        a_s, a_r = state.age_N[s], state.age_N[r]
+        total = a_s + a_r
+        w_s = torch.where(total > 0, a_s / total.clamp_min(1e-300), torch.full_like(total, 0.5))
+        w_s = w_s.to(params_NP.dtype)[:, None]
+        merged = params_NP[r] * (1 - w_s) + params_NP[s] * w_s
+        trained, opt_rows, loss = local_steps(merged, take_rows(state.opt_state, r), optimizer, batches, grad_fn,
+                                              num_local_steps, r)
+        params_NP = params_NP.clone()
+        params_NP[r] = trained
+        gained = num_local_steps * batch_size * (torch.ones(len(r), dtype=torch.float64) if data_N is None
+                                                 else data_N[r].double())
+        age = state.age_N.clone()
+        age[r] = torch.maximum(a_s, a_r) + gained
+        return params_NP, GossipLearningState(age, put_rows(state.opt_state, r, opt_rows)), {
+            "loss": float(loss.mean())}
+
+    return AsyncAlgorithm(init, wake, timer=True)

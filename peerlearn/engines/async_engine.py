@@ -1,0 +1,154 @@
+"""The asynchronous engine: nodes act when their own clocks fire, in batched time slices.
+
+Time is the simulated clock of :mod:`peerlearn.engines.clock` (per-node compute speed, bandwidth,
+latency). A *round* here is a unit of simulated time, ``round_s``: what a reference-speed node
+needs to run its local steps and send one model (``num_local_steps * step_time_s + bytes /
+bandwidth + latency``). So ``num_rounds`` and ``eval_every`` mean the same wall-clock budget as in
+a synchronous run without stragglers, and rows are comparable by ``round`` and by ``sim_time_s``.
+
+Each node has a due time. A round is cut into ``clock.slices_per_round`` slices; the nodes due in
+a slice (and up) are shuffled and handed to the algorithm's ``wake`` together, so one slice costs
+one batched training call over the wakers. A node's next due time is measured from what it
+actually did: ``compute + comm`` of that wake (work-driven algorithms), or at least its timer
+period (gossip learning: ``algorithm.period_s``, default ``round_s``, random initial phase). A
+waker the algorithm defers (its peer was busy) keeps its due time and retries in the next slice.
+A node cannot fire more than once per slice, so slices should be shorter than the fastest node's
+cycle.
+
+Faults apply per round exactly as in the synchronous engine: the round's surviving mixing matrix
+decides who can reach whom, down nodes do not wake, and a node that comes back starts from an
+alive neighbour's model (or its stale one).
+
+References:
+    Boyd et al., "Randomized Gossip Algorithms", 2006 (asynchronous time model: per-node clocks);
+    Even, Hendrikx & Massoulié, "Decentralized Optimization with Heterogeneous Delays: a
+    Continuous-Time Approach", 2021 (events of independent per-node clocks).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+
+from peerlearn.engines.async_net import AsyncNet
+from peerlearn.engines.simulator import Evaluator, evaluation_row
+from peerlearn.types import Tensor
+
+
+def round_seconds(num_local_steps: int, message_bytes: int, step_time_s: float, bandwidth_Bps: float,
+                  latency_s: float) -> float:
+    """Simulated seconds of one round: a reference node's local steps plus one model sent."""
+    return num_local_steps * step_time_s + message_bytes / bandwidth_Bps + latency_s
+
+
+def simulate_async(built, on_eval: Callable[[dict], None] | None = None,
+                   on_round: Callable[[int, dict], None] | None = None,
+                   on_finish: Callable[[Tensor], None] | None = None,
+                   on_checkpoint: Callable[[dict], None] | None = None,
+                   resume: dict | None = None) -> list[dict]:
+    """Run an :class:`~peerlearn.types.AsyncAlgorithm` to the end; same callbacks and rows as ``simulate``."""
+    from peerlearn.config import _seed
+
+    cfg, algo, ds = built.config, built.algorithm, built.dataset
+    clock = built.clock()
+    net = AsyncNet(built.W, seed=_seed(cfg, 20))
+    evaluate = Evaluator(built.flat, ds.x_test, ds.y_test, ds.x_train, ds.y_train, built.local_test_parts,
+                         built.honest_N, built.attack_test)
+    attacked = built.attack_test is not None
+    params_NP = built.params_NP.clone()
+    state = algo.init(params_NP)
+    n = cfg.num_nodes
+    message_bytes = params_NP.shape[1] * params_NP.element_size()
+    round_s = round_seconds(cfg.algorithm.num_local_steps, message_bytes, clock.step_time_s, clock.bandwidth_Bps,
+                            clock.latency_s)
+    slices = cfg.clock.slices_per_round
+    period = cfg.algorithm.period_s if cfg.algorithm.period_s is not None else (round_s if algo.timer else 0.0)
+    due_N = net.rng.uniform(0.0, period, n) if algo.timer else np.zeros(n)
+    faults = built.faults
+    alive_N = torch.ones(n, dtype=torch.bool) if faults is None else torch.from_numpy(faults.alive(0).copy())
+    rows: list[dict] = []
+    losses: list[float] = []
+    extra: dict[str, list[float]] = {}
+    start = time.perf_counter()
+
+    def record(round_: int) -> None:
+        clock.t_N[alive_N.numpy()] = round_ * round_s
+        row = evaluation_row(round_, evaluate, params_NP, None if faults is None else alive_N, losses,
+                             built.honest_N, net.bytes_sent_total, n, time.perf_counter() - start, clock.metrics(),
+                             attacked)
+        row["staleness_mean"] = float(np.mean(extra["staleness"])) if extra.get("staleness") else math.nan
+        losses.clear()
+        extra.clear()
+        rows.append(row)
+        if on_eval is not None:
+            on_eval(row)
+        if on_checkpoint is not None:
+            on_checkpoint({"round": round_, "params_NP": params_NP, "state": state, "rows": rows,
+                           "sampler": built.batches.state_dict(), "net": net.state_dict(),
+                           "clock": clock.state_dict(), "due_N": due_N.copy(), "wall_time_s": row["wall_time_s"]})
+
+    if resume is None:
+        first = 1
+        record(0)
+    else:
+        first = resume["round"] + 1
+        params_NP, state, rows[:] = resume["params_NP"].clone(), resume["state"], list(resume["rows"])
+        built.batches.load_state_dict(resume["sampler"])
+        net.load_state_dict(resume["net"])
+        clock.load_state_dict(resume["clock"])
+        due_N = resume["due_N"].copy()
+        start -= resume["wall_time_s"]
+        if faults is not None:
+            alive_N = torch.from_numpy(faults.alive(resume["round"]).copy())
+    drawn = built.batches.drawn_N
+    for round_ in range(first, cfg.num_rounds + 1):
+        round_start = (round_ - 1) * round_s
+        base_W = built.schedule(round_) if built.schedule is not None else None
+        if faults is not None:
+            rf = faults.at(round_, base_W if base_W is not None else built.W)
+            net.set_topology(rf.W)
+            alive_N = rf.alive_N
+            dst, src = faults.rejoin_sources(rf.joined, built.adjacency, alive_N.numpy(), round_)
+            if len(dst):  # a node that comes back starts from an alive neighbour's model
+                params_NP = params_NP.clone()
+                params_NP[torch.from_numpy(dst)] = params_NP[torch.from_numpy(src)]
+            due_N[rf.joined] = np.maximum(due_N[rf.joined], round_start)  # no burst of missed wake-ups
+        elif base_W is not None:
+            net.set_topology(base_W)
+        alive = alive_N.numpy()
+        for k in range(slices):
+            end = round_start + (k + 1) * round_s / slices
+            wakers = np.flatnonzero((due_N < end - 1e-9 * round_s) & alive)  # [start, end), rounding-safe
+            if not len(wakers):
+                continue
+            wakers = net.rng.permutation(wakers)
+            net.slice_end = end
+            drawn0, sent0 = drawn.clone(), net.bytes_sent_N.copy()
+            params_NP, state, metrics = algo.wake(state, params_NP, wakers, built.batches, built.grad_fn, net)
+            compute = (drawn - drawn0).numpy() * clock.step_time_s * clock.slowdown_N
+            sent = net.bytes_sent_N - sent0
+            comm = np.where(sent > 0, sent / clock.bandwidth_Bps + clock.latency_s, 0.0)
+            clock.compute_N += compute
+            net.busy_until_N = np.where(compute > 0, np.maximum(net.busy_until_N, end - round_s / slices) + compute,
+                                        net.busy_until_N)
+            clock.comm_N += comm
+            fired = np.setdiff1d(wakers, net.take_deferred())
+            due_N[fired] += np.maximum(period, compute[fired] + comm[fired])
+            losses.append(metrics["loss"])
+            for key, value in metrics.items():
+                if key != "loss":
+                    extra.setdefault(key, []).append(value)
+            if not attacked and math.isinf(metrics["loss"]):  # NaN: nobody trained (divergence shows in the row)
+                raise FloatingPointError(f"training diverged at round {round_} (loss {metrics['loss']}); "
+                                         "lower algorithm.lr")
+        if round_ % cfg.eval_every == 0 or round_ == cfg.num_rounds:
+            record(round_)
+        if on_round is not None:
+            on_round(round_, rows[-1])
+    if on_finish is not None:
+        on_finish(params_NP)
+    return rows
