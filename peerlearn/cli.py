@@ -35,6 +35,7 @@ _TABLE_COLUMNS = [("rounds", "round", "int"), ("acc mean", "acc_mean", "acc"), (
                   ("train loss", "loss_mean", "sci"), ("consensus dist", "consensus_distance", "sci"),
                   ("MB sent/node", "bytes_sent_per_node", "mb"),
                   ("sim time s", "sim_time_s", "s"), ("  compute / comm / wait", "sim_split", "split"),
+                  ("staleness (async)", "staleness_mean", "sci"),
                   ("wall s", "wall_time_s", "s")]
 
 
@@ -145,18 +146,19 @@ def cmd_compare(args) -> int:
         runs[label], finals[label] = rows, summary.get("final", rows[-1] if rows else {})
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    plot_compare(runs, out, args.metric)
+    plot_compare(runs, out, args.metric, args.x)
     console.print(_summary_table("comparison (final evaluated round)", finals))
     if args.target is not None:
         from peerlearn.metrics import first_reaching
 
         table = Table(title=f"first evaluated round with {args.target_metric} >= {args.target}")
-        for col in ("run", "round", "MB sent per node", "wall time (s)"):
+        for col in ("run", "round", "MB sent per node", "simulated time (s)", "wall time (s)"):
             table.add_column(col, justify="left" if col == "run" else "right")
         for name, rows in runs.items():
             hit = first_reaching(rows, args.target, args.target_metric)
-            table.add_row(name, *(("never", "-", "-") if hit is None else (
-                str(int(hit["round"])), _fmt(hit["bytes_sent_per_node"], "mb"), f"{hit['wall_time_s']:.1f}")))
+            table.add_row(name, *(("never", "-", "-", "-") if hit is None else (
+                str(int(hit["round"])), _fmt(hit["bytes_sent_per_node"], "mb"),
+                _fmt(hit.get("sim_time_s", math.nan), "s"), f"{hit['wall_time_s']:.1f}")))
         console.print(table)
     console.print(f"plot: {out}", markup=False)
     return 0
@@ -234,6 +236,9 @@ def make_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--target-metric", default="acc_mean", help="metric for --target (default: acc_mean)")
     cmp_.add_argument("--metric", default="acc_mean", help="accuracy column to plot, e.g. acc_alive_mean under "
                       "faults, acc_avg_model (default: acc_mean)")
+    cmp_.add_argument("--x", default="round", choices=["round", "sim_time_s"], help="x axis of the accuracy and "
+                      "consensus panels: rounds, or simulated seconds (to compare synchronous and asynchronous "
+                      "runs; default: round)")
     cmp_.set_defaults(func=cmd_compare)
     mat = sub.add_parser("matrix", help="run every attack x defence pair; a table and a heatmap")
     mat.add_argument("config")

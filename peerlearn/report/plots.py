@@ -64,26 +64,32 @@ def plot_run(rows: list[dict], out_dir: Path, title: str = "") -> list[Path]:
     return written
 
 
-def plot_compare(runs: dict[str, list[dict]], out_path: Path, metric: str = "acc_mean") -> Path:
-    """One figure, three panels: ``metric`` vs round, ``metric`` vs bytes, consensus distance."""
+def plot_compare(runs: dict[str, list[dict]], out_path: Path, metric: str = "acc_mean", x: str = "round") -> Path:
+    """One figure, three panels: ``metric`` vs ``x`` (round or sim_time_s), ``metric`` vs bytes, consensus distance."""
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
     silent = []
     label = {"acc_mean": "mean node test accuracy", "acc_alive_mean": "mean alive-node test accuracy",
              "acc_avg_model": "averaged-model test accuracy"}.get(metric, metric)
     for name, rows in runs.items():
-        line, = axes[0].plot(_col(rows, "round"), _col(rows, metric), label=name)
+        if x != "round":  # simulated seconds span decades across sync and async runs: log axis, no t = 0
+            rows = [r for r in rows if r.get(x, math.nan) > 0]
+        line, = axes[0].plot(_col(rows, x), _col(rows, metric), label=name)
         mb, acc = _acc_vs_mb(rows, metric)
         if mb:
             axes[1].plot(mb, acc, label=name, color=line.get_color())
         else:
             silent.append(name)
-        axes[2].plot(_col(rows, "round"), [max(v, 1e-12) for v in _col(rows, "consensus_distance")], label=name)
-    axes[0].set(xlabel="round", ylabel=label, ylim=(0, 1))
+        axes[2].plot(_col(rows, x), [max(v, 1e-12) for v in _col(rows, "consensus_distance")], label=name)
+    xlabel = {"round": "round", "sim_time_s": "simulated seconds (log)"}.get(x, x)
+    axes[0].set(xlabel=xlabel, ylabel=label, ylim=(0, 1))
+    if x != "round":
+        axes[0].set_xscale("log")
+        axes[2].set_xscale("log")
     axes[1].set(xlabel="MB sent per node", ylabel=label, ylim=(0, 1))
     axes[1].set_xscale("log")
     if silent:
         axes[1].set_title(f"sent nothing: {', '.join(silent)}", fontsize=9)
-    axes[2].set(xlabel="round", ylabel="consensus distance (floored at 1e-12)", yscale="log")
+    axes[2].set(xlabel=xlabel, ylabel="consensus distance (floored at 1e-12)", yscale="log")
     for ax in axes:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
