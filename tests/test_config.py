@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from peerlearn.cli import main
-from peerlearn.config import ConfigError, load_config, parse_config
+from peerlearn.config import load_config, parse_config
 
 GOOD = {"num_nodes": 8, "num_rounds": 2, "eval_every": 1, "model": {"hidden": [8]}}
 

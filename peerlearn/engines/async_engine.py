@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from peerlearn.engines.async_net import AsyncNet
-from peerlearn.engines.simulator import Evaluator, evaluation_row
+from peerlearn.engines.simulator import Evaluator, evaluation_row, restore, round_network
 from peerlearn.types import Tensor
 
 
@@ -95,30 +95,21 @@ def simulate_async(built, on_eval: Callable[[dict], None] | None = None,
         first = 1
         record(0)
     else:
-        first = resume["round"] + 1
-        params_NP, state, rows[:] = resume["params_NP"].clone(), resume["state"], list(resume["rows"])
-        built.batches.load_state_dict(resume["sampler"])
+        first, params_NP, state, rows[:], alive = restore(built, resume)
+        alive_N = alive if alive is not None else alive_N
         net.load_state_dict(resume["net"])
         clock.load_state_dict(resume["clock"])
         due_N = resume["due_N"].copy()
         start -= resume["wall_time_s"]
-        if faults is not None:
-            alive_N = torch.from_numpy(faults.alive(resume["round"]).copy())
     drawn = built.batches.drawn_N
     for round_ in range(first, cfg.num_rounds + 1):
         round_start = (round_ - 1) * round_s
-        base_W = built.schedule(round_) if built.schedule is not None else None
-        if faults is not None:
-            rf = faults.at(round_, base_W if base_W is not None else built.W)
-            net.set_topology(rf.W)
+        W, rf, params_NP, _ = round_network(built, round_, params_NP)
+        if W is not None:
+            net.set_topology(W)
+        if rf is not None:
             alive_N = rf.alive_N
-            dst, src = faults.rejoin_sources(rf.joined, built.adjacency, alive_N.numpy(), round_)
-            if len(dst):  # a node that comes back starts from an alive neighbour's model
-                params_NP = params_NP.clone()
-                params_NP[torch.from_numpy(dst)] = params_NP[torch.from_numpy(src)]
             due_N[rf.joined] = np.maximum(due_N[rf.joined], round_start)  # no burst of missed wake-ups
-        elif base_W is not None:
-            net.set_topology(base_W)
         alive = alive_N.numpy()
         for k in range(slices):
             end = round_start + (k + 1) * round_s / slices

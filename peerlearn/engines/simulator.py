@@ -17,7 +17,7 @@ import torch
 from torch.utils._pytree import tree_map
 
 from peerlearn.engines.comm import SimComm
-from peerlearn.engines.faults import freeze_rows
+from peerlearn.engines.faults import RoundFaults, freeze_rows
 from peerlearn.metrics import accuracy, consensus_distance, summarize
 from peerlearn.models.functional import FlatModel, predict_logits
 from peerlearn.types import AsyncAlgorithm, Tensor
@@ -98,6 +98,29 @@ def evaluation_row(round_: int, evaluate: Evaluator, params_NP: Tensor, alive_N:
             "wall_time_s": wall_time_s, "staleness_mean": math.nan, **clock_metrics}
 
 
+def restore(built, resume: dict) -> tuple[int, Tensor, object, list[dict], Tensor | None]:
+    """What both engines take back from a snapshot: (first round to run, params_NP, algorithm state,
+    rows so far, alive_N); the sampler's generator is restored in place."""
+    built.batches.load_state_dict(resume["sampler"])
+    alive_N = None if built.faults is None else torch.from_numpy(built.faults.alive(resume["round"]).copy())
+    return resume["round"] + 1, resume["params_NP"].clone(), resume["state"], list(resume["rows"]), alive_N
+
+
+def round_network(built, round_: int, params_NP: Tensor) -> tuple[object, RoundFaults | None, Tensor, tuple]:
+    """The round's mixing matrix after the schedule and the faults (None: unchanged), the round's
+    faults (None without any), ``params_NP`` with each node that comes back copying an alive
+    neighbour's model (``faults.rejoin``), and those copies as index arrays ``(dst, src)``."""
+    base_W = built.schedule(round_) if built.schedule is not None else None
+    if built.faults is None:
+        return base_W, None, params_NP, ()
+    rf = built.faults.at(round_, base_W if base_W is not None else built.W)
+    dst, src = built.faults.rejoin_sources(rf.joined, built.adjacency, rf.alive_N.numpy(), round_)
+    if len(dst):
+        params_NP = params_NP.clone()
+        params_NP[torch.from_numpy(dst)] = params_NP[torch.from_numpy(src)]
+    return rf.W, rf, params_NP, (dst, src)
+
+
 def _clone(x):
     return x.clone() if isinstance(x, Tensor) else x
 
@@ -154,30 +177,20 @@ def simulate(built, on_eval: Callable[[dict], None] | None = None,
         first = 1
         record(0)
     else:
-        first = resume["round"] + 1
-        params_NP, state, rows[:] = resume["params_NP"].clone(), resume["state"], list(resume["rows"])
-        built.batches.load_state_dict(resume["sampler"])
+        first, params_NP, state, rows[:], alive_N = restore(built, resume)
         comm.load_state_dict(resume["comm"])
         if clock is not None and resume.get("clock") is not None:
             clock.load_state_dict(resume["clock"])
         start -= resume["wall_time_s"]
-        if faults is not None:
-            alive_N = torch.from_numpy(faults.alive(resume["round"]).copy())
     for round_ in range(first, cfg.num_rounds + 1):
-        base_W = built.schedule(round_) if built.schedule is not None else None
-        if faults is not None:
-            rf = faults.at(round_, base_W if base_W is not None else built.W)
-            comm.set_topology(rf.W)
+        W, rf, params_NP, copied = round_network(built, round_, params_NP)
+        if W is not None:
+            comm.set_topology(W)
+        if rf is not None:
             comm.set_alive(rf.alive_N)
             alive_N = rf.alive_N
-            dst, src = faults.rejoin_sources(rf.joined, built.adjacency, alive_N.numpy(), round_)
-            if len(dst):  # a node that comes back starts from an alive neighbour's model
-                params_NP = params_NP.clone()
-                params_NP[torch.from_numpy(dst)] = params_NP[torch.from_numpy(src)]
-                if clock is not None:
-                    clock.sync(dst, src)
-        elif base_W is not None:
-            comm.set_topology(base_W)
+            if clock is not None and len(copied[0]):  # the copy's time comes with it
+                clock.sync(*copied)
         down = None if alive_N is None or bool(alive_N.all()) else ~alive_N
         silent = down is not None and not bool(alive_N.any())
         drawn0, bytes0 = built.batches.drawn_N.clone(), comm.bytes_sent_N.clone()
