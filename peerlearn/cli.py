@@ -77,7 +77,8 @@ def cmd_run(args) -> int:
     built = build(cfg)  # every config error surfaces here, before the run directory is written
     for field in unused_fields(cfg):
         err_console.print(f"note: {field} is not used by this configuration", markup=False, highlight=False)
-    writer = RunWriter(out_dir, to_dict(cfg), rows=None if resume is None else resume["rows"])
+    writer = RunWriter(out_dir, to_dict(cfg), rows=None if resume is None else resume["rows"],
+                       checkpoint_every=cfg.checkpoint_every)
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console,
                         disable=args.quiet)

@@ -314,6 +314,9 @@ class ExperimentConfig(_Section):
     num_nodes: int = Field(16, ge=1, le=1_000_000, description="number of nodes")
     num_rounds: int = Field(100, ge=1, description="communication rounds")
     eval_every: int = Field(10, ge=1, description="evaluate every this many rounds (and at the last round)")
+    checkpoint_every: int = Field(0, ge=0, description="write checkpoint.pt (for --resume) at evaluated rounds at "
+                                  "least this many rounds apart (0: at every evaluation; it holds every node's "
+                                  "model, so large runs want fewer)")
     topology: TopologyConfig = TopologyConfig()
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()

@@ -86,3 +86,21 @@ def test_cli_resume_after_sigkill_writes_an_identical_metrics_csv(tmp_path):
     assert not (tmp_path / "cut" / "checkpoint.pt").exists()  # a completed run drops its checkpoint
     again = subprocess.run(exe + ["--resume", str(tmp_path / "cut")], capture_output=True, text=True, env=env)
     assert again.returncode == 2 and "already complete" in again.stderr
+
+
+def test_checkpoint_every_spaces_the_checkpoints_and_the_run_resumes_from_the_last_one(tmp_path):
+    from peerlearn.report import RunWriter
+    from peerlearn.report.run_dir import load_checkpoint
+
+    cfg = tiny_config(num_rounds=24, eval_every=2, checkpoint_every=10)
+    writer = RunWriter(tmp_path, {"num_rounds": 24}, checkpoint_every=cfg.checkpoint_every)
+    saved = []
+
+    def checkpoint(snapshot):
+        writer.checkpoint(snapshot)
+        saved.append(load_checkpoint(tmp_path)[1]["round"])
+
+    full = simulate(build(cfg), on_eval=writer.append, on_checkpoint=checkpoint)
+    assert sorted(set(saved)) == [0, 10, 20]
+    resumed = simulate(build(cfg), resume=load_checkpoint(tmp_path)[1])
+    assert _strip(resumed) == _strip(full)

@@ -36,8 +36,10 @@ class RunWriter:
     them, dropping anything written after the checkpoint, and the run appends from there.
     """
 
-    def __init__(self, path: Path, config: dict, rows: list[dict] | None = None):
+    def __init__(self, path: Path, config: dict, rows: list[dict] | None = None, checkpoint_every: int = 0):
         self.path = Path(path)
+        self.checkpoint_every = checkpoint_every
+        self._checkpointed = int(rows[-1]["round"]) if rows else None  # round of the checkpoint on disk
         self.path.mkdir(parents=True, exist_ok=True)
         for stale in ("metrics.csv", "summary.json") + ((CHECKPOINT,) if rows is None else ()):
             (self.path / stale).unlink(missing_ok=True)
@@ -52,9 +54,16 @@ class RunWriter:
             self.append(row)
 
     def checkpoint(self, snapshot: dict) -> None:
-        """Save ``snapshot`` (from the engine) atomically: a kill mid-write leaves the previous one."""
+        """Save ``snapshot`` (from the engine) atomically: a kill mid-write leaves the previous one.
+
+        With ``checkpoint_every = k > 0`` only snapshots at least k rounds after the last one saved
+        are written (snapshots come at evaluated rounds; the first one is always written)."""
         import torch
 
+        round_ = int(snapshot["round"])
+        if self.checkpoint_every and self._checkpointed is not None and round_ - self._checkpointed < self.checkpoint_every:
+            return
+        self._checkpointed = round_
         tmp = self.path / (CHECKPOINT + ".tmp")
         torch.save(snapshot, tmp)
         tmp.replace(self.path / CHECKPOINT)
