@@ -50,7 +50,9 @@ def _summary_table(title: str, runs: dict[str, dict]) -> Table:
             table.add_row(header, *(" / ".join(_fmt(final.get(k, math.nan), "s") for k in
                                                ("sim_compute_s", "sim_comm_s", "sim_wait_s")) for final in runs.values()))
         else:
-            table.add_row(header, *(_fmt(final.get(key, math.nan), kind) for final in runs.values()))
+            cells = [_fmt(final.get(key, math.nan), kind) for final in runs.values()]
+            if key != "staleness_mean" or any(c != "-" for c in cells):  # staleness: asynchronous runs only
+                table.add_row(header, *cells)
     return table
 
 

@@ -18,7 +18,7 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from peerlearn import aggregators, algorithms, attacks, optim
+from peerlearn import aggregators, algorithms, attacks, compressors, optim
 from peerlearn.data import datasets, partition, shakespeare
 from peerlearn.aggregators.robust import MIN_INPUTS, min_inputs_error
 from peerlearn.data.batching import NodeSampler
@@ -107,6 +107,7 @@ ALGORITHMS = {
     "fedprox": Entry(optim.proximal, _COMMON_ALGO + ("fraction", "weighting", "prox_mu")),
     "centralized": Entry(algorithms.centralized, _COMMON_ALGO + ("weighting",)),
     "local": Entry(algorithms.local_only, _COMMON_ALGO),
+    "choco": Entry(algorithms.choco, _COMMON_ALGO + ("compressor", "consensus_lr")),
     "gossip_learning": Entry(algorithms.gossip_learning, _COMMON_ALGO + ("period_s",)),
     "async_push_sum": Entry(algorithms.async_push_sum, _COMMON_ALGO + ("period_s",)),
     "async_local_sgd": Entry(algorithms.async_local_sgd, _COMMON_ALGO + ("outer_lr", "outer_momentum",
@@ -128,6 +129,15 @@ AGGREGATORS = {
     "nna": Entry(aggregators.nearest_neighbor_mean, ("f",)),
     "foolsgold": Entry(aggregators.foolsgold),
 }
+COMPRESSORS = {
+    "none": Entry(compressors.identity),
+    "top_k": Entry(compressors.top_k, ("compress_ratio",)),
+    "random_k": Entry(compressors.random_k, ("compress_ratio",)),
+    "sign": Entry(compressors.sign),
+    "qsgd": Entry(compressors.qsgd, ("qsgd_levels",)),
+    "int8": Entry(compressors.int8),
+    "fp16": Entry(compressors.fp16),
+}
 ATTACKS = {
     "sign_flip": Entry(attacks.sign_flip),
     "gaussian": Entry(attacks.gaussian, ("sigma",)),
@@ -141,7 +151,7 @@ ATTACKS = {
 REGISTRIES = {"topology.graph": GRAPHS, "topology.mixing": MIXING,
               "topology.schedule": SCHEDULES, "data.dataset": DATASETS,
               "data.partition": PARTITIONS, "model.name": MODELS, "algorithm.name": ALGORITHMS,
-              "algorithm.aggregator": AGGREGATORS, "threat.attack": ATTACKS}
+              "algorithm.aggregator": AGGREGATORS, "algorithm.compressor": COMPRESSORS, "threat.attack": ATTACKS}
 
 
 def _names(registry: dict) -> Any:
@@ -247,6 +257,12 @@ class AlgorithmConfig(_Section):
     aggregator: _names(AGGREGATORS) = Field("gossip", description="dsgd: how a node combines its own and received models")
     f: int = Field(1, ge=0, description="Byzantine inputs each node's robust rule tolerates")
     tau: float = Field(1.0, gt=0.0, description="clipping radius (centered_clipping)")
+    compressor: _names(COMPRESSORS) = Field("none", description="choco: how each message is compressed (as "
+                                            "contractions: random_k unscaled, qsgd scaled down)")
+    compress_ratio: float = Field(0.01, gt=0.0, le=1.0, description="top_k, random_k: fraction of coordinates sent")
+    qsgd_levels: int = Field(16, ge=1, description="qsgd: quantization levels s")
+    consensus_lr: float = Field(1.0, gt=0.0, le=1.0, description="choco: consensus step size gamma (smaller for "
+                                "harsher compression)")
 
 
 class ThreatConfig(_Section):
@@ -480,6 +496,11 @@ def check_topology_algorithm(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"config error: topology.mixing: column_stochastic weights do not preserve the average "
                           f"under {a.name}; use algorithm push_sum or async_push_sum (or a doubly stochastic "
                           f"mixing rule)")
+    if a.compressor != "none" and a.name != "choco":
+        raise ConfigError(f"config error: algorithm.compressor: only choco compresses its messages, not {a.name}")
+    if a.name == "choco" and (t.schedule != "static" or cfg.faults.active):
+        raise ConfigError("config error: algorithm.name: choco keeps running sums over a fixed W; it needs "
+                          "topology.schedule static and no faults")
     if a.name in ASYNC_ALGORITHMS and a.final_merge:
         raise ConfigError(f"config error: algorithm.final_merge: not available for the asynchronous {a.name}")
     if t.schedule == "resample" and t.graph not in RANDOM_GRAPHS:
@@ -517,7 +538,8 @@ def unused_fields(cfg: ExperimentConfig) -> list[str]:
                        ("dataset", "partition", "min_samples_per_node", "local_test_fraction", "test_samples",
                         "relay_fraction", "relay_placement")),
               "model": (MODELS[cfg.model.name].params, ("name", "same_init", "grad_strategy")),
-              "algorithm": (ALGORITHMS[cfg.algorithm.name].params + AGGREGATORS[cfg.algorithm.aggregator].params,
+              "algorithm": (ALGORITHMS[cfg.algorithm.name].params + AGGREGATORS[cfg.algorithm.aggregator].params
+                            + COMPRESSORS[cfg.algorithm.compressor].params,
                             ("name", "aggregator", "final_merge")),
               "threat": ((ATTACKS[cfg.threat.attack].params if cfg.threat.attack else ()),
                          ("num_byzantine", "fraction", "placement", "attack", "collusion", "sybil"))}
@@ -717,6 +739,19 @@ def build_clock(cfg: ExperimentConfig):
                              latency_s=c.latency_ms / 1e3)
 
 
+def build_compressor(cfg: ExperimentConfig) -> compressors.Compressor:
+    a = cfg.algorithm
+    entry = COMPRESSORS[a.compressor]
+    kwargs = {p: getattr(a, p) for p in entry.params}
+    kwargs = {"ratio" if p == "compress_ratio" else "levels" if p == "qsgd_levels" else p: v for p, v in kwargs.items()}
+    params = inspect.signature(entry.fn).parameters
+    if "seed" in params:
+        kwargs["seed"] = _seed(cfg, 21)
+    # CHOCO needs contractions (E||C(x) - x||^2 <= (1 - delta) ||x||^2): random-k unscaled, QSGD scaled down
+    kwargs.update({"rescale": False} if "rescale" in params else {"contract": True} if "contract" in params else {})
+    return entry.fn(**kwargs)
+
+
 def build_optimizer(a: AlgorithmConfig):
     if a.optimizer == "adamw":
         return optim.adamw(a.lr, weight_decay=a.weight_decay)
@@ -810,6 +845,8 @@ def build_algorithm(cfg: ExperimentConfig, data_sizes_N: torch.Tensor, aggregato
         algo = algorithms.centralized(opt, a.num_local_steps, weights)
     elif a.name == "local":
         algo = algorithms.local_only(opt, a.num_local_steps)
+    elif a.name == "choco":
+        algo = algorithms.choco(opt, a.num_local_steps, build_compressor(cfg), a.consensus_lr, cfg.model.same_init)
     elif a.name == "gossip_learning":
         algo = algorithms.gossip_learning(opt, a.num_local_steps, a.batch_size, None if relay_N is None
                                           else torch.from_numpy(~relay_N))

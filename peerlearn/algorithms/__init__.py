@@ -3,6 +3,7 @@
 from peerlearn.algorithms.async_local_sgd import async_local_sgd
 from peerlearn.algorithms.async_push_sum import async_push_sum
 from peerlearn.algorithms.centralized import centralized
+from peerlearn.algorithms.choco import choco
 from peerlearn.algorithms.diloco import diloco, local_sgd
 from peerlearn.algorithms.dsgd import communication_schedule, dsgd, gossip_combine
 from peerlearn.algorithms.fedavg import fedavg
@@ -13,5 +14,5 @@ from peerlearn.algorithms.modest import modest
 from peerlearn.algorithms.push_sum import push_sum
 from peerlearn.algorithms.semi_decentralized import with_server_rounds
 
-__all__ = ["async_local_sgd", "async_push_sum", "centralized", "gossip_learning", "communication_schedule", "diloco", "dsgd", "fedavg", "gossip_combine",
+__all__ = ["async_local_sgd", "async_push_sum", "centralized", "choco", "gossip_learning", "communication_schedule", "diloco", "dsgd", "fedavg", "gossip_combine",
            "gradient_tracking", "local_only", "local_sgd", "modest", "push_sum", "with_server_rounds"]
