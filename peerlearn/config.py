@@ -320,6 +320,8 @@ class ClockConfig(_Section):
     speed_sigma: float = Field(0.0, ge=0.0, description="log-normal spread of per-node compute speed (0: equal)")
     straggler_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of nodes that are stragglers")
     straggler_slowdown: float = Field(10.0, ge=1.0, description="how many times slower a straggler computes")
+    slowdowns: list[float] | None = Field(None, description="each node's compute time factor, one per node "
+                                          "(instead of speed_sigma and stragglers)")
     slices_per_round: int = Field(4, ge=1, description="asynchronous algorithms: events in the same of this many "
                                   "slices of a round are batched together (more: finer timing, slower)")
 
@@ -461,7 +463,14 @@ def check_consistency(cfg: ExperimentConfig) -> None:
 
 
 def check_faults(cfg: ExperimentConfig) -> None:
-    f, d = cfg.faults, cfg.data
+    f, d, c = cfg.faults, cfg.data, cfg.clock
+    if c.slowdowns is not None:
+        if len(c.slowdowns) != cfg.num_nodes or min(c.slowdowns) <= 0:
+            raise ConfigError(f"config error: clock.slowdowns: needs one positive factor per node "
+                              f"({cfg.num_nodes}), got {len(c.slowdowns)} values")
+        if c.speed_sigma or c.straggler_fraction:
+            raise ConfigError("config error: clock.slowdowns: give per-node slowdowns or speed_sigma/"
+                              "straggler_fraction, not both")
     if f.recover_round is not None and f.recover_round <= f.crash_round:
         raise ConfigError(f"config error: faults.recover_round: must be after crash_round={f.crash_round}, "
                           f"got {f.recover_round}")
@@ -733,8 +742,11 @@ def build_clock(cfg: ExperimentConfig):
     from peerlearn.engines.clock import Clock, node_slowdowns
 
     c = cfg.clock
-    slowdown = node_slowdowns(cfg.num_nodes, c.speed_sigma, c.straggler_fraction, c.straggler_slowdown,
-                              seed=_seed(cfg, 19))
+    if c.slowdowns is not None:
+        slowdown = np.asarray(c.slowdowns, dtype=np.float64)
+    else:
+        slowdown = node_slowdowns(cfg.num_nodes, c.speed_sigma, c.straggler_fraction, c.straggler_slowdown,
+                                  seed=_seed(cfg, 19))
     return functools.partial(Clock, slowdown, step_time_s=c.step_time_s, bandwidth_Bps=c.bandwidth_mbps * 1e6 / 8,
                              latency_s=c.latency_ms / 1e3)
 

@@ -77,3 +77,17 @@ def test_row_max_handles_rows_without_entries():
     W = sp.csr_array(np.array([[0, 1, 0, 0], [0, 0, 0, 0], [1, 0, 0, 1], [0, 0, 0, 0]], dtype=float))
     ready = np.array([1.0, 5.0, 2.0, 7.0])
     assert _row_max(W, ready, ready).tolist() == [5.0, 5.0, 7.0, 7.0]
+
+
+def test_per_node_slowdowns_from_the_config():
+    from peerlearn.config import ConfigError
+
+    def per_round(slowdowns):
+        cfg = tiny_config(num_rounds=4, eval_every=4, topology={"graph": "complete"},
+                          algorithm={"name": "local_sgd"}, clock={"slowdowns": slowdowns})
+        return simulate(build(cfg))[-1]["sim_time_s"] / 4
+
+    # every all-reduce waits for node 15, whose step (0.05 s) takes 5x as long: 0.2 s more per round
+    assert per_round([1.0] * 15 + [5.0]) - per_round([1.0] * 16) == pytest.approx(0.2)
+    with pytest.raises(ConfigError, match="clock.slowdowns"):
+        tiny_config(clock={"slowdowns": [1.0, 2.0]})
