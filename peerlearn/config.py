@@ -460,10 +460,11 @@ def check_consistency(cfg: ExperimentConfig) -> None:
     if cfg.data.dataset in ("npz",) and not cfg.data.path:
         raise ConfigError("config error: data.path: dataset 'npz' needs the path of a .npz file")
     check_faults(cfg)
+    check_clock(cfg)
 
 
-def check_faults(cfg: ExperimentConfig) -> None:
-    f, d, c = cfg.faults, cfg.data, cfg.clock
+def check_clock(cfg: ExperimentConfig) -> None:
+    c = cfg.clock
     if c.slowdowns is not None:
         if len(c.slowdowns) != cfg.num_nodes or min(c.slowdowns) <= 0:
             raise ConfigError(f"config error: clock.slowdowns: needs one positive factor per node "
@@ -471,6 +472,10 @@ def check_faults(cfg: ExperimentConfig) -> None:
         if c.speed_sigma or c.straggler_fraction:
             raise ConfigError("config error: clock.slowdowns: give per-node slowdowns or speed_sigma/"
                               "straggler_fraction, not both")
+
+
+def check_faults(cfg: ExperimentConfig) -> None:
+    f, d = cfg.faults, cfg.data
     if f.recover_round is not None and f.recover_round <= f.crash_round:
         raise ConfigError(f"config error: faults.recover_round: must be after crash_round={f.crash_round}, "
                           f"got {f.recover_round}")
@@ -751,11 +756,13 @@ def build_clock(cfg: ExperimentConfig):
                              latency_s=c.latency_ms / 1e3)
 
 
+_COMPRESSOR_ARGS = {"compress_ratio": "ratio", "qsgd_levels": "levels"}  # config field -> compressor argument
+
+
 def build_compressor(cfg: ExperimentConfig) -> compressors.Compressor:
     a = cfg.algorithm
     entry = COMPRESSORS[a.compressor]
-    kwargs = {p: getattr(a, p) for p in entry.params}
-    kwargs = {"ratio" if p == "compress_ratio" else "levels" if p == "qsgd_levels" else p: v for p, v in kwargs.items()}
+    kwargs = {_COMPRESSOR_ARGS[p]: getattr(a, p) for p in entry.params}
     params = inspect.signature(entry.fn).parameters
     if "seed" in params:
         kwargs["seed"] = _seed(cfg, 21)

@@ -63,13 +63,13 @@ def async_local_sgd(inner: Transform, num_local_steps: int = 1, outer_lr: float 
         delta = ((start - trained) * weight.to(start.dtype)[:, None]).sum(0)
         net.send(wakers, params_NP.shape[1] * params_NP.element_size())
         theta = state.theta_P - outer_lr * delta / n
-        accumulated, pushes, momentum = state.accumulated_P + delta, state.pushes + len(wakers), state.momentum_P
-        if outer_momentum and pushes >= n:
-            momentum = outer_momentum * momentum + accumulated / pushes
-            theta = theta - outer_lr * outer_momentum * momentum
-            accumulated, pushes = torch.zeros_like(accumulated), 0
-        elif not outer_momentum:
-            accumulated, pushes = accumulated.zero_(), 0
+        accumulated, pushes, momentum = state.accumulated_P, state.pushes, state.momentum_P
+        if outer_momentum:  # delayed Nesterov: one momentum step per n accumulated pushes
+            accumulated, pushes = accumulated + delta, pushes + len(wakers)
+            if pushes >= n:
+                momentum = outer_momentum * momentum + accumulated / pushes
+                theta = theta - outer_lr * outer_momentum * momentum
+                accumulated, pushes = torch.zeros_like(accumulated), 0
         version = state.version + len(wakers)
         net.bytes_sent_server += len(wakers) * params_NP.shape[1] * params_NP.element_size()  # the pulls
         params_NP = params_NP.clone()

@@ -53,9 +53,7 @@ def gossip_learning(optimizer: Transform, num_local_steps: int = 1, batch_size: 
     def wake(state, params_NP, wakers, batches, grad_fn, net):
         receivers = net.random_peers(wakers)
         has_peer = receivers >= 0
-        ready = np.where(has_peer, receivers, -1)
-        ready[has_peer] = np.where(net.free(receivers[has_peer]), receivers[has_peer], -1)
-        keep = first_per_receiver(ready)
+        keep = first_per_receiver(np.where(has_peer & net.free(np.maximum(receivers, 0)), receivers, -1))
         taken = np.zeros(len(wakers), dtype=bool)
         taken[keep] = True
         net.defer(wakers[~taken & has_peer])  # their peer is training, or already has a message this slice

@@ -31,12 +31,13 @@ class AsyncNet:
     def set_topology(self, W: sp.csr_array) -> None:
         """The mixing matrix in force (column j: what node j sends to whom)."""
         self.W = sp.csr_array(W)
-        out = sp.csr_array(self.W.T)  # row j of W^T: j's out-neighbours
+        self._W_csc = sp.csc_array(self.W)
+        csc = self._W_csc  # W in CSC is W^T in CSR: row j lists j's out-neighbours
+        out = sp.csr_array((csc.data.copy(), csc.indices.copy(), csc.indptr.copy()), shape=csc.shape[::-1])
         out.setdiag(0)
         out.eliminate_zeros()
         self._out = out
         self._out_degree = np.diff(out.indptr)
-        self._W_csc = sp.csc_array(self.W)
 
     # -- what an algorithm calls ---------------------------------------------------------------
     def random_peers(self, senders: np.ndarray) -> np.ndarray:
