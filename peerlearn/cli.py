@@ -35,7 +35,7 @@ _TABLE_COLUMNS = [("rounds", "round", "int"), ("acc mean", "acc_mean", "acc"), (
                   ("train loss", "loss_mean", "sci"), ("consensus dist", "consensus_distance", "sci"),
                   ("MB sent/node", "bytes_sent_per_node", "mb"),
                   ("sim time s", "sim_time_s", "s"), ("  compute / comm / wait", "sim_split", "split"),
-                  ("staleness (async)", "staleness_mean", "sci"),
+                  ("staleness (async)", "staleness_mean", "sci"), ("epsilon (privacy)", "epsilon", "sci"),
                   ("wall s", "wall_time_s", "s")]
 
 
@@ -51,7 +51,7 @@ def _summary_table(title: str, runs: dict[str, dict]) -> Table:
                                                ("sim_compute_s", "sim_comm_s", "sim_wait_s")) for final in runs.values()))
         else:
             cells = [_fmt(final.get(key, math.nan), kind) for final in runs.values()]
-            if key != "staleness_mean" or any(c != "-" for c in cells):  # staleness: asynchronous runs only
+            if key not in ("staleness_mean", "epsilon") or any(c != "-" for c in cells):  # only where measured
                 table.add_row(header, *cells)
     return table
 
@@ -239,9 +239,10 @@ def make_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--target-metric", default="acc_mean", help="metric for --target (default: acc_mean)")
     cmp_.add_argument("--metric", default="acc_mean", help="accuracy column to plot, e.g. acc_alive_mean under "
                       "faults, acc_avg_model (default: acc_mean)")
-    cmp_.add_argument("--x", default="round", choices=["round", "sim_time_s"], help="x axis of the accuracy and "
-                      "consensus panels: rounds, or simulated seconds (to compare synchronous and asynchronous "
-                      "runs; default: round)")
+    cmp_.add_argument("--x", default="round", choices=["round", "sim_time_s", "epsilon"],
+                      help="x axis of the accuracy and "
+                      "consensus panels: rounds, simulated seconds (to compare synchronous and asynchronous "
+                      "runs), or the privacy spent (runs with privacy noise; default: round)")
     cmp_.set_defaults(func=cmd_compare)
     mat = sub.add_parser("matrix", help="run every attack x defence pair; a table and a heatmap")
     mat.add_argument("config")

@@ -97,11 +97,12 @@ _COMMON_ALGO = ("lr", "num_local_steps", "batch_size", "optimizer", "momentum", 
 _SERVER = ("server_period", "server_fraction", "server_broadcast")
 ALGORITHMS = {
     "dsgd": Entry(algorithms.dsgd, _COMMON_ALGO + ("order", "gossip_steps", "sam_rho", "comm_every",
-                                                  "comm_late_fraction", "variance_correction") + _SERVER),
+                                                  "comm_late_fraction", "variance_correction",
+                                                  "share_fraction") + _SERVER),
     "gradient_tracking": Entry(algorithms.gradient_tracking, ("lr", "batch_size") + _SERVER),
     "push_sum": Entry(algorithms.push_sum, _COMMON_ALGO + _SERVER),
-    "diloco": Entry(algorithms.diloco, _COMMON_ALGO + ("outer_lr", "outer_momentum", "combine")),
-    "local_sgd": Entry(algorithms.local_sgd, _COMMON_ALGO),
+    "diloco": Entry(algorithms.diloco, _COMMON_ALGO + ("outer_lr", "outer_momentum", "combine", "compressor")),
+    "local_sgd": Entry(algorithms.local_sgd, _COMMON_ALGO + ("compressor",)),
     "modest": Entry(algorithms.modest, _COMMON_ALGO + ("sample_size", "num_aggregators")),
     "fedavg": Entry(algorithms.fedavg, _COMMON_ALGO + ("fraction", "weighting")),
     "fedprox": Entry(optim.proximal, _COMMON_ALGO + ("fraction", "weighting", "prox_mu")),
@@ -257,12 +258,15 @@ class AlgorithmConfig(_Section):
     aggregator: _names(AGGREGATORS) = Field("gossip", description="dsgd: how a node combines its own and received models")
     f: int = Field(1, ge=0, description="Byzantine inputs each node's robust rule tolerates")
     tau: float = Field(1.0, gt=0.0, description="clipping radius (centered_clipping)")
-    compressor: _names(COMPRESSORS) = Field("none", description="choco: how each message is compressed (as "
-                                            "contractions: random_k unscaled, qsgd scaled down)")
+    compressor: _names(COMPRESSORS) = Field("none", description="choco: how each message is compressed; diloco, "
+                                            "local_sgd: how each pseudo-gradient is compressed, with error "
+                                            "feedback (as contractions: random_k unscaled, qsgd scaled down)")
     compress_ratio: float = Field(0.01, gt=0.0, le=1.0, description="top_k, random_k: fraction of coordinates sent")
     qsgd_levels: int = Field(16, ge=1, description="qsgd: quantization levels s")
     consensus_lr: float = Field(1.0, gt=0.0, le=1.0, description="choco: consensus step size gamma (smaller for "
                                 "harsher compression)")
+    share_fraction: float = Field(1.0, gt=0.0, le=1.0, description="dsgd: partial model sharing: gossip only this "
+                                  "random fraction of the coordinates each round (the same at every node)")
 
 
 class ThreatConfig(_Section):
@@ -326,6 +330,20 @@ class ClockConfig(_Section):
                                   "slices of a round are batched together (more: finer timing, slower)")
 
 
+class PrivacyConfig(_Section):
+    clip: float | None = Field(None, gt=0.0, description="clip each node's round update, in gradient units "
+                               "(update / lr), to this L2 norm before it is shared; enables privacy (dsgd)")
+    noise_multiplier: float = Field(0.0, ge=0.0, description="independent Gaussian noise on each update, std "
+                                    "noise_multiplier * clip")
+    pairwise_multiplier: float = Field(0.0, ge=0.0, description="pairwise-cancelling noise (DECOR): each linked "
+                                       "pair adds +v / -v, v ~ N(0, (pairwise_multiplier * clip)^2)")
+    delta: float = Field(1e-5, gt=0.0, lt=1.0, description="the delta at which epsilon is reported")
+
+    @property
+    def active(self) -> bool:
+        return self.clip is not None
+
+
 class ExperimentConfig(_Section):
     name: str | None = Field(None, description="run name (default: the config file's name)")
     seed: int = Field(0, ge=0, description="seed of every random choice in the run")
@@ -342,6 +360,7 @@ class ExperimentConfig(_Section):
     threat: ThreatConfig = ThreatConfig()
     faults: FaultsConfig = FaultsConfig()
     clock: ClockConfig = ClockConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
 
     @property
     def num_byzantine(self) -> int:
@@ -350,7 +369,8 @@ class ExperimentConfig(_Section):
 
 
 SECTIONS = {"topology": TopologyConfig, "data": DataConfig, "model": ModelConfig, "algorithm": AlgorithmConfig,
-            "threat": ThreatConfig, "faults": FaultsConfig, "clock": ClockConfig}
+            "threat": ThreatConfig, "faults": FaultsConfig, "clock": ClockConfig,
+            "privacy": PrivacyConfig}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -461,6 +481,21 @@ def check_consistency(cfg: ExperimentConfig) -> None:
         raise ConfigError("config error: data.path: dataset 'npz' needs the path of a .npz file")
     check_faults(cfg)
     check_clock(cfg)
+    check_privacy(cfg)
+
+
+def check_privacy(cfg: ExperimentConfig) -> None:
+    p, a = cfg.privacy, cfg.algorithm
+    if not p.active:
+        if p.noise_multiplier or p.pairwise_multiplier:
+            raise ConfigError("config error: privacy.clip: the noise is calibrated to the clipping norm; set "
+                              "privacy.clip (e.g. 1.0)")
+        return
+    if a.name != "dsgd":
+        raise ConfigError(f"config error: privacy.clip: privacy noise applies to dsgd's messages, not {a.name}")
+    if a.comm_every > 1 or a.comm_late_fraction:
+        raise ConfigError("config error: privacy.clip: rounds without gossip would later share unnoised updates; "
+                          "not combined with algorithm.comm_every or comm_late_fraction")
 
 
 def check_clock(cfg: ExperimentConfig) -> None:
@@ -510,8 +545,15 @@ def check_topology_algorithm(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"config error: topology.mixing: column_stochastic weights do not preserve the average "
                           f"under {a.name}; use algorithm push_sum or async_push_sum (or a doubly stochastic "
                           f"mixing rule)")
-    if a.compressor != "none" and a.name != "choco":
-        raise ConfigError(f"config error: algorithm.compressor: only choco compresses its messages, not {a.name}")
+    if a.compressor != "none" and a.name not in ("choco", "diloco", "local_sgd"):
+        raise ConfigError(f"config error: algorithm.compressor: choco (messages), diloco and local_sgd "
+                          f"(pseudo-gradients) compress, not {a.name}")
+    if a.compressor != "none" and a.name == "diloco" and a.combine != "all_reduce":
+        raise ConfigError("config error: algorithm.compressor: diloco compresses the pseudo-gradients of its "
+                          "all-reduce; set algorithm.combine: all_reduce")
+    if a.share_fraction < 1.0 and a.variance_correction:
+        raise ConfigError("config error: algorithm.share_fraction: variance correction works on whole layers; "
+                          "not combined with partial sharing")
     if a.name == "choco" and (t.schedule != "static" or cfg.faults.active):
         raise ConfigError("config error: algorithm.name: choco keeps running sums over a fixed W; it needs "
                           "topology.schedule static and no faults")
@@ -771,6 +813,22 @@ def build_compressor(cfg: ExperimentConfig) -> compressors.Compressor:
     return entry.fn(**kwargs)
 
 
+def build_pseudo_gradient_compressor(cfg: ExperimentConfig) -> compressors.Compressor | None:
+    """diloco, local_sgd: the pseudo-gradients' compressor with error feedback, or None (dense)."""
+    return None if cfg.algorithm.compressor == "none" else compressors.error_feedback(build_compressor(cfg))
+
+
+def build_privacy(cfg: ExperimentConfig):
+    """dsgd: clipping and Gaussian noise on each node's update (peerlearn.privacy), or None."""
+    p = cfg.privacy
+    if not p.active:
+        return None
+    from peerlearn.privacy import gaussian_messages
+
+    return gaussian_messages(p.clip, p.noise_multiplier, p.pairwise_multiplier, cfg.algorithm.lr, p.delta,
+                             seed=_seed(cfg, 23))
+
+
 def build_optimizer(a: AlgorithmConfig):
     if a.optimizer == "adamw":
         return optim.adamw(a.lr, weight_decay=a.weight_decay)
@@ -847,17 +905,19 @@ def build_algorithm(cfg: ExperimentConfig, data_sizes_N: torch.Tensor, aggregato
         if a.comm_every > 1 or a.comm_late_fraction:
             communicate = algorithms.communication_schedule(cfg.num_rounds, a.comm_every, a.comm_late_fraction)
         algo = algorithms.dsgd(opt, a.num_local_steps, a.order, sam_rho=a.sam_rho, communicate=communicate,
-                               combine=combine)
+                               combine=combine, share_fraction=a.share_fraction, share_seed=_seed(cfg, 22),
+                               privacy=build_privacy(cfg))
     elif a.name == "gradient_tracking":
         algo = algorithms.gradient_tracking(a.lr)
     elif a.name == "push_sum":
         algo = algorithms.push_sum(opt, a.num_local_steps)
     elif a.name == "diloco":
-        algo = algorithms.diloco(opt, a.num_local_steps, a.outer_lr, a.outer_momentum, combine=a.combine)
+        algo = algorithms.diloco(opt, a.num_local_steps, a.outer_lr, a.outer_momentum, combine=a.combine,
+                                 compressor=build_pseudo_gradient_compressor(cfg))
     elif a.name == "modest":
         algo = algorithms.modest(opt, a.num_local_steps, a.sample_size, a.num_aggregators, seed=_seed(cfg, 12))
     elif a.name == "local_sgd":
-        algo = algorithms.local_sgd(opt, a.num_local_steps)
+        algo = algorithms.local_sgd(opt, a.num_local_steps, compressor=build_pseudo_gradient_compressor(cfg))
     elif a.name in ("fedavg", "fedprox"):
         algo = algorithms.fedavg(opt, a.num_local_steps, a.fraction, weights, seed=_seed(cfg, 4))
     elif a.name == "centralized":

@@ -59,11 +59,14 @@ class Algorithm(NamedTuple):
     """A decentralized learning algorithm as two functions.
 
     ``init(params_NP) -> state``;
-    ``step(state, params_NP, batches, grad_fn, comm) -> (params_NP, state, metrics)``.
+    ``step(state, params_NP, batches, grad_fn, comm) -> (params_NP, state, metrics)``;
+    ``report(state) -> metrics`` (optional): metrics too costly for every round (e.g. the privacy spent),
+    computed by the engine at evaluation rows only.
     """
 
     init: Callable[[Tensor], Any]
     step: Callable[[Any, Tensor, BatchStream, GradFn, Comm], tuple[Tensor, Any, Metrics]]
+    report: Callable[[Any], Metrics] | None = None
 
 
 class AsyncAlgorithm(NamedTuple):

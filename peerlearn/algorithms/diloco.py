@@ -8,10 +8,17 @@ gossip step over the round's graph. The pseudo-gradient is ``Delta_i = theta_i -
 Inner optimizer state persists across rounds. Outer lr 1 without momentum is local SGD
 (periodic averaging), and with H = 1 and inner SGD it is synchronous data-parallel SGD.
 
+With a ``compressor`` (usually wrapped in error feedback) each node sends its compressed
+pseudo-gradient ``C(theta - theta_i^H)`` instead of its model, and the outer step uses the mean
+of the decoded messages. Compressed messages cannot be summed on the way as a ring all-reduce does,
+so they are all-gathered and counted as such (:meth:`~peerlearn.engines.comm.SimComm.all_reduce_mean`).
+
 References:
     Douillard et al., "DiLoCo: Distributed Low-Communication Training of Language Models", 2023
     (H = 500, outer lr 0.7, Nesterov momentum 0.9);
-    Stich, "Local SGD Converges Fast and Communicates Little", ICLR 2019 (local SGD).
+    Stich, "Local SGD Converges Fast and Communicates Little", ICLR 2019 (local SGD);
+    Douillard et al., "Streaming DiLoCo with overlapping communication", 2025, and Peng et al.,
+    "DeMo: Decoupled Momentum Optimization", 2024 (compressed outer gradients).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from peerlearn.algorithms.local import local_steps
+from peerlearn.compressors import Compressor
 from peerlearn.optim import sgd
 from peerlearn.types import Algorithm, Transform
 
@@ -26,31 +34,45 @@ from peerlearn.types import Algorithm, Transform
 class DilocoState(NamedTuple):
     inner_state: Any
     outer_state: Any
+    compressor_state: Any = None
 
 
 def diloco(inner: Transform, num_inner_steps: int = 1, outer_lr: float = 0.7, outer_momentum: float = 0.9,
-           nesterov: bool = True, combine: str = "all_reduce") -> Algorithm:
-    """DiLoCo with ``num_inner_steps`` (H) inner steps per round; ``combine``: ``all_reduce`` or ``gossip``."""
+           nesterov: bool = True, combine: str = "all_reduce", compressor: Compressor | None = None) -> Algorithm:
+    """DiLoCo with ``num_inner_steps`` (H) inner steps per round; ``combine``: ``all_reduce`` or ``gossip``;
+    ``compressor``: compress the pseudo-gradients (all-reduce only)."""
     if combine not in ("all_reduce", "gossip"):
         raise ValueError(f"algorithm.combine must be 'all_reduce' or 'gossip', got {combine!r}")
+    if compressor is not None and combine != "all_reduce":
+        raise ValueError("algorithm.compressor: diloco compresses the pseudo-gradients of its all-reduce")
     outer = sgd(outer_lr, momentum=outer_momentum, nesterov=nesterov and outer_momentum > 0)
 
     def init(params_NP):
-        return DilocoState(inner.init(params_NP), outer.init(params_NP))
+        return DilocoState(inner.init(params_NP), outer.init(params_NP),
+                           None if compressor is None else compressor.init(params_NP))
 
     def step(state, params_NP, batches, grad_fn, comm):
         trained, inner_state, loss = local_steps(params_NP, state.inner_state, inner, batches, grad_fn,
                                                  num_inner_steps)
-        combined = comm.all_reduce_mean(trained).expand_as(trained) if combine == "all_reduce" else comm.mix(trained)
-        updates, outer_state = outer.update(params_NP - combined, state.outer_state, params_NP)
-        return params_NP + updates, DilocoState(inner_state, outer_state), {"loss": float(loss.mean())}
+        compressor_state = state.compressor_state
+        if compressor is not None:
+            sent, nbytes, compressor_state = compressor.update(params_NP - trained, compressor_state)
+            pseudo_grad = comm.all_reduce_mean(sent, message_bytes=nbytes).expand_as(trained)
+        elif combine == "all_reduce":
+            pseudo_grad = params_NP - comm.all_reduce_mean(trained).expand_as(trained)
+        else:
+            pseudo_grad = params_NP - comm.mix(trained)
+        updates, outer_state = outer.update(pseudo_grad, state.outer_state, params_NP)
+        return (params_NP + updates, DilocoState(inner_state, outer_state, compressor_state),
+                {"loss": float(loss.mean())})
 
     return Algorithm(init, step)
 
 
-def local_sgd(optimizer: Transform, num_local_steps: int = 1) -> Algorithm:
+def local_sgd(optimizer: Transform, num_local_steps: int = 1, compressor: Compressor | None = None) -> Algorithm:
     """Local SGD: ``num_local_steps`` local steps, then every node takes the all-reduced average.
 
     DiLoCo with outer learning rate 1 and no outer momentum.
     """
-    return diloco(optimizer, num_local_steps, outer_lr=1.0, outer_momentum=0.0, nesterov=False)
+    return diloco(optimizer, num_local_steps, outer_lr=1.0, outer_momentum=0.0, nesterov=False,
+                  compressor=compressor)

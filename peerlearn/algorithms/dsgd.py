@@ -11,7 +11,13 @@ Variants, each one argument:
 - ``gossip_steps = Q``: Q gossip rounds per training round (``X W^Q``; DFedSAM-MGS);
 - ``sam_rho > 0``: sharpness-aware local steps (DFedSAM);
 - ``communicate(round) -> bool``: skip gossip in some rounds (communication schedules);
-- ``combine``: replaces the whole combine step (e.g. variance-corrected averaging).
+- ``combine``: replaces the whole combine step (e.g. variance-corrected averaging);
+- ``share_fraction = alpha < 1``: partial model sharing: each round only a random alpha of the
+  coordinates is gossiped, the same subset at every node (drawn from the round and a shared seed, so
+  no indices travel; the messages are ``4 alpha P`` bytes); the other coordinates stay local. Every
+  coordinate is mixed by the same doubly stochastic W or not at all, so the network mean is kept;
+- ``privacy``: each node's update is clipped and noised before anything built from it is shared
+  (:mod:`peerlearn.privacy`); the privacy spent is reported at evaluation rows.
 
 References:
     Lian et al., "Can Decentralized Algorithms Outperform Centralized Algorithms? A Case Study for
@@ -20,11 +26,15 @@ References:
     Updates", ICML 2020 (local steps, ATC form).
     Shi et al., "Improving the Model Consistency of Decentralized Federated Learning", ICML 2023
     (DFedSAM, DFedSAM-MGS).
+    Dhasade, Kermarrec, Pires, Sharma & Vujasinovic, "Decentralized Learning Made Easy with
+    DecentralizePy", EuroMLSys 2023 (partial model sharing).
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple
+
+import torch
 
 from peerlearn.algorithms.local import local_steps
 from peerlearn.types import Algorithm, Transform
@@ -33,6 +43,7 @@ from peerlearn.types import Algorithm, Transform
 class DsgdState(NamedTuple):
     opt_state: Any
     round: int = 0
+    privacy: Any = None  # peerlearn.privacy.PrivacyState when the updates are privatised
 
 
 def gossip_combine(aggregator: Callable | None = None, gossip_steps: int = 1) -> Callable:
@@ -48,7 +59,8 @@ def gossip_combine(aggregator: Callable | None = None, gossip_steps: int = 1) ->
 
 def dsgd(optimizer: Transform, num_local_steps: int = 1, order: str = "atc",
          aggregator: Callable | None = None, gossip_steps: int = 1, sam_rho: float = 0.0,
-         communicate: Callable[[int], bool] | None = None, combine: Callable | None = None) -> Algorithm:
+         communicate: Callable[[int], bool] | None = None, combine: Callable | None = None,
+         share_fraction: float = 1.0, share_seed: int = 0, privacy=None) -> Algorithm:
     """Decentralized SGD: local steps, then gossip with the round's mixing matrix (ATC or CTA order).
 
     With ``aggregator`` (``rule(x_NKP, valid_NK) -> x_NP``, e.g. a robust rule) each node combines
@@ -58,24 +70,48 @@ def dsgd(optimizer: Transform, num_local_steps: int = 1, order: str = "atc",
         raise ValueError(f"algorithm.order must be 'atc' or 'cta', got {order!r}")
     if gossip_steps < 1:
         raise ValueError(f"algorithm.gossip_steps must be >= 1, got {gossip_steps}")
+    if not 0.0 < share_fraction <= 1.0:
+        raise ValueError(f"algorithm.share_fraction must be in (0, 1], got {share_fraction}")
     combine = combine or gossip_combine(aggregator, gossip_steps)
 
     def init(params_NP):
-        return DsgdState(optimizer.init(params_NP))
+        return DsgdState(optimizer.init(params_NP), 0, None if privacy is None else privacy.init(params_NP))
 
     def step(state, params_NP, batches, grad_fn, comm):
         round_ = state.round + 1
         trained, opt_state, loss = local_steps(params_NP, state.opt_state, optimizer, batches, grad_fn,
                                                num_local_steps, sam_rho=sam_rho)
+        private = state.privacy
+        if privacy is not None:
+            update, private = privacy.privatize(trained - params_NP, private, comm)
+            trained = params_NP + update
         if communicate is not None and not communicate(round_):
             params_NP = trained
         elif order == "atc":
-            params_NP = combine(comm, trained)
+            params_NP = shared_combine(comm, trained, round_)
         else:
-            params_NP = combine(comm, params_NP) + (trained - params_NP)
-        return params_NP, DsgdState(opt_state, round_), {"loss": float(loss.mean())}
+            params_NP = shared_combine(comm, params_NP, round_) + (trained - params_NP)
+        return params_NP, DsgdState(opt_state, round_, private), {"loss": float(loss.mean())}
 
-    return Algorithm(init, step)
+    def shared_combine(comm, x_NP, round_):
+        if share_fraction == 1.0:
+            return combine(comm, x_NP)
+        idx = shared_coordinates(x_NP.shape[1], share_fraction, share_seed, round_)
+        out = x_NP.clone()
+        out[:, idx] = combine(comm, x_NP[:, idx])
+        return out
+
+    def report(state):
+        return {"epsilon": float(privacy.epsilon(state.privacy).max())}
+
+    return Algorithm(init, step, None if privacy is None else report)
+
+
+def shared_coordinates(num_params: int, fraction: float, seed: int, round_: int) -> torch.Tensor:
+    """The round's random ``fraction`` of the coordinates, the same at every node: drawn from
+    ``(seed, round)``, so receivers know it without any index being sent."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + round_)
+    return torch.randperm(num_params, generator=g)[:max(1, int(round(fraction * num_params)))]
 
 
 def communication_schedule(num_rounds: int, every: int = 1, late_fraction: float = 0.0) -> Callable[[int], bool]:

@@ -46,4 +46,5 @@ def with_server_rounds(algorithm: Algorithm, period: int, fraction: float, broad
                 params_NP[to] = average
         return params_NP, SemiState(inner, round_), metrics
 
-    return Algorithm(init, step)
+    report = None if algorithm.report is None else (lambda state: algorithm.report(state.inner))
+    return Algorithm(init, step, report)

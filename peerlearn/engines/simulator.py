@@ -26,7 +26,7 @@ from peerlearn.types import AsyncAlgorithm, Tensor
 COLUMNS = ["round", "acc_mean", "acc_min", "acc_max", "acc_std", "acc_avg_model", "acc_local_mean",
            "loss_mean", "consensus_distance", "bytes_sent_total", "bytes_sent_per_node", "wall_time_s",
            "attack_success", "acc_alive_mean", "alive_nodes", "sim_time_s", "sim_compute_s", "sim_comm_s",
-           "sim_wait_s", "staleness_mean"]
+           "sim_wait_s", "staleness_mean", "epsilon"]
 
 
 class Evaluator:
@@ -95,7 +95,7 @@ def evaluation_row(round_: int, evaluate: Evaluator, params_NP: Tensor, alive_N:
             "loss_mean": float(np.nanmean(losses)) if losses and not np.isnan(losses).all() else math.nan,
             "consensus_distance": consensus_distance(params_NP[honest_N]),
             "bytes_sent_total": bytes_total, "bytes_sent_per_node": bytes_total / num_nodes,
-            "wall_time_s": wall_time_s, "staleness_mean": math.nan, **clock_metrics}
+            "wall_time_s": wall_time_s, "staleness_mean": math.nan, "epsilon": math.nan, **clock_metrics}
 
 
 def restore(built, resume: dict) -> tuple[int, Tensor, object, list[dict], Tensor | None]:
@@ -163,6 +163,8 @@ def simulate(built, on_eval: Callable[[dict], None] | None = None,
         row = evaluation_row(round_, evaluate, params_NP, alive_N, losses, built.honest_N, comm.bytes_sent_total,
                              cfg.num_nodes, time.perf_counter() - start,
                              clock.metrics() if clock is not None else {}, attacked)
+        if built.algorithm.report is not None:
+            row.update(built.algorithm.report(state))
         losses.clear()
         rows.append(row)
         if on_eval is not None:

@@ -71,8 +71,8 @@ def plot_compare(runs: dict[str, list[dict]], out_path: Path, metric: str = "acc
     label = {"acc_mean": "mean node test accuracy", "acc_alive_mean": "mean alive-node test accuracy",
              "acc_avg_model": "averaged-model test accuracy"}.get(metric, metric)
     for name, rows in runs.items():
-        if x != "round":  # simulated seconds span decades across sync and async runs: log axis, no t = 0
-            rows = [r for r in rows if r.get(x, math.nan) > 0]
+        if x != "round":  # seconds span decades across sync and async runs, epsilon across noise levels: log axis
+            rows = [r for r in rows if 0 < r.get(x, math.nan) < math.inf]
         line, = axes[0].plot(_col(rows, x), _col(rows, metric), label=name)
         mb, acc = _acc_vs_mb(rows, metric)
         if mb:
@@ -80,7 +80,8 @@ def plot_compare(runs: dict[str, list[dict]], out_path: Path, metric: str = "acc
         else:
             silent.append(name)
         axes[2].plot(_col(rows, x), [max(v, 1e-12) for v in _col(rows, "consensus_distance")], label=name)
-    xlabel = {"round": "round", "sim_time_s": "simulated seconds (log)"}.get(x, x)
+    xlabel = {"round": "round", "sim_time_s": "simulated seconds (log)",
+              "epsilon": "privacy spent: epsilon of the worst node (log)"}.get(x, x)
     axes[0].set(xlabel=xlabel, ylabel=label, ylim=(0, 1))
     if x != "round":
         axes[0].set_xscale("log")
