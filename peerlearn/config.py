@@ -109,6 +109,8 @@ ALGORITHMS = {
     "centralized": Entry(algorithms.centralized, _COMMON_ALGO + ("weighting",)),
     "local": Entry(algorithms.local_only, _COMMON_ALGO),
     "choco": Entry(algorithms.choco, _COMMON_ALGO + ("compressor", "consensus_lr")),
+    "spsa": Entry(algorithms.spsa, ("lr", "batch_size", "optimizer", "momentum", "weight_decay",
+                                    "spsa_perturbations", "spsa_epsilon")),
     "gossip_learning": Entry(algorithms.gossip_learning, _COMMON_ALGO + ("period_s",)),
     "async_push_sum": Entry(algorithms.async_push_sum, _COMMON_ALGO + ("period_s",)),
     "async_local_sgd": Entry(algorithms.async_local_sgd, _COMMON_ALGO + ("outer_lr", "outer_momentum",
@@ -116,7 +118,7 @@ ALGORITHMS = {
 }
 ASYNC_ALGORITHMS = ("gossip_learning", "async_push_sum", "async_local_sgd")  # run by the event engine
 SERVER_ALGORITHMS = ("fedavg", "fedprox", "centralized", "diloco", "local_sgd", "modest",
-                     "async_local_sgd")  # one global model
+                     "async_local_sgd", "spsa")  # one global model
 AGGREGATORS = {
     "gossip": Entry(SimComm.mix),
     "mean": Entry(aggregators.masked_mean),
@@ -265,6 +267,9 @@ class AlgorithmConfig(_Section):
     qsgd_levels: int = Field(16, ge=1, description="qsgd: quantization levels s")
     consensus_lr: float = Field(1.0, gt=0.0, le=1.0, description="choco: consensus step size gamma (smaller for "
                                 "harsher compression)")
+    spsa_perturbations: int = Field(1, ge=1, description="spsa: random directions per node and round (one byte "
+                                    "sent to every peer for each)")
+    spsa_epsilon: float = Field(1e-3, gt=0.0, description="spsa: probe distance of the two-point estimate")
     share_fraction: float = Field(1.0, gt=0.0, le=1.0, description="dsgd: partial model sharing: gossip only this "
                                   "random fraction of the coordinates each round (the same at every node)")
 
@@ -893,7 +898,7 @@ def build_data_poisoning(cfg: ExperimentConfig, ds: datasets.Dataset):
 
 
 def build_algorithm(cfg: ExperimentConfig, data_sizes_N: torch.Tensor, aggregator=None, layer_slices=None,
-                    relay_N: np.ndarray | None = None):
+                    relay_N: np.ndarray | None = None, probe_loss_fn=None):
     a = cfg.algorithm
     opt = build_optimizer(a)
     weights = data_sizes_N if a.weighting == "data_size" else None
@@ -926,6 +931,8 @@ def build_algorithm(cfg: ExperimentConfig, data_sizes_N: torch.Tensor, aggregato
         algo = algorithms.local_only(opt, a.num_local_steps)
     elif a.name == "choco":
         algo = algorithms.choco(opt, a.num_local_steps, build_compressor(cfg), a.consensus_lr, cfg.model.same_init)
+    elif a.name == "spsa":
+        algo = algorithms.spsa(opt, probe_loss_fn, a.spsa_perturbations, a.spsa_epsilon, seed=_seed(cfg, 24))
     elif a.name == "gossip_learning":
         algo = algorithms.gossip_learning(opt, a.num_local_steps, a.batch_size, None if relay_N is None
                                           else torch.from_numpy(~relay_N))
@@ -955,7 +962,7 @@ def build(cfg: ExperimentConfig, dataset: datasets.Dataset | None = None) -> Bui
 
     ``dataset`` reuses an already loaded dataset (e.g. across the runs of ``peerlearn matrix``).
     """
-    from peerlearn.models.functional import FlatModel, make_grad_fn
+    from peerlearn.models.functional import FlatModel, make_grad_fn, make_probe_loss_fn
 
     try:
         ds = build_dataset(cfg) if dataset is None else dataset
@@ -989,7 +996,8 @@ def build(cfg: ExperimentConfig, dataset: datasets.Dataset | None = None) -> Bui
         grad_fn=make_grad_fn(flat, strategy),
         batches=NodeSampler(ds.x_train, ds.y_train, parts, cfg.algorithm.batch_size, _seed(cfg, 6),
                             poisoned_N, poison, silent_N=None if relay_N is None else torch.from_numpy(relay_N)),
-        algorithm=build_algorithm(cfg, sizes, aggregator, flat.layer_slices(), relay_N), adjacency=adj, W=W,
+        algorithm=build_algorithm(cfg, sizes, aggregator, flat.layer_slices(), relay_N, make_probe_loss_fn(flat)),
+        adjacency=adj, W=W,
         schedule=schedule, honest_N=honest_N, threat=threat, attack_test=attack_test,
         faults=build_faults(cfg, adj, relay_N), relay_N=relay_N, clock=build_clock(cfg),
     )

@@ -41,8 +41,12 @@ def _roundtrip(snapshot):
      "clock": {"speed_sigma": 0.5}},
     {"algorithm": {"name": "async_local_sgd", "num_local_steps": 2, "staleness_power": 0.5},
      "clock": {"straggler_fraction": 0.25}},
+    {"privacy": {"clip": 1.0, "noise_multiplier": 0.3, "pairwise_multiplier": 0.5},
+     "algorithm": {"share_fraction": 0.5}, "faults": {"churn_leave": 0.1, "churn_join": 0.3}},
+    {"algorithm": {"name": "spsa", "lr": 0.05, "spsa_perturbations": 2, "momentum": 0.5}},
+    {"algorithm": {"name": "diloco", "num_local_steps": 2, "compressor": "random_k", "compress_ratio": 0.1}},
 ], ids=["dsgd-momentum-faults", "diloco", "fedavg", "byzantine-gaussian", "random-matching", "gossip-learning",
-        "async-local-sgd"])
+        "async-local-sgd", "private-partial-churn", "spsa", "compressed-diloco"])
 def test_resume_from_any_checkpoint_gives_the_same_rows(sections):
     cfg = tiny_config(num_rounds=24, eval_every=4, **sections)
     snapshots = []

@@ -13,6 +13,7 @@ from peerlearn.algorithms.local_only import local_only
 from peerlearn.algorithms.modest import modest
 from peerlearn.algorithms.push_sum import push_sum
 from peerlearn.algorithms.semi_decentralized import with_server_rounds
+from peerlearn.algorithms.spsa import spsa
 
 __all__ = ["async_local_sgd", "async_push_sum", "centralized", "choco", "gossip_learning", "communication_schedule", "diloco", "dsgd", "fedavg", "gossip_combine",
-           "gradient_tracking", "local_only", "local_sgd", "modest", "push_sum", "with_server_rounds"]
+           "gradient_tracking", "local_only", "local_sgd", "modest", "push_sum", "spsa", "with_server_rounds"]

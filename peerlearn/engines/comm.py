@@ -177,27 +177,39 @@ class SimComm:
         self.bytes_sent_N.index_add_(0, senders, others * self.message_bytes(x_RP))
         return mean(x_RP)
 
+    def all_gather(self, x_NP: Tensor, message_bytes: int | Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Every node that is up sends its row to every other one: returns those rows and their node ids.
+
+        Counted as a ring all-gather: each node sends or forwards ``N-1`` messages of the mean size
+        (``message_bytes``: encoded sizes, per row or one for all; default the dense row).
+        """
+        self.collective_calls += 1
+        rows = torch.arange(self.num_nodes) if self.alive_N is None else torch.nonzero(self.alive_N).flatten()
+        sizes = torch.as_tensor(self.message_bytes(x_NP) if message_bytes is None else message_bytes,
+                                dtype=torch.float64).expand(self.num_nodes)
+        if len(rows):
+            self.bytes_sent_N[rows] += (len(rows) - 1) * float(sizes[rows].mean())
+        return x_NP[rows], rows
+
     def all_reduce_mean(self, x_NP: Tensor, weights_N: Tensor | None = None,
                         message_bytes: int | Tensor | None = None) -> Tensor:
         """Weighted mean of all rows (weights default to uniform), as ``x_P``.
 
         Dense rows are counted as a ring all-reduce: each node sends ``2 (N-1)/N`` messages. Encoded
         (compressed) rows, given with their sizes ``message_bytes``, cannot be summed on the way
-        without decoding and re-encoding at every hop, so they are all-gathered: each node sends or
-        forwards ``N-1`` messages, of the mean encoded size.
+        without decoding and re-encoding at every hop, so they are all-gathered (:meth:`all_gather`).
         """
+        if message_bytes is not None:
+            sent, rows = self.all_gather(x_NP, message_bytes)
+            return mean(sent, weights_K=None if weights_N is None else weights_N[rows])
         self.collective_calls += 1
-        up = self.alive_N
-        n = self.num_nodes if up is None else int(up.sum())
-        if message_bytes is None:
-            per_node = 2.0 * (n - 1) / max(n, 1) * self.message_bytes(x_NP)
-        else:
-            sizes = torch.as_tensor(message_bytes, dtype=torch.float64).expand(self.num_nodes)
-            per_node = (n - 1) * float((sizes if up is None else sizes[up]).mean()) if n else 0.0
-        if up is not None:  # the all-reduce runs among the nodes that are up
-            self.bytes_sent_N[up] += per_node
+        if self.alive_N is not None:  # the all-reduce runs among the nodes that are up
+            up = self.alive_N
+            n = int(up.sum())
+            self.bytes_sent_N[up] += 2.0 * (n - 1) / max(n, 1) * self.message_bytes(x_NP)
             return mean(x_NP[up], weights_K=None if weights_N is None else weights_N[up])
-        self.bytes_sent_N += per_node
+        n = self.num_nodes
+        self.bytes_sent_N += 2.0 * (n - 1) / n * self.message_bytes(x_NP)
         return mean(x_NP, weights_K=weights_N)
 
     def server_average(self, x_RP: Tensor, rows: Tensor, weights_R: Tensor | None = None,

@@ -100,6 +100,12 @@ def make_loss_fn(flat: FlatModel):
     return loss
 
 
+def make_probe_loss_fn(flat: FlatModel):
+    """``loss(params_RMP, x_RB, y_RB) -> loss_RM``: each row's loss at M points on its own batch (forward only;
+    zeroth-order methods such as SPSA)."""
+    return vmap(vmap(make_loss_fn(flat), in_dims=(0, None, None)))
+
+
 def make_grad_fn(flat: FlatModel, strategy: str = "vmap") -> GradFn:
     """Batched ``(params_RP, (x_RB, y_RB)) -> (loss_R, grads_RP)`` for any number of rows R."""
     per_row = grad_and_value(make_loss_fn(flat))
