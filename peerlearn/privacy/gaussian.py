@@ -46,7 +46,7 @@ import torch
 from peerlearn.privacy.accountant import epsilons, gaussian_rdp, orders
 from peerlearn.types import Tensor
 
-_DENSE_MAX = 2048  # up to this many nodes, diag(Sigma^-1) from a dense Cholesky factorisation
+_DENSE_MAX = 6000  # up to this many nodes (0.3 GB float64), diag(Sigma^-1) from a dense Cholesky factorisation
 _EDGE_CHUNK = 4096  # pairwise noise is drawn this many edges at a time (bounded memory)
 
 
