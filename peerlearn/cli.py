@@ -9,6 +9,7 @@ import argparse
 import inspect
 import math
 import sys
+import time
 from pathlib import Path
 
 from rich.console import Console
@@ -64,6 +65,8 @@ def cmd_run(args) -> int:
     from peerlearn.report import RunWriter, choose_run_dir
     from peerlearn.report.run_dir import load_checkpoint
 
+    if args.engine == "distributed":
+        return _run_distributed(args)
     resume = None
     if args.resume:
         if args.config or args.set or args.out:
@@ -107,6 +110,61 @@ def cmd_run(args) -> int:
         console.print(f"results: {out_dir}/ (metrics.csv, summary.json, accuracy.png, accuracy_vs_bytes.png, "
                       "consensus.png)", markup=False)
     return {"completed": 0, "interrupted": 130}.get(status, 1)
+
+
+def _run_distributed(args) -> int:
+    """One rank of ``torchrun ... -m peerlearn run CONFIG --engine distributed``: rank 0 writes the run
+    directory (and shows the progress); every rank logs to ``logs/rank<r>.log`` in it."""
+    import torch.distributed as dist
+
+    from peerlearn.config import ConfigError, build, load_config, to_dict
+    from peerlearn.engines import distributed
+    from peerlearn.report import RunWriter, choose_run_dir
+
+    if args.resume:
+        raise ConfigError("config error: --resume: not available with --engine distributed yet")
+    if args.config is None:
+        raise ConfigError("config error: peerlearn run needs a config file")
+    rank, world = distributed.init_from_env(args.timeout_s)
+    try:
+        cfg = load_config(args.config, args.set)  # every rank checks the same config: all fail alike
+        distributed.check_config(cfg, world)
+        chosen = [None]
+        if rank == 0:
+            try:
+                chosen[0] = str(choose_run_dir(args.out, cfg.name, args.overwrite))
+            except (FileExistsError, FileNotFoundError) as err:
+                chosen[0] = err
+        dist.broadcast_object_list(chosen, src=0)
+        if isinstance(chosen[0], Exception):
+            raise chosen[0]
+        out_dir = Path(chosen[0])
+        built = build(cfg)
+        writer = RunWriter(out_dir, to_dict(cfg)) if rank == 0 else None
+        dist.barrier()  # the directory exists before anyone logs into it
+        (out_dir / "logs").mkdir(exist_ok=True)
+        log = open(out_dir / "logs" / f"rank{rank}.log", "w")
+        rows_here = distributed.node_blocks(cfg.num_nodes, world)[rank]
+        print(f"rank {rank}/{world}: nodes {int(rows_here[0])}..{int(rows_here[-1])}", file=log, flush=True)
+
+        def on_round(round_: int, last: dict) -> None:
+            if not args.quiet and round_ % max(1, cfg.num_rounds // 20) == 0:
+                console.print(f"round {round_}/{cfg.num_rounds}: acc {last['acc_mean']:.3f}", markup=False)
+
+        started = time.perf_counter()
+        distributed.simulate_distributed(built, on_eval=writer.append if writer else None,
+                                         on_round=on_round if rank == 0 else None)
+        print(f"finished {cfg.num_rounds} rounds in {time.perf_counter() - started:.1f} s", file=log, flush=True)
+        log.close()
+        if writer is not None:
+            summary = writer.finish("completed")
+            if not args.quiet:
+                console.print(_summary_table(f"{cfg.name}: {cfg.algorithm.name} on {cfg.topology.graph}, "
+                                             f"{cfg.num_nodes} nodes on {world} ranks", {cfg.name: summary["final"]}))
+                console.print(f"results: {out_dir}/", markup=False)
+        return 0
+    finally:
+        dist.destroy_process_group()
 
 
 def cmd_validate(args) -> int:
@@ -221,6 +279,10 @@ def make_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="results directory (default: runs/<name>, made unique)")
     run.add_argument("--overwrite", action="store_true", help="reuse --out even if it holds an earlier run")
     run.add_argument("--quiet", action="store_true", help="no progress bar or table")
+    run.add_argument("--engine", choices=["simulator", "distributed"], default="simulator",
+                     help="simulator: all nodes in this process (default); distributed: one rank of a torchrun "
+                          "launch, hosting a block of the nodes")
+    run.add_argument("--timeout-s", type=float, default=120.0, help="distributed: process-group timeout")
     run.set_defaults(func=cmd_run)
 
     val = sub.add_parser("validate", help="check a config without running it")
