@@ -162,7 +162,8 @@ def _run_distributed(args) -> int:
                 console.print(_summary_table(f"{cfg.name}: {cfg.algorithm.name} on {cfg.topology.graph}, "
                                              f"{cfg.num_nodes} nodes on {world} ranks", {cfg.name: summary["final"]}))
                 console.print(f"results: {out_dir}/", markup=False)
-        return 0
+        dist.barrier()  # leave together: a rank that tears its connections down while others still
+        return 0        # use them can abort the whole launch
     finally:
         dist.destroy_process_group()
 
