@@ -37,6 +37,7 @@ from typing import Any, Callable, NamedTuple
 import torch
 
 from peerlearn.algorithms.local import local_steps
+from peerlearn.rng import step_generator
 from peerlearn.types import Algorithm, Transform
 
 
@@ -110,7 +111,7 @@ def dsgd(optimizer: Transform, num_local_steps: int = 1, order: str = "atc",
 def shared_coordinates(num_params: int, fraction: float, seed: int, round_: int) -> torch.Tensor:
     """The round's random ``fraction`` of the coordinates, the same at every node: drawn from
     ``(seed, round)``, so receivers know it without any index being sent."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + round_)
+    g = step_generator(seed, round_)
     return torch.randperm(num_params, generator=g)[:max(1, int(round(fraction * num_params)))]
 
 

@@ -20,6 +20,7 @@ from typing import NamedTuple
 import torch
 
 from peerlearn.algorithms.local import local_steps
+from peerlearn.rng import step_generator
 from peerlearn.types import Algorithm, Tensor, Transform
 
 
@@ -29,7 +30,7 @@ class FedAvgState(NamedTuple):
 
 def round_permutation(num_nodes: int, seed: int, round_: int) -> Tensor:
     """A random order of the nodes for one round: a pure function of (seed, round)."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + round_)
+    g = step_generator(seed, round_)
     return torch.randperm(num_nodes, generator=g)
 
 

@@ -27,6 +27,7 @@ from typing import Any, Callable, NamedTuple
 
 import torch
 
+from peerlearn.rng import step_generator
 from peerlearn.types import Algorithm, Tensor, Transform
 
 LEVELS = 127  # int8 codes -127..127: one byte per scalar
@@ -72,10 +73,10 @@ def spsa(optimizer: Transform, loss_fn: Callable, num_perturbations: int = 1, ep
     def step(state, params_NP, batches, grad_fn, comm):
         round_ = state.round + 1
         n, num_params = params_NP.shape
-        shared = torch.Generator().manual_seed(seed * 1_000_003 + round_)  # every node can regenerate these
+        shared = step_generator(seed, round_)  # every node can regenerate these
         z = torch.randn(n, num_perturbations, num_params, generator=shared, dtype=params_NP.dtype)
         p, loss = directional_derivatives(loss_fn, params_NP, z, batches.next(), eps)
-        own = torch.Generator().manual_seed(seed * 1_000_003 + round_ + 500_000_009)  # each node's rounding
+        own = step_generator(seed, round_ + 500_000_009)  # each node's rounding
         p = quantize(p, state.scale, own)
         received, senders = comm.all_gather(p, message_bytes=num_perturbations)  # m bytes to every peer
         if len(senders) == 0:

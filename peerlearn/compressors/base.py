@@ -16,6 +16,7 @@ from typing import Any, Callable, NamedTuple
 
 import torch
 
+from peerlearn.rng import step_generator
 from peerlearn.types import Tensor
 
 
@@ -39,7 +40,7 @@ def seeded(encode: Callable[[Tensor, torch.Generator], tuple[Tensor, Tensor]], s
     """A randomised compressor: ``encode(x_NP, generator)`` with a generator seeded by (seed, call)."""
 
     def update(x_NP, state):
-        g = torch.Generator().manual_seed(seed * 1_000_003 + state.calls)
+        g = step_generator(seed, state.calls)
         return (*encode(x_NP, g), CallCount(state.calls + 1))
 
     return Compressor(lambda x_NP: CallCount(), update, unbiased)

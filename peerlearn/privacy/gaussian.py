@@ -44,6 +44,7 @@ from scipy.sparse.csgraph import laplacian
 import torch
 
 from peerlearn.privacy.accountant import epsilons, gaussian_rdp, orders
+from peerlearn.rng import step_generator
 from peerlearn.types import Tensor
 
 _DENSE_MAX = 6000  # up to this many nodes (0.3 GB float64), diag(Sigma^-1) from a dense Cholesky factorisation
@@ -139,7 +140,7 @@ def gaussian_messages(clip: float, noise_multiplier: float, pairwise_multiplier:
     def privatize(update_NP, state, comm):
         n, p = update_NP.shape
         edges, rdp_NA = round_graph(comm.W, n)
-        g = torch.Generator().manual_seed(seed * 1_000_003 + state.calls)
+        g = step_generator(seed, state.calls)
         u = update_NP / lr
         u = u * (clip / u.norm(dim=1, keepdim=True).clamp_min(clip))  # norm min(||u||, C)
         if noise_multiplier:
