@@ -20,6 +20,28 @@ from peerlearn.attacks.model_poisoning import HonestView
 from peerlearn.types import Tensor
 
 
+def torch_csr(mat: sp.csr_array) -> Tensor:
+    """``mat`` as a float32 torch CSR tensor (what makes gossip one fast ``addmm``)."""
+    with warnings.catch_warnings():  # "sparse CSR is beta"
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(torch.from_numpy(mat.indptr.astype(np.int64)),
+                                       torch.from_numpy(mat.indices.astype(np.int64)),
+                                       torch.from_numpy(mat.data.astype(np.float32)), size=mat.shape,
+                                       check_invariants=False)
+
+
+def padded_neighbours(indptr: np.ndarray, indices: np.ndarray, width: int, pad_R: np.ndarray) -> tuple[Tensor, Tensor]:
+    """``(nbr_RK, valid_RK)``: each CSR row's column indices left-aligned in ``width`` slots, the rest
+    filled with the row's ``pad_R`` value and marked invalid."""
+    num_rows = len(indptr) - 1
+    nbr = np.repeat(np.asarray(pad_R, dtype=np.int64)[:, None], max(width, 0), axis=1)
+    valid = np.zeros((num_rows, width), dtype=bool)
+    rows = np.repeat(np.arange(num_rows), np.diff(indptr))
+    pos = np.arange(len(indices)) - indptr[rows]
+    nbr[rows, pos], valid[rows, pos] = indices, True
+    return torch.from_numpy(nbr), torch.from_numpy(valid)
+
+
 class Threat(NamedTuple):
     """Byzantine nodes and what they send instead of their honest message.
 
@@ -66,23 +88,14 @@ class SimComm:
         off = sp.csr_array(W - sp.diags_array(W.diagonal(), format="csr"))
         off.eliminate_zeros()
         self.W = W
-        with warnings.catch_warnings():  # "sparse CSR is beta": it is what makes gossip fast
-            warnings.simplefilter("ignore", UserWarning)
-            self._off = torch.sparse_csr_tensor(
-                torch.from_numpy(off.indptr.astype(np.int64)), torch.from_numpy(off.indices.astype(np.int64)),
-                torch.from_numpy(off.data.astype(np.float32)), size=off.shape, check_invariants=False)
+        self._off = torch_csr(off)
         self._off_rowsum_N1 = torch.from_numpy(np.asarray(off.sum(axis=1), dtype=np.float32).reshape(-1, 1))
         self._diag_N1 = torch.from_numpy(np.asarray(W.diagonal(), dtype=np.float32).reshape(-1, 1))
         self._by_dtype = {torch.float32: (self._off, self._off_rowsum_N1, self._diag_N1)}
         self.degree_N = torch.from_numpy(np.diff(off.indptr).astype(np.int64))
         # padded neighbour table for gather(): row i lists N(i), padded with i itself (masked)
         k = int(self.degree_N.max()) if self.num_nodes else 0
-        nbr = np.repeat(np.arange(self.num_nodes)[:, None], max(k, 0), axis=1)
-        valid = np.zeros((self.num_nodes, k), dtype=bool)
-        rows = np.repeat(np.arange(self.num_nodes), np.diff(off.indptr))
-        pos = np.arange(len(off.indices)) - off.indptr[rows]
-        nbr[rows, pos], valid[rows, pos] = off.indices, True
-        self._nbr_NK, self._valid_NK = torch.from_numpy(nbr), torch.from_numpy(valid)
+        self._nbr_NK, self._valid_NK = padded_neighbours(off.indptr, off.indices, k, np.arange(self.num_nodes))
         self._out_degree_N = torch.from_numpy(np.bincount(off.indices, minlength=self.num_nodes)).double()
 
     def _weights(self, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from typing import Callable
 
 import numpy as np
@@ -29,6 +28,8 @@ import scipy.sparse as sp
 import torch
 import torch.distributed as dist
 
+from peerlearn.aggregators.mean import mean
+from peerlearn.engines.comm import SimComm, padded_neighbours, torch_csr
 from peerlearn.engines.simulator import Evaluator, evaluation_row
 from peerlearn.types import Tensor
 
@@ -49,15 +50,6 @@ class RowBatches:
 
     def next(self, rows: Tensor | None = None):
         return self.sampler.next(self.rows if rows is None else self.rows[rows])
-
-
-def _csr(mat: sp.csr_array) -> Tensor:
-    with warnings.catch_warnings():  # "sparse CSR is beta"
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(torch.from_numpy(mat.indptr.astype(np.int64)),
-                                       torch.from_numpy(mat.indices.astype(np.int64)),
-                                       torch.from_numpy(mat.data.astype(np.float32)), size=mat.shape,
-                                       check_invariants=False)
 
 
 class DistComm:
@@ -97,7 +89,7 @@ class DistComm:
         position = np.full(self.num_global, -1, dtype=np.int64)
         position[need] = np.arange(len(need))
         local = sp.csr_array((mine.data, position[mine.indices], mine.indptr), shape=(hi - lo, len(need)))
-        self._off = _csr(local)
+        self._off = torch_csr(local)
         self._rowsum_R1 = torch.from_numpy(np.asarray(mine.sum(axis=1), dtype=np.float32).reshape(-1, 1))
         self._diag_R1 = torch.from_numpy(np.asarray(W.diagonal()[lo:hi], dtype=np.float32).reshape(-1, 1))
         self._num_need = len(need)
@@ -122,12 +114,7 @@ class DistComm:
         # padded neighbour table for gather(), as the simulator's: width = the largest degree anywhere
         degree = np.diff(off.indptr)
         k = int(degree.max()) if self.num_global else 0
-        nbr = np.zeros((hi - lo, k), dtype=np.int64)
-        valid = np.zeros((hi - lo, k), dtype=bool)
-        r = np.repeat(np.arange(hi - lo), np.diff(mine.indptr))
-        pos = np.arange(len(mine.indices)) - mine.indptr[r]
-        nbr[r, pos], valid[r, pos] = position[mine.indices], True
-        self._nbr_RK, self._valid_RK = torch.from_numpy(nbr), torch.from_numpy(valid)
+        self._nbr_RK, self._valid_RK = padded_neighbours(local.indptr, local.indices, k, np.zeros(hi - lo))
 
     def set_alive(self, alive_N: Tensor | None) -> None:
         if alive_N is not None and not bool(alive_N.all()):
@@ -156,9 +143,7 @@ class DistComm:
         size = self.message_bytes(x_RP) if message_bytes is None else message_bytes
         self.bytes_sent_N += self._out_degree_R * size
 
-    @staticmethod
-    def message_bytes(x_P_or_NP: Tensor) -> int:
-        return int(x_P_or_NP.shape[-1] * x_P_or_NP.element_size())
+    message_bytes = staticmethod(SimComm.message_bytes)
 
     # -- primitives (SimComm's, on this rank's rows) ------------------------------------------------
     def mix(self, x_RP: Tensor, message_bytes=None) -> Tensor:
@@ -183,7 +168,7 @@ class DistComm:
             valid = torch.cat([torch.ones(self.num_nodes, 1, dtype=torch.bool), valid], 1)
         return rows, valid
 
-    def _gather_rows(self, x_RP: Tensor) -> Tensor:
+    def gather_rows(self, x_RP: Tensor) -> Tensor:
         """Every rank's rows, in global order (padded all-gather: gloo needs equal shapes)."""
         width = max(len(b) for b in self.blocks)
         padded = torch.zeros(width, *x_RP.shape[1:], dtype=x_RP.dtype)
@@ -199,15 +184,13 @@ class DistComm:
         total = torch.stack([sizes.sum(), torch.tensor(float(self.num_nodes), dtype=torch.float64)])
         dist.all_reduce(total, group=self.group)
         self.bytes_sent_N += (self.num_global - 1) * float(total[0] / total[1])
-        return self._gather_rows(x_RP), torch.arange(self.num_global)
+        return self.gather_rows(x_RP), torch.arange(self.num_global)
 
     def all_reduce_mean(self, x_RP: Tensor, weights_N: Tensor | None = None, message_bytes=None) -> Tensor:
         """The mean of every node's row (weights: this rank's nodes' weights), as ``x_P``, the same on all ranks."""
         if message_bytes is not None:
-            from peerlearn.aggregators.mean import mean
-
             sent, _ = self.all_gather(x_RP, message_bytes)
-            return mean(sent, weights_K=None if weights_N is None else self._gather_rows(weights_N[:, None])[:, 0])
+            return mean(sent, weights_K=None if weights_N is None else self.gather_rows(weights_N[:, None])[:, 0])
         self.collective_calls += 1
         n = self.num_global
         self.bytes_sent_N += 2.0 * (n - 1) / n * self.message_bytes(x_RP)
@@ -255,7 +238,7 @@ def simulate_distributed(built, on_eval: Callable[[dict], None] | None = None,
     start = time.perf_counter()
 
     def record(round_: int) -> None:
-        everyone = comm._gather_rows(params_RP)
+        everyone = comm.gather_rows(params_RP)
         total = float(_reduce(comm.bytes_sent_N.sum().reshape(1), group)[0])
         if not lead:
             return
@@ -290,7 +273,7 @@ def simulate_distributed(built, on_eval: Callable[[dict], None] | None = None,
             record(round_)
         if lead and on_round is not None:
             on_round(round_, result[-1])
-    everyone = comm._gather_rows(params_RP)
+    everyone = comm.gather_rows(params_RP)
     if lead and on_finish is not None:
         on_finish(everyone)
     return result
