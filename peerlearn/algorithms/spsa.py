@@ -27,6 +27,7 @@ from typing import Any, Callable, NamedTuple
 
 import torch
 
+from peerlearn.compressors.quantize import stochastic_round
 from peerlearn.rng import step_generator
 from peerlearn.types import Algorithm, Tensor, Transform
 
@@ -50,10 +51,7 @@ def directional_derivatives(loss_fn: Callable, params_NP: Tensor, z_NMP: Tensor,
 
 def quantize(p: Tensor, scale: float, generator: torch.Generator) -> Tensor:
     """``p`` clipped to ``[-scale, scale]`` and stochastically rounded to ``2 LEVELS + 1`` levels (one byte)."""
-    q = (p / scale).clamp(-1.0, 1.0) * LEVELS
-    low = q.floor()
-    q = low + (torch.rand(p.shape, generator=generator, dtype=p.dtype) < q - low).to(p.dtype)
-    return q * (scale / LEVELS)
+    return stochastic_round((p / scale).clamp(-1.0, 1.0) * LEVELS, generator) * (scale / LEVELS)
 
 
 def spsa(optimizer: Transform, loss_fn: Callable, num_perturbations: int = 1, eps: float = 1e-3,

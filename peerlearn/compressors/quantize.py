@@ -16,6 +16,13 @@ import math
 import torch
 
 from peerlearn.compressors.base import Compressor, bits_to_bytes, per_row, seeded, stateless
+from peerlearn.types import Tensor
+
+
+def stochastic_round(r: Tensor, generator: torch.Generator) -> Tensor:
+    """``floor(r)``, plus one with probability ``r - floor(r)``: unbiased rounding to the integers."""
+    low = r.floor()
+    return low + (torch.rand(r.shape, generator=generator, dtype=r.dtype) < r - low).to(r.dtype)
 
 
 def sign() -> Compressor:
@@ -42,8 +49,7 @@ def qsgd(levels: int, seed: int = 0, contract: bool = False) -> Compressor:
     def encode(x_NP, g):
         norm = x_NP.norm(dim=1, keepdim=True)
         r = levels * x_NP.abs() / norm.clamp_min(1e-30)
-        low = r.floor()
-        level = low + (torch.rand(x_NP.shape, generator=g, dtype=x_NP.dtype) < r - low).to(x_NP.dtype)
+        level = stochastic_round(r, g)
         p = x_NP.shape[1]
         tau = 1 + min(p / levels**2, math.sqrt(p) / levels) if contract else 1.0
         return norm * x_NP.sign() * level / (levels * tau), per_row(bits_to_bytes(p * width) + 4, x_NP)
