@@ -113,9 +113,9 @@ def cmd_run(args) -> int:
 
 
 def _run_distributed(args) -> int:
-    """One rank of ``torchrun ... -m peerlearn run CONFIG --engine distributed``: rank 0 writes the run
+    """One rank of a distributed run (launched by ``--nproc N`` or torchrun): rank 0 writes the run
     directory (and shows the progress); every rank logs to ``logs/rank<r>.log`` in it."""
-    import torch.distributed as dist
+    import os
 
     from peerlearn.config import ConfigError, build, load_config, to_dict
     from peerlearn.engines import distributed
@@ -125,47 +125,62 @@ def _run_distributed(args) -> int:
         raise ConfigError("config error: --resume: not available with --engine distributed yet")
     if args.config is None:
         raise ConfigError("config error: peerlearn run needs a config file")
-    rank, world = distributed.init_from_env(args.timeout_s)
+    if args.nproc is not None and "RANK" not in os.environ:  # the launcher: check, then start the ranks
+        if args.nproc < 1:
+            raise ConfigError(f"config error: --nproc: at least 1 rank, got {args.nproc}")
+        distributed.check_config(load_config(args.config, args.set), args.nproc)
+        from peerlearn.engines.launch import launch_local
+
+        argv = ["run", args.config, "--engine", "distributed", "--timeout-s", str(args.timeout_s)]
+        argv += [a for s in args.set for a in ("--set", s)] + (["--out", args.out] if args.out else [])
+        argv += ["--overwrite"] * args.overwrite + ["--quiet"] * args.quiet
+        return launch_local(argv, args.nproc)
+    membership = distributed.join_from_env(args.timeout_s)
+    rank, world = membership.rank, len(membership.members)
     try:
         cfg = load_config(args.config, args.set)  # every rank checks the same config: all fail alike
         distributed.check_config(cfg, world)
-        chosen = [None]
+        writer, chosen = None, None
         if rank == 0:
             try:
-                chosen[0] = str(choose_run_dir(args.out, cfg.name, args.overwrite))
+                out_dir = choose_run_dir(args.out, cfg.name, args.overwrite)
+                writer = RunWriter(out_dir, to_dict(cfg))
+                chosen = str(out_dir)
             except (FileExistsError, FileNotFoundError) as err:
-                chosen[0] = err
-        dist.broadcast_object_list(chosen, src=0)
-        if isinstance(chosen[0], Exception):
-            raise chosen[0]
-        out_dir = Path(chosen[0])
+                chosen = f"error: {err}"
+        chosen = membership.share("out_dir", chosen)
+        if chosen.startswith("error: "):
+            raise FileExistsError(chosen.removeprefix("error: "))
+        out_dir = Path(chosen)
         built = build(cfg)
-        writer = RunWriter(out_dir, to_dict(cfg)) if rank == 0 else None
-        dist.barrier()  # the directory exists before anyone logs into it
-        (out_dir / "logs").mkdir(exist_ok=True)
-        log = open(out_dir / "logs" / f"rank{rank}.log", "w")
-        rows_here = distributed.node_blocks(cfg.num_nodes, world)[rank]
-        print(f"rank {rank}/{world}: nodes {int(rows_here[0])}..{int(rows_here[-1])}", file=log, flush=True)
+        (out_dir / "logs").mkdir(parents=True, exist_ok=True)
+        with open(out_dir / "logs" / f"rank{rank}.log", "w") as log:
+            def say(message: str) -> None:
+                print(f"[{time.strftime('%H:%M:%S')}] {message}", file=log, flush=True)
+                if rank == 0 and not args.quiet:
+                    err_console.print(f"rank 0: {message}", markup=False, highlight=False)
 
-        def on_round(round_: int, last: dict) -> None:
-            if not args.quiet and round_ % max(1, cfg.num_rounds // 20) == 0:
-                console.print(f"round {round_}/{cfg.num_rounds}: acc {last['acc_mean']:.3f}", markup=False)
+            rows_here = distributed.node_blocks(cfg.num_nodes, world)[rank]
+            say(f"rank {rank}/{world}, pid {os.getpid()}: nodes {int(rows_here[0])}..{int(rows_here[-1])}")
 
-        started = time.perf_counter()
-        distributed.simulate_distributed(built, on_eval=writer.append if writer else None,
-                                         on_round=on_round if rank == 0 else None)
-        print(f"finished {cfg.num_rounds} rounds in {time.perf_counter() - started:.1f} s", file=log, flush=True)
-        log.close()
+            def on_round(round_: int, last: dict) -> None:
+                if not args.quiet and round_ % max(1, cfg.num_rounds // 20) == 0:
+                    console.print(f"round {round_}/{cfg.num_rounds}: acc {last['acc_mean']:.3f}", markup=False)
+
+            started = time.perf_counter()
+            distributed.simulate_distributed(built, membership, on_eval=writer.append if writer else None,
+                                             on_round=on_round if rank == 0 else None, log=say)
+            say(f"finished {cfg.num_rounds} rounds in {time.perf_counter() - started:.1f} s "
+                f"with ranks {membership.members}")
         if writer is not None:
             summary = writer.finish("completed")
             if not args.quiet:
                 console.print(_summary_table(f"{cfg.name}: {cfg.algorithm.name} on {cfg.topology.graph}, "
                                              f"{cfg.num_nodes} nodes on {world} ranks", {cfg.name: summary["final"]}))
                 console.print(f"results: {out_dir}/", markup=False)
-        dist.barrier()  # leave together: a rank that tears its connections down while others still
-        return 0        # use them can abort the whole launch
+        return 0
     finally:
-        dist.destroy_process_group()
+        membership.close()
 
 
 def cmd_validate(args) -> int:
@@ -281,9 +296,12 @@ def make_parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite", action="store_true", help="reuse --out even if it holds an earlier run")
     run.add_argument("--quiet", action="store_true", help="no progress bar or table")
     run.add_argument("--engine", choices=["simulator", "distributed"], default="simulator",
-                     help="simulator: all nodes in this process (default); distributed: one rank of a torchrun "
-                          "launch, hosting a block of the nodes")
-    run.add_argument("--timeout-s", type=float, default=120.0, help="distributed: process-group timeout")
+                     help="simulator: all nodes in this process (default); distributed: real processes, each "
+                          "hosting a block of the nodes (start them with --nproc N, or with torchrun)")
+    run.add_argument("--nproc", type=int, metavar="N", help="distributed: start N ranks on this machine (a rank "
+                     "that dies leaves the others training; torchrun would stop them all)")
+    run.add_argument("--timeout-s", type=float, default=60.0, help="distributed: how long a silent peer or a "
+                     "blocked exchange is waited for before the survivors go on without it (default 60)")
     run.set_defaults(func=cmd_run)
 
     val = sub.add_parser("validate", help="check a config without running it")

@@ -31,26 +31,23 @@ def _primitives(rank, world, port, out):
     import datetime
 
     from peerlearn.engines.distributed import DistComm, node_blocks
+    from peerlearn.engines.membership import Group
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=60))
-    try:
-        torch.set_num_threads(1)
-        n = 11  # blocks of 3, 3, 3, 2 nodes: uneven on purpose
-        rows = node_blocks(n, world)[rank]
-        x = torch.randn(n, 6, generator=torch.Generator().manual_seed(0))
-        W = metropolis_hastings_weights(barabasi_albert_graph(n, 2, seed=1))
-        comm = DistComm(rows, n)
-        comm.set_topology(W)
-        got = {"mix": comm.mix(x[rows]), "gather": comm.gather(x[rows]), "mean": comm.all_reduce_mean(x[rows]),
-               "weighted": comm.all_reduce_mean(x[rows], weights_N=torch.arange(1.0, n + 1)[rows]),
-               "all_gather": comm.all_gather(x[rows], message_bytes=3)[0]}
-        comm.set_topology(column_stochastic_weights(directed_exponential_graph(n)))
-        got["push"] = comm.push(x[rows])
-        got["bytes"] = comm.bytes_sent_N
-        torch.save(got, os.path.join(out, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+    store = dist.TCPStore("127.0.0.1", port, world, rank == 0, datetime.timedelta(seconds=60))
+    torch.set_num_threads(1)
+    n = 11  # blocks of 3, 3, 3, 2 nodes: uneven on purpose
+    rows = node_blocks(n, world)[rank]
+    x = torch.randn(n, 6, generator=torch.Generator().manual_seed(0))
+    W = metropolis_hastings_weights(barabasi_albert_graph(n, 2, seed=1))
+    comm = DistComm(node_blocks(n, world), Group(store, list(range(world)), rank, 60))
+    comm.set_topology(W)
+    got = {"mix": comm.mix(x[rows]), "gather": comm.gather(x[rows]), "mean": comm.all_reduce_mean(x[rows]),
+           "weighted": comm.all_reduce_mean(x[rows], weights_N=torch.arange(1.0, n + 1)[rows]),
+           "all_gather": comm.all_gather(x[rows], message_bytes=3)[0]}
+    comm.set_topology(column_stochastic_weights(directed_exponential_graph(n)))
+    got["push"] = comm.push(x[rows])
+    got["bytes"] = comm.bytes_sent_N
+    torch.save(got, os.path.join(out, f"rank{rank}.pt"))
 
 
 def test_distcomm_primitives_equal_simcomm_on_uneven_blocks(tmp_path):
@@ -145,4 +142,116 @@ def test_without_torchrun_the_engine_says_how_to_launch(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
     done = subprocess.run([sys.executable, "-m", "peerlearn", "run", str(config), "--engine", "distributed"],
                           env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
-    assert done.returncode == 2 and "launch with torchrun" in done.stderr
+    assert done.returncode == 2 and "launch with --nproc N (one machine) or torchrun" in done.stderr
+
+
+def _config(tmp_path: Path, **over) -> Path:
+    """The quickstart shrunk to 16 nodes (4 per rank on 4 ranks)."""
+    cfg = {"name": "q", "seed": 0, "num_nodes": 16, "num_rounds": 12, "eval_every": 4,
+           "topology": {"graph": "torus"}, "data": {"dataset": "digits", "partition": "dirichlet", "alpha": 1.0},
+           "model": {"name": "mlp", "hidden": [16]},
+           "algorithm": {"name": "dsgd", "lr": 0.1, "batch_size": 8, "momentum": 0.5}, **over}
+    path = tmp_path / "q.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _launch(config: Path, out: Path, *extra: str, kill: str | None = None, **popen):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if kill:
+        env["PEERLEARN_KILL"] = kill
+    cmd = [sys.executable, "-m", "peerlearn", "run", str(config), "--engine", "distributed", "--nproc", "4",
+           "--out", str(out), "--quiet", *extra]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, **popen)
+
+
+def _finish(proc, timeout: float):
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:  # never leave a launch behind, even when the test fails
+            os.killpg(proc.pid, 9)
+            proc.communicate()
+    return proc.returncode, out, err
+
+
+def test_a_rank_that_dies_at_a_round_is_a_crash_in_the_simulator(tmp_path):
+    """Rank 3 kills itself (SIGKILL) as round 5 starts: the three survivors agree on the last round all
+    completed (4), go on without nodes 12-15, and produce the simulator's metrics for those nodes
+    crashing at round 5 (same seed; the loss aside, which the simulator averages over down nodes too)."""
+    from peerlearn.config import MIXING, build, load_config
+    from peerlearn.engines.faults import FaultPlan, alive_timeline
+    from peerlearn.engines.simulator import simulate
+
+    config = _config(tmp_path)
+    code, _, err = _finish(_launch(config, tmp_path / "dist", "--timeout-s", "3", kill="3:5"), TIMEOUT_S)
+    assert code == 0, err[-3000:]
+    assert "rank 3 was killed by SIGKILL" in err
+
+    cfg = load_config(str(config))
+    built = build(cfg)
+    crashed = torch.arange(16) >= 12
+    plan = FaultPlan(alive_timeline(16, 12, crash_N=crashed.numpy(), crash_round=5), MIXING[cfg.topology.mixing].fn)
+    sim_rows = simulate(built._replace(faults=plan))
+    dist_rows = _rows(tmp_path / "dist")
+    assert [int(r["round"]) for r in dist_rows] == [0, 4, 8, 12]
+    assert [int(r["alive_nodes"]) for r in dist_rows] == [16, 16, 12, 12]
+    for d, s in zip(dist_rows, sim_rows, strict=True):
+        for key, value in s.items():
+            if key in ("wall_time_s",) or (key == "loss_mean" and s["round"] > 4):
+                continue
+            assert float(d[key]) == pytest.approx(float(value), rel=1e-4, abs=1e-6, nan_ok=True), (s["round"], key)
+    log = (tmp_path / "dist" / "logs" / "rank1.log").read_text()
+    assert "ranks [3] left (nodes 12..15); 3 ranks go on from round 5" in log
+
+
+def test_sigkill_mid_run_leaves_the_others_training(tmp_path):
+    """The acceptance test: 4 ranks on 127.0.0.1, one killed from outside with SIGKILL mid-run; the
+    other three finish within the timeout plus a few seconds, the metrics show the departure, and no
+    process is left behind."""
+    import time
+
+    timeout_s = 4.0
+    config = _config(tmp_path, num_rounds=400, eval_every=20)
+    out = tmp_path / "run"
+    proc = _launch(config, out, "--timeout-s", str(timeout_s))
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        pids = {}
+        while time.monotonic() < deadline and (len(pids) < 4 or len(_metrics_rows(out)) < 3):
+            for r in range(4):
+                log = out / "logs" / f"rank{r}.log"
+                if r not in pids and log.exists() and "pid" in (text := log.read_text()):
+                    pids[r] = int(text.split("pid ")[1].split(":")[0])
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            time.sleep(0.05)
+        os.kill(pids[2], 9)
+        killed_at = time.monotonic()
+        code, _, err = _finish(proc, TIMEOUT_S)
+        after_kill = time.monotonic() - killed_at
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+    assert code == 0, err[-3000:]
+    rows = _metrics_rows(out)
+    assert int(rows[-1]["round"]) == 400
+    alive = [int(r["alive_nodes"]) for r in rows]
+    assert alive[0] == 16 and alive[-1] == 12 and sorted(alive, reverse=True) == alive
+    assert all(float(r["acc_alive_mean"]) > 0 for r in rows)
+    # the survivors lost at most one timeout (plus re-forming the group) to the death
+    run_s = float(rows[-1]["wall_time_s"])
+    assert after_kill < run_s + timeout_s + 10
+    for r in (0, 1, 3):
+        assert "ranks [2] left (nodes 8..11)" in (out / "logs" / f"rank{r}.log").read_text()
+    for pid in pids.values():  # every rank has ended (and was reaped by the launcher)
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def _metrics_rows(out: Path) -> list[dict]:
+    path = out / "metrics.csv"
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))

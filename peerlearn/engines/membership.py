@@ -1,0 +1,187 @@
+"""Who is still in the run: gloo groups that can lose a member, heartbeats, and agreement after a failure.
+
+gloo does not detect a dead peer: the ranks linked to it see a connection reset, every other rank
+blocks until the group's timeout, and a blocked wait cannot be interrupted. So every operation of a
+:class:`Group` runs under a short, configurable timeout and turns any backend error into
+:class:`PeerFailure`. The engine then calls :meth:`Membership.recover`, which works through the
+launch's key-value store (the ``torchrun`` agent's, or ``peerlearn run --nproc``'s), not gloo:
+
+1. the rank reports the last round it completed under ``rec/<generation>/<rank>``;
+2. it waits until every member has reported or is dead: a member is dead when its heartbeat
+   counter (``hb/<rank>``, bumped by a thread every ``timeout/5`` s) has not moved for ``timeout``;
+3. it proposes (members that reported, the smallest completed round) with ``compare_set`` on
+   ``dec/<generation>``: the first proposal wins and every rank adopts it, so all agree;
+4. the members build a fresh gloo group under a new store prefix, and the engine rolls back to the
+   agreed round and goes on without the departed ranks' nodes.
+
+A rank that the decision leaves out (it stopped beating for ``timeout`` but was not dead) exits
+with an error. Survivors finish within about one ``timeout`` plus the re-formation (1-2 s).
+
+References:
+    Birman, "The Process Group Approach to Reliable Distributed Computing", CACM 1993 (group
+    membership with views agreed by the survivors).
+    Aguilera, Chen and Toueg, "Heartbeat: A Timeout-Free Failure Detector for Quiescent Reliable
+    Communication", WDAG 1997 (heartbeat failure detection).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+import threading
+import time
+
+import torch
+import torch.distributed as dist
+
+from peerlearn.types import Tensor
+
+
+class PeerFailure(RuntimeError):
+    """A group operation failed: a peer is gone (connection reset) or did not answer within the timeout."""
+
+
+class Group:
+    """A gloo process group over ``members`` (launch ranks, ascending); ``rank``/``size`` are this
+    process's place in it. Every operation waits at most the group's timeout."""
+
+    def __init__(self, store, members: list[int], launch_rank: int, timeout_s: float, generation: int = 0):
+        self.members, self.launch_rank, self.generation = list(members), launch_rank, generation
+        self.rank, self.size = self.members.index(launch_rank), len(self.members)
+        try:
+            self.pg = dist.ProcessGroupGloo(dist.PrefixStore(f"pg{generation}/", store), self.rank, self.size,
+                                            datetime.timedelta(seconds=timeout_s))
+        except RuntimeError as err:  # a member died before connecting
+            raise PeerFailure(str(err)) from err
+
+    @staticmethod
+    def _wait(*works) -> None:
+        try:
+            for work in works:
+                work.wait()
+        except RuntimeError as err:
+            raise PeerFailure(_first_sentence(str(err))) from err
+
+    def all_reduce(self, t: Tensor) -> Tensor:
+        """Sum over the members, in place."""
+        self._wait(self.pg.allreduce([t]))
+        return t
+
+    def all_gather(self, t: Tensor) -> list[Tensor]:
+        """Every member's ``t`` (equal shapes), in member order."""
+        parts = [torch.empty_like(t) for _ in range(self.size)]
+        self._wait(self.pg.allgather([parts], [t]))
+        return parts
+
+    def exchange(self, send: dict[int, Tensor], recv: dict[int, Tensor]) -> None:
+        """Point-to-point: send each ``send[q]`` to member ``q`` and fill each ``recv[q]`` from it."""
+        works = [self.pg.send([t.contiguous()], q, 0) for q, t in send.items()]
+        works += [self.pg.recv([t], q, 0) for q, t in recv.items()]
+        self._wait(*works)
+
+    def barrier(self) -> None:
+        self._wait(self.pg.barrier())
+
+
+def _first_sentence(message: str) -> str:
+    """gloo's message without its source location and advice: 'Connection reset by peer', 'Timed out ...'."""
+    message = re.sub(r"^\[[^\]]*\]\s*", "", message.splitlines()[0] if message else "")
+    return message.split(". ")[0]
+
+
+def connect_store(timeout_s: float):
+    """The launch's key-value store, from the ``torch.distributed`` environment (``MASTER_ADDR``,
+    ``MASTER_PORT``): a client of the launcher's store (torchrun's agent, or ``peerlearn run --nproc``);
+    rank 0 hosts it when the launcher does not (plain ``env://`` launches)."""
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    return dist.TCPStore(os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ["MASTER_PORT"]),
+                         world, not agent and rank == 0, datetime.timedelta(seconds=max(timeout_s, 30.0)),
+                         wait_for_workers=False)
+
+
+class Membership:
+    """This process's view of the run's members, kept through the launch's store (see the module doc).
+
+    Args:
+        store: the launch's store; keys live under ``prefix``.
+        rank, world: this process's launch rank and the launch's size.
+        timeout_s: how long a silent peer or a blocked operation is waited for.
+    """
+
+    def __init__(self, store, rank: int, world: int, timeout_s: float, prefix: str = "peerlearn"):
+        self.store = dist.PrefixStore(f"{prefix}/", store)
+        self.rank, self.timeout_s = rank, float(timeout_s)
+        self.members = list(range(world))
+        self.generation = 0
+        self._stop = threading.Event()
+        self._interval = min(1.0, self.timeout_s / 5)
+        self.store.add(f"hb/{rank}", 1)
+        self._beat = threading.Thread(target=self._heartbeat, name="peerlearn-heartbeat", daemon=True)
+        self._beat.start()
+        self._old_groups: list[Group] = []  # failed groups stay referenced: tearing one down can block
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self.store.add(f"hb/{self.rank}", 1)
+            except Exception:  # the store is gone (the launch is ending): nothing left to tell
+                return
+
+    def close(self) -> None:
+        self._stop.set()
+
+    def group(self) -> Group:
+        """A gloo group over the current members (built collectively by all of them)."""
+        return Group(self.store, self.members, self.rank, self.timeout_s, self.generation)
+
+    def share(self, key: str, value: str | None = None) -> str:
+        """Rank ``members[0]`` publishes ``value`` under ``key``; every member returns it."""
+        if self.rank == self.members[0]:
+            self.store.set(f"share/{key}", value)
+        return self.store.get(f"share/{key}").decode()
+
+    def recover(self, completed: int, failed: Group | None = None, max_wait_s: float | None = None
+                ) -> tuple[list[int], list[int], int]:
+        """Agree with the survivors after a :class:`PeerFailure`: returns (members, departed, round),
+        where ``round`` is the last round every member completed (the run continues after it).
+
+        Raises RuntimeError when the agreed members leave this rank out, or when a live member does
+        not report within ``max_wait_s`` (default: ten timeouts).
+        """
+        if failed is not None:
+            self._old_groups.append(failed)
+        g = self.generation
+        self.store.set(f"rec/{g}/{self.rank}", str(completed))
+        decision_key = f"dec/{g}"
+        patience = 10 * self.timeout_s if max_wait_s is None else max_wait_s
+        deadline = time.monotonic() + patience
+        seen: dict[int, tuple[int, float]] = {}  # member -> (heartbeat count, when it last changed)
+        while not self.store.check([decision_key]):
+            reported, dead = {}, []
+            for m in self.members:
+                if self.store.check([f"rec/{g}/{m}"]):
+                    reported[m] = int(self.store.get(f"rec/{g}/{m}"))
+                    continue
+                beats, now = int(self.store.add(f"hb/{m}", 0)), time.monotonic()
+                if m not in seen or seen[m][0] != beats:
+                    seen[m] = (beats, now)
+                elif now - seen[m][1] >= self.timeout_s:
+                    dead.append(m)
+            if len(reported) + len(dead) == len(self.members):
+                proposal = {"members": sorted(reported), "round": min(reported.values())}
+                self.store.compare_set(decision_key, "", json.dumps(proposal))
+                break
+            if time.monotonic() > deadline:
+                waiting = sorted(set(self.members) - set(reported) - set(dead))
+                raise RuntimeError(f"ranks {waiting} are alive but did not report within {patience:g} s")
+            time.sleep(0.05)
+        decision = json.loads(self.store.get(decision_key))
+        departed = sorted(set(self.members) - set(decision["members"]))
+        if self.rank not in decision["members"]:
+            raise RuntimeError(f"rank {self.rank} was left out of the run at generation {g} "
+                               f"(silent for {self.timeout_s:g} s); raise --timeout-s if it was only slow")
+        self.members, self.generation = decision["members"], g + 1
+        return self.members, departed, int(decision["round"])
