@@ -119,6 +119,7 @@ def _run_distributed(args) -> int:
 
     from peerlearn.config import ConfigError, build, load_config, to_dict
     from peerlearn.engines import distributed
+    from peerlearn.engines.membership import RunStopped
     from peerlearn.report import RunWriter, choose_run_dir
 
     if args.resume:
@@ -168,8 +169,13 @@ def _run_distributed(args) -> int:
                     console.print(f"round {round_}/{cfg.num_rounds}: acc {last['acc_mean']:.3f}", markup=False)
 
             started = time.perf_counter()
-            distributed.simulate_distributed(built, membership, on_eval=writer.append if writer else None,
-                                             on_round=on_round if rank == 0 else None, log=say)
+            try:
+                distributed.simulate_distributed(built, membership, on_eval=writer.append if writer else None,
+                                                 on_round=on_round if rank == 0 else None, log=say)
+            except RunStopped as err:
+                say(f"stopped: {err}")
+                err_console.print(f"error: rank {rank}: {err}", markup=False, highlight=False)
+                return 1
             say(f"finished {cfg.num_rounds} rounds in {time.perf_counter() - started:.1f} s "
                 f"with ranks {membership.members}")
         if writer is not None:

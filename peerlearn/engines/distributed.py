@@ -37,7 +37,7 @@ from torch.utils._pytree import tree_map
 
 from peerlearn.aggregators.mean import mean
 from peerlearn.engines.comm import SimComm, padded_neighbours, torch_csr
-from peerlearn.engines.membership import Group, Membership, PeerFailure, connect_store
+from peerlearn.engines.membership import Group, Membership, PeerFailure, RunStopped, connect_store
 from peerlearn.engines.simulator import Evaluator, _clone, evaluation_row
 from peerlearn.types import Tensor
 
@@ -340,7 +340,7 @@ def simulate_distributed(built, membership: Membership, on_eval: Callable[[dict]
                 try:
                     members, departed, back_to = membership.recover(completed, comm.group)
                     if 0 in departed:
-                        raise RuntimeError(f"rank 0, which evaluates and writes the run, left at round {back_to + 1}; "
+                        raise RunStopped(f"rank 0, which evaluates and writes the run, left at round {back_to + 1}; "
                                            "the run directory keeps every row written before")
                     for q in departed:
                         departure_N[blocks[q].numpy()] = back_to + 1
@@ -357,6 +357,9 @@ def simulate_distributed(built, membership: Membership, on_eval: Callable[[dict]
                     if departed:
                         say(f"ranks {departed} left (nodes {_ranges(departed, blocks)}); {len(members)} ranks go on "
                             f"from round {round_}")
+                    else:
+                        say(f"no rank left: one was busier than the timeout ({membership.timeout_s:g} s, e.g. "
+                            f"evaluating); the group was rebuilt and goes on from round {round_} (raise --timeout-s)")
                     if evaluated(back_to):
                         record(back_to)  # its row may be missing (the failure hit the evaluation)
                     failure = None
@@ -366,14 +369,17 @@ def simulate_distributed(built, membership: Membership, on_eval: Callable[[dict]
 
 
 def _planned_death(rank: int) -> int | None:
-    """``PEERLEARN_KILL=RANK:ROUND``: that rank kills itself (SIGKILL) as the round starts, for
-    reproducible crash experiments and tests; unset, nothing happens."""
-    planned = os.environ.get("PEERLEARN_KILL", "")
-    try:
-        who, when = (int(v) for v in planned.split(":")) if planned else (-1, -1)
-    except ValueError:
-        raise ValueError(f"PEERLEARN_KILL must be RANK:ROUND, got {planned!r}") from None
-    return when if who == rank else None
+    """``PEERLEARN_KILL=RANK:ROUND[,RANK:ROUND...]``: each listed rank kills itself (SIGKILL) as its
+    round starts, for reproducible crash experiments and tests; unset, nothing happens."""
+    planned = os.environ.get("PEERLEARN_KILL", "").strip()
+    deaths = {}
+    for item in filter(None, planned.split(",")):
+        try:
+            who, when = (int(v) for v in item.split(":"))
+        except ValueError:
+            raise ValueError(f"PEERLEARN_KILL must be RANK:ROUND[,RANK:ROUND...], got {planned!r}") from None
+        deaths[who] = when
+    return deaths.get(rank)
 
 
 class _Network:

@@ -43,6 +43,10 @@ class PeerFailure(RuntimeError):
     """A group operation failed: a peer is gone (connection reset) or did not answer within the timeout."""
 
 
+class RunStopped(RuntimeError):
+    """This rank cannot go on: it was left out of the run, or the run lost what it cannot lose."""
+
+
 class Group:
     """A gloo process group over ``members`` (launch ranks, ascending); ``rank``/``size`` are this
     process's place in it. Every operation waits at most the group's timeout."""
@@ -148,7 +152,7 @@ class Membership:
         """Agree with the survivors after a :class:`PeerFailure`: returns (members, departed, round),
         where ``round`` is the last round every member completed (the run continues after it).
 
-        Raises RuntimeError when the agreed members leave this rank out, or when a live member does
+        Raises RunStopped when the agreed members leave this rank out, or when a live member does
         not report within ``max_wait_s`` (default: ten timeouts).
         """
         if failed is not None:
@@ -176,12 +180,12 @@ class Membership:
                 break
             if time.monotonic() > deadline:
                 waiting = sorted(set(self.members) - set(reported) - set(dead))
-                raise RuntimeError(f"ranks {waiting} are alive but did not report within {patience:g} s")
+                raise RunStopped(f"ranks {waiting} are alive but did not report within {patience:g} s")
             time.sleep(0.05)
         decision = json.loads(self.store.get(decision_key))
         departed = sorted(set(self.members) - set(decision["members"]))
         if self.rank not in decision["members"]:
-            raise RuntimeError(f"rank {self.rank} was left out of the run at generation {g} "
+            raise RunStopped(f"rank {self.rank} was left out of the run at generation {g} "
                                f"(silent for {self.timeout_s:g} s); raise --timeout-s if it was only slow")
         self.members, self.generation = decision["members"], g + 1
         return self.members, departed, int(decision["round"])

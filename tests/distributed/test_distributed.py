@@ -176,34 +176,55 @@ def _finish(proc, timeout: float):
     return proc.returncode, out, err
 
 
-def test_a_rank_that_dies_at_a_round_is_a_crash_in_the_simulator(tmp_path):
-    """Rank 3 kills itself (SIGKILL) as round 5 starts: the three survivors agree on the last round all
-    completed (4), go on without nodes 12-15, and produce the simulator's metrics for those nodes
-    crashing at round 5 (same seed; the loss aside, which the simulator averages over down nodes too)."""
+@pytest.mark.parametrize("kill, departures, alive", [
+    ("3:5", {3: 5}, [16, 16, 12, 12]),
+    pytest.param("3:5,1:9", {3: 5, 1: 9}, [16, 16, 12, 8], marks=pytest.mark.slow),
+], ids=["one-death", "two-deaths"])
+def test_a_rank_that_dies_at_a_round_is_a_crash_in_the_simulator(tmp_path, kill, departures, alive):
+    """Rank 3 kills itself (SIGKILL) as round 5 starts (and rank 1 as round 9 starts): the survivors
+    agree on the last round all completed, go on without the dead rank's nodes, and produce the
+    simulator's metrics for those nodes crashing at those rounds (same seed; the loss aside once a
+    node is down, which the simulator averages over down nodes too)."""
     from peerlearn.config import MIXING, build, load_config
-    from peerlearn.engines.faults import FaultPlan, alive_timeline
+    from peerlearn.engines.distributed import node_blocks
+    from peerlearn.engines.faults import FaultPlan
     from peerlearn.engines.simulator import simulate
 
     config = _config(tmp_path)
-    code, _, err = _finish(_launch(config, tmp_path / "dist", "--timeout-s", "3", kill="3:5"), TIMEOUT_S)
+    code, _, err = _finish(_launch(config, tmp_path / "dist", "--timeout-s", "3", kill=kill), TIMEOUT_S)
     assert code == 0, err[-3000:]
-    assert "rank 3 was killed by SIGKILL" in err
+    for rank in departures:
+        assert f"rank {rank} was killed by SIGKILL" in err
 
     cfg = load_config(str(config))
     built = build(cfg)
-    crashed = torch.arange(16) >= 12
-    plan = FaultPlan(alive_timeline(16, 12, crash_N=crashed.numpy(), crash_round=5), MIXING[cfg.topology.mixing].fn)
-    sim_rows = simulate(built._replace(faults=plan))
+    gone_N = torch.full((16,), 13)
+    for rank, round_ in departures.items():
+        gone_N[node_blocks(16, 4)[rank]] = round_
+    alive_TN = (torch.arange(13)[:, None] < gone_N[None, :]).numpy()
+    sim_rows = simulate(built._replace(faults=FaultPlan(alive_TN, MIXING[cfg.topology.mixing].fn)))
     dist_rows = _rows(tmp_path / "dist")
     assert [int(r["round"]) for r in dist_rows] == [0, 4, 8, 12]
-    assert [int(r["alive_nodes"]) for r in dist_rows] == [16, 16, 12, 12]
+    assert [int(r["alive_nodes"]) for r in dist_rows] == alive
     for d, s in zip(dist_rows, sim_rows, strict=True):
         for key, value in s.items():
             if key in ("wall_time_s",) or (key == "loss_mean" and s["round"] > 4):
                 continue
             assert float(d[key]) == pytest.approx(float(value), rel=1e-4, abs=1e-6, nan_ok=True), (s["round"], key)
-    log = (tmp_path / "dist" / "logs" / "rank1.log").read_text()
+    log = (tmp_path / "dist" / "logs" / "rank2.log").read_text()
     assert "ranks [3] left (nodes 12..15); 3 ranks go on from round 5" in log
+    if 1 in departures:
+        assert "ranks [1] left (nodes 4..7); 2 ranks go on from round 9" in log
+
+
+def test_when_rank_0_dies_the_others_stop_and_the_rows_stay(tmp_path):
+    """Rank 0 evaluates and writes: without it the survivors stop with one line each, and the run
+    directory keeps the rows written before."""
+    code, _, err = _finish(_launch(_config(tmp_path), tmp_path / "run", "--timeout-s", "3", kill="0:5"), TIMEOUT_S)
+    assert code == 1
+    assert "rank 0 was killed by SIGKILL" in err
+    assert err.count("which evaluates and writes the run, left at round 5") == 3
+    assert [int(r["round"]) for r in _metrics_rows(tmp_path / "run")] == [0, 4]
 
 
 def test_sigkill_mid_run_leaves_the_others_training(tmp_path):
