@@ -126,6 +126,8 @@ def _run_distributed(args) -> int:
         raise ConfigError("config error: --resume: not available with --engine distributed yet")
     if args.config is None:
         raise ConfigError("config error: peerlearn run needs a config file")
+    if not args.timeout_s > 0:
+        raise ConfigError(f"config error: --timeout-s: a positive number of seconds, got {args.timeout_s}")
     if args.nproc is not None and "RANK" not in os.environ:  # the launcher: check, then start the ranks
         if args.nproc < 1:
             raise ConfigError(f"config error: --nproc: at least 1 rank, got {args.nproc}")
