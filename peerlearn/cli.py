@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -115,8 +116,6 @@ def cmd_run(args) -> int:
 def _run_distributed(args) -> int:
     """One rank of a distributed run (launched by ``--nproc N`` or torchrun): rank 0 writes the run
     directory (and shows the progress); every rank logs to ``logs/rank<r>.log`` in it."""
-    import os
-
     from peerlearn.config import ConfigError, build, load_config, to_dict
     from peerlearn.engines import distributed
     from peerlearn.engines.membership import RunStopped
@@ -353,11 +352,19 @@ def main(argv: list[str] | None = None) -> int:
 
     args = make_parser().parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
     except ConfigError as err:
-        return _fail(str(err))
+        code = _fail(str(err))
     except (FileExistsError, FileNotFoundError) as err:
-        return _fail(f"error: {err}")
+        code = _fail(f"error: {err}")
+    if getattr(args, "engine", None) == "distributed" and "RANK" in os.environ:
+        # a rank leaves without running C++ destructors: a gloo group that lost a peer can abort the
+        # process while it is torn down ("terminate called without an active exception"), after
+        # the run is complete and written
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

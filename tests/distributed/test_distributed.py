@@ -195,6 +195,7 @@ def test_a_rank_that_dies_at_a_round_is_a_crash_in_the_simulator(tmp_path, kill,
     assert code == 0, err[-3000:]
     for rank in departures:
         assert f"rank {rank} was killed by SIGKILL" in err
+    assert err.count("was killed by") == len(departures)  # the survivors ended cleanly (no abort at exit)
 
     cfg = load_config(str(config))
     built = build(cfg)
@@ -255,6 +256,7 @@ def test_sigkill_mid_run_leaves_the_others_training(tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, 9)
     assert code == 0, err[-3000:]
+    assert err.count("was killed by") == 1, err[-3000:]  # only rank 2: the survivors ended cleanly
     rows = _metrics_rows(out)
     assert int(rows[-1]["round"]) == 400
     alive = [int(r["alive_nodes"]) for r in rows]
