@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from peerlearn.engines.async_net import AsyncNet
-from peerlearn.engines.simulator import Evaluator, evaluation_row, restore, round_network
+from peerlearn.engines.simulator import Evaluator, evaluation_row, is_evaluation_round, restore, round_network
 from peerlearn.types import Tensor
 
 
@@ -136,7 +136,7 @@ def simulate_async(built, on_eval: Callable[[dict], None] | None = None,
             if not attacked and math.isinf(metrics["loss"]):  # NaN: nobody trained (divergence shows in the row)
                 raise FloatingPointError(f"training diverged at round {round_} (loss {metrics['loss']}); "
                                          "lower algorithm.lr")
-        if round_ % cfg.eval_every == 0 or round_ == cfg.num_rounds:
+        if is_evaluation_round(cfg, round_):
             record(round_)
         if on_round is not None:
             on_round(round_, rows[-1])

@@ -38,7 +38,7 @@ from torch.utils._pytree import tree_map
 from peerlearn.aggregators.mean import mean
 from peerlearn.engines.comm import SimComm, padded_neighbours, torch_csr
 from peerlearn.engines.membership import Group, Membership, PeerFailure, RunStopped, connect_store
-from peerlearn.engines.simulator import Evaluator, _clone, evaluation_row
+from peerlearn.engines.simulator import Evaluator, _clone, evaluation_row, is_evaluation_round
 from peerlearn.types import Tensor
 
 # algorithms whose step only touches its own rows and the Comm (run unchanged on a block of nodes)
@@ -138,11 +138,6 @@ class DistComm:
         degree = np.diff(off.indptr)
         k = int(degree.max()) if self.num_global else 0
         self._nbr_RK, self._valid_RK = padded_neighbours(local.indptr, local.indices, k, np.zeros(hi - lo))
-
-    def set_alive(self, alive_N: Tensor | None) -> None:
-        """Nodes go down only with their rank (simulated faults are the simulator's)."""
-        if alive_N is not None and not torch.equal(alive_N, self.host_N >= 0):
-            raise NotImplementedError("the distributed engine does not simulate faults; real ones remove ranks")
 
     # -- exchange ---------------------------------------------------------------------------------
     def _exchange(self, x_RP: Tensor) -> Tensor:
@@ -290,9 +285,6 @@ def simulate_distributed(built, membership: Membership, on_eval: Callable[[dict]
         if on_eval is not None:
             on_eval(row)
 
-    def evaluated(round_: int) -> bool:
-        return round_ % cfg.eval_every == 0 or round_ == num_rounds
-
     die_at = _planned_death(membership.rank)
     completed, round_ = 0, 0
     capture(0)
@@ -323,7 +315,7 @@ def simulate_distributed(built, membership: Membership, on_eval: Callable[[dict]
                                       0.0, None if comm.alive_N is None else comm.alive_N.numpy())
                 completed = round_
                 capture(round_)
-                if evaluated(round_):
+                if is_evaluation_round(cfg, round_):
                     record(round_)
                 if lead and on_round is not None:
                     on_round(round_, result[-1])
@@ -360,7 +352,7 @@ def simulate_distributed(built, membership: Membership, on_eval: Callable[[dict]
                     else:
                         say(f"no rank left: one was busier than the timeout ({membership.timeout_s:g} s, e.g. "
                             f"evaluating); the group was rebuilt and goes on from round {round_} (raise --timeout-s)")
-                    if evaluated(back_to):
+                    if is_evaluation_round(cfg, back_to):
                         record(back_to)  # its row may be missing (the failure hit the evaluation)
                     failure = None
                 except PeerFailure as again:

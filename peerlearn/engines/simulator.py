@@ -84,6 +84,11 @@ class Evaluator:
         return float((correct.sum(1) / mask.sum(1)).double().mean())
 
 
+def is_evaluation_round(cfg, round_: int) -> bool:
+    """Rows are evaluated at round 0, every ``eval_every`` rounds and at the last round (every engine)."""
+    return round_ % cfg.eval_every == 0 or round_ == cfg.num_rounds
+
+
 def evaluation_row(round_: int, evaluate: Evaluator, params_NP: Tensor, alive_N: Tensor | None, losses: list[float],
                    honest_N: Tensor, bytes_total: float, num_nodes: int, wall_time_s: float, clock_metrics: dict,
                    attacked: bool) -> dict:
@@ -216,7 +221,7 @@ def simulate(built, on_eval: Callable[[dict], None] | None = None,
         if not attacked and not silent and not math.isfinite(step_metrics["loss"]):
             raise FloatingPointError(f"training diverged at round {round_} (loss {step_metrics['loss']}); "
                                      "lower algorithm.lr")
-        if round_ % cfg.eval_every == 0 or round_ == cfg.num_rounds:
+        if is_evaluation_round(cfg, round_):
             record(round_)
         if on_round is not None:
             on_round(round_, rows[-1])
