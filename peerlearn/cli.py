@@ -61,7 +61,7 @@ def _summary_table(title: str, runs: dict[str, dict]) -> Table:
 def cmd_run(args) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from peerlearn.config import ConfigError, build, load_config, parse_config, to_dict, unused_fields
+    from peerlearn.config import ConfigError, build, load_config, parse_config, to_dict
     from peerlearn.engines.simulator import simulate
     from peerlearn.report import RunWriter, choose_run_dir
     from peerlearn.report.run_dir import load_checkpoint
@@ -81,8 +81,6 @@ def cmd_run(args) -> int:
         cfg = load_config(args.config, args.set)
         out_dir = choose_run_dir(args.out, cfg.name, args.overwrite)
     built = build(cfg)  # every config error surfaces here, before the run directory is written
-    for field in unused_fields(cfg):
-        err_console.print(f"note: {field} is not used by this configuration", markup=False, highlight=False)
     writer = RunWriter(out_dir, to_dict(cfg), rows=None if resume is None else resume["rows"],
                        checkpoint_every=cfg.checkpoint_every)
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -106,8 +104,8 @@ def cmd_run(args) -> int:
             err_console.print(f"error: {err}", markup=False)
     summary = writer.finish(status)
     if not args.quiet:
-        console.print(_summary_table(f"{cfg.name}: {cfg.algorithm.name} on {cfg.topology.graph}, "
-                                     f"{cfg.num_nodes} nodes, {cfg.data.dataset}", {cfg.name: summary["final"]}))
+        console.print(_summary_table(f"{cfg.name}: {cfg.algorithm.name} on {cfg.topology.graph.name}, "
+                                     f"{cfg.num_nodes} nodes, {cfg.data.dataset.name}", {cfg.name: summary["final"]}))
         console.print(f"results: {out_dir}/ (metrics.csv, summary.json, accuracy.png, accuracy_vs_bytes.png, "
                       "consensus.png)", markup=False)
     return {"completed": 0, "interrupted": 130}.get(status, 1)
@@ -182,7 +180,7 @@ def _run_distributed(args) -> int:
         if writer is not None:
             summary = writer.finish("completed")
             if not args.quiet:
-                console.print(_summary_table(f"{cfg.name}: {cfg.algorithm.name} on {cfg.topology.graph}, "
+                console.print(_summary_table(f"{cfg.name}: {cfg.algorithm.name} on {cfg.topology.graph.name}, "
                                              f"{cfg.num_nodes} nodes on {world} ranks", {cfg.name: summary["final"]}))
                 console.print(f"results: {out_dir}/", markup=False)
         return 0
@@ -191,32 +189,28 @@ def _run_distributed(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from peerlearn.config import build, load_config, unused_fields
+    from peerlearn.config import build, load_config
 
     cfg = load_config(args.config, args.set)
     if args.build:
         build(cfg)
-    for field in unused_fields(cfg):
-        err_console.print(f"note: {field} is not used by this configuration", markup=False, highlight=False)
-    console.print(f"{args.config}: valid ({cfg.algorithm.name}, {cfg.topology.graph}, {cfg.num_nodes} nodes, "
-                  f"{cfg.data.dataset})", markup=False)
+    console.print(f"{args.config}: valid ({cfg.algorithm.name}, {cfg.topology.graph.name}, {cfg.num_nodes} nodes, "
+                  f"{cfg.data.dataset.name})", markup=False)
     return 0
 
 
 def cmd_list(args) -> int:
-    from peerlearn.config import REGISTRIES, SECTIONS
+    import json
 
-    for key, registry in REGISTRIES.items():
-        section = SECTIONS[key.split(".")[0]]
-        table = Table(title=key, title_justify="left", show_lines=False)
-        table.add_column("name", style="bold")
-        table.add_column("parameters (config key = default)")
-        table.add_column("description")
-        for name, entry in registry.items():
-            params = ", ".join(f"{key.split('.')[0]}.{p} = {section.model_fields[p].default!r}" for p in entry.params)
-            doc = (inspect.getdoc(entry.fn) or inspect.getdoc(inspect.getmodule(entry.fn)) or "-").splitlines()[0]
-            table.add_row(name, params or "-", doc)
-        console.print(table)
+    from peerlearn.config import load_plugins
+    from peerlearn.report.catalog import as_json, catalog, render
+
+    load_plugins(args.plugin)
+    entries = catalog(args.family, own_only=args.family is None and not args.json)
+    if args.json:
+        print(json.dumps(as_json(entries), indent=1, default=repr))
+    else:
+        render(console, entries, detailed=args.family is not None)
     return 0
 
 
@@ -251,10 +245,12 @@ def cmd_compare(args) -> int:
 def cmd_matrix(args) -> int:
     import yaml
 
-    from peerlearn.config import AGGREGATORS, ATTACKS, ConfigError, load_config, to_dict
+    from peerlearn.aggregators import AGGREGATORS
+    from peerlearn.attacks import ATTACKS
+    from peerlearn.config import ConfigError, load_config, to_dict
     from peerlearn.report.matrix import run_matrix
 
-    cfg = load_config(args.config, args.set)
+    cfg = load_config(args.config, args.set)  # imports the config's plugins: their members are names here too
     attacks = ["none", *(a for a in args.attacks if a != "none")]
     for what, names, allowed in (("--attacks", attacks[1:], ATTACKS), ("--defenses", args.defenses, AGGREGATORS)):
         bad = [n for n in names if n.split(":")[0] not in allowed]
@@ -266,7 +262,7 @@ def cmd_matrix(args) -> int:
                           "(e.g. --set threat.num_byzantine=10)")
     out = Path(args.out or Path("runs") / f"{cfg.name}-matrix")
     table = Table(title=f"attack x defence: honest mean / min accuracy ({cfg.num_byzantine} Byzantine of "
-                        f"{cfg.num_nodes}, {cfg.topology.graph})")
+                        f"{cfg.num_nodes}, {cfg.topology.graph.name})")
     total = len(attacks) * len(args.defenses)
     done = []
 
@@ -276,7 +272,7 @@ def cmd_matrix(args) -> int:
             console.print(f"[{len(done)}/{total}] {attack} vs {defense}: mean {row['acc_mean']:.3f}, "
                           f"min {row['acc_min']:.3f}", markup=False)
 
-    rows = run_matrix(base, attacks, list(args.defenses), out, on_cell)
+    rows = run_matrix(base, attacks, list(args.defenses), out, on_cell, cfg)
     table.add_column("attack \\ defence")
     for d in args.defenses:
         table.add_column(d, justify="right")
@@ -317,7 +313,13 @@ def make_parser() -> argparse.ArgumentParser:
     val.add_argument("--build", action="store_true", help="also load the data and build the graph")
     val.set_defaults(func=cmd_validate)
 
-    lst = sub.add_parser("list", help="every graph, mixing rule, dataset, partition, model and algorithm")
+    lst = sub.add_parser("list", help="every member of every family (graphs, datasets, models, algorithms, "
+                         "aggregators, attacks ...) and every config section, with their keys")
+    lst.add_argument("family", nargs="?", help="one family (e.g. aggregator) or section (e.g. faults): every key "
+                     "with its default, bounds and description")
+    lst.add_argument("--json", action="store_true", help="machine-readable output")
+    lst.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="also list the members this "
+                     "module (name or .py path) registers (repeatable; PEERLEARN_PLUGINS works too)")
     lst.set_defaults(func=cmd_list)
 
     cmp_ = sub.add_parser("compare", help="one table and one overlay plot for several run directories")

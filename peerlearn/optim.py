@@ -98,3 +98,46 @@ def proximal(inner: Transform, mu: float) -> Transform:
         return updates, ProximalState(state.anchor_NP, inner_state)
 
     return Transform(init, update)
+
+
+# ---------------------------------------------------------------------------------------------
+# Specs (algorithm.optimizer): the local optimizer of an algorithm; the algorithm's lr is passed in
+# ---------------------------------------------------------------------------------------------
+from typing import Literal  # noqa: E402
+
+from pydantic import Field  # noqa: E402
+
+from peerlearn.spec import Registry, Spec  # noqa: E402
+
+
+class OptimizerSpec(Spec):
+    """A local optimizer: ``build(lr) -> Transform`` over stacked parameters."""
+
+    def build(self, lr: float) -> Transform:
+        raise NotImplementedError
+
+
+OPTIMIZERS = Registry("optimizer", OptimizerSpec, "algorithm.optimizer", "local (inner) optimizers")
+
+
+@OPTIMIZERS.register
+class SgdSpec(OptimizerSpec):
+    """SGD with heavy-ball momentum and L2 weight decay (Polyak, 1964)."""
+
+    name: Literal["sgd"] = "sgd"
+    momentum: float = Field(0.0, ge=0.0, lt=1.0, description="heavy-ball momentum")
+    weight_decay: float = Field(0.0, ge=0.0, description="L2 penalty")
+
+    def build(self, lr: float) -> Transform:
+        return sgd(lr, momentum=self.momentum, weight_decay=self.weight_decay)
+
+
+@OPTIMIZERS.register
+class AdamWSpec(OptimizerSpec):
+    """Adam with decoupled weight decay (Loshchilov & Hutter, ICLR 2019)."""
+
+    name: Literal["adamw"] = "adamw"
+    weight_decay: float = Field(0.0, ge=0.0, description="decoupled weight decay")
+
+    def build(self, lr: float) -> Transform:
+        return adamw(lr, weight_decay=self.weight_decay)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from peerlearn.config import parse_config
+from peerlearn.config import parse_config, switch_member
 
 
 @pytest.fixture(autouse=True)
@@ -21,6 +21,8 @@ def tiny_config(**sections):
             "algorithm": {"name": "dsgd", "lr": 0.1, "batch_size": 8}}
     for key, value in sections.items():
         if isinstance(value, dict):
+            for k, v in value.items():  # naming another member drops the keys only the old one read
+                switch_member(base, key, k, v)
             base.setdefault(key, {}).update(value)
         else:
             base[key] = value

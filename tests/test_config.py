@@ -11,14 +11,15 @@ from peerlearn.config import load_config, parse_config
 GOOD = {"num_nodes": 8, "num_rounds": 2, "eval_every": 1, "model": {"hidden": [8]}}
 
 CASES = [
-    ({"topology": {"grph": "ring"}}, "topology.grph: unknown key; allowed: graph, mixing"),
+    ({"topology": {"grph": "ring"}}, "topology.grph: not a key of topology (graph ring, mixing metropolis_hastings, "
+                                     "schedule static); it takes: graph, mixing, schedule"),
     ({"learning_rate": 0.1}, "learning_rate: unknown key; allowed: name, seed"),
-    ({"topology": {"graph": "rign"}}, "topology.graph: Input should be 'complete'"),
+    ({"topology": {"graph": "rign"}}, "topology.graph: unknown graph 'rign'; registered: complete, ring"),
     ({"num_nodes": "many"}, "num_nodes: Input should be a valid integer"),
     ({"algorithm": {"lr": -0.1}}, "algorithm.lr: Input should be greater than 0"),
     ({"algorithm": {"momentum": 1.5}}, "algorithm.momentum: Input should be less than 1"),
     ({"data": {"partition": "dirichlet", "alpha": 0}}, "data.alpha: Input should be greater than 0"),
-    ({"data": {"dataset": "cifar10"}}, "data.dataset: Input should be 'digits'"),
+    ({"data": {"dataset": "cifar10"}}, "data.dataset: unknown dataset 'cifar10'; registered: digits"),
     ({"topology": {"graph": "random_regular", "degree": 3}, "num_nodes": 9}, "topology.degree: random_regular needs"),
     ({"topology": {"graph": "random_regular", "degree": 8}}, "topology.degree: random_regular needs degree < num_nodes"),
     ({"topology": {"graph": "hypercube"}, "num_nodes": 12}, "num_nodes: graph hypercube needs a power of 2"),
@@ -31,6 +32,9 @@ CASES = [
     ({"data": {"dataset": "fashion_mnist", "path": "/nonexistent"}}, "data.dataset=fashion_mnist: no IDX files"),
     ({"data": {"partition": "dirichlet", "alpha": 0.01, "min_samples_per_node": 150}}, "data.partition=dirichlet"),
     ({"model": {"name": "cnn"}, "data": {"dataset": "synthetic"}}, "model.name=cnn needs image-shaped"),
+    ({"algorithm": {"name": "diloco", "f": 2}}, "algorithm.f: not a key of algorithm diloco; it takes: name, lr"),
+    ({"algorithm": {"aggregator": "median", "f": 2}}, "algorithm.f: not a key of algorithm dsgd"),
+    ({"algorithm": {"aggregator": "trimmed_mean", "f": -1}}, "algorithm.f: Input should be greater than or equal"),
     ({"topology": "ring"}, "topology: expected a mapping"),
 ]
 
@@ -38,7 +42,7 @@ CASES = [
 @pytest.mark.parametrize("override, message", CASES, ids=[c[1][:40] for c in CASES])
 def test_config_error_is_one_line_with_exit_code_2(tmp_path, capsys, override, message):
     data = {**GOOD, **override}
-    if isinstance(override.get("model"), dict):
+    if isinstance(override.get("model"), dict) and "name" not in override["model"]:
         data["model"] = {**GOOD["model"], **override["model"]}
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -55,7 +59,7 @@ def test_set_overrides_and_bad_set_syntax(tmp_path, capsys):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(GOOD))
     cfg = load_config(path, ["algorithm.lr=0.05", "topology.graph=torus", "model.hidden=[4, 4]"])
-    assert cfg.algorithm.lr == 0.05 and cfg.topology.graph == "torus" and cfg.model.hidden == [4, 4]
+    assert cfg.algorithm.lr == 0.05 and cfg.topology.graph.name == "torus" and cfg.model.hidden == [4, 4]
     assert cfg.name == "c"
     assert main(["validate", str(path), "--set", "algorithm.lr"]) == 2
     assert "expected key=value" in capsys.readouterr().err
@@ -72,7 +76,7 @@ def test_missing_and_invalid_yaml(tmp_path, capsys):
 
 def test_defaults_are_complete_and_valid():
     cfg = parse_config({})
-    assert cfg.topology.graph == "ring" and cfg.algorithm.name == "dsgd" and cfg.data.dataset == "digits"
+    assert cfg.topology.graph.name == "ring" and cfg.algorithm.name == "dsgd" and cfg.data.dataset.name == "digits"
 
 
 @pytest.mark.parametrize("path", sorted(Path(__file__).parents[1].joinpath("configs").glob("*.yaml")),

@@ -4,12 +4,13 @@ Column 0 is the node's own model; padded entries (``valid_NK`` False) never coun
 ``mean(x_KP, weights_K)`` is the single-node weighted mean used by FedAvg and all-reduce.
 """
 
+from peerlearn.aggregators.base import AGGREGATORS, AggregatorSpec
 from peerlearn.aggregators.mean import masked_mean, mean
 from peerlearn.aggregators.robust import (bulyan, centered_clipping, coordinate_median, geometric_median, krum, multi_krum,
                                           nearest_neighbor_mean, trimmed_mean)
 from peerlearn.aggregators.sybil import foolsgold
 from peerlearn.aggregators.variance_correction import layer_variances, restore_variance, variance_corrected
 
-__all__ = ["bulyan", "centered_clipping", "coordinate_median", "foolsgold", "geometric_median", "krum", "masked_mean", "mean",
+__all__ = ["AGGREGATORS", "AggregatorSpec", "bulyan", "centered_clipping", "coordinate_median", "foolsgold", "geometric_median", "krum", "masked_mean", "mean",
            "layer_variances", "multi_krum", "nearest_neighbor_mean", "restore_variance", "trimmed_mean",
            "variance_corrected"]

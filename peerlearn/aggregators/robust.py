@@ -187,3 +187,87 @@ def nearest_neighbor_mean(x_NKP: Tensor, valid_NK: Tensor, f: int = 1) -> Tensor
     dist = (x_NKP - x_NKP[:, :1]).norm(dim=2).masked_fill(~valid_NK, float("inf"))
     rank = dist.argsort(dim=1).argsort(dim=1)
     return masked_mean(x_NKP, (rank < (_counts(valid_NK) - f)[:, None]) & valid_NK)
+
+
+# ---------------------------------------------------------------------------------------------
+# Specs (algorithm.aggregator)
+# ---------------------------------------------------------------------------------------------
+from typing import ClassVar, Literal  # noqa: E402
+
+from pydantic import Field  # noqa: E402
+
+from peerlearn.aggregators.base import AGGREGATORS, AggregatorSpec  # noqa: E402
+
+
+class _Tolerant(AggregatorSpec):
+    f: int = Field(1, ge=0, description="Byzantine inputs each node's rule tolerates")
+
+
+@AGGREGATORS.register
+class MedianSpec(AggregatorSpec):
+    """Coordinate-wise median (Yin et al., ICML 2018)."""
+
+    name: Literal["median"] = "median"
+    factory: ClassVar = staticmethod(coordinate_median)
+
+
+@AGGREGATORS.register
+class TrimmedMeanSpec(_Tolerant):
+    """Coordinate-wise mean without the f largest and f smallest values (Yin et al., ICML 2018)."""
+
+    name: Literal["trimmed_mean"] = "trimmed_mean"
+    factory: ClassVar = staticmethod(trimmed_mean)
+    min_inputs: ClassVar = "trimmed_mean"
+
+
+@AGGREGATORS.register
+class KrumSpec(_Tolerant):
+    """The input closest to its n - f - 2 nearest others (Blanchard et al., NeurIPS 2017)."""
+
+    name: Literal["krum"] = "krum"
+    factory: ClassVar = staticmethod(krum)
+    min_inputs: ClassVar = "krum"
+
+
+@AGGREGATORS.register
+class MultiKrumSpec(_Tolerant):
+    """The mean of the m best-scored inputs by Krum (Blanchard et al., NeurIPS 2017)."""
+
+    name: Literal["multi_krum"] = "multi_krum"
+    factory: ClassVar = staticmethod(multi_krum)
+    min_inputs: ClassVar = "multi_krum"
+
+
+@AGGREGATORS.register
+class BulyanSpec(_Tolerant):
+    """Krum selection, then a trimmed mean around the median (El Mhamdi et al., ICML 2018)."""
+
+    name: Literal["bulyan"] = "bulyan"
+    factory: ClassVar = staticmethod(bulyan)
+    min_inputs: ClassVar = "bulyan"
+
+
+@AGGREGATORS.register
+class GeometricMedianSpec(AggregatorSpec):
+    """Smoothed Weiszfeld geometric median (Pillutla et al., IEEE TSP 2022)."""
+
+    name: Literal["geometric_median"] = "geometric_median"
+    factory: ClassVar = staticmethod(geometric_median)
+
+
+@AGGREGATORS.register
+class CenteredClippingSpec(AggregatorSpec):
+    """Clip every input's distance to the own model at tau (Karimireddy et al., ICML 2021; He et al., 2022)."""
+
+    name: Literal["centered_clipping"] = "centered_clipping"
+    tau: float = Field(1.0, gt=0.0, description="clipping radius")
+    factory: ClassVar = staticmethod(centered_clipping)
+
+
+@AGGREGATORS.register
+class NearestNeighborMeanSpec(_Tolerant):
+    """Mean of the own model and its n - f nearest inputs (Allouah et al., AISTATS 2023)."""
+
+    name: Literal["nna"] = "nna"
+    factory: ClassVar = staticmethod(nearest_neighbor_mean)
+    min_inputs: ClassVar = "nearest_neighbor_mean"

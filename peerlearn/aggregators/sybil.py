@@ -42,3 +42,24 @@ def foolsgold(x_NKP: Tensor, valid_NK: Tensor, reference_P: Tensor, confidence: 
     alpha = (confidence * (torch.log(alpha / (1 - alpha)) + 0.5)).clamp(0.0, 1.0)
     alpha = torch.nan_to_num(alpha, nan=0.0).masked_fill(~ok, 0.0)
     return (own + (alpha[..., None] * nbr).sum(1)) / (1.0 + alpha.sum(1, keepdim=True))
+
+
+# ---------------------------------------------------------------------------------------------
+# Spec (algorithm.aggregator)
+# ---------------------------------------------------------------------------------------------
+from typing import ClassVar, Literal  # noqa: E402
+
+from peerlearn.aggregators.base import AGGREGATORS, AggregatorSpec  # noqa: E402
+from peerlearn.spec import Capabilities  # noqa: E402
+
+
+@AGGREGATORS.register
+class FoolsGoldSpec(AggregatorSpec):
+    """FoolsGold similarity weights against Sybil clones (Fung et al., RAID 2020)."""
+
+    name: Literal["foolsgold"] = "foolsgold"
+    factory: ClassVar = staticmethod(foolsgold)
+    capabilities: ClassVar = Capabilities(common_init=True)
+
+    def build(self, ctx):  # histories telescope to x_j - x_0 from the common initial model
+        return self.rule(reference_P=ctx.reference_P)

@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 import torch
 
 from peerlearn.algorithms.local import local_steps
-from peerlearn.engines.async_net import put_rows, take_rows
+from peerlearn.rows import put_rows, take_rows
 from peerlearn.types import AsyncAlgorithm, Tensor, Transform
 
 
@@ -81,3 +81,30 @@ def async_local_sgd(inner: Transform, num_local_steps: int = 1, outer_lr: float 
             "loss": float(loss.mean()), "staleness": float(staleness.mean())}
 
     return AsyncAlgorithm(init, wake)
+
+
+# ---------------------------------------------------------------------------------------------
+# Spec (algorithm.name: async_local_sgd)
+# ---------------------------------------------------------------------------------------------
+from typing import ClassVar, Literal  # noqa: E402
+
+from pydantic import Field  # noqa: E402
+
+from peerlearn.algorithms.base import ALGORITHMS, Asynchronous, Capabilities  # noqa: E402
+
+
+@ALGORITHMS.register
+class AsyncLocalSgdSpec(Asynchronous):
+    """Asynchronous local SGD with delayed Nesterov outer steps (Liu et al., 2024)."""
+
+    name: Literal["async_local_sgd"] = "async_local_sgd"
+    outer_lr: float = Field(0.7, gt=0.0, description="outer learning rate")
+    outer_momentum: float = Field(0.9, ge=0.0, lt=1.0, description="outer Nesterov momentum (delayed: one momentum "
+                                  "step per num_nodes pushes)")
+    staleness_power: float = Field(0.0, ge=0.0, description="weigh a push of staleness tau by (1 + tau)^-power "
+                                   "(0: no weighting)")
+    capabilities: ClassVar = Capabilities(engines=frozenset({"simulator"}), asynchronous=True, global_model=True)
+
+    def build(self, ctx):
+        return async_local_sgd(self.transform(), self.num_local_steps, self.outer_lr, self.outer_momentum,
+                               self.staleness_power)

@@ -26,7 +26,7 @@ import torch
 
 from peerlearn.algorithms.local import local_steps
 from peerlearn.algorithms.push_sum import PushSumState
-from peerlearn.engines.async_net import put_rows, take_rows
+from peerlearn.rows import put_rows, take_rows
 from peerlearn.types import AsyncAlgorithm, Transform
 
 
@@ -50,3 +50,22 @@ def async_push_sum(optimizer: Transform, num_local_steps: int = 1) -> AsyncAlgor
             "loss": float(loss.mean())}
 
     return AsyncAlgorithm(init, wake)
+
+
+# ---------------------------------------------------------------------------------------------
+# Spec (algorithm.name: async_push_sum)
+# ---------------------------------------------------------------------------------------------
+from typing import ClassVar, Literal  # noqa: E402
+
+from peerlearn.algorithms.base import ALGORITHMS, Asynchronous, Capabilities  # noqa: E402
+
+
+@ALGORITHMS.register
+class AsyncPushSumSpec(Asynchronous):
+    """Asynchronous push-sum: a waking node trains and pushes half its mass (Assran & Rabbat, 2020)."""
+
+    name: Literal["async_push_sum"] = "async_push_sum"
+    capabilities: ClassVar = Capabilities(engines=frozenset({"simulator"}), asynchronous=True, column_stochastic=True)
+
+    def build(self, ctx):
+        return async_push_sum(self.transform(), self.num_local_steps)

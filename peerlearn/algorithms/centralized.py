@@ -38,3 +38,26 @@ def centralized(optimizer: Transform, num_local_steps: int = 1, weights_N: Tenso
         return params_NP, CentralizedState(opt_state), {"loss": loss_total / num_local_steps}
 
     return Algorithm(init, step)
+
+
+# ---------------------------------------------------------------------------------------------
+# Spec (algorithm.name: centralized)
+# ---------------------------------------------------------------------------------------------
+from typing import ClassVar, Literal  # noqa: E402
+
+from pydantic import Field  # noqa: E402
+
+from peerlearn.algorithms.base import ALGORITHMS, Capabilities, LocalSteps, Synchronous, weights  # noqa: E402
+
+
+@ALGORITHMS.register
+class CentralizedSpec(LocalSteps, Synchronous):
+    """Centralized (parallel) SGD: every node's gradient averaged each step, the upper baseline."""
+
+    name: Literal["centralized"] = "centralized"
+    weighting: Literal["data_size", "uniform"] = Field("data_size", description="weight nodes by their data size "
+                                                                                "or equally")
+    capabilities: ClassVar = Capabilities(global_model=True)
+
+    def build(self, ctx):
+        return centralized(self.transform(), self.num_local_steps, weights(self, ctx))

@@ -56,3 +56,32 @@ def choco(optimizer: Transform, num_local_steps: int, compressor: Compressor, co
         return params_NP, ChocoState(public, mixed, opt_state, compressor_state), {"loss": float(loss.mean())}
 
     return Algorithm(init, step)
+
+
+# ---------------------------------------------------------------------------------------------
+# Spec (algorithm.name: choco)
+# ---------------------------------------------------------------------------------------------
+from typing import ClassVar, Literal  # noqa: E402
+
+from pydantic import Field, SerializeAsAny  # noqa: E402
+
+from peerlearn.algorithms.base import ALGORITHMS, SYNC, Capabilities, LocalSteps, Synchronous  # noqa: E402
+from peerlearn.compressors.base import COMPRESSORS, CompressorSpec  # noqa: E402
+from peerlearn.optim import OPTIMIZERS  # noqa: E402
+from peerlearn.spec import slot  # noqa: E402
+
+
+@ALGORITHMS.register
+class ChocoSpec(LocalSteps, Synchronous):
+    """CHOCO-SGD: gossip of compressed differences to public copies (Koloskova et al., ICML 2019)."""
+
+    name: Literal["choco"] = "choco"
+    compressor: SerializeAsAny[CompressorSpec] = slot(COMPRESSORS, "none", "how each message is compressed")
+    consensus_lr: float = Field(1.0, gt=0.0, le=1.0, description="consensus step size gamma (smaller for harsher "
+                                "compression)")
+    slots: ClassVar = {"optimizer": OPTIMIZERS, "compressor": COMPRESSORS}
+    capabilities: ClassVar = Capabilities(engines=SYNC, static_topology=True)
+
+    def build(self, ctx):
+        return choco(self.transform(), self.num_local_steps, self.compressor.build(ctx.seed("compressor")),
+                     self.consensus_lr, ctx.config.model.same_init)

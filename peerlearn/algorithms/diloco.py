@@ -76,3 +76,65 @@ def local_sgd(optimizer: Transform, num_local_steps: int = 1, compressor: Compre
     """
     return diloco(optimizer, num_local_steps, outer_lr=1.0, outer_momentum=0.0, nesterov=False,
                   compressor=compressor)
+
+
+# ---------------------------------------------------------------------------------------------
+# Specs (algorithm.name: diloco, local_sgd)
+# ---------------------------------------------------------------------------------------------
+from typing import ClassVar, Literal  # noqa: E402
+
+from pydantic import Field, SerializeAsAny  # noqa: E402
+
+from peerlearn.algorithms.base import ALGORITHMS, SYNC, Capabilities, LocalSteps, Synchronous, config_error  # noqa: E402
+from peerlearn.compressors.base import COMPRESSORS, CompressorSpec  # noqa: E402
+from peerlearn.optim import OPTIMIZERS  # noqa: E402
+from peerlearn.spec import slot  # noqa: E402
+
+_GLOBAL = Capabilities(engines=SYNC, global_model=True)
+
+
+class _Compressed(LocalSteps):
+    compressor: SerializeAsAny[CompressorSpec] = slot(COMPRESSORS, "none", "how each pseudo-gradient is "
+                                                      "compressed, with error feedback (as a contraction)")
+    slots: ClassVar = {"optimizer": OPTIMIZERS, "compressor": COMPRESSORS}
+
+    def pseudo_gradient_compressor(self, ctx):
+        """The pseudo-gradients' compressor with error feedback, or None (dense)."""
+        from peerlearn.compressors import error_feedback
+
+        if self.compressor.dense:  # dense all-reduce, no error-feedback state
+            return None
+        return error_feedback(self.compressor.build(ctx.seed("compressor")))
+
+
+@ALGORITHMS.register
+class DilocoSpec(_Compressed, Synchronous):
+    """DiLoCo: inner steps, then an outer Nesterov step on the averaged pseudo-gradient (Douillard et al., 2023)."""
+
+    name: Literal["diloco"] = "diloco"
+    outer_lr: float = Field(0.7, gt=0.0, description="outer learning rate")
+    outer_momentum: float = Field(0.9, ge=0.0, lt=1.0, description="outer Nesterov momentum")
+    combine: Literal["all_reduce", "gossip"] = Field("all_reduce", description="average the trained models with an "
+                                                     "all-reduce or one gossip step")
+    capabilities: ClassVar = _GLOBAL
+
+    def check(self, cfg) -> None:
+        super().check(cfg)
+        if not self.compressor.dense and self.combine != "all_reduce":
+            raise config_error("algorithm.compressor", "diloco compresses the pseudo-gradients of its all-reduce; "
+                                                       "set algorithm.combine: all_reduce")
+
+    def build(self, ctx):
+        return diloco(self.transform(), self.num_local_steps, self.outer_lr, self.outer_momentum,
+                      combine=self.combine, compressor=self.pseudo_gradient_compressor(ctx))
+
+
+@ALGORITHMS.register
+class LocalSgdSpec(_Compressed, Synchronous):
+    """Local SGD: inner steps, then a global average (Stich, ICLR 2019; Lin et al., ICLR 2020)."""
+
+    name: Literal["local_sgd"] = "local_sgd"
+    capabilities: ClassVar = _GLOBAL
+
+    def build(self, ctx):
+        return local_sgd(self.transform(), self.num_local_steps, compressor=self.pseudo_gradient_compressor(ctx))

@@ -126,3 +126,72 @@ def communication_schedule(num_rounds: int, every: int = 1, late_fraction: float
     """
     late_start = num_rounds - int(round(late_fraction * num_rounds))
     return lambda round_: round_ % every == 0 or round_ > late_start
+
+
+# ---------------------------------------------------------------------------------------------
+# Spec (algorithm.name: dsgd)
+# ---------------------------------------------------------------------------------------------
+from typing import ClassVar, Literal  # noqa: E402
+
+from pydantic import Field, SerializeAsAny  # noqa: E402
+
+from peerlearn.aggregators.base import AGGREGATORS, AggregatorSpec  # noqa: E402
+from peerlearn.algorithms.base import (ALGORITHMS, SYNC, Capabilities, LocalSteps, ServerRounds,  # noqa: E402
+                                       Synchronous, config_error)
+from peerlearn.optim import OPTIMIZERS  # noqa: E402
+from peerlearn.spec import slot  # noqa: E402
+
+
+@ALGORITHMS.register
+class DsgdSpec(LocalSteps, Synchronous, ServerRounds):
+    """Decentralized SGD: local steps, then gossip (Lian et al., NeurIPS 2017); with a robust aggregator,
+    sharpness-aware steps (DFedSAM, Shi et al., ICML 2023), partial sharing and privacy noise."""
+
+    name: Literal["dsgd"] = "dsgd"
+    order: Literal["atc", "cta"] = Field("atc", description="adapt-then-combine or combine-then-adapt")
+    gossip_steps: int = Field(1, ge=1, description="gossip rounds per training round (DFedSAM-MGS: Q)")
+    sam_rho: float = Field(0.0, ge=0.0, description="sharpness-aware local steps with this radius (DFedSAM); "
+                           "0 = plain SGD steps")
+    comm_every: int = Field(1, ge=1, description="gossip only every this many rounds")
+    comm_late_fraction: float = Field(0.0, ge=0.0, le=1.0, description="gossip every round during this last "
+                                      "fraction of the run (communication spent late)")
+    variance_correction: bool = Field(False, description="restore each layer's variance after averaging")
+    share_fraction: float = Field(1.0, gt=0.0, le=1.0, description="partial model sharing: gossip only this "
+                                  "random fraction of the coordinates each round (the same at every node)")
+    aggregator: SerializeAsAny[AggregatorSpec] = slot(AGGREGATORS, "gossip", "how a node combines its own and "
+                                                                             "received models")
+    slots: ClassVar = {"optimizer": OPTIMIZERS, "aggregator": AGGREGATORS}
+    capabilities: ClassVar = Capabilities(engines=SYNC, attackable=True, private=True)
+
+    def check(self, cfg) -> None:
+        super().check(cfg)
+        agg = self.aggregator
+        if self.share_fraction < 1.0 and self.variance_correction:
+            raise config_error("algorithm.share_fraction", "variance correction works on whole layers; not "
+                                                           "combined with partial sharing")
+        if self.variance_correction and not agg.capabilities.linear:
+            raise config_error("algorithm.variance_correction", f"corrects linear gossip averaging; not combined "
+                                                                f"with aggregator {agg.name}")
+        if not agg.capabilities.linear and cfg.topology.schedule.capabilities.time_varying:
+            raise config_error("algorithm.aggregator", f"{agg.name} needs a static topology (its f is checked "
+                                                       f"against the graph), got topology.schedule "
+                                                       f"{cfg.topology.schedule.name}")
+        if agg.capabilities.common_init and not cfg.model.same_init:
+            raise config_error("model.same_init", f"{agg.name} measures update histories from the common initial "
+                                                  "model, so it needs same_init: true")
+        if cfg.privacy.active and (self.comm_every > 1 or self.comm_late_fraction):
+            raise config_error("privacy.clip", "rounds without gossip would later share unnoised updates; not "
+                                               "combined with algorithm.comm_every or comm_late_fraction")
+
+    def build(self, ctx):
+        from peerlearn.aggregators.variance_correction import variance_corrected
+
+        combine = gossip_combine(self.aggregator.build(ctx), self.gossip_steps)
+        if self.variance_correction:
+            combine = variance_corrected(combine, ctx.layer_slices)
+        communicate = None
+        if self.comm_every > 1 or self.comm_late_fraction:
+            communicate = communication_schedule(ctx.num_rounds, self.comm_every, self.comm_late_fraction)
+        return dsgd(self.transform(), self.num_local_steps, self.order, sam_rho=self.sam_rho, communicate=communicate,
+                    combine=combine, share_fraction=self.share_fraction, share_seed=ctx.seed("share"),
+                    privacy=ctx.config.privacy.build(ctx, self.lr))

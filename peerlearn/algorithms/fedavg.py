@@ -61,3 +61,41 @@ def fedavg(optimizer: Transform, num_local_steps: int = 1, fraction: float = 1.0
             "loss": float(loss_R.mean()), "clients": float(len(rows))}
 
     return Algorithm(init, step)
+
+
+# ---------------------------------------------------------------------------------------------
+# Specs (algorithm.name: fedavg, fedprox)
+# ---------------------------------------------------------------------------------------------
+from typing import ClassVar, Literal  # noqa: E402
+
+from pydantic import Field  # noqa: E402
+
+from peerlearn.algorithms.base import ALGORITHMS, Capabilities, LocalSteps, Synchronous, weights  # noqa: E402
+
+
+@ALGORITHMS.register
+class FedAvgSpec(LocalSteps, Synchronous):
+    """Federated Averaging with a server (McMahan et al., AISTATS 2017): the centralized baseline."""
+
+    name: Literal["fedavg"] = "fedavg"
+    fraction: float = Field(1.0, gt=0.0, le=1.0, description="fraction of clients sampled per round")
+    weighting: Literal["data_size", "uniform"] = Field("data_size", description="weight nodes by their data size "
+                                                                                "or equally")
+    capabilities: ClassVar = Capabilities(global_model=True)
+
+    def build(self, ctx):
+        return fedavg(self.transform(), self.num_local_steps, self.fraction, weights(self, ctx),
+                      seed=ctx.seed("fedavg"))
+
+
+@ALGORITHMS.register
+class FedProxSpec(FedAvgSpec):
+    """FedProx: FedAvg with a proximal term mu/2 ||x - x_global||^2 (Li et al., MLSys 2020)."""
+
+    name: Literal["fedprox"] = "fedprox"
+    prox_mu: float = Field(0.01, ge=0.0, description="weight of the proximal term")
+
+    def transform(self):
+        from peerlearn.optim import proximal
+
+        return proximal(super().transform(), self.prox_mu)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from peerlearn.algorithms.local import local_steps
-from peerlearn.engines.async_net import put_rows, take_rows
+from peerlearn.rows import put_rows, take_rows
 from peerlearn.types import AsyncAlgorithm, Tensor, Transform
 
 
@@ -78,3 +78,23 @@ def gossip_learning(optimizer: Transform, num_local_steps: int = 1, batch_size: 
             "loss": float(loss.mean())}
 
     return AsyncAlgorithm(init, wake, timer=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Spec (algorithm.name: gossip_learning)
+# ---------------------------------------------------------------------------------------------
+from typing import Literal  # noqa: E402
+
+from peerlearn.algorithms.base import ALGORITHMS, Asynchronous  # noqa: E402
+
+
+@ALGORITHMS.register
+class GossipLearningSpec(Asynchronous):
+    """Gossip learning: on its timer a node sends its model to a random peer, which merges by age and
+    trains (Ormandi et al., 2013; Hegedus et al., 2021)."""
+
+    name: Literal["gossip_learning"] = "gossip_learning"
+
+    def build(self, ctx):
+        trains = None if ctx.relay_N is None else torch.from_numpy(~ctx.relay_N)
+        return gossip_learning(self.transform(), self.num_local_steps, self.batch_size, trains)

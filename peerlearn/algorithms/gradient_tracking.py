@@ -42,3 +42,22 @@ def gradient_tracking(lr: float) -> Algorithm:
         return params_NP, TrackingState(tracker, new_grad), {"loss": float(loss.mean())}
 
     return Algorithm(init, step)
+
+
+# ---------------------------------------------------------------------------------------------
+# Spec (algorithm.name: gradient_tracking)
+# ---------------------------------------------------------------------------------------------
+from typing import ClassVar, Literal  # noqa: E402
+
+from peerlearn.algorithms.base import ALGORITHMS, SYNC, Capabilities, ServerRounds, Synchronous  # noqa: E402
+
+
+@ALGORITHMS.register
+class GradientTrackingSpec(Synchronous, ServerRounds):
+    """Gradient tracking (DIGing, Nedic et al., SIAM J. Optim. 2017): one step per round."""
+
+    name: Literal["gradient_tracking"] = "gradient_tracking"
+    capabilities: ClassVar = Capabilities(engines=SYNC)
+
+    def build(self, ctx):
+        return gradient_tracking(self.lr)

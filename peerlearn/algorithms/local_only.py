@@ -24,3 +24,22 @@ def local_only(optimizer: Transform, num_local_steps: int = 1) -> Algorithm:
         return params_NP, LocalState(opt_state), {"loss": float(loss.mean())}
 
     return Algorithm(init, step)
+
+
+# ---------------------------------------------------------------------------------------------
+# Spec (algorithm.name: local)
+# ---------------------------------------------------------------------------------------------
+from typing import ClassVar, Literal  # noqa: E402
+
+from peerlearn.algorithms.base import ALGORITHMS, SYNC, Capabilities, LocalSteps, Synchronous  # noqa: E402
+
+
+@ALGORITHMS.register
+class LocalSpec(LocalSteps, Synchronous):
+    """Local training only, no communication: the lower baseline."""
+
+    name: Literal["local"] = "local"
+    capabilities: ClassVar = Capabilities(engines=SYNC)
+
+    def build(self, ctx):
+        return local_only(self.transform(), self.num_local_steps)

@@ -65,3 +65,33 @@ def modest(optimizer: Transform, num_local_steps: int = 5, sample_size: int = 10
 
     return Algorithm(init, step)
 
+
+
+# ---------------------------------------------------------------------------------------------
+# Spec (algorithm.name: modest)
+# ---------------------------------------------------------------------------------------------
+from typing import ClassVar, Literal  # noqa: E402
+
+from pydantic import Field  # noqa: E402
+
+from peerlearn.algorithms.base import ALGORITHMS, Capabilities, LocalSteps, Synchronous, config_error  # noqa: E402
+
+
+@ALGORITHMS.register
+class ModestSpec(LocalSteps, Synchronous):
+    """MoDeST: a sample of nodes trains, aggregators average and pass the model on (de Vos et al., 2023)."""
+
+    name: Literal["modest"] = "modest"
+    sample_size: int = Field(10, ge=1, description="nodes sampled per round (s)")
+    num_aggregators: int = Field(1, ge=1, description="aggregators per round (a), among the sampled")
+    capabilities: ClassVar = Capabilities(global_model=True)
+
+    def check(self, cfg) -> None:
+        super().check(cfg)
+        if not 1 <= self.num_aggregators <= min(self.sample_size, cfg.num_nodes):
+            raise config_error("algorithm.num_aggregators", f"must be in [1, sample_size={self.sample_size}] (and <= "
+                                                            f"num_nodes), got {self.num_aggregators}")
+
+    def build(self, ctx):
+        return modest(self.transform(), self.num_local_steps, self.sample_size, self.num_aggregators,
+                      seed=ctx.seed("modest"))

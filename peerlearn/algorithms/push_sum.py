@@ -44,3 +44,23 @@ def push_sum(optimizer: Transform, num_local_steps: int = 1) -> Algorithm:
         return numerator / weight, PushSumState(numerator, weight, opt_state), {"loss": float(loss.mean())}
 
     return Algorithm(init, step)
+
+
+# ---------------------------------------------------------------------------------------------
+# Spec (algorithm.name: push_sum)
+# ---------------------------------------------------------------------------------------------
+from typing import ClassVar, Literal  # noqa: E402
+
+from peerlearn.algorithms.base import (ALGORITHMS, SYNC, Capabilities, LocalSteps, ServerRounds,  # noqa: E402
+                                       Synchronous)
+
+
+@ALGORITHMS.register
+class PushSumSpec(LocalSteps, Synchronous, ServerRounds):
+    """Stochastic gradient push over directed graphs (Assran et al., ICML 2019)."""
+
+    name: Literal["push_sum"] = "push_sum"
+    capabilities: ClassVar = Capabilities(engines=SYNC, column_stochastic=True)
+
+    def build(self, ctx):
+        return push_sum(self.transform(), self.num_local_steps)

@@ -86,3 +86,28 @@ def spsa(optimizer: Transform, loss_fn: Callable, num_perturbations: int = 1, ep
         return params_NP + updates, SpsaState(opt_state, round_, scale), {"loss": float(loss.mean())}
 
     return Algorithm(init, step)
+
+
+# ---------------------------------------------------------------------------------------------
+# Spec (algorithm.name: spsa)
+# ---------------------------------------------------------------------------------------------
+from typing import ClassVar, Literal  # noqa: E402
+
+from pydantic import Field  # noqa: E402
+
+from peerlearn.algorithms.base import ALGORITHMS, Capabilities, Optimized, Synchronous  # noqa: E402
+
+
+@ALGORITHMS.register
+class SpsaSpec(Optimized, Synchronous):
+    """Shared-randomness SPSA: one quantised byte per direction (Zelikman et al., "Just One Byte", 2023)."""
+
+    name: Literal["spsa"] = "spsa"
+    spsa_perturbations: int = Field(1, ge=1, description="random directions per node and round (one byte sent "
+                                    "to every peer for each)")
+    spsa_epsilon: float = Field(1e-3, gt=0.0, description="probe distance of the two-point estimate")
+    capabilities: ClassVar = Capabilities(global_model=True)
+
+    def build(self, ctx):
+        return spsa(self.transform(), ctx.probe_loss_fn, self.spsa_perturbations, self.spsa_epsilon,
+                    seed=ctx.seed("spsa"))

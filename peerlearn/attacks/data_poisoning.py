@@ -84,4 +84,50 @@ def attack_test_set(attack: str, x_test: Tensor, y_test: Tensor, num_classes: in
     raise ValueError(f"no attack test set for {attack!r}")
 
 
-DATA_ATTACKS = ("label_flip", "backdoor")
+# ---------------------------------------------------------------------------------------------
+# Specs (threat.attack): build(dataset) -> (poison(x, y, u) -> (x, y), attack test set (x, y))
+# ---------------------------------------------------------------------------------------------
+import functools  # noqa: E402
+from typing import ClassVar, Literal  # noqa: E402
+
+from pydantic import Field  # noqa: E402
+
+from peerlearn.attacks.base import ATTACKS, AttackSpec  # noqa: E402
+from peerlearn.spec import Capabilities, config_error  # noqa: E402
+
+_DATA = Capabilities(poisons="data")
+
+
+@ATTACKS.register
+class LabelFlipSpec(AttackSpec):
+    """Byzantine nodes train on flipped labels y -> C - 1 - y (Tolpegin et al., ESORICS 2020)."""
+
+    name: Literal["label_flip"] = "label_flip"
+    capabilities: ClassVar = _DATA
+
+    def build(self, ds):
+        poison = functools.partial(label_flip_poison, num_classes=ds.num_classes)
+        return poison, attack_test_set(self.name, ds.x_test, ds.y_test, ds.num_classes, ds.input_shape)
+
+
+@ATTACKS.register
+class BackdoorSpec(AttackSpec):
+    """A trigger patch relabelled to a target class (Gu et al., BadNets, 2017)."""
+
+    name: Literal["backdoor"] = "backdoor"
+    target_label: int = Field(0, ge=0, description="the class triggered inputs are pushed to")
+    poison_fraction: float = Field(0.5, gt=0.0, le=1.0, description="fraction of each poisoned batch that carries "
+                                                                     "the trigger")
+    trigger_size: int = Field(3, ge=1, description="side of the square trigger patch (top-left corner)")
+    capabilities: ClassVar = _DATA
+
+    def build(self, ds):
+        if self.target_label >= ds.num_classes:
+            raise config_error("threat.target_label", f"must be < {ds.num_classes} (the classes of {ds.name}), "
+                                                      f"got {self.target_label}")
+        trigger = {"size": self.trigger_size, "value": float(ds.x_train.max())}
+        poison = functools.partial(backdoor_poison, input_shape=ds.input_shape, target_label=self.target_label,
+                                   fraction=self.poison_fraction, **trigger)
+        test = attack_test_set(self.name, ds.x_test, ds.y_test, ds.num_classes, ds.input_shape, self.target_label,
+                               **trigger)
+        return poison, test

@@ -118,5 +118,77 @@ def dmpa(own_BP: Tensor, seen: HonestView, generator: torch.Generator, z: float 
     return seen.mean - z * lam.sqrt()[:, None] * u
 
 
-MODEL_ATTACKS = {"sign_flip": sign_flip, "gaussian": gaussian, "large_norm": large_norm, "alie": alie, "ipm": ipm,
-                 "dmpa": dmpa}
+# ---------------------------------------------------------------------------------------------
+# Specs (threat.attack): build() -> craft(own_BP, seen, generator)
+# ---------------------------------------------------------------------------------------------
+import functools  # noqa: E402
+from typing import ClassVar, Literal  # noqa: E402
+
+from pydantic import Field  # noqa: E402
+
+from peerlearn.attacks.base import ATTACKS, AttackSpec  # noqa: E402
+from peerlearn.spec import Capabilities  # noqa: E402
+
+
+class ModelAttackSpec(AttackSpec):
+    """A model-poisoning attack: ``factory(own_BP, seen, generator, **fields)``."""
+
+    factory: ClassVar
+    capabilities: ClassVar = Capabilities(poisons="messages")
+
+    def build(self):
+        return functools.partial(type(self).factory, **{k: getattr(self, k) for k in type(self).model_fields
+                                                         if k != "name"})
+
+
+@ATTACKS.register
+class SignFlipSpec(ModelAttackSpec):
+    """Send the negated honest mean (Allen-Zhu et al., ICLR 2021)."""
+
+    name: Literal["sign_flip"] = "sign_flip"
+    factory: ClassVar = staticmethod(sign_flip)
+
+
+@ATTACKS.register
+class GaussianSpec(ModelAttackSpec):
+    """Send Gaussian noise around the own model (Blanchard et al., NeurIPS 2017)."""
+
+    name: Literal["gaussian"] = "gaussian"
+    sigma: float = Field(1.0, gt=0.0, description="noise standard deviation")
+    factory: ClassVar = staticmethod(gaussian)
+
+
+@ATTACKS.register
+class LargeNormSpec(ModelAttackSpec):
+    """Send the own model scaled by a large factor."""
+
+    name: Literal["large_norm"] = "large_norm"
+    scale: float = Field(100.0, description="factor on the own model")
+    factory: ClassVar = staticmethod(large_norm)
+
+
+@ATTACKS.register
+class AlieSpec(ModelAttackSpec):
+    """A little is enough: mean - z * std of the honest models (Baruch et al., NeurIPS 2019)."""
+
+    name: Literal["alie"] = "alie"
+    z: float = Field(1.5, description="standard deviations below the honest mean")
+    factory: ClassVar = staticmethod(alie)
+
+
+@ATTACKS.register
+class IpmSpec(ModelAttackSpec):
+    """Inner-product manipulation: -epsilon * honest mean (Xie et al., UAI 2019)."""
+
+    name: Literal["ipm"] = "ipm"
+    epsilon: float = Field(0.1, description="factor on the negated honest mean")
+    factory: ClassVar = staticmethod(ipm)
+
+
+@ATTACKS.register
+class DmpaSpec(ModelAttackSpec):
+    """Decentralized model poisoning along the honest models' principal direction (He et al., 2023)."""
+
+    name: Literal["dmpa"] = "dmpa"
+    z: float = Field(1.5, description="standard deviations below the honest mean")
+    factory: ClassVar = staticmethod(dmpa)

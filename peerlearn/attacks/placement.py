@@ -42,4 +42,5 @@ def place_byzantine(adj: sp.csr_array, count: int, how: str = "random", seed: in
     return place_nodes(adj, count, how, seed)
 
 
+
 PLACEMENTS = ("random", "degree", "cluster")

@@ -58,3 +58,25 @@ def num_kept(ratio: float, num_params: int) -> int:
 
 def bits_to_bytes(bits: float) -> int:
     return int(math.ceil(bits / 8))
+
+
+# ---------------------------------------------------------------------------------------------
+# The family (algorithm.compressor)
+# ---------------------------------------------------------------------------------------------
+from typing import ClassVar  # noqa: E402
+
+from peerlearn.spec import Registry, Spec  # noqa: E402
+
+
+class CompressorSpec(Spec):
+    """A message compressor: ``build(seed) -> Compressor``, in its contraction form
+    (E||C(x) - x||^2 <= (1 - delta) ||x||^2), as CHOCO-SGD and error feedback need."""
+
+    dense: ClassVar[bool] = False  # sends rows unchanged (no compression, no error feedback needed)
+
+    def build(self, seed: int) -> Compressor:
+        raise NotImplementedError
+
+
+COMPRESSORS = Registry("compressor", CompressorSpec, "algorithm.compressor",
+                       "message compressors (choco's messages; diloco's and local_sgd's pseudo-gradients)")

@@ -77,3 +77,65 @@ def fp16() -> Compressor:
 def identity() -> Compressor:
     """No compression: the float32 row, 4 bytes per coordinate."""
     return stateless(lambda x_NP: (x_NP, per_row(x_NP.shape[1] * x_NP.element_size(), x_NP)), unbiased=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Specs (algorithm.compressor)
+# ---------------------------------------------------------------------------------------------
+from typing import ClassVar, Literal  # noqa: E402
+
+from pydantic import Field  # noqa: E402
+
+from peerlearn.compressors.base import COMPRESSORS, CompressorSpec  # noqa: E402
+
+
+@COMPRESSORS.register
+class NoneSpec(CompressorSpec):
+    """No compression: dense float32 rows."""
+
+    name: Literal["none"] = "none"
+    dense: ClassVar = True
+
+    def build(self, seed):
+        return identity()
+
+
+@COMPRESSORS.register
+class SignSpec(CompressorSpec):
+    """Scaled sign: ||x||_1 / P * sign(x), one bit per coordinate (Karimireddy et al., ICML 2019)."""
+
+    name: Literal["sign"] = "sign"
+
+    def build(self, seed):
+        return sign()
+
+
+@COMPRESSORS.register
+class QsgdSpec(CompressorSpec):
+    """QSGD stochastic quantisation to s levels, scaled down to a contraction (Alistarh et al., NeurIPS 2017)."""
+
+    name: Literal["qsgd"] = "qsgd"
+    qsgd_levels: int = Field(16, ge=1, description="quantization levels s")
+
+    def build(self, seed):
+        return qsgd(self.qsgd_levels, seed=seed, contract=True)
+
+
+@COMPRESSORS.register
+class Int8Spec(CompressorSpec):
+    """Per-row absmax int8 quantisation (Dettmers et al., ICLR 2022)."""
+
+    name: Literal["int8"] = "int8"
+
+    def build(self, seed):
+        return int8()
+
+
+@COMPRESSORS.register
+class Fp16Spec(CompressorSpec):
+    """Half-precision rows."""
+
+    name: Literal["fp16"] = "fp16"
+
+    def build(self, seed):
+        return fp16()

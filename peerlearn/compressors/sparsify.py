@@ -37,3 +37,35 @@ def random_k(ratio: float, seed: int = 0, rescale: bool = True) -> Compressor:
         return torch.zeros_like(x_NP).scatter_(1, idx, x_NP.gather(1, idx) * scale), per_row(4 * k, x_NP)
 
     return seeded(encode, seed, unbiased=rescale)
+
+
+# ---------------------------------------------------------------------------------------------
+# Specs (algorithm.compressor)
+# ---------------------------------------------------------------------------------------------
+from typing import Literal  # noqa: E402
+
+from pydantic import Field  # noqa: E402
+
+from peerlearn.compressors.base import COMPRESSORS, CompressorSpec  # noqa: E402
+
+
+@COMPRESSORS.register
+class TopKSpec(CompressorSpec):
+    """The k largest-magnitude coordinates per row (Stich et al., NeurIPS 2018)."""
+
+    name: Literal["top_k"] = "top_k"
+    compress_ratio: float = Field(0.01, gt=0.0, le=1.0, description="fraction of coordinates sent")
+
+    def build(self, seed):
+        return top_k(self.compress_ratio)
+
+
+@COMPRESSORS.register
+class RandomKSpec(CompressorSpec):
+    """k random coordinates per row, unscaled (a contraction; Stich et al., NeurIPS 2018)."""
+
+    name: Literal["random_k"] = "random_k"
+    compress_ratio: float = Field(0.01, gt=0.0, le=1.0, description="fraction of coordinates sent")
+
+    def build(self, seed):
+        return random_k(self.compress_ratio, seed=seed, rescale=False)

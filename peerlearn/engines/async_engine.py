@@ -1,6 +1,6 @@
 """The asynchronous engine: nodes act when their own clocks fire, in batched time slices.
 
-Time is the simulated clock of :mod:`peerlearn.engines.clock` (per-node compute speed, bandwidth,
+Time is the simulated clock of :mod:`peerlearn.world.clock` (per-node compute speed, bandwidth,
 latency). A *round* here is a unit of simulated time, ``round_s``: what a reference-speed node
 needs to run its local steps and send one model (``num_local_steps * step_time_s + bytes /
 bandwidth + latency``). So ``num_rounds`` and ``eval_every`` mean the same wall-clock budget as in
@@ -36,6 +36,7 @@ import torch
 
 from peerlearn.engines.async_net import AsyncNet
 from peerlearn.engines.simulator import Evaluator, evaluation_row, is_evaluation_round, restore, round_network
+from peerlearn.rng import stream_seed
 from peerlearn.types import Tensor
 
 
@@ -51,11 +52,9 @@ def simulate_async(built, on_eval: Callable[[dict], None] | None = None,
                    on_checkpoint: Callable[[dict], None] | None = None,
                    resume: dict | None = None) -> list[dict]:
     """Run an :class:`~peerlearn.types.AsyncAlgorithm` to the end; same callbacks and rows as ``simulate``."""
-    from peerlearn.config import _seed
-
     cfg, algo, ds = built.config, built.algorithm, built.dataset
     clock = built.clock()
-    net = AsyncNet(built.W, seed=_seed(cfg, 20))
+    net = AsyncNet(built.W, seed=stream_seed(cfg.seed, "async_net"))
     evaluate = Evaluator(built.flat, ds.x_test, ds.y_test, ds.x_train, ds.y_train, built.local_test_parts,
                          built.honest_N, built.attack_test)
     attacked = built.attack_test is not None

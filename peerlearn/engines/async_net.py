@@ -12,7 +12,6 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 import torch
-from torch.utils._pytree import tree_map
 
 from peerlearn.types import Tensor
 
@@ -91,20 +90,3 @@ class AsyncNet:
         self.bytes_sent_N = state["bytes_sent_N"].copy()
         self.bytes_sent_server = state["bytes_sent_server"]
         self.busy_until_N = state["busy_until_N"].copy()
-
-
-def take_rows(state, rows: Tensor):
-    """The rows ``rows`` of every tensor in a per-node state (every field has a leading node axis)."""
-    return tree_map(lambda t: t[rows] if isinstance(t, Tensor) else t, state)
-
-
-def put_rows(state, rows: Tensor, sub):
-    """``state`` with rows ``rows`` of every tensor replaced by ``sub``'s (a copy; ``state`` is kept)."""
-    def put(full, part):
-        if not isinstance(full, Tensor):
-            return full
-        full = full.clone()
-        full[rows] = part
-        return full
-
-    return tree_map(put, state, sub)

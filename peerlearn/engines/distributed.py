@@ -39,12 +39,10 @@ from peerlearn.aggregators.mean import mean
 from peerlearn.engines.comm import SimComm, padded_neighbours, torch_csr
 from peerlearn.engines.membership import Group, Membership, PeerFailure, RunStopped, connect_store
 from peerlearn.engines.simulator import Evaluator, _clone, evaluation_row, is_evaluation_round
+from peerlearn.spec import ConfigError
 from peerlearn.types import Tensor
 
 # algorithms whose step only touches its own rows and the Comm (run unchanged on a block of nodes)
-DISTRIBUTED_ALGORITHMS = ("dsgd", "gradient_tracking", "push_sum", "diloco", "local_sgd", "local", "choco")
-
-
 def node_blocks(num_nodes: int, world: int) -> list[Tensor]:
     """The global ids of each rank's nodes: contiguous blocks whose sizes differ by at most one."""
     return [torch.from_numpy(b.astype(np.int64)) for b in np.array_split(np.arange(num_nodes), world)]
@@ -380,16 +378,17 @@ class _Network:
     (Metropolis-Hastings when the rule is ``uniform``, which needs a regular graph)."""
 
     def __init__(self, built, departure_N: np.ndarray):
-        from peerlearn.config import MIXING
-        from peerlearn.engines.faults import FaultPlan
+        from peerlearn.topology.mixing import metropolis_hastings_weights
+        from peerlearn.world.faults import FaultPlan
 
         self.built, self.cache = built, (None, None)
         self.plan = None
         if (departure_N <= built.config.num_rounds).any():
             rounds = np.arange(built.config.num_rounds + 1)[:, None]
-            rule = built.config.topology.mixing  # uniform weights need a regular graph, which a departure breaks
+            # weights that need a regular graph (uniform) fall back to Metropolis-Hastings: a departure breaks it
+            regular = built.config.topology.mixing.capabilities.regular_only
             self.plan = FaultPlan(rounds < departure_N[None, :],
-                                  MIXING["metropolis_hastings" if rule == "uniform" else rule].fn)
+                                  metropolis_hastings_weights if regular else built.mixing)
 
     def at(self, round_: int):
         base = self.built.schedule(round_) if self.built.schedule is not None else self.built.W
@@ -406,15 +405,17 @@ def _ranges(ranks: list[int], blocks: list[Tensor]) -> str:
 
 def check_config(cfg, world: int) -> None:
     """What the distributed engine runs; a ConfigError naming the field otherwise (before any training)."""
-    from peerlearn.config import ConfigError
+    from peerlearn.algorithms.base import ALGORITHMS
 
     a = cfg.algorithm
-    if a.name not in DISTRIBUTED_ALGORITHMS:
-        raise ConfigError(f"config error: algorithm.name: the distributed engine runs {', '.join(DISTRIBUTED_ALGORITHMS)}; "
+    if "distributed" not in a.capabilities.engines:
+        runs = [name for name, c in ALGORITHMS.items() if "distributed" in c.capabilities.engines]
+        raise ConfigError(f"config error: algorithm.name: the distributed engine runs {', '.join(runs)}; "
                           f"got {a.name} (use the simulator)")
     for field, on in (("threat.attack", cfg.threat.attack is not None), ("faults", cfg.faults.active),
-                      ("privacy.clip", cfg.privacy.active), ("algorithm.server_period", bool(a.server_period)),
-                      ("algorithm.final_merge", a.final_merge)):
+                      ("privacy.clip", cfg.privacy.active),
+                      ("algorithm.server_period", a.uses_server),
+                      ("algorithm.final_merge", a.final_merge_enabled)):
         if on:
             raise ConfigError(f"config error: {field}: not available with --engine distributed yet (use the simulator)")
     if world > cfg.num_nodes:
@@ -423,8 +424,6 @@ def check_config(cfg, world: int) -> None:
 
 def join_from_env(timeout_s: float = 60.0) -> Membership:
     """Join the launch that ``torchrun`` (or ``peerlearn run --nproc``) describes in the environment."""
-    from peerlearn.config import ConfigError
-
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ or "MASTER_PORT" not in os.environ:
         raise ConfigError("config error: --engine distributed: launch with --nproc N (one machine) or torchrun, e.g. "
                           "torchrun --standalone --nproc-per-node 4 -m peerlearn run CONFIG --engine distributed")

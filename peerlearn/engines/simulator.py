@@ -17,7 +17,8 @@ import torch
 from torch.utils._pytree import tree_map
 
 from peerlearn.engines.comm import SimComm
-from peerlearn.engines.faults import RoundFaults, freeze_rows
+from peerlearn.rows import freeze_rows
+from peerlearn.world.faults import RoundFaults
 from peerlearn.metrics import accuracy, consensus_distance, summarize
 from peerlearn.models.functional import FlatModel, predict_logits
 from peerlearn.types import AsyncAlgorithm, Tensor
@@ -210,7 +211,7 @@ def simulate(built, on_eval: Callable[[dict], None] | None = None,
                                                                   comm)
             if before is not None:  # a down node neither trains nor communicates: its rows stay as they were
                 params_NP, state = freeze_rows(params_NP, before[0], down), freeze_rows(state, before[1], down)
-        if round_ == cfg.num_rounds and cfg.algorithm.final_merge and not silent:  # one global average, then evaluate
+        if round_ == cfg.num_rounds and built.final_merge and not silent:  # one global average, then evaluate
             merged = comm.all_reduce_mean(params_NP).expand_as(params_NP)
             params_NP = merged.clone() if down is None else torch.where(down[:, None], params_NP, merged)
         if clock is not None:

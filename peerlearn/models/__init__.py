@@ -1,7 +1,8 @@
 """Plain ``nn.Module`` definitions and the flat-parameter functional layer over them."""
 
+from peerlearn.models.base import MODELS, ModelSpec
 from peerlearn.models.functional import FlatModel, make_grad_fn, make_loss_fn, predict_logits
 from peerlearn.models.nets import CNN, MLP, CharGRU, LogisticRegression, build_model
 
-__all__ = ["CNN", "MLP", "CharGRU", "FlatModel", "LogisticRegression", "build_model", "make_grad_fn", "make_loss_fn",
+__all__ = ["MODELS", "ModelSpec", "CNN", "MLP", "CharGRU", "FlatModel", "LogisticRegression", "build_model", "make_grad_fn", "make_loss_fn",
            "predict_logits"]

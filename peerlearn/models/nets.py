@@ -92,8 +92,6 @@ class CharGRU(nn.Module):
         Machine Translation", EMNLP 2014 (GRU).
     """
 
-    tokens = True  # takes integer token inputs
-
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, hidden: tuple[int, ...] = (64,),
                  embed_dim: int = 8):
         super().__init__()
@@ -111,10 +109,63 @@ class CharGRU(nn.Module):
         return self.head(h[:, -1])
 
 
-MODELS = {"logreg": LogisticRegression, "mlp": MLP, "cnn": CNN, "gru": CharGRU}
-
-
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, **kwargs) -> nn.Module:
-    if name not in MODELS:
-        raise ValueError(f"model.name: unknown model {name!r}; allowed: {', '.join(MODELS)}")
-    return MODELS[name](input_shape, num_classes, **kwargs)
+    """The registered model ``name`` with its keys ``kwargs``, for ``input_shape`` and ``num_classes``."""
+    return MODELS.get(name)(**kwargs).build(input_shape, num_classes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Specs (model.name)
+# ---------------------------------------------------------------------------------------------
+from typing import ClassVar, Literal  # noqa: E402
+
+from pydantic import Field, PositiveInt  # noqa: E402
+
+from peerlearn.models.base import MODELS, ModelSpec  # noqa: E402
+from peerlearn.spec import Capabilities  # noqa: E402
+
+
+@MODELS.register
+class LogRegSpec(ModelSpec):
+    """Multinomial logistic regression: one linear layer on the flattened input."""
+
+    name: Literal["logreg"] = "logreg"
+
+    def build(self, input_shape, num_classes):
+        return LogisticRegression(input_shape, num_classes)
+
+
+@MODELS.register
+class MLPSpec(ModelSpec):
+    """Fully connected ReLU network on the flattened input."""
+
+    name: Literal["mlp"] = "mlp"
+    hidden: list[PositiveInt] = Field([64], description="hidden layer widths")
+
+    def build(self, input_shape, num_classes):
+        return MLP(input_shape, num_classes, tuple(self.hidden))
+
+
+@MODELS.register
+class CNNSpec(ModelSpec):
+    """Two conv + pool blocks and a linear classifier (LeNet-like), on images."""
+
+    name: Literal["cnn"] = "cnn"
+    channels: list[PositiveInt] = Field([16, 32], min_length=2, max_length=2, description="conv channels")
+    capabilities: ClassVar = Capabilities(image=True)
+
+    def build(self, input_shape, num_classes):
+        return CNN(input_shape, num_classes, tuple(self.channels))
+
+
+@MODELS.register
+class GRUSpec(ModelSpec):
+    """Character GRU: embedding, stacked GRU layers, a linear head on the last step (LEAF's model)."""
+
+    name: Literal["gru"] = "gru"
+    hidden: list[PositiveInt] = Field([64], description="GRU layer widths")
+    embed_dim: int = Field(8, ge=1, description="character embedding size")
+    capabilities: ClassVar = Capabilities(tokens=True)
+
+    def build(self, input_shape, num_classes):
+        return CharGRU(input_shape, num_classes, tuple(self.hidden), self.embed_dim)

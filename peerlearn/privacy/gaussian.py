@@ -153,3 +153,43 @@ def gaussian_messages(clip: float, noise_multiplier: float, pairwise_multiplier:
         return epsilons(state.rdp_NA.numpy(), delta)
 
     return MessagePrivacy(init, privatize, epsilon)
+
+
+# ---------------------------------------------------------------------------------------------
+# Spec (the privacy: section)
+# ---------------------------------------------------------------------------------------------
+from pydantic import Field  # noqa: E402
+
+from peerlearn.spec import BuildContext, Spec, config_error  # noqa: E402
+
+
+class PrivacySpec(Spec):
+    """Clipped Gaussian noise on each node's shared update, independent (local DP) or pairwise-cancelling
+    (DECOR, Allouah et al., 2024), with per-node (epsilon, delta) from the RDP accountant (Mironov, 2017)."""
+
+    clip: float | None = Field(None, gt=0.0, description="clip each node's round update, in gradient units "
+                               "(update / lr), to this L2 norm before it is shared; enables privacy")
+    noise_multiplier: float = Field(0.0, ge=0.0, description="independent Gaussian noise on each update, std "
+                                    "noise_multiplier * clip")
+    pairwise_multiplier: float = Field(0.0, ge=0.0, description="pairwise-cancelling noise (DECOR): each linked "
+                                       "pair adds +v / -v, v ~ N(0, (pairwise_multiplier * clip)^2)")
+    delta: float = Field(1e-5, gt=0.0, lt=1.0, description="the delta at which epsilon is reported")
+
+    @property
+    def active(self) -> bool:
+        return self.clip is not None
+
+    def check(self, cfg) -> None:
+        if not self.active:
+            if self.noise_multiplier or self.pairwise_multiplier:
+                raise config_error("privacy.clip", "the noise is calibrated to the clipping norm; set privacy.clip "
+                                                   "(e.g. 1.0)")
+            return
+        if not cfg.algorithm.capabilities.private:
+            raise config_error("privacy.clip", f"privacy noise applies to dsgd's messages, not {cfg.algorithm.name}")
+
+    def build(self, ctx: BuildContext, lr: float) -> MessagePrivacy | None:
+        if not self.active:
+            return None
+        return gaussian_messages(self.clip, self.noise_multiplier, self.pairwise_multiplier, lr, self.delta,
+                                 seed=ctx.seed("privacy"))

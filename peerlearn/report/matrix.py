@@ -30,9 +30,10 @@ def parse_defense(spec: str) -> dict:
 
 
 def run_matrix(base: dict, attacks: list[str], defenses: list[str], out_dir: Path,
-               on_cell: Callable[[str, str, dict], None] | None = None) -> list[dict]:
+               on_cell: Callable[[str, str, dict], None] | None = None, base_cfg=None) -> list[dict]:
     """Run every (attack, defence) pair of ``base`` (a config dict).
 
+    ``base_cfg`` (the validated ``base``) lets a cell drop the keys of the base's own aggregator and attack.
     ``"none"`` is the no-attack row: the same Byzantine nodes behave honestly, so every row
     measures the same honest set. A defence is an aggregator name, optionally with its own
     algorithm keys (:func:`parse_defense`).
@@ -40,7 +41,8 @@ def run_matrix(base: dict, attacks: list[str], defenses: list[str], out_dir: Pat
     The dataset is loaded once and shared by all runs. Writes ``matrix.csv`` (a row per pair,
     appended as each finishes) and ``matrix.png`` (heatmaps of honest mean and min accuracy).
     """
-    from peerlearn.config import build, build_dataset, parse_config
+    from peerlearn.build import build, build_dataset
+    from peerlearn.config import parse_config, without_member_keys
     from peerlearn.engines.simulator import simulate
 
     out_dir = Path(out_dir)
@@ -49,8 +51,12 @@ def run_matrix(base: dict, attacks: list[str], defenses: list[str], out_dir: Pat
     for attack in attacks:  # validate every pair before running any (one-line errors, nothing lost)
         for defense in defenses:
             threat = dict(base.get("threat") or {})
+            algorithm = dict(base.get("algorithm") or {})
+            if base_cfg is not None:  # a cell names its own attack and aggregator: drop the base's keys of theirs
+                threat = without_member_keys(threat, base_cfg.threat.attack)
+                algorithm = without_member_keys(algorithm, getattr(base_cfg.algorithm, "aggregator", None))
             threat["attack"] = None if attack == "none" else attack
-            algorithm = {**(base.get("algorithm") or {}), **parse_defense(defense)}
+            algorithm.update(parse_defense(defense))
             configs[attack, defense] = parse_config({**base, "threat": threat, "algorithm": algorithm})
     dataset = build_dataset(next(iter(configs.values())))
     built = {key: build(cfg, dataset) for key, cfg in configs.items()}

@@ -4,7 +4,8 @@ An adjacency is a symmetric ``scipy.sparse.csr_array`` of 0/1 with an empty diag
 mixing matrix ``W_NN`` is a ``csr_array`` of float64 weights including the diagonal.
 """
 
-from peerlearn.topology import schedules
+from peerlearn.topology.base import GRAPHS, MIXING, SCHEDULES, TopologySpec
+from peerlearn.topology import graphs, random_graphs, mixing, directed, schedules  # noqa: F401,I001 (registry order)
 from peerlearn.topology.directed import (
     column_stochastic_weights,
     directed_cycle_graph,
@@ -39,6 +40,7 @@ from peerlearn.topology.random_graphs import (
 )
 
 __all__ = [
+    "GRAPHS", "MIXING", "SCHEDULES", "TopologySpec",
     "barabasi_albert_graph", "column_stochastic_weights", "complete_graph", "directed_cycle_graph",
     "directed_exponential_graph", "is_strongly_connected", "schedules", "cycle_graph", "degrees", "erdos_renyi_graph", "exponential_graph",
     "from_edge_list", "from_networkx", "hypercube_graph", "is_connected", "max_degree_weights",

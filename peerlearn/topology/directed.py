@@ -54,3 +54,39 @@ def column_stochastic_weights(adj: sp.csr_array) -> sp.csr_array:
     out_deg = np.asarray(adj.sum(axis=0)).ravel()
     share = 1.0 / (1.0 + out_deg)
     return sp.csr_array(adj @ sp.diags_array(share) + sp.diags_array(share))
+
+
+# ---------------------------------------------------------------------------------------------
+# Specs (topology.graph, topology.mixing)
+# ---------------------------------------------------------------------------------------------
+from typing import ClassVar, Literal  # noqa: E402
+
+from peerlearn.spec import Capabilities  # noqa: E402
+from peerlearn.topology.base import GRAPHS, MIXING, GraphSpec, MixingSpec  # noqa: E402
+
+
+@GRAPHS.register
+class DirectedRingSpec(GraphSpec):
+    """A directed cycle: node i sends to i+1 only."""
+
+    name: Literal["directed_ring"] = "directed_ring"
+    factory: ClassVar = staticmethod(directed_cycle_graph)
+    capabilities: ClassVar = Capabilities(directed=True)
+
+
+@GRAPHS.register
+class DirectedExponentialSpec(GraphSpec):
+    """Directed exponential graph: node i sends to i + 2^k (Assran et al., ICML 2019)."""
+
+    name: Literal["directed_exponential"] = "directed_exponential"
+    factory: ClassVar = staticmethod(directed_exponential_graph)
+    capabilities: ClassVar = Capabilities(directed=True)
+
+
+@MIXING.register
+class ColumnStochasticSpec(MixingSpec):
+    """Each sender splits its mass equally over itself and its out-neighbours (push-sum weights)."""
+
+    name: Literal["column_stochastic"] = "column_stochastic"
+    factory: ClassVar = staticmethod(column_stochastic_weights)
+    capabilities: ClassVar = Capabilities(column_stochastic=True)

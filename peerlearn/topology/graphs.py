@@ -115,3 +115,86 @@ def exponential_graph(num_nodes: int) -> sp.csr_array:
     hops = [1 << k for k in range(int(np.ceil(np.log2(num_nodes))))]
     return from_edges(num_nodes, np.concatenate([i] * len(hops)),
                       np.concatenate([(i + h) % num_nodes for h in hops]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Specs (topology.graph)
+# ---------------------------------------------------------------------------------------------
+from typing import ClassVar, Literal  # noqa: E402
+
+from pydantic import Field  # noqa: E402
+
+from peerlearn.topology.base import GRAPHS, GraphSpec, config_error  # noqa: E402
+
+
+@GRAPHS.register
+class CompleteSpec(GraphSpec):
+    """Every node linked to every other node (gossip over it is an exact average)."""
+
+    name: Literal["complete"] = "complete"
+    factory: ClassVar = staticmethod(complete_graph)
+
+
+@GRAPHS.register
+class RingSpec(GraphSpec):
+    """A cycle: node i linked to i-1 and i+1."""
+
+    name: Literal["ring"] = "ring"
+    factory: ClassVar = staticmethod(cycle_graph)
+
+
+@GRAPHS.register
+class CycleSpec(RingSpec):
+    """The ring, under networkx's name."""
+
+    name: Literal["cycle"] = "cycle"
+
+
+@GRAPHS.register
+class PathSpec(GraphSpec):
+    """A path: the ring without one edge."""
+
+    name: Literal["path"] = "path"
+    factory: ClassVar = staticmethod(path_graph)
+
+
+@GRAPHS.register
+class StarSpec(GraphSpec):
+    """One hub linked to every other node."""
+
+    name: Literal["star"] = "star"
+    factory: ClassVar = staticmethod(star_graph)
+
+
+@GRAPHS.register
+class TorusSpec(GraphSpec):
+    """A 2-D torus (grid with wrap-around), rows x num_nodes/rows."""
+
+    name: Literal["torus"] = "torus"
+    rows: int | None = Field(None, ge=2, description="rows of the torus (default: most square)")
+    factory: ClassVar = staticmethod(torus_graph)
+
+    def check(self, cfg) -> None:
+        if self.rows is not None and cfg.num_nodes % self.rows:
+            raise config_error("topology.rows", f"must divide num_nodes={cfg.num_nodes}, got {self.rows}")
+
+
+@GRAPHS.register
+class HypercubeSpec(GraphSpec):
+    """The hypercube on 2^d nodes: neighbours differ in one bit."""
+
+    name: Literal["hypercube"] = "hypercube"
+    factory: ClassVar = staticmethod(hypercube_graph)
+
+    def check(self, cfg) -> None:
+        n = cfg.num_nodes
+        if n & (n - 1):
+            raise config_error("num_nodes", f"graph hypercube needs a power of 2, got {n}")
+
+
+@GRAPHS.register
+class ExponentialSpec(GraphSpec):
+    """Static exponential graph: node i linked to i +- 2^k (Ying et al., NeurIPS 2021)."""
+
+    name: Literal["exponential"] = "exponential"
+    factory: ClassVar = staticmethod(exponential_graph)

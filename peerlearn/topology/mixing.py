@@ -65,3 +65,37 @@ def second_largest_eigenvalue(W: sp.csr_array) -> float:
 def spectral_gap(W: sp.csr_array) -> float:
     """``1 - max(|lambda_2(W)|, |lambda_N(W)|)``: one gossip step shrinks disagreement by ``1 - gap``."""
     return 1.0 - second_largest_eigenvalue(W)
+
+
+# ---------------------------------------------------------------------------------------------
+# Specs (topology.mixing)
+# ---------------------------------------------------------------------------------------------
+from typing import ClassVar, Literal  # noqa: E402
+
+from peerlearn.spec import Capabilities  # noqa: E402
+from peerlearn.topology.base import MIXING, MixingSpec  # noqa: E402
+
+
+@MIXING.register
+class MetropolisHastingsSpec(MixingSpec):
+    """w_ij = 1 / (1 + max(d_i, d_j)): doubly stochastic on any graph (Xiao & Boyd, 2004)."""
+
+    name: Literal["metropolis_hastings"] = "metropolis_hastings"
+    factory: ClassVar = staticmethod(metropolis_hastings_weights)
+
+
+@MIXING.register
+class MaxDegreeSpec(MixingSpec):
+    """w_ij = 1 / (1 + max degree): doubly stochastic on any graph."""
+
+    name: Literal["max_degree"] = "max_degree"
+    factory: ClassVar = staticmethod(max_degree_weights)
+
+
+@MIXING.register
+class UniformSpec(MixingSpec):
+    """w_ij = 1 / (1 + d): a regular graph's uniform weights."""
+
+    name: Literal["uniform"] = "uniform"
+    factory: ClassVar = staticmethod(uniform_weights)
+    capabilities: ClassVar = Capabilities(regular_only=True)

@@ -66,3 +66,86 @@ def barabasi_albert_graph(num_nodes: int, m: int, seed: int | None = None) -> sp
     if not 1 <= m < num_nodes:
         raise ValueError(f"barabasi_albert needs 1 <= m < num_nodes, got m={m}, num_nodes={num_nodes}")
     return from_networkx(nx.barabasi_albert_graph(num_nodes, m, seed=seed))
+
+
+# ---------------------------------------------------------------------------------------------
+# Specs (topology.graph)
+# ---------------------------------------------------------------------------------------------
+from typing import ClassVar, Literal  # noqa: E402
+
+from pydantic import Field  # noqa: E402
+
+from peerlearn.spec import Capabilities  # noqa: E402
+from peerlearn.topology.base import GRAPHS, GraphSpec, config_error, read_edge_list  # noqa: E402
+
+_RANDOM = Capabilities(random=True)
+
+
+@GRAPHS.register
+class RandomRegularSpec(GraphSpec):
+    """A uniformly random degree-regular graph (seeded)."""
+
+    name: Literal["random_regular"] = "random_regular"
+    degree: int = Field(4, ge=1, description="degree of every node")
+    factory: ClassVar = staticmethod(random_regular_graph)
+    capabilities: ClassVar = _RANDOM
+
+    def check(self, cfg) -> None:
+        n = cfg.num_nodes
+        if self.degree >= n or (n * self.degree) % 2:
+            raise config_error("topology.degree", f"random_regular needs degree < num_nodes and num_nodes * degree "
+                                                  f"even; got degree={self.degree}, num_nodes={n}")
+
+
+@GRAPHS.register
+class ErdosRenyiSpec(GraphSpec):
+    """G(N, p): every pair linked independently with probability p (Erdos & Renyi, 1959)."""
+
+    name: Literal["erdos_renyi"] = "erdos_renyi"
+    p: float = Field(0.1, ge=0.0, le=1.0, description="edge probability")
+    factory: ClassVar = staticmethod(erdos_renyi_graph)
+    capabilities: ClassVar = _RANDOM
+
+
+@GRAPHS.register
+class WattsStrogatzSpec(GraphSpec):
+    """Small world: a ring lattice with rewired edges (Watts & Strogatz, Nature 1998)."""
+
+    name: Literal["watts_strogatz"] = "watts_strogatz"
+    k: int = Field(4, ge=2, description="nearest neighbours in the ring lattice")
+    p: float = Field(0.1, ge=0.0, le=1.0, description="rewiring probability")
+    factory: ClassVar = staticmethod(watts_strogatz_graph)
+    capabilities: ClassVar = _RANDOM
+
+    def check(self, cfg) -> None:
+        if self.k >= cfg.num_nodes:
+            raise config_error("topology.k", f"must be < num_nodes={cfg.num_nodes}, got {self.k}")
+
+
+@GRAPHS.register
+class BarabasiAlbertSpec(GraphSpec):
+    """Preferential attachment, a scale-free graph with hubs (Barabasi & Albert, Science 1999)."""
+
+    name: Literal["barabasi_albert"] = "barabasi_albert"
+    m: int = Field(2, ge=1, description="edges of each new node")
+    factory: ClassVar = staticmethod(barabasi_albert_graph)
+    capabilities: ClassVar = _RANDOM
+
+    def check(self, cfg) -> None:
+        if self.m >= cfg.num_nodes:
+            raise config_error("topology.m", f"must be < num_nodes={cfg.num_nodes}, got {self.m}")
+
+
+@GRAPHS.register
+class FileGraphSpec(GraphSpec):
+    """A user's graph: an edge-list file of 'u v' lines."""
+
+    name: Literal["file"] = "file"
+    path: str | None = Field(None, description="edge-list file ('u v' per line, ids 0..num_nodes-1)")
+
+    def check(self, cfg) -> None:
+        if not self.path:
+            raise config_error("topology.path", "graph 'file' needs the path of an edge-list file")
+
+    def build(self, num_nodes: int, seed: int):
+        return read_edge_list(self.path, num_nodes, "topology.path")

@@ -107,3 +107,100 @@ def sequence_schedule(Ws: Sequence[sp.csr_array]) -> Schedule:
         raise ValueError("topology.sequence: needs at least one graph")
     return lambda round_: Ws[(round_ - 1) % len(Ws)]
 
+
+
+# ---------------------------------------------------------------------------------------------
+# Specs (topology.schedule)
+# ---------------------------------------------------------------------------------------------
+from typing import ClassVar, Literal  # noqa: E402
+
+from pydantic import Field  # noqa: E402
+
+from peerlearn.spec import Capabilities  # noqa: E402
+from peerlearn.topology.base import SCHEDULES, ScheduleSpec, config_error, read_edge_list  # noqa: E402
+
+_VARYING = Capabilities(time_varying=True)
+
+
+@SCHEDULES.register
+class StaticSpec(ScheduleSpec):
+    """The graph's W every round."""
+
+    name: Literal["static"] = "static"
+    uses_graph: ClassVar = True
+
+    def build(self, ctx, graph, mixing):
+        return None
+
+
+@SCHEDULES.register
+class RandomMatchingSpec(ScheduleSpec):
+    """A random perfect matching each round; pairs average (Boyd et al., 2006)."""
+
+    name: Literal["random_matching"] = "random_matching"
+    capabilities: ClassVar = _VARYING
+
+    def build(self, ctx, graph, mixing):
+        return random_matching_schedule(ctx.num_nodes, ctx.seed("schedule"))
+
+
+@SCHEDULES.register
+class OnePeerExponentialSpec(ScheduleSpec):
+    """One peer per round, 2^k hops away in turn (Ying et al., NeurIPS 2021)."""
+
+    name: Literal["one_peer_exponential"] = "one_peer_exponential"
+    capabilities: ClassVar = _VARYING
+
+    def build(self, ctx, graph, mixing):
+        return one_peer_exponential_schedule(ctx.num_nodes)
+
+
+@SCHEDULES.register
+class ResampleSpec(ScheduleSpec):
+    """A new draw of the random graph every round (epidemic learning, de Vos et al., NeurIPS 2023)."""
+
+    name: Literal["resample"] = "resample"
+    capabilities: ClassVar = _VARYING
+    uses_graph: ClassVar = True
+
+    def check(self, cfg) -> None:
+        graph = cfg.topology.graph
+        if not graph.capabilities.random:
+            from peerlearn.topology.base import GRAPHS
+
+            randoms = [n for n, c in GRAPHS.items() if c.capabilities.random]
+            raise config_error("topology.graph", f"schedule resample draws a new random graph each round; use one "
+                                                 f"of {', '.join(randoms)}, got {graph.name}")
+
+    def build(self, ctx, graph, mixing):
+        n = ctx.num_nodes
+        return resampled_schedule(lambda s: graph.build(n, s), mixing.build(), ctx.seed("schedule"))
+
+
+@SCHEDULES.register
+class SampledSpec(ScheduleSpec):
+    """A random fraction of the nodes averages all together each round (FedAvg's pattern, no server)."""
+
+    name: Literal["sampled"] = "sampled"
+    fraction: float = Field(0.25, gt=0.0, le=1.0, description="fraction of nodes averaging per round")
+    capabilities: ClassVar = _VARYING
+
+    def build(self, ctx, graph, mixing):
+        return sampled_clients_schedule(ctx.num_nodes, self.fraction, ctx.seed("schedule"))
+
+
+@SCHEDULES.register
+class SequenceSpec(ScheduleSpec):
+    """A user's list of edge-list files, used in turn."""
+
+    name: Literal["sequence"] = "sequence"
+    sequence: list[str] = Field([], description="edge-list files used in turn")
+    capabilities: ClassVar = _VARYING
+
+    def check(self, cfg) -> None:
+        if not self.sequence:
+            raise config_error("topology.sequence", "schedule sequence needs a list of edge-list files")
+
+    def build(self, ctx, graph, mixing):
+        rule = mixing.build()
+        return sequence_schedule([rule(read_edge_list(p, ctx.num_nodes, "topology.sequence")) for p in self.sequence])

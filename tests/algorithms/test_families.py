@@ -239,11 +239,14 @@ def test_final_merge_leaves_one_model_and_counts_an_all_reduce():
     ({"topology": {"schedule": "random_matching"}, "algorithm": {"aggregator": "median"}},
      "algorithm.aggregator: median needs a static topology"),
     ({"algorithm": {"name": "gradient_tracking", "num_local_steps": 2}},
-     "algorithm.num_local_steps: gradient_tracking takes one step"),
-    ({"algorithm": {"name": "fedavg", "server_period": 5}}, "algorithm.server_period: fedavg does not gossip"),
+     "algorithm.num_local_steps: not a key of algorithm gradient_tracking"),
+    ({"algorithm": {"name": "fedavg", "server_period": 5}}, "algorithm.server_period: not a key of algorithm fedavg"),
     ({"algorithm": {"name": "diloco"}, "model": {"same_init": False}}, "model.same_init: algorithm diloco"),
-    ({"algorithm": {"optimizer": "adam"}}, "algorithm.optimizer: Input should be 'sgd' or 'adamw'"),
-    ({"algorithm": {"combine": "carrier_pigeon"}}, "algorithm.combine: Input should be 'all_reduce' or 'gossip'"),
+    ({"algorithm": {"optimizer": "adam"}}, "algorithm.optimizer: unknown optimizer 'adam'; registered: sgd, adamw"),
+    ({"algorithm": {"name": "diloco", "combine": "carrier_pigeon"}},
+     "algorithm.combine: Input should be 'all_reduce' or 'gossip'"),
+    ({"algorithm": {"combine": "gossip"}}, "algorithm.combine: not a key of algorithm dsgd; it takes: name, lr"),
+    ({"algorithm": {"optimizer": "adamw", "momentum": 0.9}}, "algorithm.momentum: not a key of algorithm dsgd"),
 ])
 def test_invalid_algorithm_options_are_one_line_config_errors(section, message):
     with pytest.raises(ConfigError, match=message):

@@ -175,7 +175,7 @@ def test_backdoor_succeeds_against_averaging_while_the_main_task_survives():
     ({}, {"aggregator": "trimmed_mean", "f": 2}, "algorithm.f: trimmed_mean with f=2 needs every node to receive "
                                                    "at least 5 models (itself included); on this ring"),
     ({}, {"aggregator": "krum", "f": 1}, "algorithm.f: krum with f=1 needs"),
-    ({}, {"name": "fedavg", "aggregator": "median"}, "algorithm.aggregator: only dsgd"),
+    ({}, {"name": "fedavg", "aggregator": "median"}, "algorithm.aggregator: not a key of algorithm fedavg"),
     ({"num_byzantine": 2, "attack": "backdoor", "target_label": 10}, {}, "threat.target_label: must be < 10"),
     ({}, {"aggregator": "bulyan", "f": 1}, "algorithm.f: bulyan with f=1 needs every node to receive at least 7"),
 ])

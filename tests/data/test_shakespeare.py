@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from peerlearn.config import ConfigError, build
+from peerlearn.config import ConfigError, build, switch_member
 from peerlearn.data import partition, shakespeare
 from peerlearn.engines.simulator import simulate
 from peerlearn.models.functional import FlatModel, make_grad_fn
@@ -163,13 +163,15 @@ def test_char_gru_batched_gradients_equal_per_node_gradients():
 
 @pytest.mark.parametrize("sections, message", [
     ({"model": {"name": "mlp"}}, "model.name: mlp takes numeric inputs"),
-    ({"model": {"name": "gru"}, "data": {"dataset": "digits", "path": None}}, "model.name: gru takes token inputs"),
-    ({"data": {"dataset": "digits", "partition": "natural", "path": None}}, "data.partition: natural needs"),
+    ({"model": {"name": "gru"}, "data": {"dataset": "digits"}}, "model.name: gru takes token inputs; digits gives numbers"),
+    ({"data": {"dataset": "digits", "partition": "natural"}}, "data.partition: natural needs"),
 ])
 def test_config_errors_for_tokens_and_natural_groups(tmp_path, sections, message):
     _write_plays(tmp_path)
     base = {"data": {"dataset": "shakespeare", "path": str(tmp_path), "seq_len": 8}, "model": {"name": "gru"}}
     for key, value in sections.items():
+        for k, v in value.items():  # naming another member drops the keys only the old one read
+            switch_member(base, key, k, v)
         base[key] = {**base[key], **value}
     with pytest.raises(ConfigError, match=message):
         build(tiny_config(num_nodes=4, **base))

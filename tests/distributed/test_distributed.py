@@ -185,9 +185,9 @@ def test_a_rank_that_dies_at_a_round_is_a_crash_in_the_simulator(tmp_path, kill,
     agree on the last round all completed, go on without the dead rank's nodes, and produce the
     simulator's metrics for those nodes crashing at those rounds (same seed; the loss aside once a
     node is down, which the simulator averages over down nodes too)."""
-    from peerlearn.config import MIXING, build, load_config
+    from peerlearn.config import build, load_config
     from peerlearn.engines.distributed import node_blocks
-    from peerlearn.engines.faults import FaultPlan
+    from peerlearn.world.faults import FaultPlan
     from peerlearn.engines.simulator import simulate
 
     config = _config(tmp_path)
@@ -203,7 +203,7 @@ def test_a_rank_that_dies_at_a_round_is_a_crash_in_the_simulator(tmp_path, kill,
     for rank, round_ in departures.items():
         gone_N[node_blocks(16, 4)[rank]] = round_
     alive_TN = (torch.arange(13)[:, None] < gone_N[None, :]).numpy()
-    sim_rows = simulate(built._replace(faults=FaultPlan(alive_TN, MIXING[cfg.topology.mixing].fn)))
+    sim_rows = simulate(built._replace(faults=FaultPlan(alive_TN, cfg.topology.mixing.build())))
     dist_rows = _rows(tmp_path / "dist")
     assert [int(r["round"]) for r in dist_rows] == [0, 4, 8, 12]
     assert [int(r["alive_nodes"]) for r in dist_rows] == alive

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from peerlearn.config import build
-from peerlearn.engines.clock import Clock, node_slowdowns
+from peerlearn.world.clock import Clock, node_slowdowns
 from peerlearn.engines.simulator import simulate
 from peerlearn.topology import graphs, mixing
 from tests.conftest import tiny_config
@@ -72,7 +72,7 @@ def test_node_slowdowns_are_seeded_with_median_one():
 def test_row_max_handles_rows_without_entries():
     import scipy.sparse as sp
 
-    from peerlearn.engines.clock import _row_max
+    from peerlearn.world.clock import _row_max
 
     W = sp.csr_array(np.array([[0, 1, 0, 0], [0, 0, 0, 0], [1, 0, 0, 1], [0, 0, 0, 0]], dtype=float))
     ready = np.array([1.0, 5.0, 2.0, 7.0])

@@ -5,7 +5,8 @@ import torch
 
 from peerlearn.config import ConfigError, build
 from peerlearn.engines.comm import SimComm
-from peerlearn.engines.faults import FaultPlan, alive_timeline, contiguous_groups, freeze_rows
+from peerlearn.rows import freeze_rows
+from peerlearn.world.faults import FaultPlan, alive_timeline, contiguous_groups
 from peerlearn.engines.simulator import simulate
 from peerlearn.topology import graphs, mixing, random_graphs
 from tests.conftest import tiny_config
@@ -169,11 +170,11 @@ def test_dsgd_keeps_learning_after_half_the_nodes_crash_and_recovers_after_they_
     assert rows[90]["acc_mean"] > rows[60]["acc_alive_mean"] - 0.02
 
 
-@pytest.mark.parametrize("algorithm", ["fedavg", "modest", "diloco"])
+@pytest.mark.parametrize("algorithm", [{"name": "fedavg", "fraction": 0.5}, {"name": "modest", "sample_size": 4},
+                                       {"name": "diloco"}])
 def test_server_and_sampling_algorithms_run_under_crashes(algorithm):
     cfg = tiny_config(num_nodes=16, num_rounds=20, eval_every=20, topology={"graph": "complete"},
-                      algorithm={"name": algorithm, "sample_size": 4, "fraction": 0.5, "lr": 0.3,
-                                 "num_local_steps": 5},
+                      algorithm={**algorithm, "lr": 0.3, "num_local_steps": 5},
                       faults={"crash_fraction": 0.5, "crash_round": 5})
     rows = simulate(build(cfg))
     assert rows[-1]["alive_nodes"] == 8 and rows[-1]["acc_alive_mean"] > rows[0]["acc_alive_mean"] + 0.1

@@ -81,7 +81,7 @@ def test_cnn_refuses_flat_inputs():
 
 
 def test_auto_grad_strategy_falls_back_to_the_loop_when_vmap_would_not_fit():
-    from peerlearn.config import choose_grad_strategy
+    from peerlearn.build import choose_grad_strategy
     from tests.conftest import tiny_config
 
     cfg = tiny_config(num_nodes=1024, algorithm={"batch_size": 32})

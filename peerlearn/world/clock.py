@@ -102,3 +102,49 @@ def _row_max(W: sp.csr_array, sender_ready: np.ndarray, own_ready: np.ndarray) -
         row_max = np.maximum.reduceat(vals, W.indptr[:-1][nonempty])
         out[nonempty] = np.maximum(out[nonempty], row_max)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Spec (the clock: section)
+# ---------------------------------------------------------------------------------------------
+import functools  # noqa: E402
+from typing import Callable  # noqa: E402
+
+from pydantic import Field  # noqa: E402
+
+from peerlearn.spec import BuildContext, Spec, config_error  # noqa: E402
+
+
+class ClockSpec(Spec):
+    """The simulated clock: per-node compute speeds, bandwidth and latency (Lian et al., ICML 2018)."""
+
+    step_time_s: float = Field(0.05, ge=0.0, description="simulated seconds of one mini-batch step on a "
+                               "reference node")
+    bandwidth_mbps: float = Field(10.0, gt=0.0, description="each node's upload bandwidth, megabits per second")
+    latency_ms: float = Field(50.0, ge=0.0, description="one-way message latency, milliseconds")
+    speed_sigma: float = Field(0.0, ge=0.0, description="log-normal spread of per-node compute speed (0: equal)")
+    straggler_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of nodes that are stragglers")
+    straggler_slowdown: float = Field(10.0, ge=1.0, description="how many times slower a straggler computes")
+    slowdowns: list[float] | None = Field(None, description="each node's compute time factor, one per node "
+                                          "(instead of speed_sigma and stragglers)")
+    slices_per_round: int = Field(4, ge=1, description="asynchronous algorithms: events in the same of this many "
+                                  "slices of a round are batched together (more: finer timing, slower)")
+
+    def check(self, cfg) -> None:
+        if self.slowdowns is not None:
+            if len(self.slowdowns) != cfg.num_nodes or min(self.slowdowns) <= 0:
+                raise config_error("clock.slowdowns", f"needs one positive factor per node ({cfg.num_nodes}), "
+                                                      f"got {len(self.slowdowns)} values")
+            if self.speed_sigma or self.straggler_fraction:
+                raise config_error("clock.slowdowns", "give per-node slowdowns or speed_sigma/straggler_fraction, "
+                                                      "not both")
+
+    def build(self, ctx: BuildContext) -> Callable[[], Clock]:
+        """A factory of the run's clock (per-node speeds drawn once, seeded): a fresh clock per run."""
+        if self.slowdowns is not None:
+            slowdown = np.asarray(self.slowdowns, dtype=np.float64)
+        else:
+            slowdown = node_slowdowns(ctx.num_nodes, self.speed_sigma, self.straggler_fraction,
+                                      self.straggler_slowdown, seed=ctx.seed("clock"))
+        return functools.partial(Clock, slowdown, step_time_s=self.step_time_s,
+                                 bandwidth_Bps=self.bandwidth_mbps * 1e6 / 8, latency_s=self.latency_ms / 1e3)

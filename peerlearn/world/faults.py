@@ -31,7 +31,6 @@ from typing import Callable
 import numpy as np
 import scipy.sparse as sp
 import torch
-from torch.utils._pytree import tree_map
 
 from peerlearn.types import Tensor
 
@@ -170,19 +169,87 @@ class FaultPlan:
         return np.asarray(dst, dtype=np.int64), np.asarray(src, dtype=np.int64)
 
 
-def freeze_rows(new, old, frozen_N: Tensor):
-    """``new`` with the rows of ``frozen_N`` taken from ``old``, in every tensor whose first dimension
-    is the node dimension (parameters and per-node algorithm state such as momentum buffers).
+# ---------------------------------------------------------------------------------------------
+# Spec (the faults: section)
+# ---------------------------------------------------------------------------------------------
+from typing import Literal  # noqa: E402
 
-    Shared state (a server model, an outer momentum ``[P]``) is left as it is.
+from pydantic import Field  # noqa: E402
+
+from peerlearn.spec import BuildContext, Spec, config_error  # noqa: E402
+
+_PLACE = {"hubs": "degree", "random": "random"}  # config words -> attacks.place_nodes
+
+
+class FaultsSpec(Spec):
+    """Node crashes, churn, late joins, link failures, message loss and partitions, drawn once per run.
+
+    References: Palmieri et al., ICT-DM 2023 (node and link loss); Koloskova et al., ICML 2020 (link
+    failures as a time-varying topology).
     """
-    n = frozen_N.shape[0]
 
-    def pick(a, b):
-        if isinstance(a, Tensor) and isinstance(b, Tensor) and a.ndim >= 1 and a.shape[0] == n \
-                and b.shape == a.shape:
-            mask = frozen_N.reshape(-1, *([1] * (a.ndim - 1)))
-            return torch.where(mask, b, a)
-        return a
+    crash_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of nodes that crash")
+    crash_round: int = Field(1, ge=1, description="round at which they crash")
+    recover_round: int | None = Field(None, ge=2, description="round at which crashed nodes come back (none: never)")
+    crash_placement: Literal["random", "hubs"] = Field("random", description="which nodes crash: random, or the "
+                                                       "highest-degree ones")
+    crash_among: Literal["all", "data", "relays"] = Field("all", description="crash only nodes that hold data, or "
+                                                          "only relay nodes (data.relay_fraction)")
+    churn_leave: float = Field(0.0, ge=0.0, le=1.0, description="churn: probability that an up node leaves in a round")
+    churn_join: float = Field(0.0, ge=0.0, le=1.0, description="churn: probability that a node that left comes back "
+                              "in a round")
+    late_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of nodes that join late")
+    join_round: int = Field(1, ge=1, description="round at which late joiners join")
+    rejoin: Literal["neighbour", "stale"] = Field("neighbour", description="a node that comes back starts from an "
+                                                  "alive neighbour's model, or from its own stale one")
+    link_failure: float = Field(0.0, ge=0.0, lt=1.0, description="probability that a link is down in a round")
+    message_loss: float = Field(0.0, ge=0.0, lt=1.0, description="probability that one gossip message is lost")
+    partition_groups: int = Field(1, ge=1, description="split the network into this many groups of consecutive "
+                                  "ids (1: no partition)")
+    partition_round: int = Field(1, ge=1, description="round at which the partition starts")
+    heal_round: int | None = Field(None, ge=2, description="round at which the partition heals (none: never)")
 
-    return tree_map(pick, new, old) if not isinstance(new, Tensor) else pick(new, old)
+    @property
+    def active(self) -> bool:
+        return bool(self.crash_fraction or self.churn_leave or self.late_fraction or self.link_failure
+                    or self.message_loss or self.partition_groups > 1)
+
+    def check(self, cfg) -> None:
+        if self.recover_round is not None and self.recover_round <= self.crash_round:
+            raise config_error("faults.recover_round", f"must be after crash_round={self.crash_round}, "
+                                                       f"got {self.recover_round}")
+        if self.heal_round is not None and self.heal_round <= self.partition_round:
+            raise config_error("faults.heal_round", f"must be after partition_round={self.partition_round}, "
+                                                    f"got {self.heal_round}")
+        if self.partition_groups > cfg.num_nodes:
+            raise config_error("faults.partition_groups", f"at most num_nodes={cfg.num_nodes}, "
+                                                          f"got {self.partition_groups}")
+        if self.churn_join and not self.churn_leave:
+            raise config_error("faults.churn_join", "nodes only come back after leaving; set faults.churn_leave")
+        if self.crash_among == "relays" and not cfg.data.relay_fraction:
+            raise config_error("faults.crash_among", "relays needs relay nodes; set data.relay_fraction")
+        if self.active and cfg.topology.mixing.capabilities.regular_only:
+            raise config_error("topology.mixing", f"{cfg.topology.mixing.name} weights need a regular graph, which "
+                                                  "faults break; use metropolis_hastings or max_degree")
+
+    def build(self, ctx: BuildContext, adj, relay_N: np.ndarray | None, mixing) -> FaultPlan | None:
+        """The run's :class:`FaultPlan` (``mixing``: the run's rule ``adj -> W``), or None without faults."""
+        from peerlearn.attacks.placement import place_nodes
+
+        if not self.active:
+            return None
+        n = ctx.num_nodes
+        relay = np.zeros(n, dtype=bool) if relay_N is None else relay_N
+        pool = {"all": np.ones(n, dtype=bool), "data": ~relay, "relays": relay}[self.crash_among]
+        crash = place_nodes(adj, int(round(self.crash_fraction * pool.sum())), _PLACE[self.crash_placement],
+                            ctx.seed("crash"), pool_N=pool)
+        late = place_nodes(adj, int(round(self.late_fraction * n)), "random", ctx.seed("late"))
+        alive = alive_timeline(n, ctx.num_rounds, crash_N=crash, crash_round=self.crash_round,
+                               recover_round=self.recover_round, churn_leave=self.churn_leave,
+                               churn_join=self.churn_join, late_N=late, join_round=self.join_round,
+                               seed=ctx.seed("churn"))
+        groups = contiguous_groups(n, self.partition_groups) if self.partition_groups > 1 else None
+        heal = self.heal_round if self.heal_round is not None else ctx.num_rounds + 1
+        return FaultPlan(alive, mixing, link_failure=self.link_failure, message_loss=self.message_loss,
+                         groups_N=groups, partition_rounds=(self.partition_round, heal), rejoin=self.rejoin,
+                         seed=ctx.seed("faults"))

@@ -1,0 +1,38 @@
+"""The aggregator family: how a node combines its own model and its neighbours' messages
+(``algorithm.aggregator`` of dsgd): ``build(ctx) -> rule(x_NKP, valid_NK) -> x_NP``, or None for
+linear gossip ``W x``."""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, ClassVar
+
+from peerlearn.spec import BuildContext, Registry, Spec, config_error
+
+
+class AggregatorSpec(Spec):
+    """A combine rule; ``factory(x_NKP, valid_NK, **fields)``; robust rules name their ``min_inputs`` rule."""
+
+    factory: ClassVar[Callable | None] = None
+    min_inputs: ClassVar[str | None] = None  # key of aggregators.robust.MIN_INPUTS: checked against the graph
+
+    def build(self, ctx: BuildContext) -> Callable | None:
+        if self.min_inputs is not None:
+            from peerlearn.aggregators.robust import min_inputs_error
+            from peerlearn.topology.graphs import degrees
+
+            error = min_inputs_error(self.min_inputs, self.f, int(degrees(ctx.adjacency).min()) + 1, label=self.name,
+                                     where=f"on this {ctx.config.topology.graph.name} ")
+            if error:
+                field, _, message = error.partition(": ")
+                raise config_error(field, message)
+        return self.rule()
+
+    def rule(self, **extra) -> Callable:
+        """``rule(x_NKP, valid_NK)`` with this spec's fields (and ``extra``) bound."""
+        fields = {k: getattr(self, k) for k in type(self).model_fields if k != "name"}
+        return functools.partial(type(self).factory, **fields, **extra)
+
+
+AGGREGATORS = Registry("aggregator", AggregatorSpec, "algorithm.aggregator",
+                       "how a dsgd node combines its own and received models")

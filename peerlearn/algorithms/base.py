@@ -1,0 +1,116 @@
+"""The algorithm family (``algorithm.name``): a spec per algorithm, ``build(ctx) -> Algorithm``.
+
+Shared fields come from small bases an algorithm's spec combines: :class:`AlgorithmSpec` (``lr``,
+``batch_size``), :class:`Optimized` (a local optimizer, itself a family), :class:`LocalSteps`,
+:class:`Synchronous` (rounds, ``final_merge``) and :class:`ServerRounds` (semi-decentralized server
+averages). A field lives only on the specs of the algorithms that read it.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field, SerializeAsAny
+
+from peerlearn.optim import OPTIMIZERS, OptimizerSpec
+from peerlearn.spec import BuildContext, Capabilities, Registry, Spec, config_error, slot
+from peerlearn.types import Algorithm, AsyncAlgorithm, Transform
+
+SYNC = frozenset({"simulator", "distributed"})  # engines of the synchronous algorithms that run on ranks
+
+
+class AlgorithmSpec(Spec):
+    """A learning algorithm: ``build(ctx) -> Algorithm`` (or ``AsyncAlgorithm``)."""
+
+    lr: float = Field(0.1, gt=0.0, description="local learning rate")
+    batch_size: int = Field(16, ge=1, description="mini-batch size per node and step")
+
+    def build(self, ctx: BuildContext) -> Algorithm | AsyncAlgorithm:
+        raise NotImplementedError
+
+    def make(self, ctx: BuildContext) -> Algorithm | AsyncAlgorithm:
+        """``build``, wrapped by what the shared bases add (server rounds)."""
+        return self.build(ctx)
+
+    @property
+    def final_merge_enabled(self) -> bool:
+        return False
+
+    @property
+    def uses_server(self) -> bool:
+        """A server averages a sample in some rounds (semi-decentralized)."""
+        return False
+
+
+ALGORITHMS = Registry("algorithm", AlgorithmSpec, "algorithm.name", "learning algorithms")
+
+
+class Optimized(AlgorithmSpec):
+    """An algorithm with a local optimizer (``algorithm.optimizer`` and its keys)."""
+
+    optimizer: SerializeAsAny[OptimizerSpec] = slot(OPTIMIZERS, "sgd", "local (inner) optimizer")
+    slots: ClassVar = {"optimizer": OPTIMIZERS}
+
+    def transform(self) -> Transform:
+        return self.optimizer.build(self.lr)
+
+
+class LocalSteps(Optimized):
+    """Local optimizer steps per round."""
+
+    num_local_steps: int = Field(1, ge=1, description="local optimizer steps per round")
+
+
+class Synchronous(AlgorithmSpec):
+    """Synchronous rounds; optionally one global average after the last round."""
+
+    final_merge: bool = Field(False, description="after the last round, all nodes average once (one all-reduce)")
+
+    @property
+    def final_merge_enabled(self) -> bool:
+        return self.final_merge
+
+    def check(self, cfg) -> None:
+        if self.final_merge and cfg.threat.poisons == "messages":
+            raise config_error("algorithm.final_merge", "the final merge is a trusted all-reduce; it cannot run "
+                                                        "under a model-poisoning attack")
+
+
+class ServerRounds(AlgorithmSpec):
+    """Semi-decentralized: a server averages a sample every ``server_period`` rounds (Rodio et al., 2025)."""
+
+    server_period: int = Field(0, ge=0, description="a server averages a sample every this many rounds (0 = never)")
+    server_fraction: float = Field(0.25, gt=0.0, le=1.0, description="fraction of nodes sampled by the server")
+    server_broadcast: Literal["sampled", "all"] = Field("sampled", description="the average goes back to the "
+                                                        "sampled nodes (S2S) or to all (S2A)")
+
+    @property
+    def uses_server(self) -> bool:
+        return bool(self.server_period)
+
+    def make(self, ctx: BuildContext) -> Algorithm:
+        from peerlearn.algorithms.semi_decentralized import with_server_rounds
+
+        algo = self.build(ctx)
+        if self.server_period:
+            algo = with_server_rounds(algo, self.server_period, self.server_fraction, self.server_broadcast,
+                                      seed=ctx.seed("server"))
+        return algo
+
+
+class Asynchronous(LocalSteps):
+    """Run by the event engine: nodes wake on their own timers."""
+
+    period_s: float | None = Field(None, gt=0.0, description="a node's timer period in simulated seconds (default: "
+                                   "gossip_learning one round, the others as fast as each node's local steps and "
+                                   "sends allow)")
+    capabilities: ClassVar = Capabilities(engines=frozenset({"simulator"}), asynchronous=True)
+
+
+def weights(spec, ctx: BuildContext):
+    """Per-node weights of ``spec.weighting``: the data sizes, or None (uniform)."""
+    return ctx.data_sizes_N if spec.weighting == "data_size" else None
+
+
+__all__ = ["ALGORITHMS", "SYNC", "AlgorithmSpec", "Asynchronous", "Capabilities", "Field", "Literal", "LocalSteps",
+           "Optimized", "ServerRounds", "Synchronous", "config_error", "weights"]

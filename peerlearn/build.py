@@ -1,0 +1,222 @@
+"""``build(cfg) -> Built``: every part of a run, made from a validated config by its members' specs.
+
+Any bad value that only shows once data or graphs exist (a disconnected graph, a partition that
+leaves a node empty, a model that does not fit the data) raises :class:`ConfigError` naming its
+field, before anything is run or written.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from peerlearn.config import ExperimentConfig
+from peerlearn.data.base import Dataset
+from peerlearn.data.batching import NodeSampler
+from peerlearn.engines.comm import Threat
+from peerlearn.models.functional import FlatModel, make_grad_fn, make_probe_loss_fn
+from peerlearn.spec import BuildContext, ConfigError, config_error
+from peerlearn.topology import directed, graphs
+from peerlearn.types import Algorithm, AsyncAlgorithm, GradFn
+from peerlearn.world.clock import Clock
+from peerlearn.world.faults import FaultPlan
+
+_PLACE = {"hubs": "degree", "random": "random"}  # config words -> attacks.place_nodes
+
+
+class Built(NamedTuple):
+    """Everything a run needs, made from a config."""
+
+    config: ExperimentConfig
+    dataset: Dataset
+    parts: list[np.ndarray]  # training indices of each node
+    local_test_parts: list[np.ndarray] | None
+    flat: FlatModel
+    params_NP: torch.Tensor
+    grad_fn: GradFn
+    batches: NodeSampler
+    algorithm: Algorithm | AsyncAlgorithm
+    adjacency: sp.csr_array
+    W: sp.csr_array
+    schedule: Callable[[int], sp.csr_array] | None  # round -> W for a time-varying topology
+    honest_N: torch.Tensor  # bool: False for Byzantine nodes (metrics count honest nodes only)
+    threat: Threat | None  # model poisoning at the message boundary
+    attack_test: tuple[torch.Tensor, torch.Tensor] | None  # (x, y) on which a data attack's success is measured
+    faults: FaultPlan | None = None
+    clock: Callable[[], Clock] | None = None  # a fresh simulated clock per run
+    relay_N: np.ndarray | None = None  # bool mask of nodes that hold no data
+    mixing: Callable[[sp.csr_array], sp.csr_array] | None = None  # the run's rule adjacency -> W
+    final_merge: bool = False  # one global average after the last round
+
+
+def build_dataset(cfg: ExperimentConfig) -> Dataset:
+    ctx = BuildContext(cfg)
+    ds = cfg.data.dataset.load(ctx)
+    n_test = cfg.data.test_samples
+    if n_test is not None and n_test < len(ds.y_test):
+        g = torch.Generator().manual_seed(ctx.seed("test_subset"))
+        keep = torch.randperm(len(ds.y_test), generator=g)[:n_test].sort().values
+        ds = ds._replace(x_test=ds.x_test[keep], y_test=ds.y_test[keep])
+    return ds
+
+
+def build_partition(cfg: ExperimentConfig, labels: np.ndarray, groups: np.ndarray | None = None,
+                    relay_N: np.ndarray | None = None) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+    """Training indices of each node (and of its local test set); ``groups`` are the dataset's natural
+    groups; relay nodes (``relay_N``) get no data."""
+    if relay_N is not None and relay_N.any():
+        parts, local_test = build_partition(cfg.model_copy(update={"num_nodes": int((~relay_N).sum())}), labels,
+                                            groups)
+        it = iter(parts)
+        return [np.empty(0, dtype=np.int64) if r else next(it) for r in relay_N], local_test
+    d, ctx = cfg.data, BuildContext(cfg)
+    p = d.partition
+    min_size = d.min_samples_per_node
+    if d.local_test_fraction:  # hold out a part of each node's data; keep min_size for training
+        min_size = max(min_size, math.ceil(min_size / (1 - d.local_test_fraction)) + 1)
+    seed = ctx.seed("partition")
+    if p.capabilities.needs_groups:
+        if groups is None:
+            raise config_error("data.partition", f"{p.name} needs a dataset with natural groups (shakespeare); "
+                                                 f"{d.dataset.name} has none")
+        parts = p.build(groups, cfg.num_nodes, seed, min_size)
+    elif groups is not None:  # only samples that belong to a group may be held (e.g. no cross-role windows)
+        usable = np.flatnonzero(groups >= 0)
+        parts = [usable[q] for q in p.build(labels[usable], cfg.num_nodes, seed, min_size)]
+    else:
+        parts = p.build(labels, cfg.num_nodes, seed, min_size)
+    if not d.local_test_fraction:
+        return parts, None
+    rng = np.random.default_rng(ctx.seed("local_test"))
+    train, test = [], []
+    for q in parts:
+        q = rng.permutation(q)
+        k = max(1, int(round(len(q) * d.local_test_fraction)))
+        test.append(np.sort(q[:k]))
+        train.append(np.sort(q[k:]))
+    return train, test
+
+
+def build_topology(cfg: ExperimentConfig) -> tuple[sp.csr_array, sp.csr_array]:
+    """The static graph and its mixing matrix; the graph must be connected where it is used."""
+    t, n = cfg.topology, cfg.num_nodes
+    adj = t.graph.build(n, BuildContext(cfg).seed("graph"))
+    if n > 1 and t.schedule.uses_graph:
+        if t.graph.capabilities.directed:
+            if not directed.is_strongly_connected(adj):
+                raise config_error("topology.graph", f"{t.graph.name} is not strongly connected")
+        else:
+            graphs.require_connected(adj, t.graph.name)
+    return adj, t.mixing.build()(adj)
+
+
+def build_relays(cfg: ExperimentConfig, adj: sp.csr_array) -> np.ndarray | None:
+    """Mask of the nodes that hold no data and only relay (``data.relay_fraction``), or None."""
+    from peerlearn.attacks.placement import place_nodes
+
+    d, n = cfg.data, cfg.num_nodes
+    count = int(round(d.relay_fraction * n))
+    if count == 0:
+        return None
+    if count >= n:
+        raise config_error("data.relay_fraction", f"leaves no node with data ({count} of {n} relay)")
+    return place_nodes(adj, count, _PLACE[d.relay_placement], BuildContext(cfg).seed("relays"))
+
+
+def build_threat(cfg: ExperimentConfig, adjacency: sp.csr_array):
+    """(honest_N, Threat or None, poisoned-data mask or None): model attacks act on messages, data attacks on batches."""
+    from peerlearn.attacks.placement import place_byzantine
+
+    th, ctx = cfg.threat, BuildContext(cfg)
+    byz = place_byzantine(adjacency, cfg.num_byzantine, th.placement, ctx.seed("byzantine"))
+    honest_N = torch.from_numpy(~byz)
+    if th.attack is None or not byz.any():
+        return honest_N, None, None
+    if th.poisons == "data":
+        return honest_N, None, torch.from_numpy(byz)
+    seen = np.tile(~byz, (int(byz.sum()), 1)).astype(np.float64)
+    if th.collusion == "neighbors":
+        seen *= (adjacency[np.flatnonzero(byz)].toarray() > 0)
+    seen /= np.maximum(seen.sum(1, keepdims=True), 1.0)
+    threat = Threat(torch.from_numpy(np.flatnonzero(byz)), th.attack.build(), torch.from_numpy(seen).float(),
+                    th.sybil, torch.Generator().manual_seed(ctx.seed("threat")))
+    return honest_N, threat, None
+
+
+def build_data_poisoning(cfg: ExperimentConfig, ds: Dataset):
+    """(``poison(x, y, u) -> (x, y)``, attack test set ``(x, y)``) of a data attack, or (None, None)."""
+    if cfg.threat.poisons != "data" or cfg.num_byzantine == 0:
+        return None, None
+    return cfg.threat.attack.build(ds)
+
+
+def choose_grad_strategy(cfg: ExperimentConfig, activations_per_sample: int, budget_bytes: int = 2 * 2**30) -> str:
+    """``model.grad_strategy``, with ``auto`` resolved: vmap (faster wherever measured, see
+    benchmarks/README.md) unless its float32 activations for forward + backward (~3x) exceed the budget."""
+    if cfg.model.grad_strategy != "auto":
+        return cfg.model.grad_strategy
+    vmap_bytes = 3 * 4 * cfg.num_nodes * cfg.algorithm.batch_size * activations_per_sample
+    return "vmap" if vmap_bytes <= budget_bytes else "loop"
+
+
+def _as_config_error(err: ValueError) -> ConfigError:
+    msg = str(err)
+    return ConfigError(msg if msg.startswith("config error") else f"config error: {msg}")
+
+
+def build(cfg: ExperimentConfig, dataset: Dataset | None = None) -> Built:
+    """Make every part of a run; any bad value raises ConfigError naming its field.
+
+    ``dataset`` reuses an already loaded dataset (e.g. across the runs of ``peerlearn matrix``).
+    """
+    try:
+        ds = build_dataset(cfg) if dataset is None else dataset
+        adj, W = build_topology(cfg)
+        relay_N = build_relays(cfg, adj)
+        parts, local_test = build_partition(cfg, ds.y_train.numpy(), ds.groups, relay_N)
+        ctx = BuildContext(cfg, dataset=ds, adjacency=adj, relay_N=relay_N)
+        t = cfg.topology
+        schedule = t.schedule.build(ctx, t.graph, t.mixing)  # sequence files are read (and checked) here
+        m = cfg.model
+        tokens = not ds.x_train.is_floating_point()
+        if m.capabilities.tokens != tokens:
+            from peerlearn.models.base import MODELS
+
+            fits = ", ".join(n for n, c in MODELS.items() if c.capabilities.tokens == tokens)
+            raise config_error("model.name", (f"{m.name} takes token inputs; {ds.name} gives numbers" if not tokens
+                                              else f"{m.name} takes numeric inputs; {ds.name} gives character tokens")
+                               + f" (use {fits})")
+        module = m.build(ds.input_shape, ds.num_classes)
+    except ConfigError:
+        raise
+    except ValueError as err:
+        raise _as_config_error(err) from None
+    flat = FlatModel(module)
+    strategy = choose_grad_strategy(cfg, flat.activation_numel(ds.input_shape, ds.x_train.dtype))
+    params_NP = flat.init_params(cfg.num_nodes, ctx.seed("init"), m.same_init)
+    ctx.data_sizes_N = torch.tensor([len(p) for p in parts], dtype=torch.float64)
+    ctx.layer_slices, ctx.reference_P, ctx.probe_loss_fn = flat.layer_slices(), params_NP[0], make_probe_loss_fn(flat)
+    try:
+        algorithm = cfg.algorithm.make(ctx)
+        honest_N, threat, poisoned_N = build_threat(cfg, adj)
+        poison, attack_test = build_data_poisoning(cfg, ds)
+    except ConfigError:
+        raise
+    except ValueError as err:
+        raise _as_config_error(err) from None
+    mixing = t.mixing.build()
+    return Built(
+        config=cfg, dataset=ds, parts=parts, local_test_parts=local_test, flat=flat,
+        params_NP=params_NP,
+        grad_fn=make_grad_fn(flat, strategy),
+        batches=NodeSampler(ds.x_train, ds.y_train, parts, cfg.algorithm.batch_size, ctx.seed("sampler"),
+                            poisoned_N, poison, silent_N=None if relay_N is None else torch.from_numpy(relay_N)),
+        algorithm=algorithm, adjacency=adj, W=W,
+        schedule=schedule, honest_N=honest_N, threat=threat, attack_test=attack_test,
+        faults=cfg.faults.build(ctx, adj, relay_N, mixing), relay_N=relay_N, clock=cfg.clock.build(ctx),
+        mixing=mixing, final_merge=cfg.algorithm.final_merge_enabled,
+    )

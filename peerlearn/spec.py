@@ -1,0 +1,369 @@
+"""Specs and registries: every part of a run declares its config fields next to its factory.
+
+A *family* (graphs, mixing rules, datasets, models, algorithms, aggregators, compressors, attacks, ...)
+is a :class:`Registry` of :class:`Spec` subclasses, one per *member*. A member's spec is a pydantic
+model whose ``name`` field (a ``Literal``) is its registry key and whose other fields are exactly the
+config keys it reads, with defaults, bounds and descriptions. ``build`` turns a validated spec into the
+plain function or object the engines use; factories themselves know nothing of specs.
+
+A spec may hold *slots*: fields that name a member of another family (``algorithm.aggregator``,
+``topology.graph``). A slot's member keeps its fields flat in the same config section::
+
+    algorithm: {name: dsgd, aggregator: trimmed_mean, f: 2}     # f belongs to trimmed_mean
+    algorithm: {name: dsgd, aggregator: {name: trimmed_mean, f: 2}}  # the same, nested
+
+Registries are open: a user module registers its own member with ``@FAMILY.register`` and from then
+on every config, ``--set``, ``peerlearn list`` and ``peerlearn matrix`` treat it as a built-in.
+Rules between families read :class:`Capabilities`, never names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Iterator
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; ``str(err)`` is one line naming the field."""
+
+
+def config_error(where: str, message: str) -> ConfigError:
+    return ConfigError(f"config error: {where}: {message}")
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a member can do or needs, read by the rules between families (each family reads its own)."""
+
+    engines: frozenset = frozenset({"simulator"})  # algorithms: simulator, async (event engine), distributed
+    asynchronous: bool = False  # algorithms: run by the event engine on per-node timers
+    global_model: bool = False  # algorithms: one global model (every node starts from the same one)
+    attackable: bool = False  # algorithms: model-poisoning attacks can replace their gossip messages
+    private: bool = False  # algorithms: clip and noise their messages (privacy.clip)
+    static_topology: bool = False  # algorithms, aggregators: need the same W every round (no schedule, no faults)
+    column_stochastic: bool = False  # algorithms: correct under column-stochastic W; mixing: produces such W
+    directed: bool = False  # graphs: directed edges
+    random: bool = False  # graphs: a seeded random draw (schedule resample draws a new one each round)
+    time_varying: bool = False  # schedules: W changes between rounds
+    regular_only: bool = False  # mixing: needs a regular graph
+    poisons: str | None = None  # attacks: "messages" (model poisoning) or "data" (data poisoning)
+    tokens: bool = False  # models: integer token inputs
+    image: bool = False  # models: image-shaped inputs (C, H, W)
+    needs_groups: bool = False  # partitions: the dataset's natural groups
+    common_init: bool = False  # aggregators: need every node to start from the same model
+    linear: bool = False  # aggregators: the linear gossip average W x
+
+    def flags(self) -> list[str]:
+        """The non-default capabilities, for ``peerlearn list``."""
+        out = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value != f.default:
+                out.append(f"{f.name}={','.join(sorted(value))}" if isinstance(value, frozenset)
+                           else f.name if value is True else f"{f.name}={value}")
+        return out
+
+
+class Spec(BaseModel):
+    """Base of every member spec: extra keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    capabilities: ClassVar[Capabilities] = Capabilities()
+    slots: ClassVar[dict[str, "Registry"]] = {}  # field -> the family whose member it names
+
+    def check(self, cfg: Any) -> None:
+        """Rules about this member that need the rest of the config; raise :class:`ConfigError`."""
+
+    def members(self) -> Iterator["Spec"]:
+        """This spec and, recursively, the members in its slots."""
+        yield self
+        for slot in self.slots:
+            child = getattr(self, slot)
+            if child is not None:
+                yield from child.members()
+
+
+def member_name(cls: type[Spec]) -> str:
+    name = cls.model_fields.get("name")
+    if name is None or not isinstance(name.default, str):
+        raise TypeError(f"{cls.__name__}: a member spec needs a field  name: Literal['...'] = '...'")
+    return name.default
+
+
+class Registry:
+    """The members of one family, by name. ``where`` is the config key that names a member."""
+
+    def __init__(self, family: str, base: type[Spec], where: str, doc: str = ""):
+        self.family, self.base, self.where, self.doc = family, base, where, doc
+        self._members: dict[str, type[Spec]] = {}
+        REGISTRIES[family] = self
+
+    def register(self, cls: type[Spec]) -> type[Spec]:
+        """Class decorator: add ``cls`` (a subclass of this family's base spec) under its ``name``."""
+        if not (isinstance(cls, type) and issubclass(cls, self.base)):
+            raise TypeError(f"{self.family}: {getattr(cls, '__name__', cls)!r} must subclass {self.base.__name__}")
+        name = member_name(cls)
+        old = self._members.get(name)
+        if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
+            raise ValueError(f"{self.family} {name!r} is already registered by {old.__module__}.{old.__qualname__}")
+        self._members[name] = cls
+        return cls
+
+    def get(self, name: Any, where: str | None = None) -> type[Spec]:
+        if isinstance(name, str) and name in self._members:
+            return self._members[name]
+        raise config_error(where or self.where, f"unknown {self.family} {name!r}; registered: {', '.join(self)}")
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._members
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._members)
+
+    def items(self):
+        return self._members.items()
+
+    def __repr__(self) -> str:
+        return f"Registry({self.family}: {', '.join(self)})"
+
+
+REGISTRIES: dict[str, Registry] = {}  # every family, in the order its registry was made
+
+
+def slot(registry: Registry, default: str | None, description: str) -> Any:
+    """A field naming a member of ``registry`` (instantiated with its defaults unless given)."""
+    if default is None:
+        return Field(None, description=description)
+    return Field(default_factory=lambda: registry.get(default)(), description=description)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation of a flat mapping into a spec tree, and the way back
+# ---------------------------------------------------------------------------------------------
+def _fields(cls: type[Spec]) -> list[str]:
+    return [k for k in cls.model_fields if k != "name"]
+
+
+def _takes(cls: type[Spec], children: dict[str, type[Spec] | None]) -> str:
+    own = sorted(cls.model_fields, key=lambda k: k != "name")  # name first, then the fields in order
+    keys = own + [k for c in children.values() if c is not None for k in _fields(c)]
+    return ", ".join(keys) or "no keys"
+
+
+def _label(cls: type[Spec], where: str, children: dict[str, type[Spec] | None]) -> str:
+    if "name" in cls.model_fields:
+        return f"{cls.family_label()} {member_name(cls)}"
+    named = ", ".join(f"{k} {member_name(c)}" for k, c in children.items() if c is not None)
+    return f"{where or 'the config'}" + (f" ({named})" if named else "")
+
+
+def format_error(err: ValidationError, where: str) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in (where, *first["loc"]) if p != "")
+    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"config error: {loc}: {first['msg']} (got {first.get('input')!r}){more}"
+
+
+def validate(cls: type[Spec], raw: Any, where: str) -> Spec:
+    """Validate the mapping ``raw`` (flat: slot members' fields beside the spec's own) into ``cls``."""
+    if isinstance(raw, cls):
+        return raw
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise config_error(where, f"expected a mapping of keys, got {type(raw).__name__}")
+    raw = dict(raw)
+    children: dict[str, type[Spec] | None] = {}
+    nested: dict[str, dict] = {}
+    given: dict[str, Spec] = {}
+    for key, registry in cls.slots.items():
+        here = f"{where}.{key}" if where else key
+        value = raw.pop(key, _default_member(cls, key))
+        if isinstance(value, Spec):
+            given[key], children[key] = value, None
+            continue
+        if isinstance(value, dict):
+            nested[key] = dict(value)
+            value = nested[key].pop("name", _default_member(cls, key))
+        if value is None:
+            if cls.model_fields[key].default_factory is not None:
+                raise config_error(here, f"needs one of: {', '.join(registry)}")
+            children[key] = None
+            continue
+        children[key] = registry.get(value, here)
+        nested.setdefault(key, {})
+    own: dict[str, Any] = {}
+    for key, value in raw.items():
+        owners = [s for s, c in children.items() if c is not None and key in _fields(c)]
+        if key in cls.model_fields:
+            owners.append("")
+        if not owners:
+            raise config_error(f"{where}.{key}" if where else key,
+                               f"not a key of {_label(cls, where, children)}; it takes: {_takes(cls, children)}")
+        if len(owners) > 1:
+            raise config_error(f"{where}.{key}" if where else key, f"ambiguous: read by {', '.join(o or 'the section' for o in owners)}")
+        if owners[0]:
+            nested[owners[0]][key] = value
+        else:
+            own[key] = value
+    for key, child in children.items():
+        if child is not None:
+            given[key] = validate(child, nested[key], where)
+        else:
+            given.setdefault(key, None)
+    try:
+        return cls.model_validate({**own, **given})
+    except ValidationError as err:
+        raise ConfigError(format_error(err, where)) from None
+
+
+def _default_member(cls: type[Spec], key: str) -> str | None:
+    info = cls.model_fields[key]
+    if info.default_factory is not None:
+        return member_name(type(info.default_factory()))
+    return info.default if isinstance(info.default, str) else None
+
+
+def member_keys(cls: type[Spec], flat: dict) -> set[str]:
+    """Every key ``cls`` reads from the flat mapping ``flat``: its fields and those of the members its
+    slots name there (or by default)."""
+    keys = set(cls.model_fields)
+    for key, registry in cls.slots.items():
+        value = flat.get(key, _default_member(cls, key))
+        name = value.get("name", _default_member(cls, key)) if isinstance(value, dict) else value
+        if isinstance(name, str) and name in registry:
+            keys |= member_keys(registry.get(name), flat)
+    return keys
+
+
+def dump(spec: Spec) -> dict:
+    """The flat mapping :func:`validate` reads back (slot members as their name plus their fields)."""
+    out: dict[str, Any] = {}
+    tail: dict[str, Any] = {}
+    plain = spec.model_dump(mode="json", exclude=set(spec.slots))
+    for key in sorted(type(spec).model_fields, key=lambda k: k != "name"):
+        if key in spec.slots:
+            child = getattr(spec, key)
+            out[key] = None if child is None else child.name
+            if child is not None:
+                tail.update({k: v for k, v in dump(child).items() if k != "name"})
+        else:
+            out[key] = plain[key]
+    return {**out, **tail}
+
+
+# ---------------------------------------------------------------------------------------------
+# Descriptions for `peerlearn list`
+# ---------------------------------------------------------------------------------------------
+_BOUNDS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<", "min_length": "len >=", "max_length": "len <="}
+
+
+@dataclass
+class FieldInfo:
+    key: str
+    default: Any
+    type: str
+    bounds: str
+    description: str
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def describe_fields(cls: type[Spec], skip: tuple[str, ...] = ()) -> list[FieldInfo]:
+    """``cls``'s keys (a slot as the name of its default member), without those in ``skip``."""
+    out = []
+    for key, info in cls.model_fields.items():
+        if key == "name" or key in skip:
+            continue
+        if key in cls.slots:
+            registry = cls.slots[key]
+            out.append(FieldInfo(key, _default_member(cls, key), f"{registry.family} name", "",
+                                 f"{info.description or ''} (a member of family {registry.family}: its keys go "
+                                 f"beside this one)"))
+            continue
+        bounds = [f"{_BOUNDS[k]} {getattr(m, k)}" for m in info.metadata for k in _BOUNDS if hasattr(m, k)]
+        default = info.default_factory() if info.default_factory is not None else info.default
+        kind = getattr(info.annotation, "__name__", None) or str(info.annotation).replace("typing.", "")
+        out.append(FieldInfo(key, default if not isinstance(default, BaseModel) else None, kind, ", ".join(bounds),
+                             info.description or ""))
+    return out
+
+
+def summary_line(cls: type[Spec]) -> str:
+    import inspect
+
+    doc = inspect.getdoc(cls)
+    if doc and doc != inspect.getdoc(cls.__mro__[1]):
+        return doc.splitlines()[0]
+    return "-"
+
+
+@dataclass
+class Described:
+    family: str
+    where: str
+    name: str
+    summary: str
+    capabilities: list[str]
+    fields: list[FieldInfo] = field(default_factory=list)
+    module: str = ""
+
+    def as_dict(self) -> dict:
+        return {"family": self.family, "key": self.where, "name": self.name, "summary": self.summary,
+                "capabilities": self.capabilities, "module": self.module,
+                "fields": [f.as_dict() for f in self.fields]}
+
+
+def describe(registry: Registry, own_only: bool = False) -> list[Described]:
+    """Every member of ``registry``; ``own_only``: without the keys every member of the family has."""
+    skip = tuple(registry.base.model_fields) if own_only else ()
+    return [Described(registry.family, registry.where, name, summary_line(cls), cls.capabilities.flags(),
+                      describe_fields(cls, skip), cls.__module__) for name, cls in registry.items()]
+
+
+def _family_label(cls) -> str:
+    for reg in REGISTRIES.values():
+        if issubclass(cls, reg.base):
+            return reg.family
+    return "spec"
+
+
+Spec.family_label = classmethod(_family_label)  # type: ignore[attr-defined]
+
+
+def build_fn(factory: Callable, spec: Spec, **extra) -> Any:
+    """``factory(**spec's fields, **extra)``: the default ``build`` of members whose fields are its arguments."""
+    return factory(**{k: getattr(spec, k) for k in _fields(type(spec)) if k not in spec.slots}, **extra)
+
+
+@dataclass
+class BuildContext:
+    """What members' ``build`` may read: the whole config, seed streams, and the parts built so far."""
+
+    config: Any  # the validated ExperimentConfig
+    dataset: Any = None  # data.base.Dataset, once loaded
+    adjacency: Any = None  # scipy csr adjacency of the static graph
+    data_sizes_N: Any = None  # float64 tensor: training samples per node
+    layer_slices: list | None = None  # flat-parameter slices of the model's layers
+    relay_N: Any = None  # bool numpy mask of relay nodes (no data), or None
+    probe_loss_fn: Callable | None = None  # (params_NP, batch) -> loss_N, for zeroth-order methods
+    reference_P: Any = None  # the common initial model
+
+    def seed(self, stream: int | str) -> int:
+        """The run's seed of ``stream`` (see :data:`peerlearn.rng.STREAMS`; a plugin may use its own name)."""
+        from peerlearn.rng import stream_seed
+
+        return stream_seed(self.config.seed, stream)
+
+    @property
+    def num_nodes(self) -> int:
+        return self.config.num_nodes
+
+    @property
+    def num_rounds(self) -> int:
+        return self.config.num_rounds

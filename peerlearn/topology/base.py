@@ -1,0 +1,76 @@
+"""The topology families: graphs, mixing rules and schedules (their specs and registries), and the
+``topology:`` section that names one of each."""
+
+from __future__ import annotations
+
+from typing import Callable, ClassVar, Literal
+
+import scipy.sparse as sp
+from pydantic import SerializeAsAny
+
+from peerlearn.spec import BuildContext, ConfigError, Registry, Spec, build_fn, config_error, slot
+
+
+class GraphSpec(Spec):
+    """A communication graph: ``build(num_nodes, seed) -> adjacency`` (scipy csr, 0/1, empty diagonal)."""
+
+    factory: ClassVar[Callable]
+
+    def build(self, num_nodes: int, seed: int) -> sp.csr_array:
+        extra = {"seed": seed} if self.capabilities.random else {}
+        return build_fn(type(self).factory, self, num_nodes=num_nodes, **extra)
+
+
+class MixingSpec(Spec):
+    """A rule turning a graph into mixing weights: ``build()(adjacency) -> W``."""
+
+    factory: ClassVar[Callable]
+
+    def build(self) -> Callable[[sp.csr_array], sp.csr_array]:
+        return type(self).factory
+
+
+class ScheduleSpec(Spec):
+    """A time-varying topology: ``build(ctx, graph, mixing) -> schedule(round) -> W``, or None (static)."""
+
+    uses_graph: ClassVar[bool] = False  # the static graph is drawn (and must be connected)
+
+    def build(self, ctx: BuildContext, graph: GraphSpec, mixing: MixingSpec):
+        raise NotImplementedError
+
+
+GRAPHS = Registry("graph", GraphSpec, "topology.graph", "communication graphs")
+MIXING = Registry("mixing", MixingSpec, "topology.mixing", "rules turning a graph into weights W")
+SCHEDULES = Registry("schedule", ScheduleSpec, "topology.schedule", "time-varying topologies")
+
+
+class TopologySpec(Spec):
+    """The ``topology:`` section: a graph, a mixing rule and a schedule, each with its own keys."""
+
+    graph: SerializeAsAny[GraphSpec] = slot(GRAPHS, "ring", "communication graph")
+    mixing: SerializeAsAny[MixingSpec] = slot(MIXING, "metropolis_hastings", "rule turning the graph into weights W")
+    schedule: SerializeAsAny[ScheduleSpec] = slot(SCHEDULES, "static", "time-varying topology")
+    slots: ClassVar = {"graph": GRAPHS, "mixing": MIXING, "schedule": SCHEDULES}
+
+    def check(self, cfg) -> None:
+        g, m, s = self.graph.capabilities, self.mixing.capabilities, self.schedule.capabilities
+        if g.directed and not s.time_varying and not m.column_stochastic:
+            raise config_error("topology.mixing", f"the directed graph {self.graph.name} needs column_stochastic "
+                                                  f"weights, got {self.mixing.name}")
+
+
+def read_edge_list(path: str, num_nodes: int, where: str) -> sp.csr_array:
+    """An edge-list file's adjacency, which must have exactly ``num_nodes`` nodes."""
+    from peerlearn.topology.random_graphs import from_edge_list
+
+    try:
+        adj = from_edge_list(path, num_nodes=num_nodes)
+    except ValueError as err:
+        raise config_error(where, str(err)) from None
+    if adj.shape[0] != num_nodes:
+        raise config_error(where, f"the edge list {path} has {adj.shape[0]} nodes, num_nodes={num_nodes}")
+    return adj
+
+
+__all__ = ["GRAPHS", "MIXING", "SCHEDULES", "ConfigError", "GraphSpec", "Literal", "MixingSpec", "ScheduleSpec",
+           "TopologySpec", "read_edge_list"]
