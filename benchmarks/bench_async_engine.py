@@ -16,8 +16,9 @@ import time
 
 import torch
 
-from peerlearn.config import build, parse_config
-from peerlearn.engines.simulator import simulate
+from peerlearn.config import parse_config
+from peerlearn.build import build
+from peerlearn.engines import simulate
 
 
 def measure(name: str, n: int, rounds: int) -> tuple[float, float]:
@@ -26,7 +27,8 @@ def measure(name: str, n: int, rounds: int) -> tuple[float, float]:
         "topology": {"graph": "random_regular", "degree": 8},
         "data": {"dataset": "synthetic", "num_samples": 20 * n, "test_samples": 500},
         "model": {"name": "mlp", "hidden": [32]},
-        "algorithm": {"name": name, "lr": 0.05, "batch_size": 16, "outer_lr": 1.0, "outer_momentum": 0.0},
+        "algorithm": {"name": name, "lr": 0.05, "batch_size": 16,
+                      **({"outer_lr": 1.0, "outer_momentum": 0.0} if name == "async_local_sgd" else {})},
         "clock": {"speed_sigma": 0.5}})
     built = build(cfg)
     marks: dict[int, tuple[float, int]] = {}

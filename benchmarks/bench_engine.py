@@ -36,7 +36,7 @@ def _config(model: str, n: int):
 def measure(engine: str, model: str, n: int, min_seconds: float = 1.0, repeats: int = 3) -> dict:
     import torch
 
-    from peerlearn.config import build
+    from peerlearn.build import build
     from peerlearn.engines.comm import SimComm
 
     b = build(_config(model, n))

@@ -16,8 +16,9 @@ import time
 
 import torch
 
-from peerlearn.config import build, parse_config
-from peerlearn.engines.simulator import simulate
+from peerlearn.config import parse_config
+from peerlearn.build import build
+from peerlearn.engines import simulate
 
 VARIANTS = {"plain": {}, "independent": {"clip": 1.0, "noise_multiplier": 1.0},
             "independent + pairwise": {"clip": 1.0, "noise_multiplier": 0.3, "pairwise_multiplier": 0.5}}

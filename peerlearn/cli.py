@@ -61,8 +61,9 @@ def _summary_table(title: str, runs: dict[str, dict]) -> Table:
 def cmd_run(args) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from peerlearn.config import ConfigError, build, load_config, parse_config, to_dict
-    from peerlearn.engines.simulator import simulate
+    from peerlearn.config import ConfigError, load_config, parse_config, to_dict
+    from peerlearn.build import build
+    from peerlearn.engines import simulate
     from peerlearn.report import RunWriter, choose_run_dir
     from peerlearn.report.run_dir import load_checkpoint
 
@@ -114,7 +115,8 @@ def cmd_run(args) -> int:
 def _run_distributed(args) -> int:
     """One rank of a distributed run (launched by ``--nproc N`` or torchrun): rank 0 writes the run
     directory (and shows the progress); every rank logs to ``logs/rank<r>.log`` in it."""
-    from peerlearn.config import ConfigError, build, load_config, to_dict
+    from peerlearn.config import ConfigError, load_config, to_dict
+    from peerlearn.build import build
     from peerlearn.engines import distributed
     from peerlearn.engines.membership import RunStopped
     from peerlearn.report import RunWriter, choose_run_dir
@@ -189,7 +191,8 @@ def _run_distributed(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from peerlearn.config import build, load_config
+    from peerlearn.config import load_config
+    from peerlearn.build import build
 
     cfg = load_config(args.config, args.set)
     if args.build:

@@ -32,8 +32,8 @@ from peerlearn.topology.base import TopologySpec
 from peerlearn.world.clock import ClockSpec
 from peerlearn.world.faults import FaultsSpec
 
-__all__ = ["ConfigError", "ExperimentConfig", "REGISTRIES", "SECTIONS", "apply_overrides", "build", "load_config",
-           "load_plugins", "parse_config", "to_dict"]
+__all__ = ["ConfigError", "ExperimentConfig", "REGISTRIES", "SECTIONS", "apply_overrides", "load_config",
+           "load_plugins", "parse_config", "switch_member", "to_dict"]
 
 ENTRY_POINT_GROUP = "peerlearn.plugins"
 
@@ -78,14 +78,24 @@ _DEFAULT_MEMBER = {"model": "mlp", "algorithm": "dsgd"}
 _LOADED: dict[str, object] = {}
 
 
-def _import_plugin(spec: str, base_dir: Path | None) -> None:
+def _resolve(spec: str, base_dir: Path | None) -> str:
+    """A plugin given as a .py path, made absolute (relative to the config's folder, else the working
+    directory), so that a resumed run or another rank finds it; a module name stays as it is."""
+    if not (spec.endswith(".py") or "/" in spec):
+        return spec
+    path = Path(spec).expanduser()
+    if not path.is_absolute():
+        path = base_dir / path if base_dir is not None and (base_dir / path).is_file() else Path.cwd() / path
+    return str(path.resolve())
+
+
+def _import_plugin(spec: str, base_dir: Path | None) -> str:
+    spec = _resolve(spec, base_dir)
     if spec in _LOADED:
-        return
+        return spec
     try:
         if spec.endswith(".py") or "/" in spec:
-            path = Path(spec).expanduser()
-            if not path.is_absolute() and base_dir is not None and (base_dir / path).is_file():
-                path = base_dir / path
+            path = Path(spec)
             if not path.is_file():
                 raise FileNotFoundError(f"no such file {str(path)!r}")
             name = f"peerlearn_plugin_{path.stem}"
@@ -108,11 +118,13 @@ def _import_plugin(spec: str, base_dir: Path | None) -> None:
         raise ConfigError(f"config error: plugins: {spec!r} failed to import: {type(err).__name__}"
                           f"{': ' + detail if detail else ''}") from None
     _LOADED[spec] = module
+    return spec
 
 
-def load_plugins(names: list[str] = (), base_dir: Path | None = None) -> None:
+def load_plugins(names: list[str] = (), base_dir: Path | None = None) -> list[str]:
     """Import the installed ``peerlearn.plugins`` entry points, ``PEERLEARN_PLUGINS`` (comma-separated) and
-    ``names`` (module names, or .py paths relative to ``base_dir``); each registers its members."""
+    ``names`` (module names, or .py paths relative to ``base_dir``); each registers its members.
+    Returns ``names`` resolved (paths made absolute)."""
     from importlib.metadata import entry_points
 
     for ep in entry_points(group=ENTRY_POINT_GROUP):
@@ -124,8 +136,9 @@ def load_plugins(names: list[str] = (), base_dir: Path | None = None) -> None:
                                   f"to import: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
                                   ) from None
     env = [p.strip() for p in os.environ.get("PEERLEARN_PLUGINS", "").split(",") if p.strip()]
-    for spec in [*env, *names]:
-        _import_plugin(spec, base_dir)
+    for spec in env:
+        _import_plugin(spec, None)
+    return [_import_plugin(spec, base_dir) for spec in names]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,7 +207,10 @@ def parse_config(data: dict | None, overrides: list[str] = (), base_dir: Path | 
     data = apply_overrides(dict(data or {}), list(overrides))
     if not isinstance(data.get("plugins", []), list):
         raise config_error("plugins", f"a list of module names or .py paths, got {data['plugins']!r}")
-    load_plugins(data.get("plugins", []), base_dir)
+    if data.get("plugins"):
+        data["plugins"] = load_plugins(data["plugins"], base_dir)
+    else:
+        load_plugins()
     allowed = ExperimentConfig.model_fields
     for key in data:
         if key not in allowed:
@@ -257,9 +273,3 @@ def without_member_keys(section: dict, member: Spec | None) -> dict:
         return dict(section)
     return {k: v for k, v in section.items() if k == "name" or k not in type(member).model_fields}
 
-
-def build(cfg: ExperimentConfig, dataset=None):
-    """Make every part of a run (see :func:`peerlearn.build.build`)."""
-    from peerlearn.build import build as _build
-
-    return _build(cfg, dataset)

@@ -108,7 +108,7 @@ class Registry:
             raise TypeError(f"{self.family}: {getattr(cls, '__name__', cls)!r} must subclass {self.base.__name__}")
         name = member_name(cls)
         old = self._members.get(name)
-        if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
+        if old is not None and _origin(old) != _origin(cls):  # the same class imported twice replaces itself
             raise ValueError(f"{self.family} {name!r} is already registered by {old.__module__}.{old.__qualname__}")
         self._members[name] = cls
         return cls
@@ -132,6 +132,13 @@ class Registry:
 
 
 REGISTRIES: dict[str, Registry] = {}  # every family, in the order its registry was made
+
+
+def _origin(cls: type) -> tuple[str, str]:
+    import sys
+
+    module = sys.modules.get(cls.__module__)
+    return getattr(module, "__file__", None) or cls.__module__, cls.__qualname__
 
 
 def slot(registry: Registry, default: str | None, description: str) -> Any:

@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 
 from peerlearn import cli
-from peerlearn.config import build, load_config, parse_config
+from peerlearn.config import load_config, parse_config
+from peerlearn.build import build
 from peerlearn.data.datasets import FASHION_MNIST_DIRS
-from peerlearn.engines.simulator import simulate
+from peerlearn.engines import simulate
 
 ROOT = Path(__file__).parents[1]
 pytestmark = pytest.mark.slow

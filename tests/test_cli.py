@@ -5,7 +5,7 @@ import yaml
 
 from peerlearn import cli
 from peerlearn.engines import simulator
-from peerlearn.engines.simulator import COLUMNS
+from peerlearn.engines.run import COLUMNS
 from peerlearn.report import read_run
 
 SMALL = {"num_nodes": 8, "num_rounds": 20, "eval_every": 5, "model": {"hidden": [16]},

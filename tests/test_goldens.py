@@ -91,8 +91,9 @@ def _cases() -> dict[str, tuple[str, list[str]]]:
 
 
 def _rows(config: str, sets: list[str]) -> list[dict]:
-    from peerlearn.config import build, load_config
-    from peerlearn.engines.simulator import simulate
+    from peerlearn.config import load_config
+    from peerlearn.build import build
+    from peerlearn.engines import simulate
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -11,8 +11,8 @@ import pytest
 import torch
 import yaml
 
-from peerlearn.config import build
-from peerlearn.engines.simulator import simulate
+from peerlearn.build import build
+from peerlearn.engines import simulate
 from tests.conftest import tiny_config
 
 

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from peerlearn.engines.async_net import AsyncNet
-from peerlearn.engines.simulator import Evaluator, evaluation_row, is_evaluation_round, restore, round_network
+from peerlearn.engines.run import Evaluator, evaluation_row, is_evaluation_round, restore, round_network, step_means
 from peerlearn.rng import stream_seed
 from peerlearn.types import Tensor
 
@@ -79,7 +79,7 @@ def simulate_async(built, on_eval: Callable[[dict], None] | None = None,
         row = evaluation_row(round_, evaluate, params_NP, None if faults is None else alive_N, losses,
                              built.honest_N, net.bytes_sent_total, n, time.perf_counter() - start, clock.metrics(),
                              attacked)
-        row["staleness_mean"] = float(np.mean(extra["staleness"])) if extra.get("staleness") else math.nan
+        row.update(step_means(extra))
         losses.clear()
         extra.clear()
         rows.append(row)

@@ -38,7 +38,7 @@ from torch.utils._pytree import tree_map
 from peerlearn.aggregators.mean import mean
 from peerlearn.engines.comm import SimComm, padded_neighbours, torch_csr
 from peerlearn.engines.membership import Group, Membership, PeerFailure, RunStopped, connect_store
-from peerlearn.engines.simulator import Evaluator, _clone, evaluation_row, is_evaluation_round
+from peerlearn.engines.run import Evaluator, _clone, evaluation_row, is_evaluation_round
 from peerlearn.spec import ConfigError
 from peerlearn.types import Tensor
 

@@ -43,7 +43,7 @@ def run_matrix(base: dict, attacks: list[str], defenses: list[str], out_dir: Pat
     """
     from peerlearn.build import build, build_dataset
     from peerlearn.config import parse_config, without_member_keys
-    from peerlearn.engines.simulator import simulate
+    from peerlearn.engines import simulate
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

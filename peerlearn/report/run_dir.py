@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from peerlearn.engines.simulator import COLUMNS
+from peerlearn.engines.run import COLUMNS
 
 
 def choose_run_dir(out: str | None, name: str, overwrite: bool = False) -> Path:
@@ -46,12 +46,30 @@ class RunWriter:
         (self.path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         self.config = config
         self.rows: list[dict] = []
-        self._file = open(self.path / "metrics.csv", "w", newline="")
-        self._csv = csv.DictWriter(self._file, fieldnames=COLUMNS)
-        self._csv.writeheader()
-        self._file.flush()
+        self.columns = list(COLUMNS)  # the fixed leading columns, then every other metric as it first appears
+        self._open("w")
         for row in rows or ():
             self.append(row)
+
+    def _open(self, mode: str) -> None:
+        self._file = open(self.path / "metrics.csv", mode, newline="")
+        self._csv = csv.DictWriter(self._file, fieldnames=self.columns)
+        if mode == "w":
+            self._csv.writeheader()
+            self._file.flush()
+
+    def _widen(self, new: list[str]) -> None:
+        """A metric appeared that earlier rows lack: rewrite the CSV with the wider header (atomically)."""
+        self._file.close()
+        self.columns += new
+        tmp = self.path / "metrics.csv.tmp"
+        with open(tmp, "w", newline="") as f:
+            out = csv.DictWriter(f, fieldnames=self.columns)
+            out.writeheader()
+            for row in self.rows[:-1]:
+                out.writerow({k: row.get(k, math.nan) for k in self.columns})
+        tmp.replace(self.path / "metrics.csv")
+        self._open("a")
 
     def checkpoint(self, snapshot: dict) -> None:
         """Save ``snapshot`` (from the engine) atomically: a kill mid-write leaves the previous one.
@@ -69,8 +87,12 @@ class RunWriter:
         tmp.replace(self.path / CHECKPOINT)
 
     def append(self, row: dict) -> None:
+        """Write one evaluated row; every key the engine or the algorithm returned becomes a column."""
         self.rows.append(row)
-        self._csv.writerow({k: row.get(k, math.nan) for k in COLUMNS})
+        new = [k for k in row if k not in self.columns]
+        if new:
+            self._widen(new)
+        self._csv.writerow({k: row.get(k, math.nan) for k in self.columns})
         self._file.flush()
 
     def finish(self, status: str = "completed", extra: dict | None = None) -> dict:

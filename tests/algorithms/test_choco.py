@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from peerlearn.config import ConfigError, build
-from peerlearn.engines.simulator import simulate
+from peerlearn.config import ConfigError
+from peerlearn.build import build
+from peerlearn.engines import simulate
 from tests.conftest import tiny_config
 
 

@@ -6,7 +6,7 @@ import torch
 
 from peerlearn import algorithms, optim
 from peerlearn.algorithms.fedavg import sample_clients
-from peerlearn.config import build
+from peerlearn.build import build
 from peerlearn.engines.comm import SimComm
 from peerlearn.topology import complete_graph, cycle_graph, metropolis_hastings_weights, uniform_weights
 from tests.conftest import tiny_config

@@ -6,11 +6,12 @@ import scipy.sparse as sp
 import torch
 
 from peerlearn import aggregators, algorithms, optim
-from peerlearn.config import ConfigError, build, parse_config
+from peerlearn.config import ConfigError, parse_config
+from peerlearn.build import build
 from peerlearn.algorithms.fedavg import sample_clients
 from peerlearn.algorithms.local import local_steps
 from peerlearn.engines.comm import SimComm
-from peerlearn.engines.simulator import simulate
+from peerlearn.engines import simulate
 from peerlearn.topology import complete_graph, cycle_graph, metropolis_hastings_weights, uniform_weights
 from peerlearn.topology.directed import column_stochastic_weights, directed_cycle_graph
 from tests.algorithms.test_equivalences import _run

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from peerlearn.algorithms.dsgd import shared_coordinates
-from peerlearn.config import ConfigError, build
-from peerlearn.engines.simulator import simulate
+from peerlearn.config import ConfigError
+from peerlearn.build import build
+from peerlearn.engines import simulate
 from tests.conftest import tiny_config
 
 

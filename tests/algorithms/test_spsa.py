@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from peerlearn.algorithms.spsa import LEVELS, directional_derivatives, quantize
-from peerlearn.config import build
-from peerlearn.engines.simulator import simulate
+from peerlearn.build import build
+from peerlearn.engines import simulate
 from tests.conftest import tiny_config
 
 

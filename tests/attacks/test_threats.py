@@ -3,9 +3,10 @@ import pytest
 import torch
 
 from peerlearn import attacks
-from peerlearn.config import build, parse_config
+from peerlearn.config import parse_config
+from peerlearn.build import build
 from peerlearn.engines.comm import SimComm, Threat
-from peerlearn.engines.simulator import simulate
+from peerlearn.engines import simulate
 from peerlearn.topology import barabasi_albert_graph, cycle_graph, metropolis_hastings_weights
 from tests.conftest import tiny_config
 

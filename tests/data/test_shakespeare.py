@@ -7,9 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from peerlearn.config import ConfigError, build, switch_member
+from peerlearn.config import ConfigError, switch_member
+from peerlearn.build import build
 from peerlearn.data import partition, shakespeare
-from peerlearn.engines.simulator import simulate
+from peerlearn.engines import simulate
 from peerlearn.models.functional import FlatModel, make_grad_fn
 from peerlearn.models.nets import GRU, CharGRU
 from tests.conftest import tiny_config

@@ -185,10 +185,11 @@ def test_a_rank_that_dies_at_a_round_is_a_crash_in_the_simulator(tmp_path, kill,
     agree on the last round all completed, go on without the dead rank's nodes, and produce the
     simulator's metrics for those nodes crashing at those rounds (same seed; the loss aside once a
     node is down, which the simulator averages over down nodes too)."""
-    from peerlearn.config import build, load_config
+    from peerlearn.config import load_config
+    from peerlearn.build import build
     from peerlearn.engines.distributed import node_blocks
     from peerlearn.world.faults import FaultPlan
-    from peerlearn.engines.simulator import simulate
+    from peerlearn.engines import simulate
 
     config = _config(tmp_path)
     code, _, err = _finish(_launch(config, tmp_path / "dist", "--timeout-s", "3", kill=kill), TIMEOUT_S)

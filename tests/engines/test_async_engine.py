@@ -7,9 +7,10 @@ import torch
 
 from peerlearn import optim
 from peerlearn.algorithms import gossip_learning
-from peerlearn.config import ConfigError, build
+from peerlearn.config import ConfigError
+from peerlearn.build import build
 from peerlearn.engines.async_net import AsyncNet
-from peerlearn.engines.simulator import simulate
+from peerlearn.engines import simulate
 from peerlearn.topology import directed, graphs, mixing
 from tests.conftest import tiny_config
 

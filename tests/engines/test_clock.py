@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from peerlearn.config import build
+from peerlearn.build import build
 from peerlearn.world.clock import Clock, node_slowdowns
-from peerlearn.engines.simulator import simulate
+from peerlearn.engines import simulate
 from peerlearn.topology import graphs, mixing
 from tests.conftest import tiny_config
 

@@ -3,11 +3,12 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from peerlearn.config import ConfigError, build
+from peerlearn.config import ConfigError
+from peerlearn.build import build
 from peerlearn.engines.comm import SimComm
 from peerlearn.rows import freeze_rows
 from peerlearn.world.faults import FaultPlan, alive_timeline, contiguous_groups
-from peerlearn.engines.simulator import simulate
+from peerlearn.engines import simulate
 from peerlearn.topology import graphs, mixing, random_graphs
 from tests.conftest import tiny_config
 

@@ -2,8 +2,9 @@ import math
 
 import pytest
 
-from peerlearn.config import build
-from peerlearn.engines.simulator import COLUMNS, simulate
+from peerlearn.build import build
+from peerlearn.engines import simulate
+from peerlearn.engines.run import COLUMNS
 from tests.conftest import tiny_config
 
 

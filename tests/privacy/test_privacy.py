@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from peerlearn.config import ConfigError, build
+from peerlearn.config import ConfigError
+from peerlearn.build import build
 from peerlearn.engines.comm import SimComm
-from peerlearn.engines.simulator import simulate
+from peerlearn.engines import simulate
 from peerlearn.privacy import effective_multipliers, epsilons, gaussian_messages, gaussian_rdp, pairwise_noise
 from peerlearn.privacy.accountant import orders
 from peerlearn.privacy.gaussian import graph_edges

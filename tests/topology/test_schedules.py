@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from peerlearn.config import build
-from peerlearn.engines.simulator import simulate
+from peerlearn.build import build
+from peerlearn.engines import simulate
 from peerlearn.topology import metropolis_hastings_weights, random_regular_graph, schedules
 from tests.conftest import tiny_config
 

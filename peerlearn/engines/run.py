@@ -1,0 +1,128 @@
+"""What every engine shares: the metric columns, the evaluator, evaluation rows, the evaluation-round
+rule, restoring a snapshot and the round's network (schedule and faults)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from peerlearn.metrics import accuracy, consensus_distance, summarize
+from peerlearn.models.functional import FlatModel, predict_logits
+from peerlearn.types import Tensor
+from peerlearn.world.faults import RoundFaults
+
+# Columns of metrics.csv, in order (a stable contract: later issues add columns at the end).
+COLUMNS = ["round", "acc_mean", "acc_min", "acc_max", "acc_std", "acc_avg_model", "acc_local_mean",
+           "loss_mean", "consensus_distance", "bytes_sent_total", "bytes_sent_per_node", "wall_time_s",
+           "attack_success", "acc_alive_mean", "alive_nodes", "sim_time_s", "sim_compute_s", "sim_comm_s",
+           "sim_wait_s", "staleness_mean", "epsilon"]
+
+
+class Evaluator:
+    """Test accuracy of the honest nodes' models, of their average, and on each node's local test split.
+
+    ``honest_N`` masks out Byzantine nodes; ``attack_test = (x, y)`` (data attacks) adds
+    ``attack_success``: the fraction of honest predictions on ``x`` equal to the attacker's labels ``y``
+    (flipped labels; the target class on triggered inputs).
+    """
+
+    def __init__(self, flat: FlatModel, x_test: Tensor, y_test: Tensor,
+                 x_train: Tensor | None = None, y_train: Tensor | None = None,
+                 local_test_parts: list[np.ndarray] | None = None, honest_N: Tensor | None = None,
+                 attack_test: tuple[Tensor, Tensor] | None = None):
+        self.flat, self.x_test, self.y_test = flat, x_test, y_test
+        self.honest_N, self.attack_test = honest_N, attack_test
+        self.local = None
+        if local_test_parts is not None:  # pad each node's local test indices to a rectangle + mask
+            width = max(len(p) for p in local_test_parts)
+            idx = np.zeros((len(local_test_parts), width), dtype=np.int64)
+            mask = np.zeros_like(idx, dtype=bool)
+            for i, p in enumerate(local_test_parts):
+                idx[i, :len(p)], mask[i, :len(p)] = p, True
+            self.local = (x_train[torch.from_numpy(idx)], y_train[torch.from_numpy(idx)], torch.from_numpy(mask))
+
+    @torch.no_grad()
+    def __call__(self, params_NP: Tensor, alive_N: Tensor | None = None) -> dict[str, float]:
+        """Metrics over all (honest) nodes; ``acc_alive_mean`` over those of them that are up."""
+        alive_N = torch.ones(params_NP.shape[0], dtype=torch.bool) if alive_N is None else alive_N
+        if self.honest_N is not None:
+            params_NP, alive_N = params_NP[self.honest_N], alive_N[self.honest_N]
+        logits = predict_logits(self.flat, params_NP, self.x_test)
+        acc_N = accuracy(logits, self.y_test)
+        out = summarize(acc_N, "acc")
+        out["acc_alive_mean"] = float(acc_N[alive_N].double().mean()) if bool(alive_N.any()) else float("nan")
+        out["alive_nodes"] = int(alive_N.sum())
+        out["attack_success"] = float("nan")
+        if self.attack_test is not None:
+            x_att, y_att = self.attack_test  # label flip measures on the clean test inputs: reuse their logits
+            att_logits = logits if x_att is self.x_test else predict_logits(self.flat, params_NP, x_att)
+            out["attack_success"] = float(accuracy(att_logits, y_att).mean())
+        avg = params_NP.mean(0, keepdim=True)
+        out["acc_avg_model"] = float(accuracy(predict_logits(self.flat, avg, self.x_test), self.y_test)[0])
+        out["acc_local_mean"] = self._local_accuracy(params_NP) if self.local is not None else float("nan")
+        return out
+
+    def _local_accuracy(self, params_NP: Tensor) -> float:
+        from torch.func import functional_call, vmap
+
+        x, y, mask = self.local
+        if self.honest_N is not None:
+            x, y, mask = x[self.honest_N], y[self.honest_N], mask[self.honest_N]
+        forward = vmap(lambda p, xb: functional_call(self.flat.module, self.flat.unravel(p), (xb,)))
+        correct = (forward(params_NP, x).argmax(-1) == y) & mask
+        return float((correct.sum(1) / mask.sum(1)).double().mean())
+
+
+def is_evaluation_round(cfg, round_: int) -> bool:
+    """Rows are evaluated at round 0, every ``eval_every`` rounds and at the last round (every engine)."""
+    return round_ % cfg.eval_every == 0 or round_ == cfg.num_rounds
+
+
+def evaluation_row(round_: int, evaluate: Evaluator, params_NP: Tensor, alive_N: Tensor | None, losses: list[float],
+                   honest_N: Tensor, bytes_total: float, num_nodes: int, wall_time_s: float, clock_metrics: dict,
+                   attacked: bool) -> dict:
+    """One metrics row (both engines): evaluation, the mean of ``losses`` since the last row, bytes, time."""
+    if not attacked and not bool(torch.isfinite(params_NP).all()):  # under attack, ruin is a result
+        raise FloatingPointError(f"training diverged by round {round_} (non-finite parameters); "
+                                 "lower algorithm.lr")
+    return {"round": round_, **evaluate(params_NP, alive_N),
+            "loss_mean": float(np.nanmean(losses)) if losses and not np.isnan(losses).all() else math.nan,
+            "consensus_distance": consensus_distance(params_NP[honest_N]),
+            "bytes_sent_total": bytes_total, "bytes_sent_per_node": bytes_total / num_nodes,
+            "wall_time_s": wall_time_s, "staleness_mean": math.nan, "epsilon": math.nan, **clock_metrics}
+
+
+def restore(built, resume: dict) -> tuple[int, Tensor, object, list[dict], Tensor | None]:
+    """What both engines take back from a snapshot: (first round to run, params_NP, algorithm state,
+    rows so far, alive_N); the sampler's generator is restored in place."""
+    built.batches.load_state_dict(resume["sampler"])
+    alive_N = None if built.faults is None else torch.from_numpy(built.faults.alive(resume["round"]).copy())
+    return resume["round"] + 1, resume["params_NP"].clone(), resume["state"], list(resume["rows"]), alive_N
+
+
+def round_network(built, round_: int, params_NP: Tensor) -> tuple[object, RoundFaults | None, Tensor, tuple]:
+    """The round's mixing matrix after the schedule and the faults (None: unchanged), the round's
+    faults (None without any), ``params_NP`` with each node that comes back copying an alive
+    neighbour's model (``faults.rejoin``), and those copies as index arrays ``(dst, src)``."""
+    base_W = built.schedule(round_) if built.schedule is not None else None
+    if built.faults is None:
+        return base_W, None, params_NP, ()
+    rf = built.faults.at(round_, base_W if base_W is not None else built.W)
+    dst, src = built.faults.rejoin_sources(rf.joined, built.adjacency, rf.alive_N.numpy(), round_)
+    if len(dst):
+        params_NP = params_NP.clone()
+        params_NP[torch.from_numpy(dst)] = params_NP[torch.from_numpy(src)]
+    return rf.W, rf, params_NP, (dst, src)
+
+
+def _clone(x):
+    return x.clone() if isinstance(x, Tensor) else x
+
+
+def step_means(extra: dict[str, list[float]]) -> dict[str, float]:
+    """Every metric an algorithm's steps returned besides ``loss``, as ``<key>_mean`` over the rounds (or
+    events) since the last row: each becomes a column of ``metrics.csv``."""
+    return {f"{key}_mean": float(np.nanmean(values)) if len(values) and not np.isnan(values).all() else math.nan
+            for key, values in extra.items()}
