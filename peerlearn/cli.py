@@ -6,7 +6,6 @@ Exit codes: 0 success, 2 bad configuration or arguments (one line on stderr), 13
 from __future__ import annotations
 
 import argparse
-import inspect
 import math
 import os
 import sys

@@ -20,7 +20,6 @@ from typing import Any
 import yaml
 from pydantic import Field, SerializeAsAny, ValidationError
 
-from peerlearn import aggregators, algorithms, attacks, compressors, data, models, optim, topology  # noqa: F401
 from peerlearn.algorithms.base import ALGORITHMS, AlgorithmSpec
 from peerlearn.attacks.base import ThreatSpec
 from peerlearn.data.base import DataSpec
@@ -31,6 +30,9 @@ from peerlearn.spec import (REGISTRIES, ConfigError, Registry, Spec, config_erro
 from peerlearn.topology.base import TopologySpec
 from peerlearn.world.clock import ClockSpec
 from peerlearn.world.faults import FaultsSpec
+
+for _family in ("topology", "data", "models", "optim", "algorithms", "aggregators", "compressors", "attacks"):
+    importlib.import_module(f"peerlearn.{_family}")  # every built-in family registers its members on import
 
 __all__ = ["ConfigError", "ExperimentConfig", "REGISTRIES", "SECTIONS", "apply_overrides", "load_config",
            "load_plugins", "parse_config", "switch_member", "to_dict"]

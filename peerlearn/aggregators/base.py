@@ -18,7 +18,6 @@ class AggregatorSpec(Spec):
 
     def build(self, ctx: BuildContext) -> Callable | None:
         if self.min_inputs is not None:
-            from peerlearn.aggregators.robust import min_inputs_error
             from peerlearn.topology.graphs import degrees
 
             error = min_inputs_error(self.min_inputs, self.f, int(degrees(ctx.adjacency).min()) + 1, label=self.name,
@@ -32,6 +31,24 @@ class AggregatorSpec(Spec):
         """``rule(x_NKP, valid_NK)`` with this spec's fields (and ``extra``) bound."""
         fields = {k: getattr(self, k) for k in type(self).model_fields if k != "name"}
         return functools.partial(type(self).factory, **fields, **extra)
+
+
+# fewest inputs (own model included) each rule needs to tolerate f Byzantine ones
+MIN_INPUTS = {"trimmed_mean": lambda f: 2 * f + 1, "krum": lambda f: 2 * f + 3,
+              "multi_krum": lambda f: 2 * f + 3, "bulyan": lambda f: 4 * f + 3,
+              "nearest_neighbor_mean": lambda f: f + 1}
+
+
+def min_inputs_error(rule: str, f: int, k_min: int, label: str | None = None, where: str = "") -> str | None:
+    """The ``algorithm.f`` error if a node receiving ``k_min`` models cannot run ``rule`` with ``f``, else None.
+
+    ``label`` names the rule as the user wrote it; ``where`` (e.g. "on this ring ") places the node.
+    """
+    need = MIN_INPUTS[rule](f)
+    if k_min >= need:
+        return None
+    return (f"algorithm.f: {label or rule} with f={f} needs every node to receive at least {need} models "
+            f"(itself included); {where}the least connected node receives {k_min}")
 
 
 AGGREGATORS = Registry("aggregator", AggregatorSpec, "algorithm.aggregator",

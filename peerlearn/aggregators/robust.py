@@ -11,26 +11,9 @@ from __future__ import annotations
 
 import torch
 
+from peerlearn.aggregators.base import MIN_INPUTS, min_inputs_error  # noqa: F401 (MIN_INPUTS re-exported)
 from peerlearn.aggregators.mean import masked_mean
 from peerlearn.types import Tensor
-
-# fewest inputs (own model included) each rule needs to tolerate f Byzantine ones
-MIN_INPUTS = {"trimmed_mean": lambda f: 2 * f + 1, "krum": lambda f: 2 * f + 3,
-              "multi_krum": lambda f: 2 * f + 3, "bulyan": lambda f: 4 * f + 3,
-              "nearest_neighbor_mean": lambda f: f + 1}
-
-
-def min_inputs_error(rule: str, f: int, k_min: int, label: str | None = None, where: str = "") -> str | None:
-    """The ``algorithm.f`` error if a node receiving ``k_min`` models cannot run ``rule`` with ``f``, else None.
-
-    ``label`` names the rule as the user wrote it; ``where`` (e.g. "on this ring ") places the node.
-    """
-    need = MIN_INPUTS[rule](f)
-    if k_min >= need:
-        return None
-    return (f"algorithm.f: {label or rule} with f={f} needs every node to receive at least {need} models "
-            f"(itself included); {where}the least connected node receives {k_min}")
-
 
 def _counts(valid_NK: Tensor) -> Tensor:
     return valid_NK.sum(1)

@@ -2,8 +2,8 @@
 
 Shared fields come from small bases an algorithm's spec combines: :class:`AlgorithmSpec` (``lr``,
 ``batch_size``), :class:`Optimized` (a local optimizer, itself a family), :class:`LocalSteps`,
-:class:`Synchronous` (rounds, ``final_merge``) and :class:`ServerRounds` (semi-decentralized server
-averages). A field lives only on the specs of the algorithms that read it.
+:class:`Synchronous` (rounds, ``final_merge``); :class:`~peerlearn.algorithms.semi_decentralized.ServerRounds`
+adds semi-decentralized server averages. A field lives only on the specs of the algorithms that read it.
 """
 
 from __future__ import annotations
@@ -76,28 +76,6 @@ class Synchronous(AlgorithmSpec):
                                                         "under a model-poisoning attack")
 
 
-class ServerRounds(AlgorithmSpec):
-    """Semi-decentralized: a server averages a sample every ``server_period`` rounds (Rodio et al., 2025)."""
-
-    server_period: int = Field(0, ge=0, description="a server averages a sample every this many rounds (0 = never)")
-    server_fraction: float = Field(0.25, gt=0.0, le=1.0, description="fraction of nodes sampled by the server")
-    server_broadcast: Literal["sampled", "all"] = Field("sampled", description="the average goes back to the "
-                                                        "sampled nodes (S2S) or to all (S2A)")
-
-    @property
-    def uses_server(self) -> bool:
-        return bool(self.server_period)
-
-    def make(self, ctx: BuildContext) -> Algorithm:
-        from peerlearn.algorithms.semi_decentralized import with_server_rounds
-
-        algo = self.build(ctx)
-        if self.server_period:
-            algo = with_server_rounds(algo, self.server_period, self.server_fraction, self.server_broadcast,
-                                      seed=ctx.seed("server"))
-        return algo
-
-
 class Asynchronous(LocalSteps):
     """Run by the event engine: nodes wake on their own timers."""
 
@@ -113,4 +91,4 @@ def weights(spec, ctx: BuildContext):
 
 
 __all__ = ["ALGORITHMS", "SYNC", "AlgorithmSpec", "Asynchronous", "Capabilities", "Field", "Literal", "LocalSteps",
-           "Optimized", "ServerRounds", "Synchronous", "config_error", "weights"]
+           "Optimized", "Synchronous", "config_error", "weights"]

@@ -136,7 +136,8 @@ from typing import ClassVar, Literal  # noqa: E402
 from pydantic import Field, SerializeAsAny  # noqa: E402
 
 from peerlearn.aggregators.base import AGGREGATORS, AggregatorSpec  # noqa: E402
-from peerlearn.algorithms.base import (ALGORITHMS, SYNC, Capabilities, LocalSteps, ServerRounds,  # noqa: E402
+from peerlearn.algorithms.semi_decentralized import ServerRounds  # noqa: E402
+from peerlearn.algorithms.base import (ALGORITHMS, SYNC, Capabilities, LocalSteps,  # noqa: E402
                                        Synchronous, config_error)
 from peerlearn.optim import OPTIMIZERS  # noqa: E402
 from peerlearn.spec import slot  # noqa: E402

@@ -49,7 +49,8 @@ def gradient_tracking(lr: float) -> Algorithm:
 # ---------------------------------------------------------------------------------------------
 from typing import ClassVar, Literal  # noqa: E402
 
-from peerlearn.algorithms.base import ALGORITHMS, SYNC, Capabilities, ServerRounds, Synchronous  # noqa: E402
+from peerlearn.algorithms.semi_decentralized import ServerRounds  # noqa: E402
+from peerlearn.algorithms.base import ALGORITHMS, SYNC, Capabilities, Synchronous  # noqa: E402
 
 
 @ALGORITHMS.register

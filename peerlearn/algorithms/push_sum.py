@@ -51,7 +51,8 @@ def push_sum(optimizer: Transform, num_local_steps: int = 1) -> Algorithm:
 # ---------------------------------------------------------------------------------------------
 from typing import ClassVar, Literal  # noqa: E402
 
-from peerlearn.algorithms.base import (ALGORITHMS, SYNC, Capabilities, LocalSteps, ServerRounds,  # noqa: E402
+from peerlearn.algorithms.semi_decentralized import ServerRounds  # noqa: E402
+from peerlearn.algorithms.base import (ALGORITHMS, SYNC, Capabilities, LocalSteps,  # noqa: E402
                                        Synchronous)
 
 

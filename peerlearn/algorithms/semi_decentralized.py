@@ -48,3 +48,34 @@ def with_server_rounds(algorithm: Algorithm, period: int, fraction: float, broad
 
     report = None if algorithm.report is None else (lambda state: algorithm.report(state.inner))
     return Algorithm(init, step, report)
+
+
+# ---------------------------------------------------------------------------------------------
+# Spec base (algorithm.server_period ...): the gossip algorithms that may add server rounds combine it
+# ---------------------------------------------------------------------------------------------
+from typing import Literal  # noqa: E402
+
+from pydantic import Field  # noqa: E402
+
+from peerlearn.algorithms.base import AlgorithmSpec  # noqa: E402
+from peerlearn.spec import BuildContext  # noqa: E402
+
+
+class ServerRounds(AlgorithmSpec):
+    """Semi-decentralized: a server averages a sample every ``server_period`` rounds (Rodio et al., 2025)."""
+
+    server_period: int = Field(0, ge=0, description="a server averages a sample every this many rounds (0 = never)")
+    server_fraction: float = Field(0.25, gt=0.0, le=1.0, description="fraction of nodes sampled by the server")
+    server_broadcast: Literal["sampled", "all"] = Field("sampled", description="the average goes back to the "
+                                                        "sampled nodes (S2S) or to all (S2A)")
+
+    @property
+    def uses_server(self) -> bool:
+        return bool(self.server_period)
+
+    def make(self, ctx: BuildContext) -> Algorithm:
+        algo = self.build(ctx)
+        if self.server_period:
+            algo = with_server_rounds(algo, self.server_period, self.server_fraction, self.server_broadcast,
+                                      seed=ctx.seed("server"))
+        return algo

@@ -11,7 +11,6 @@ import gzip
 import os
 from pathlib import Path
 import numpy as np
-import torch
 
 from peerlearn.data.base import Dataset, from_arrays
 
@@ -149,7 +148,7 @@ def load_npz(path: str | None, seed: int = 0, test_fraction: float = 0.2) -> Dat
 # ---------------------------------------------------------------------------------------------
 # Specs (data.dataset)
 # ---------------------------------------------------------------------------------------------
-from typing import ClassVar, Literal  # noqa: E402
+from typing import Literal  # noqa: E402
 
 from pydantic import Field  # noqa: E402
 

@@ -38,7 +38,7 @@ from torch.utils._pytree import tree_map
 from peerlearn.aggregators.mean import mean
 from peerlearn.engines.comm import SimComm, padded_neighbours, torch_csr
 from peerlearn.engines.membership import Group, Membership, PeerFailure, RunStopped, connect_store
-from peerlearn.engines.run import Evaluator, _clone, evaluation_row, is_evaluation_round
+from peerlearn.engines.run import Evaluator, _clone, evaluation_row, is_evaluation_round, step_means
 from peerlearn.spec import ConfigError
 from peerlearn.types import Tensor
 
@@ -226,6 +226,7 @@ class _Snapshot:
     bytes_N: Tensor
     clock: dict | None
     losses: list
+    extra: dict
 
 
 def simulate_distributed(built, membership: Membership, on_eval: Callable[[dict], None] | None = None,
@@ -261,6 +262,7 @@ def simulate_distributed(built, membership: Membership, on_eval: Callable[[dict]
     bytes_N = torch.zeros(n, dtype=torch.float64)  # every node's bytes, from the per-round reduction
     result: list[dict] = []
     losses: list[float] = []
+    extra: dict[str, list[float]] = {}  # the steps' other metrics since the last row (rank 0)
     departure_N = np.full(n, num_rounds + 1)  # the first round each node is gone
     network = _Network(built, departure_N)
     snapshots: dict[int, _Snapshot] = {}
@@ -268,7 +270,8 @@ def simulate_distributed(built, membership: Membership, on_eval: Callable[[dict]
 
     def capture(round_: int) -> None:
         snapshots[round_] = _Snapshot(params_RP.clone(), tree_map(_clone, state), built.batches.state_dict(),
-                                      bytes_N.clone(), None if clock is None else clock.state_dict(), list(losses))
+                                      bytes_N.clone(), None if clock is None else clock.state_dict(), list(losses),
+                                      {k: list(v) for k, v in extra.items()})
         snapshots.pop(round_ - 2, None)  # ranks are at most one round apart: two snapshots suffice
 
     def record(round_: int) -> None:
@@ -278,7 +281,9 @@ def simulate_distributed(built, membership: Membership, on_eval: Callable[[dict]
         known_NP[ids] = everyone
         row = evaluation_row(round_, evaluate, known_NP, comm.alive_N, losses, built.honest_N, float(bytes_N.sum()),
                              n, time.perf_counter() - start, clock.metrics() if clock is not None else {}, False)
+        row.update(step_means(extra))
         losses.clear()
+        extra.clear()
         result.append(row)
         if on_eval is not None:
             on_eval(row)
@@ -296,18 +301,23 @@ def simulate_distributed(built, membership: Membership, on_eval: Callable[[dict]
                 comm.set_topology(network.at(round_))
                 drawn0, bytes0, calls0 = built.batches.drawn_N.clone(), comm.bytes_sent_N.clone(), comm.collective_calls
                 params_RP, state, metrics = built.algorithm.step(state, params_RP, batches, built.grad_fn, comm)
-                # one reduction per round: the loss, and what the clock needs (per-node compute and bytes)
-                delta = torch.zeros(2 * n + 1, dtype=torch.float64)
+                # one reduction per round: the step's metrics (loss first; every rank returns the same keys),
+                # and what the clock needs (per-node compute and bytes)
+                keys = ["loss", *sorted(k for k in metrics if k != "loss")]
+                delta = torch.zeros(2 * n + len(keys), dtype=torch.float64)
                 delta[rows] = (built.batches.drawn_N - drawn0)[rows].double()
                 delta[n + rows] = comm.bytes_sent_N - bytes0
-                delta[-1] = metrics["loss"] * len(rows)
+                delta[2 * n:] = torch.tensor([float(metrics[k]) * len(rows) for k in keys], dtype=torch.float64)
                 comm.group.all_reduce(delta)
-                loss = float(delta[-1]) / comm.num_alive
+                means = (delta[2 * n:] / comm.num_alive).tolist()
+                loss = means[0]
                 if not math.isfinite(loss):
                     raise FloatingPointError(f"training diverged at round {round_} (loss {loss}); lower algorithm.lr")
                 bytes_N += delta[n:2 * n]
                 if lead:
                     losses.append(loss)
+                    for key, value in zip(keys[1:], means[1:]):
+                        extra.setdefault(key, []).append(value)
                     if clock is not None:
                         clock.advance(delta[:n].numpy(), delta[n:2 * n].numpy(), comm.W, comm.collective_calls > calls0,
                                       0.0, None if comm.alive_N is None else comm.alive_N.numpy())
@@ -340,6 +350,8 @@ def simulate_distributed(built, membership: Membership, on_eval: Callable[[dict]
                     built.batches.load_state_dict(snap.sampler)
                     bytes_N = snap.bytes_N.clone()
                     losses[:] = snap.losses
+                    extra.clear()
+                    extra.update({k: list(v) for k, v in snap.extra.items()})
                     if clock is not None:
                         clock.load_state_dict(snap.clock)
                     completed, round_ = back_to, back_to + 1

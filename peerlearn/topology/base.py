@@ -59,18 +59,5 @@ class TopologySpec(Spec):
                                                   f"weights, got {self.mixing.name}")
 
 
-def read_edge_list(path: str, num_nodes: int, where: str) -> sp.csr_array:
-    """An edge-list file's adjacency, which must have exactly ``num_nodes`` nodes."""
-    from peerlearn.topology.random_graphs import from_edge_list
-
-    try:
-        adj = from_edge_list(path, num_nodes=num_nodes)
-    except ValueError as err:
-        raise config_error(where, str(err)) from None
-    if adj.shape[0] != num_nodes:
-        raise config_error(where, f"the edge list {path} has {adj.shape[0]} nodes, num_nodes={num_nodes}")
-    return adj
-
-
 __all__ = ["GRAPHS", "MIXING", "SCHEDULES", "ConfigError", "GraphSpec", "Literal", "MixingSpec", "ScheduleSpec",
-           "TopologySpec", "read_edge_list"]
+           "TopologySpec"]

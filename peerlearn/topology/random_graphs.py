@@ -8,6 +8,7 @@ import networkx as nx
 import numpy as np
 import scipy.sparse as sp
 
+from peerlearn.spec import config_error
 from peerlearn.topology.graphs import from_edges
 
 
@@ -34,6 +35,17 @@ def from_edge_list(path: str | Path, num_nodes: int | None = None) -> sp.csr_arr
     if found > num_nodes:
         raise ValueError(f"edge list file {str(path)!r} names node {found - 1} but num_nodes={num_nodes}")
     return from_edges(num_nodes, edges[:, 0], edges[:, 1])
+
+
+def read_edge_list(path: str, num_nodes: int, where: str) -> sp.csr_array:
+    """An edge-list file's adjacency, which must have exactly ``num_nodes`` nodes."""
+    try:
+        adj = from_edge_list(path, num_nodes=num_nodes)
+    except ValueError as err:
+        raise config_error(where, str(err)) from None
+    if adj.shape[0] != num_nodes:
+        raise config_error(where, f"the edge list {path} has {adj.shape[0]} nodes, num_nodes={num_nodes}")
+    return adj
 
 
 def random_regular_graph(num_nodes: int, degree: int, seed: int | None = None) -> sp.csr_array:
@@ -76,7 +88,7 @@ from typing import ClassVar, Literal  # noqa: E402
 from pydantic import Field  # noqa: E402
 
 from peerlearn.spec import Capabilities  # noqa: E402
-from peerlearn.topology.base import GRAPHS, GraphSpec, config_error, read_edge_list  # noqa: E402
+from peerlearn.topology.base import GRAPHS, GraphSpec  # noqa: E402
 
 _RANDOM = Capabilities(random=True)
 

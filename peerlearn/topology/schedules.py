@@ -117,7 +117,8 @@ from typing import ClassVar, Literal  # noqa: E402
 from pydantic import Field  # noqa: E402
 
 from peerlearn.spec import Capabilities  # noqa: E402
-from peerlearn.topology.base import SCHEDULES, ScheduleSpec, config_error, read_edge_list  # noqa: E402
+from peerlearn.topology.base import SCHEDULES, ScheduleSpec, config_error  # noqa: E402
+from peerlearn.topology.random_graphs import read_edge_list  # noqa: E402
 
 _VARYING = Capabilities(time_varying=True)
 

@@ -1,0 +1,158 @@
+"""A user's own parts, named from YAML: examples/plugin registers an aggregator, an algorithm, an
+nn.Module and a dataset; run, list, matrix, --set, validate, resume and the distributed engine treat
+them as built-ins, and a broken plugin is one line naming it."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from peerlearn import cli
+from peerlearn.report import read_run
+
+PLUGIN_DIR = Path(__file__).resolve().parents[1] / "examples" / "plugin"
+SHORT = ["--set", "num_rounds=20", "--set", "eval_every=10"]
+
+
+@pytest.fixture
+def plugin_config(tmp_path) -> Path:
+    """The example config beside a copy of its plugin module (a user's folder)."""
+    shutil.copy(PLUGIN_DIR / "my_parts.py", tmp_path / "my_parts.py")
+    shutil.copy(PLUGIN_DIR / "plugin.yaml", tmp_path / "plugin.yaml")
+    return tmp_path / "plugin.yaml"
+
+
+def test_a_run_made_of_user_parts_learns_and_records_their_metric(plugin_config, tmp_path):
+    out = tmp_path / "run"
+    assert cli.main(["run", str(plugin_config), "--out", str(out), "--quiet", *SHORT]) == 0
+    summary, rows = read_run(out)
+    assert summary["status"] == "completed"
+    assert rows[-1]["acc_mean"] > 0.8 > rows[0]["acc_mean"]  # two moons: chance is 0.5
+    # the user algorithm's extra step metric reached metrics.csv (fraction of clipped gradients)
+    assert 0.0 <= rows[-1]["clipped_mean"] <= 1.0
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["model"] == {"name": "residual_mlp", "same_init": True, "grad_strategy": "auto", "width": 32}
+    assert Path(saved["plugins"][0]).is_absolute()  # the plugin is found again from anywhere
+
+
+def test_resume_finds_the_plugin_from_another_directory(plugin_config, tmp_path, monkeypatch):
+    from peerlearn.engines import simulator
+
+    out = tmp_path / "run"
+    real = simulator.simulate
+
+    def interrupted(built, on_eval=None, **kwargs):
+        def stop(row):
+            on_eval(row)
+            if row["round"] >= 10:
+                raise KeyboardInterrupt
+
+        return real(built, on_eval=stop, **kwargs)
+
+    monkeypatch.setattr(simulator, "simulate", interrupted)
+    assert cli.main(["run", str(plugin_config), "--out", str(out), "--quiet", *SHORT]) == 130
+    monkeypatch.setattr(simulator, "simulate", real)
+    monkeypatch.chdir(tmp_path.parent)
+    assert cli.main(["run", "--resume", str(out), "--quiet"]) == 0
+    assert [r["round"] for r in read_run(out)[1]] == [0, 10, 20]
+
+
+def test_list_shows_the_plugin_members(capsys):
+    assert cli.main(["list", "--json", "--plugin", str(PLUGIN_DIR / "my_parts.py")]) == 0
+    entries = json.loads(capsys.readouterr().out)
+    found = {(e["family"], e["name"]): e for e in entries}
+    for key in [("aggregator", "distance_filter"), ("algorithm", "clipped_dsgd"), ("model", "residual_mlp"),
+                ("dataset", "moons")]:
+        assert key in found, key
+    drop = next(f for f in found["aggregator", "distance_filter"]["fields"] if f["key"] == "drop")
+    assert drop["default"] == 1 and drop["bounds"] == ">= 0"
+    assert cli.main(["list", "aggregator"]) == 0
+    assert "distance_filter" in capsys.readouterr().out
+
+
+def test_set_and_validate_treat_plugin_keys_as_built_ins(plugin_config, capsys):
+    assert cli.main(["validate", str(plugin_config), "--set", "algorithm.clip=0.5"]) == 0
+    assert cli.main(["validate", str(plugin_config), "--set", "model.width=0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("config error: model.width: Input should be greater than or equal to 1") and "\n" not in err
+    # switching to a built-in model by --set drops the plugin model's keys (width)
+    assert cli.main(["validate", str(plugin_config), "--set", "model.name=mlp"]) == 0
+    assert cli.main(["validate", str(plugin_config), "--set", "algorithm.outer_lr=0.5"]) == 2
+    assert "algorithm.outer_lr: not a key of algorithm clipped_dsgd" in capsys.readouterr().err
+
+
+def test_matrix_uses_a_user_aggregator_as_a_defence(tmp_path, capsys):
+    config = tmp_path / "m.yaml"
+    config.write_text(yaml.safe_dump({
+        "plugins": [str(PLUGIN_DIR / "my_parts.py")], "num_nodes": 12, "num_rounds": 6, "eval_every": 6,
+        "topology": {"graph": "complete"}, "data": {"dataset": "moons", "partition": "iid"},
+        "model": {"name": "residual_mlp", "width": 16}, "algorithm": {"lr": 0.2, "batch_size": 8},
+        "threat": {"num_byzantine": 3}}))
+    out = tmp_path / "matrix"
+    assert cli.main(["matrix", str(config), "--attacks", "large_norm", "--defenses", "gossip",
+                     "distance_filter:drop=3", "--out", str(out), "--quiet"]) == 0
+    with open(out / "matrix.csv", newline="") as f:
+        rows = {(r["attack"], r["defense"]): {k: float(v) for k, v in r.items() if k.startswith("acc")}
+                for r in csv.DictReader(f)}
+    # dropping the 3 farthest inputs removes the 3 large-norm attackers; plain gossip is ruined by them
+    assert rows["large_norm", "distance_filter:drop=3"]["acc_mean"] > 0.7
+    assert rows["large_norm", "gossip"]["acc_mean"] < 0.6
+
+
+def test_a_plugin_that_fails_to_import_is_one_line_naming_it(tmp_path, capsys):
+    broken = tmp_path / "broken.py"
+    broken.write_text("import numpy\nraise RuntimeError('oops: half-written plugin')\n")
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"plugins": ["broken.py"], "num_rounds": 2}))
+    out = tmp_path / "run"
+    assert cli.main(["run", str(config), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("config error: plugins: ") and "broken.py" in err and "RuntimeError: oops" in err
+    assert "\n" not in err and not out.exists()
+    config.write_text(yaml.safe_dump({"plugins": ["no_such_plugin_module"]}))
+    assert cli.main(["validate", str(config)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "'no_such_plugin_module' failed to import: ModuleNotFoundError" in err and "\n" not in err
+
+
+def test_peerlearn_plugins_environment_variable(tmp_path):
+    """A fresh process: the environment variable alone makes the plugin's names valid."""
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"num_nodes": 8, "data": {"dataset": "moons"}, "model": {"name": "residual_mlp"}}))
+    env = {**os.environ, "PEERLEARN_PLUGINS": str(PLUGIN_DIR / "my_parts.py")}
+    done = subprocess.run([sys.executable, "-m", "peerlearn", "validate", str(config)], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    env.pop("PEERLEARN_PLUGINS")
+    done = subprocess.run([sys.executable, "-m", "peerlearn", "validate", str(config)], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and "data.dataset: unknown dataset 'moons'" in done.stderr
+
+
+def test_the_distributed_engine_runs_a_user_algorithm_as_the_simulator_does(plugin_config, tmp_path):
+    """Two real ranks (gloo on 127.0.0.1) give the simulator's rows for the user's algorithm and model."""
+    from peerlearn.build import build
+    from peerlearn.config import load_config
+    from peerlearn.engines import simulate
+
+    sets = [*SHORT, "--set", "topology.graph=ring"]
+    out = tmp_path / "dist"
+    done = subprocess.run([sys.executable, "-m", "peerlearn", "run", str(plugin_config), "--engine", "distributed",
+                           "--nproc", "2", "--timeout-s", "20", "--quiet", "--out", str(out), *sets],
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    dist = read_run(out)[1]
+    sim = simulate(build(load_config(plugin_config, [s for s in sets if s != "--set"])))
+    assert len(dist) == len(sim)
+    for d, s in zip(dist, sim):
+        for key in ("acc_mean", "acc_min", "consensus_distance", "bytes_sent_total", "clipped_mean"):
+            want = s.get(key, float("nan"))  # the round-0 row has no step metric yet
+            assert d[key] == pytest.approx(want, rel=1e-5, abs=1e-6, nan_ok=True), (key, d["round"])
