@@ -60,7 +60,7 @@ def _summary_table(title: str, runs: dict[str, dict]) -> Table:
 def cmd_run(args) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from peerlearn.config import ConfigError, load_config, parse_config, to_dict
+    from peerlearn.config import ConfigError, load_config, parse_config, prune_unread, to_dict
     from peerlearn.build import build
     from peerlearn.engines import simulate
     from peerlearn.report import RunWriter, choose_run_dir
@@ -74,6 +74,11 @@ def cmd_run(args) -> int:
             raise ConfigError("config error: --resume DIR: continues the run in DIR with its own config; "
                               "give no config file, --set or --out")
         data, resume = load_checkpoint(args.resume)
+        data, dropped = prune_unread(data)
+        if dropped:  # a run directory written before keys belonged to members
+            err_console.print(f"note: {args.resume}/config.yaml holds keys its parts do not read (written by an "
+                              f"earlier peerlearn); ignored: {', '.join(dropped)}", markup=False, highlight=False,
+                              soft_wrap=True)
         cfg, out_dir = parse_config(data), Path(args.resume)
     elif args.config is None:
         raise ConfigError("config error: peerlearn run needs a config file (or --resume DIR)")

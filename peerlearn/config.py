@@ -269,6 +269,24 @@ def to_dict(cfg: ExperimentConfig) -> dict:
     return out
 
 
+def prune_unread(data: dict) -> tuple[dict, list[str]]:
+    """``data`` without the section keys none of its chosen members reads, and those keys. For a
+    ``config.yaml`` written before keys belonged to members (every key of every section was saved)."""
+    out, dropped = dict(data), []
+    for section in SECTIONS:
+        flat = out.get(section)
+        cls = _section_class(section, flat) if isinstance(flat, dict) else None
+        if cls is None:
+            continue
+        try:
+            read = member_keys(cls, flat)
+        except ConfigError:
+            continue
+        dropped += [f"{section}.{k}" for k in flat if k not in read]
+        out[section] = {k: v for k, v in flat.items() if k in read}
+    return out, dropped
+
+
 def without_member_keys(section: dict, member: Spec | None) -> dict:
     """``section`` (a flat mapping) without the keys of ``member`` (before naming another member in its slot)."""
     if member is None:

@@ -98,3 +98,33 @@ def test_validate_rejects_a_key_the_chosen_member_does_not_read(config_file, cap
     assert err.startswith("config error: topology.degree: not a key of") and "\n" not in err
     assert cli.main(["validate", str(config_file), "--set", "topology.graph=random_regular",
                      "--set", "topology.degree=3"]) == 0
+
+
+def test_resume_reads_a_run_directory_written_before_keys_belonged_to_members(config_file, tmp_path, monkeypatch,
+                                                                              capsys):
+    """An earlier peerlearn saved every key of every section; resuming ignores the ones no part reads."""
+    real = simulator.simulate
+
+    def interrupted(built, on_eval=None, **kwargs):
+        def stop(row):
+            on_eval(row)
+            if row["round"] >= 10:
+                raise KeyboardInterrupt
+
+        return real(built, on_eval=stop, **kwargs)
+
+    monkeypatch.setattr(simulator, "simulate", interrupted)
+    out = tmp_path / "run"
+    assert cli.main(["run", str(config_file), "--out", str(out), "--quiet"]) == 130
+    monkeypatch.setattr(simulator, "simulate", real)
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    saved["algorithm"].update(outer_lr=0.7, compress_ratio=0.01, f=1)  # the old flat schema's keys
+    saved["topology"].update(degree=4, p=0.1)
+    (out / "config.yaml").write_text(yaml.safe_dump(saved))
+    capsys.readouterr()
+    assert cli.main(["run", "--resume", str(out), "--quiet"]) == 0
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("note: ") and "\n" not in err
+    assert all(k in err.split("ignored: ")[1].split(", ") for k in ("topology.degree", "topology.p", "algorithm.f",
+                                                                    "algorithm.outer_lr", "algorithm.compress_ratio"))
+    assert [r["round"] for r in read_run(out)[1]] == [0, 5, 10, 15, 20]

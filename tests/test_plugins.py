@@ -156,3 +156,26 @@ def test_the_distributed_engine_runs_a_user_algorithm_as_the_simulator_does(plug
         for key in ("acc_mean", "acc_min", "consensus_distance", "bytes_sent_total", "clipped_mean"):
             want = s.get(key, float("nan"))  # the round-0 row has no step metric yet
             assert d[key] == pytest.approx(want, rel=1e-5, abs=1e-6, nan_ok=True), (key, d["round"])
+
+
+def test_an_installed_package_registers_through_the_entry_point_group(tmp_path):
+    """A real installed distribution (a .dist-info on the path) with a ``peerlearn.plugins`` entry point:
+    a fresh process finds its members without naming any module."""
+    site = tmp_path / "site"
+    site.mkdir()
+    shutil.copy(PLUGIN_DIR / "my_parts.py", site / "acme_parts.py")
+    info = site / "acme_parts-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-parts\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[peerlearn.plugins]\nacme = acme_parts\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    env.pop("PEERLEARN_PLUGINS", None)
+    done = subprocess.run([sys.executable, "-m", "peerlearn", "list", "aggregator", "--json"], env=env,
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "distance_filter" in {e["name"] for e in json.loads(done.stdout)}
+    (info / "entry_points.txt").write_text("[peerlearn.plugins]\nacme = acme_parts_missing\n")
+    done = subprocess.run([sys.executable, "-m", "peerlearn", "list"], env=env, capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert "the installed plugin 'acme' (acme_parts_missing) failed to import: ModuleNotFoundError" in done.stderr

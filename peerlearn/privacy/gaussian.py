@@ -186,7 +186,11 @@ class PrivacySpec(Spec):
                                                    "(e.g. 1.0)")
             return
         if not cfg.algorithm.capabilities.private:
-            raise config_error("privacy.clip", f"privacy noise applies to dsgd's messages, not {cfg.algorithm.name}")
+            from peerlearn.algorithms.base import ALGORITHMS
+
+            private = [n for n, c in ALGORITHMS.items() if c.capabilities.private]
+            raise config_error("privacy.clip", f"privacy noise applies to the messages of {', '.join(private)}, "
+                                               f"not {cfg.algorithm.name}")
 
     def build(self, ctx: BuildContext, lr: float) -> MessagePrivacy | None:
         if not self.active:
