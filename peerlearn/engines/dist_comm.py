@@ -1,0 +1,194 @@
+"""DistComm: the simulator's communication primitives with real messages over a process group, on
+blocks of nodes per rank (see :mod:`peerlearn.engines.distributed` for the engine around it).
+
+Gossip (``mix``, ``push``, ``gather``) exchanges exactly the rows a rank's nodes need with point-to-point
+sends and receives between the ranks that host linked nodes, then applies the same arithmetic as
+:class:`~peerlearn.engines.comm.SimComm`, so a run matches the simulator to float rounding; collectives
+use the process group's. Bytes are counted per node exactly as in the simulator.
+
+References:
+    Li et al., "PyTorch Distributed: Experiences on Accelerating Data Parallel Training", VLDB 2020.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from peerlearn.aggregators.mean import mean
+from peerlearn.engines.comm import SimComm, padded_neighbours, torch_csr
+from peerlearn.engines.membership import Group
+from peerlearn.types import Tensor
+
+def node_blocks(num_nodes: int, world: int) -> list[Tensor]:
+    """The global ids of each rank's nodes: contiguous blocks whose sizes differ by at most one."""
+    return [torch.from_numpy(b.astype(np.int64)) for b in np.array_split(np.arange(num_nodes), world)]
+
+
+class RowBatches:
+    """A rank's view of the shared :class:`~peerlearn.data.batching.NodeSampler`: the rows of its nodes."""
+
+    def __init__(self, sampler, rows: Tensor):
+        self.sampler, self.rows = sampler, rows
+
+    def next(self, rows: Tensor | None = None):
+        return self.sampler.next(self.rows if rows is None else self.rows[rows])
+
+
+class DistComm:
+    """The :class:`~peerlearn.types.Comm` of one rank: ``x`` arguments hold this rank's rows only.
+
+    Args:
+        blocks: every launch rank's node ids (:func:`node_blocks`); this rank's are ``rows``.
+        group: the members' :class:`~peerlearn.engines.membership.Group`; nodes hosted by a launch
+            rank that is no longer a member are gone (``alive_N``): collectives run without them
+            and the topology must not link them (the engine removes their links).
+
+    Attributes:
+        bytes_sent_N: cumulative bytes sent by each of the rank's nodes (float64).
+    """
+
+    def __init__(self, blocks: list[Tensor], group: Group):
+        self.blocks = blocks
+        self.num_global = sum(len(b) for b in blocks)
+        self.rows = blocks[group.launch_rank]
+        self.num_nodes = len(self.rows)
+        self.bytes_sent_N = torch.zeros(self.num_nodes, dtype=torch.float64)
+        self.bytes_sent_server = 0.0
+        self.collective_calls = 0
+        self.set_group(group)
+
+    def set_group(self, group: Group) -> None:
+        """Use ``group`` (after a re-formation): the nodes of launch ranks outside it are gone."""
+        self.group = group
+        self.host_N = torch.full((self.num_global,), -1, dtype=torch.int64)  # member hosting each node
+        for q, launch_rank in enumerate(group.members):
+            self.host_N[self.blocks[launch_rank]] = q
+        alive = self.host_N >= 0
+        self.alive_N = None if bool(alive.all()) else alive
+        self.num_alive = int(alive.sum())
+        self.W = None  # re-plan the exchanges at the next set_topology
+
+    # -- topology ---------------------------------------------------------------------------
+    def set_topology(self, W: sp.csr_array) -> None:
+        """Use the global mixing matrix ``W`` (the same on every rank) and plan the round's exchanges."""
+        if W is self.W:
+            return
+        W = sp.csr_array(W)
+        off = sp.csr_array(W - sp.diags_array(W.diagonal(), format="csr"))
+        off.eliminate_zeros()
+        self.W = W
+        lo, hi = int(self.rows[0]), int(self.rows[-1]) + 1
+        mine = off[lo:hi]
+        need = np.unique(mine.indices)  # global ids whose rows this rank's nodes receive, sorted
+        owner = self.host_N.numpy()
+        if (owner[need] < 0).any():
+            raise ValueError("DistComm: the topology links nodes whose rank has left the run")
+        position = np.full(self.num_global, -1, dtype=np.int64)
+        position[need] = np.arange(len(need))
+        local = sp.csr_array((mine.data, position[mine.indices], mine.indptr), shape=(hi - lo, len(need)))
+        self._off = torch_csr(local)
+        self._rowsum_R1 = torch.from_numpy(np.asarray(mine.sum(axis=1), dtype=np.float32).reshape(-1, 1))
+        self._diag_R1 = torch.from_numpy(np.asarray(W.diagonal()[lo:hi], dtype=np.float32).reshape(-1, 1))
+        self._num_need = len(need)
+        me = self.group.rank
+        self._recv = {}  # member -> positions (in need) of the rows it sends us, in global-id order
+        self._own = (torch.from_numpy(np.flatnonzero(owner[need] == me)),
+                     torch.from_numpy(need[owner[need] == me] - lo))
+        for q in range(self.group.size):
+            if q != me and (pos := np.flatnonzero(owner[need] == q)).size:
+                self._recv[q] = torch.from_numpy(pos)
+        self._send = {}  # member -> local indices of our rows its nodes need, in global-id order
+        cols = off.tocsc()
+        for q, launch_rank in enumerate(self.group.members):
+            if q == me:
+                continue
+            block = self.blocks[launch_rank]
+            theirs = cols[int(block[0]):int(block[-1]) + 1, lo:hi]
+            senders = np.flatnonzero(np.diff(theirs.tocsc().indptr))
+            if senders.size:
+                self._send[q] = torch.from_numpy(senders)
+        self._out_degree_R = torch.from_numpy(np.bincount(off.indices, minlength=self.num_global)[lo:hi]).double()
+        # padded neighbour table for gather(), as the simulator's: width = the largest degree anywhere
+        degree = np.diff(off.indptr)
+        k = int(degree.max()) if self.num_global else 0
+        self._nbr_RK, self._valid_RK = padded_neighbours(local.indptr, local.indices, k, np.zeros(hi - lo))
+
+    # -- exchange ---------------------------------------------------------------------------------
+    def _exchange(self, x_RP: Tensor) -> Tensor:
+        """The rows this rank's nodes receive (one per needed sender, in global-id order)."""
+        out = torch.empty(self._num_need, x_RP.shape[1], dtype=x_RP.dtype)
+        pos, idx = self._own
+        out[pos] = x_RP[idx]
+        inbox = {q: torch.empty(len(pos), x_RP.shape[1], dtype=x_RP.dtype) for q, pos in self._recv.items()}
+        self.group.exchange({q: x_RP[idx] for q, idx in self._send.items()}, inbox)
+        for q, buf in inbox.items():
+            out[self._recv[q]] = buf
+        return out
+
+    def _count_neighbour_send(self, x_RP: Tensor, message_bytes) -> None:
+        size = self.message_bytes(x_RP) if message_bytes is None else message_bytes
+        self.bytes_sent_N += self._out_degree_R * size
+
+    message_bytes = staticmethod(SimComm.message_bytes)
+
+    # -- primitives (SimComm's, on this rank's rows) ------------------------------------------------
+    def mix(self, x_RP: Tensor, message_bytes=None) -> Tensor:
+        self._count_neighbour_send(x_RP, message_bytes)
+        received = self._exchange(x_RP)
+        off, rowsum = self._off.to(x_RP.dtype), self._rowsum_R1.to(x_RP.dtype)
+        return torch.addmm(x_RP, off, received).addcmul_(rowsum, x_RP, value=-1.0)
+
+    def push(self, x_RP: Tensor, message_bytes=None) -> Tensor:
+        self._count_neighbour_send(x_RP, message_bytes)
+        received = self._exchange(x_RP)
+        return torch.addmm(self._diag_R1.to(x_RP.dtype) * x_RP, self._off.to(x_RP.dtype), received)
+
+    def gather(self, x_RP: Tensor, include_self: bool = True, message_bytes=None) -> tuple[Tensor, Tensor]:
+        self._count_neighbour_send(x_RP, message_bytes)
+        received = self._exchange(x_RP)
+        if received.shape[0] == 0:  # no neighbours anywhere: only padding
+            received = torch.zeros(1, x_RP.shape[1], dtype=x_RP.dtype)
+        rows, valid = received[self._nbr_RK], self._valid_RK
+        if include_self:
+            rows = torch.cat([x_RP[:, None, :], rows], 1)
+            valid = torch.cat([torch.ones(self.num_nodes, 1, dtype=torch.bool), valid], 1)
+        return rows, valid
+
+    def gather_rows(self, x_RP: Tensor) -> tuple[Tensor, Tensor]:
+        """Every member's rows in global order, and their node ids (padded all-gather: equal shapes)."""
+        blocks = [self.blocks[m] for m in self.group.members]
+        width = max(len(b) for b in blocks)
+        padded = torch.zeros(width, *x_RP.shape[1:], dtype=x_RP.dtype)
+        padded[:len(x_RP)] = x_RP
+        parts = self.group.all_gather(padded)
+        return torch.cat([p[:len(b)] for p, b in zip(parts, blocks)]), torch.cat(blocks)
+
+    def all_gather(self, x_RP: Tensor, message_bytes=None) -> tuple[Tensor, Tensor]:
+        self.collective_calls += 1
+        sizes = torch.as_tensor(self.message_bytes(x_RP) if message_bytes is None else message_bytes,
+                                dtype=torch.float64).expand(self.num_nodes)
+        total = self.group.all_reduce(torch.stack([sizes.sum(), torch.tensor(float(self.num_nodes),
+                                                                             dtype=torch.float64)]))
+        self.bytes_sent_N += (self.num_alive - 1) * float(total[0] / total[1])
+        return self.gather_rows(x_RP)
+
+    def all_reduce_mean(self, x_RP: Tensor, weights_N: Tensor | None = None, message_bytes=None) -> Tensor:
+        """The mean of every live node's row (weights: this rank's nodes' weights), as ``x_P``, the same on all ranks."""
+        if message_bytes is not None:
+            sent, _ = self.all_gather(x_RP, message_bytes)
+            return mean(sent, weights_K=None if weights_N is None else self.gather_rows(weights_N[:, None])[0][:, 0])
+        self.collective_calls += 1
+        n = self.num_alive
+        self.bytes_sent_N += 2.0 * (n - 1) / n * self.message_bytes(x_RP)
+        if weights_N is None:  # the rows' own dtype on the wire: the count of live nodes is known
+            return self.group.all_reduce(x_RP.sum(0)).div_(n)
+        w = weights_N.double()
+        total = self.group.all_reduce(torch.cat([(w[:, None] * x_RP.double()).sum(0), w.sum()[None]]))
+        return (total[:-1] / total[-1]).to(x_RP.dtype)
+
+    def server_average(self, *args, **kwargs):
+        raise NotImplementedError("server-based algorithms are not run by the distributed engine")
+
+    multicast_mean = server_average
