@@ -73,7 +73,21 @@ class Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     capabilities: ClassVar[Capabilities] = Capabilities()
-    slots: ClassVar[dict[str, "Registry"]] = {}  # field -> the family whose member it names
+    slots: ClassVar[dict[str, "Registry"]] = {}  # field -> the family whose member it names (inherited)
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        """A subclass declares only its own slots; those of its bases are merged in."""
+        super().__pydantic_init_subclass__(**kwargs)
+        merged: dict[str, Registry] = {}
+        for base in reversed(cls.__mro__):
+            merged.update(base.__dict__.get("slots", {}))
+        cls.slots = merged
+
+    @classmethod
+    def family_label(cls) -> str:
+        """The name of the family this spec is a member of ("spec" for a section)."""
+        return next((reg.family for reg in REGISTRIES.values() if issubclass(cls, reg.base)), "spec")
 
     def check(self, cfg: Any) -> None:
         """Rules about this member that need the rest of the config; raise :class:`ConfigError`."""
@@ -135,10 +149,8 @@ REGISTRIES: dict[str, Registry] = {}  # every family, in the order its registry 
 
 
 def _origin(cls: type) -> tuple[str, str]:
-    import sys
-
-    module = sys.modules.get(cls.__module__)
-    return getattr(module, "__file__", None) or cls.__module__, cls.__qualname__
+    """A member's identity: the same class from a re-imported module (same module name) replaces itself."""
+    return cls.__module__, cls.__qualname__
 
 
 def slot(registry: Registry, default: str | None, description: str) -> Any:
@@ -331,16 +343,6 @@ def describe(registry: Registry, own_only: bool = False) -> list[Described]:
     skip = tuple(registry.base.model_fields) if own_only else ()
     return [Described(registry.family, registry.where, name, summary_line(cls), cls.capabilities.flags(),
                       describe_fields(cls, skip), cls.__module__) for name, cls in registry.items()]
-
-
-def _family_label(cls) -> str:
-    for reg in REGISTRIES.values():
-        if issubclass(cls, reg.base):
-            return reg.family
-    return "spec"
-
-
-Spec.family_label = classmethod(_family_label)  # type: ignore[attr-defined]
 
 
 def build_fn(factory: Callable, spec: Spec, **extra) -> Any:

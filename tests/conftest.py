@@ -27,3 +27,22 @@ def tiny_config(**sections):
         else:
             base[key] = value
     return parse_config(base)
+
+
+def interrupt_after(monkeypatch, round_: int):
+    """Make the next ``peerlearn run`` stop like a Ctrl-C right after the row of ``round_`` is written
+    (before its checkpoint); returns a function that undoes it."""
+    from peerlearn.engines import simulator
+
+    real = simulator.simulate
+
+    def interrupted(built, on_eval=None, **kwargs):
+        def stop(row):
+            on_eval(row)
+            if row["round"] >= round_:
+                raise KeyboardInterrupt
+
+        return real(built, on_eval=stop, **kwargs)
+
+    monkeypatch.setattr(simulator, "simulate", interrupted)
+    return lambda: monkeypatch.setattr(simulator, "simulate", real)

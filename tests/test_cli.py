@@ -4,9 +4,9 @@ import pytest
 import yaml
 
 from peerlearn import cli
-from peerlearn.engines import simulator
 from peerlearn.engines.run import COLUMNS
 from peerlearn.report import read_run
+from tests.conftest import interrupt_after
 
 SMALL = {"num_nodes": 8, "num_rounds": 20, "eval_every": 5, "model": {"hidden": [16]},
          "algorithm": {"lr": 0.2, "batch_size": 8}}
@@ -47,24 +47,14 @@ def test_same_seed_gives_identical_metrics(config_file, tmp_path):
 
 
 def test_interrupted_run_keeps_what_it_wrote(config_file, tmp_path, monkeypatch):
-    real = simulator.simulate
-
-    def interrupted(built, on_eval=None, **kwargs):
-        def stop_after_three(row):
-            on_eval(row)
-            if row["round"] >= 10:
-                raise KeyboardInterrupt  # Ctrl-C after the row is written, before its checkpoint
-
-        return real(built, on_eval=stop_after_three, **kwargs)
-
-    monkeypatch.setattr(simulator, "simulate", interrupted)
+    restore = interrupt_after(monkeypatch, 10)  # Ctrl-C after round 10's row, before its checkpoint
     out = tmp_path / "run"
     assert cli.main(["run", str(config_file), "--out", str(out), "--quiet"]) == 130
     summary, rows = read_run(out)
     assert [r["round"] for r in rows] == [0, 5, 10]
     assert summary["status"] == "interrupted" and summary["rounds_completed"] == 10
     assert (out / "accuracy.png").is_file() and (out / "checkpoint.pt").is_file()
-    monkeypatch.setattr(simulator, "simulate", real)
+    restore()
     assert cli.main(["run", "--resume", str(out), "--quiet"]) == 0  # resumes from round 5's checkpoint
     summary, rows = read_run(out)
     assert summary["status"] == "completed" and [r["round"] for r in rows][:4] == [0, 5, 10, 15]
@@ -103,20 +93,10 @@ def test_validate_rejects_a_key_the_chosen_member_does_not_read(config_file, cap
 def test_resume_reads_a_run_directory_written_before_keys_belonged_to_members(config_file, tmp_path, monkeypatch,
                                                                               capsys):
     """An earlier peerlearn saved every key of every section; resuming ignores the ones no part reads."""
-    real = simulator.simulate
-
-    def interrupted(built, on_eval=None, **kwargs):
-        def stop(row):
-            on_eval(row)
-            if row["round"] >= 10:
-                raise KeyboardInterrupt
-
-        return real(built, on_eval=stop, **kwargs)
-
-    monkeypatch.setattr(simulator, "simulate", interrupted)
+    restore = interrupt_after(monkeypatch, 10)  # Ctrl-C after round 10's row, before its checkpoint
     out = tmp_path / "run"
     assert cli.main(["run", str(config_file), "--out", str(out), "--quiet"]) == 130
-    monkeypatch.setattr(simulator, "simulate", real)
+    restore()
     saved = yaml.safe_load((out / "config.yaml").read_text())
     saved["algorithm"].update(outer_lr=0.7, compress_ratio=0.01, f=1)  # the old flat schema's keys
     saved["topology"].update(degree=4, p=0.1)

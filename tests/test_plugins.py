@@ -17,6 +17,7 @@ import yaml
 
 from peerlearn import cli
 from peerlearn.report import read_run
+from tests.conftest import interrupt_after
 
 PLUGIN_DIR = Path(__file__).resolve().parents[1] / "examples" / "plugin"
 SHORT = ["--set", "num_rounds=20", "--set", "eval_every=10"]
@@ -44,22 +45,11 @@ def test_a_run_made_of_user_parts_learns_and_records_their_metric(plugin_config,
 
 
 def test_resume_finds_the_plugin_from_another_directory(plugin_config, tmp_path, monkeypatch):
-    from peerlearn.engines import simulator
 
     out = tmp_path / "run"
-    real = simulator.simulate
-
-    def interrupted(built, on_eval=None, **kwargs):
-        def stop(row):
-            on_eval(row)
-            if row["round"] >= 10:
-                raise KeyboardInterrupt
-
-        return real(built, on_eval=stop, **kwargs)
-
-    monkeypatch.setattr(simulator, "simulate", interrupted)
+    restore = interrupt_after(monkeypatch, 10)  # Ctrl-C after round 10's row, before its checkpoint
     assert cli.main(["run", str(plugin_config), "--out", str(out), "--quiet", *SHORT]) == 130
-    monkeypatch.setattr(simulator, "simulate", real)
+    restore()
     monkeypatch.chdir(tmp_path.parent)
     assert cli.main(["run", "--resume", str(out), "--quiet"]) == 0
     assert [r["round"] for r in read_run(out)[1]] == [0, 10, 20]

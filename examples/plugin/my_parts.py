@@ -11,7 +11,7 @@ from typing import Any, ClassVar, Literal, NamedTuple
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, SerializeAsAny
 from torch import nn
 
 from peerlearn.aggregators import AGGREGATORS, AggregatorSpec
@@ -19,7 +19,7 @@ from peerlearn.algorithms import ALGORITHMS
 from peerlearn.algorithms.base import LocalSteps, Synchronous
 from peerlearn.data import DATASETS, DatasetSpec
 from peerlearn.models import MODELS, ModelSpec
-from peerlearn.spec import Capabilities
+from peerlearn.spec import Capabilities, slot
 from peerlearn.types import Algorithm
 
 
@@ -49,8 +49,9 @@ class ClippedState(NamedTuple):
     opt_state: Any
 
 
-def clipped_dsgd(optimizer, num_local_steps: int, clip: float) -> Algorithm:
-    """D-SGD whose gradients are clipped per node to norm ``clip``; reports the fraction clipped."""
+def clipped_dsgd(optimizer, num_local_steps: int, clip: float, aggregator=None) -> Algorithm:
+    """D-SGD whose gradients are clipped per node to norm ``clip``; reports the fraction clipped.
+    ``aggregator``: a rule over each node's own and received models (None: linear gossip W x)."""
 
     def init(params_NP):
         return ClippedState(optimizer.init(params_NP))
@@ -66,7 +67,10 @@ def clipped_dsgd(optimizer, num_local_steps: int, clip: float) -> Algorithm:
             params_NP += updates_NP
             clipped.append(float((norm_N > clip).double().mean()))
             losses.append(float(loss_N.mean()))
-        params_NP = comm.mix(params_NP)  # gossip with the round's W (faults and schedules included)
+        if aggregator is None:  # gossip with the round's W (faults and schedules included)
+            params_NP = comm.mix(params_NP)
+        else:  # each node's own model (column 0) and its neighbours' messages, padded
+            params_NP = aggregator(*comm.gather(params_NP, include_self=True))
         # every key besides "loss" becomes a column of metrics.csv (<key>_mean)
         return params_NP, ClippedState(opt_state), {"loss": float(np.mean(losses)),
                                                      "clipped": float(np.mean(clipped))}
@@ -76,14 +80,17 @@ def clipped_dsgd(optimizer, num_local_steps: int, clip: float) -> Algorithm:
 
 @ALGORITHMS.register
 class ClippedDsgdSpec(LocalSteps, Synchronous):
-    """D-SGD with per-node gradient clipping (a user's algorithm)."""
+    """D-SGD with per-node gradient clipping and any aggregator (a user's algorithm)."""
 
     name: Literal["clipped_dsgd"] = "clipped_dsgd"
     clip: float = Field(1.0, gt=0.0, description="gradient norm bound per node and step")
-    capabilities: ClassVar = Capabilities(engines=frozenset({"simulator", "distributed"}))
+    # a slot: names a member of the aggregator family, whose keys go beside it
+    aggregator: SerializeAsAny[AggregatorSpec] = slot(AGGREGATORS, "gossip", "how a node combines models")
+    slots: ClassVar = {"aggregator": AGGREGATORS}  # the optimizer slot comes from LocalSteps
+    capabilities: ClassVar = Capabilities(engines=frozenset({"simulator", "distributed"}), attackable=True)
 
     def build(self, ctx):
-        return clipped_dsgd(self.transform(), self.num_local_steps, self.clip)
+        return clipped_dsgd(self.transform(), self.num_local_steps, self.clip, self.aggregator.build(ctx))
 
 
 # --- a model: any nn.Module mapping [B, *input_shape] to logits [B, num_classes] ------------------------

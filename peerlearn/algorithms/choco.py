@@ -67,7 +67,6 @@ from pydantic import Field, SerializeAsAny  # noqa: E402
 
 from peerlearn.algorithms.base import ALGORITHMS, SYNC, Capabilities, LocalSteps, Synchronous  # noqa: E402
 from peerlearn.compressors.base import COMPRESSORS, CompressorSpec  # noqa: E402
-from peerlearn.optim import OPTIMIZERS  # noqa: E402
 from peerlearn.spec import slot  # noqa: E402
 
 
@@ -79,7 +78,7 @@ class ChocoSpec(LocalSteps, Synchronous):
     compressor: SerializeAsAny[CompressorSpec] = slot(COMPRESSORS, "none", "how each message is compressed")
     consensus_lr: float = Field(1.0, gt=0.0, le=1.0, description="consensus step size gamma (smaller for harsher "
                                 "compression)")
-    slots: ClassVar = {"optimizer": OPTIMIZERS, "compressor": COMPRESSORS}
+    slots: ClassVar = {"compressor": COMPRESSORS}
     capabilities: ClassVar = Capabilities(engines=SYNC, static_topology=True)
 
     def build(self, ctx):

@@ -87,7 +87,6 @@ from pydantic import Field, SerializeAsAny  # noqa: E402
 
 from peerlearn.algorithms.base import ALGORITHMS, SYNC, Capabilities, LocalSteps, Synchronous, config_error  # noqa: E402
 from peerlearn.compressors.base import COMPRESSORS, CompressorSpec  # noqa: E402
-from peerlearn.optim import OPTIMIZERS  # noqa: E402
 from peerlearn.spec import slot  # noqa: E402
 
 _GLOBAL = Capabilities(engines=SYNC, global_model=True)
@@ -96,7 +95,7 @@ _GLOBAL = Capabilities(engines=SYNC, global_model=True)
 class _Compressed(LocalSteps):
     compressor: SerializeAsAny[CompressorSpec] = slot(COMPRESSORS, "none", "how each pseudo-gradient is "
                                                       "compressed, with error feedback (as a contraction)")
-    slots: ClassVar = {"optimizer": OPTIMIZERS, "compressor": COMPRESSORS}
+    slots: ClassVar = {"compressor": COMPRESSORS}
 
     def pseudo_gradient_compressor(self, ctx):
         """The pseudo-gradients' compressor with error feedback, or None (dense)."""

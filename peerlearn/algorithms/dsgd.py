@@ -139,7 +139,6 @@ from peerlearn.aggregators.base import AGGREGATORS, AggregatorSpec  # noqa: E402
 from peerlearn.algorithms.semi_decentralized import ServerRounds  # noqa: E402
 from peerlearn.algorithms.base import (ALGORITHMS, SYNC, Capabilities, LocalSteps,  # noqa: E402
                                        Synchronous, config_error)
-from peerlearn.optim import OPTIMIZERS  # noqa: E402
 from peerlearn.spec import slot  # noqa: E402
 
 
@@ -161,7 +160,7 @@ class DsgdSpec(LocalSteps, Synchronous, ServerRounds):
                                   "random fraction of the coordinates each round (the same at every node)")
     aggregator: SerializeAsAny[AggregatorSpec] = slot(AGGREGATORS, "gossip", "how a node combines its own and "
                                                                              "received models")
-    slots: ClassVar = {"optimizer": OPTIMIZERS, "aggregator": AGGREGATORS}
+    slots: ClassVar = {"aggregator": AGGREGATORS}
     capabilities: ClassVar = Capabilities(engines=SYNC, attackable=True, private=True)
 
     def check(self, cfg) -> None:
