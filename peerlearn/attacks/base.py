@@ -27,7 +27,7 @@ ATTACKS = Registry("attack", AttackSpec, "threat.attack", "what Byzantine nodes 
 
 
 class ThreatSpec(Spec):
-    """The ``threat:`` section: how many Byzantine nodes, where, and their attack (with its keys)."""
+    """The threat section: how many Byzantine nodes, where, and their attack (with its keys)."""
 
     num_byzantine: int = Field(0, ge=0, description="number of Byzantine nodes")
     fraction: float | None = Field(None, ge=0.0, lt=1.0, description="fraction of Byzantine nodes (instead of "

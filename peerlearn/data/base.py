@@ -70,7 +70,7 @@ PARTITIONS = Registry("partition", PartitionSpec, "data.partition", "splits of t
 
 
 class DataSpec(Spec):
-    """The ``data:`` section: a dataset and a partition, each with its own keys, and what every run has."""
+    """The data section: a dataset and a partition, each with its own keys, and what every run has."""
 
     dataset: SerializeAsAny[DatasetSpec] = slot(DATASETS, "digits", "dataset (all offline)")
     partition: SerializeAsAny[PartitionSpec] = slot(PARTITIONS, "iid", "how training data is split across nodes")

@@ -45,7 +45,7 @@ SCHEDULES = Registry("schedule", ScheduleSpec, "topology.schedule", "time-varyin
 
 
 class TopologySpec(Spec):
-    """The ``topology:`` section: a graph, a mixing rule and a schedule, each with its own keys."""
+    """The topology section: a graph, a mixing rule and a schedule, each with its own keys."""
 
     graph: SerializeAsAny[GraphSpec] = slot(GRAPHS, "ring", "communication graph")
     mixing: SerializeAsAny[MixingSpec] = slot(MIXING, "metropolis_hastings", "rule turning the graph into weights W")
