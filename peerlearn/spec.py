@@ -293,6 +293,23 @@ class FieldInfo:
         return dataclasses.asdict(self)
 
 
+def _type_name(annotation: Any) -> str:
+    """``int``, ``float | None``, ``'atc' | 'cta'`` (a Literal's values), ``list[int]``."""
+    import types
+    import typing
+
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin is typing.Annotated:
+        return _type_name(args[0])
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if origin is not None:
+        return f"{getattr(origin, '__name__', origin)}[{', '.join(_type_name(a) for a in args)}]"
+    return "None" if annotation is type(None) else getattr(annotation, "__name__", str(annotation))
+
+
 def describe_fields(cls: type[Spec], skip: tuple[str, ...] = ()) -> list[FieldInfo]:
     """``cls``'s keys (a slot as the name of its default member), without those in ``skip``."""
     out = []
@@ -307,7 +324,7 @@ def describe_fields(cls: type[Spec], skip: tuple[str, ...] = ()) -> list[FieldIn
             continue
         bounds = [f"{_BOUNDS[k]} {getattr(m, k)}" for m in info.metadata for k in _BOUNDS if hasattr(m, k)]
         default = info.default_factory() if info.default_factory is not None else info.default
-        kind = getattr(info.annotation, "__name__", None) or str(info.annotation).replace("typing.", "")
+        kind = _type_name(info.annotation)
         out.append(FieldInfo(key, default if not isinstance(default, BaseModel) else None, kind, ", ".join(bounds),
                              info.description or ""))
     return out

@@ -15,7 +15,6 @@ from typing import Any, NamedTuple
 
 import torch
 
-from peerlearn.algorithms.fedavg import sample_clients
 from peerlearn.types import Algorithm
 
 
@@ -27,6 +26,8 @@ class SemiState(NamedTuple):
 def with_server_rounds(algorithm: Algorithm, period: int, fraction: float, broadcast: str = "sampled",
                        seed: int = 0) -> Algorithm:
     """Add a server aggregation every ``period`` rounds to ``algorithm``; ``broadcast``: ``sampled`` or ``all``."""
+    from peerlearn.algorithms.fedavg import sample_clients  # here: importing fedavg registers it, keep list order
+
     if broadcast not in ("sampled", "all"):
         raise ValueError(f"algorithm.server_broadcast must be 'sampled' or 'all', got {broadcast!r}")
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from peerlearn.spec import REGISTRIES, Described, describe, describe_fields, summary_line
 
@@ -66,23 +67,23 @@ def render(console: Console, entries: list[Described], detailed: bool) -> None:
             if family in REGISTRIES and REGISTRIES[family].base.model_fields:
                 shared = ", ".join(f.key for f in describe_fields(REGISTRIES[family].base))
                 where += f"; every {family} also takes: {shared}" if shared else ""
-            table = Table(title=f"{family}  [{where}]", title_justify="left")
+            table = Table(title=Text(f"{family}  ({where})", style="bold"), title_justify="left")
             table.add_column("name", style="bold")
             table.add_column("keys (= default)")
             table.add_column("what it is")
             for e in members:
                 caps = f" [{', '.join(e.capabilities)}]" if e.capabilities else ""
-                table.add_row(e.name, _short(e), e.summary + caps)
+                table.add_row(*map(Text, (e.name, _short(e), e.summary + caps)))  # no rich markup in values
             console.print(table)
         console.print("peerlearn list FAMILY shows every key's bounds and description; --json for tools.",
                       markup=False)
         return
     for e in entries:
         caps = f"  capabilities: {', '.join(e.capabilities)}" if e.capabilities else ""
-        table = Table(title=f"{e.family} {e.name}: {e.summary}{caps}", title_justify="left")
+        table = Table(title=Text(f"{e.family} {e.name}: {e.summary}{caps}", style="bold"), title_justify="left")
         for col in ("key", "default", "type", "bounds", "description"):
             table.add_column(col, style="bold" if col == "key" else None, no_wrap=col in ("key", "default"))
         prefix = f"{e.where.split('.')[0]}." if e.where else ""
         for f in e.fields:
-            table.add_row(prefix + f.key, repr(f.default), f.type, f.bounds, f.description)
+            table.add_row(*map(Text, (prefix + f.key, repr(f.default), f.type, f.bounds, f.description)))
         console.print(table)
