@@ -226,6 +226,9 @@ def validate(cls: type[Spec], raw: Any, where: str) -> Spec:
         if len(owners) > 1:
             raise config_error(f"{where}.{key}" if where else key, f"ambiguous: read by {', '.join(o or 'the section' for o in owners)}")
         if owners[0]:
+            if key in nested[owners[0]]:
+                raise config_error(f"{where}.{key}" if where else key,
+                                   f"given twice: beside {owners[0]} and inside it; keep one")
             nested[owners[0]][key] = value
         else:
             own[key] = value

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from peerlearn.cli import main
-from peerlearn.config import load_config, parse_config
+from peerlearn.config import ConfigError, load_config, parse_config, to_dict
 
 GOOD = {"num_nodes": 8, "num_rounds": 2, "eval_every": 1, "model": {"hidden": [8]}}
 
@@ -84,3 +84,28 @@ def test_defaults_are_complete_and_valid():
 def test_shipped_configs_validate(path):
     cfg = load_config(path)
     assert cfg.num_rounds >= 1
+
+
+@pytest.mark.parametrize("algorithm", [{"aggregator": "trimmed_mean", "f": 2},
+                                       {"aggregator": {"name": "trimmed_mean", "f": 2}}])
+def test_a_members_keys_go_beside_it_or_inside_it(algorithm):
+    cfg = parse_config({"num_nodes": 8, "topology": {"graph": "complete"}, "algorithm": algorithm})
+    assert cfg.algorithm.aggregator.name == "trimmed_mean" and cfg.algorithm.aggregator.f == 2
+    assert to_dict(cfg)["algorithm"]["f"] == 2  # saved flat, read back the same
+    assert parse_config(to_dict(cfg)) == cfg
+
+
+def test_a_key_given_beside_and_inside_its_member_is_refused():
+    with pytest.raises(ConfigError, match="algorithm.f: given twice"):
+        parse_config({"algorithm": {"aggregator": {"name": "trimmed_mean", "f": 1}, "f": 2}})
+
+
+def test_set_switches_members_and_drops_only_the_old_members_keys(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"data": {"partition": "dirichlet", "alpha": 0.3, "min_samples_per_node": 3},
+                                    "algorithm": {"name": "diloco", "outer_lr": 0.5, "lr": 0.05}}))
+    cfg = load_config(path, ["data.partition=shards", "algorithm.name=fedavg", "algorithm.fraction=0.5"])
+    assert cfg.data.partition.name == "shards" and cfg.data.min_samples_per_node == 3  # a section key stays
+    assert cfg.algorithm.name == "fedavg" and cfg.algorithm.lr == 0.05 and cfg.algorithm.fraction == 0.5
+    with pytest.raises(ConfigError, match="algorithm.outer_lr: not a key of algorithm fedavg"):
+        load_config(path, ["algorithm.name=fedavg", "algorithm.outer_lr=0.5"])
