@@ -19,6 +19,7 @@ from peerlearn.data.base import Dataset
 from peerlearn.data.batching import NodeSampler
 from peerlearn.engines.comm import Threat
 from peerlearn.models.functional import FlatModel, make_grad_fn, make_probe_loss_fn
+from peerlearn.resources import check_fits
 from peerlearn.spec import BuildContext, ConfigError, config_error
 from peerlearn.topology import directed, graphs
 from peerlearn.types import Algorithm, AsyncAlgorithm, GradFn
@@ -79,6 +80,11 @@ def build_partition(cfg: ExperimentConfig, labels: np.ndarray, groups: np.ndarra
     if d.local_test_fraction:  # hold out a part of each node's data; keep min_size for training
         min_size = max(min_size, math.ceil(min_size / (1 - d.local_test_fraction)) + 1)
     seed = ctx.seed("partition")
+    held = int((groups >= 0).sum()) if groups is not None else len(labels)
+    if cfg.num_nodes * min_size > held:  # refused before drawing: no split can give every node min_size
+        raise config_error("num_nodes", f"{cfg.num_nodes} nodes x {min_size} samples each (data.min_samples_per_node"
+                                        f"{', with the local test split' if d.local_test_fraction else ''}) is more "
+                                        f"than the {held} training samples of {d.dataset.name}")
     if p.capabilities.needs_groups:
         if groups is None:
             raise config_error("data.partition", f"{p.name} needs a dataset with natural groups (shakespeare); "
@@ -163,6 +169,22 @@ def choose_grad_strategy(cfg: ExperimentConfig, activations_per_sample: int, bud
     return "vmap" if vmap_bytes <= budget_bytes else "loop"
 
 
+COPIES = 6  # float32 [N, P] tensors a round holds: params, the run's copy, grads, optimizer state, mixed, trained
+
+
+def check_model_fits(cfg: ExperimentConfig, ds: Dataset) -> None:
+    """Refuse, before allocating, a model or a node count this machine cannot hold (counted on the meta
+    device: no memory is used)."""
+    try:
+        with torch.device("meta"):
+            num_params = sum(p.numel() for p in cfg.model.build(ds.input_shape, ds.num_classes).parameters())
+    except Exception:  # a module that cannot be built on the meta device is checked by its real build
+        return
+    check_fits(4.0 * num_params, f"{cfg.model.name} with {num_params:,} parameters", "model")
+    check_fits(COPIES * 4.0 * num_params * cfg.num_nodes, f"{cfg.num_nodes:,} nodes x {num_params:,} parameters "
+               f"({COPIES} float32 copies of every node's model)", "num_nodes")
+
+
 def _as_config_error(err: ValueError) -> ConfigError:
     msg = str(err)
     return ConfigError(msg if msg.startswith("config error") else f"config error: {msg}")
@@ -190,6 +212,7 @@ def build(cfg: ExperimentConfig, dataset: Dataset | None = None) -> Built:
             raise config_error("model.name", (f"{m.name} takes token inputs; {ds.name} gives numbers" if not tokens
                                               else f"{m.name} takes numeric inputs; {ds.name} gives character tokens")
                                + f" (use {fits})")
+        check_model_fits(cfg, ds)
         module = m.build(ds.input_shape, ds.num_classes)
     except ConfigError:
         raise

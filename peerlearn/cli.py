@@ -64,7 +64,7 @@ def cmd_run(args) -> int:
     from peerlearn.build import build
     from peerlearn.engines import simulate
     from peerlearn.report import RunWriter, choose_run_dir
-    from peerlearn.report.run_dir import load_checkpoint
+    from peerlearn.report.run_dir import config_changes, load_checkpoint
 
     if args.engine == "distributed":
         return _run_distributed(args)
@@ -80,6 +80,10 @@ def cmd_run(args) -> int:
                               f"earlier peerlearn); ignored: {', '.join(dropped)}", markup=False, highlight=False,
                               soft_wrap=True)
         cfg, out_dir = parse_config(data), Path(args.resume)
+        changed = config_changes(resume["config"], to_dict(cfg)) if "config" in resume else []
+        if changed:  # one run, one config: an edited config.yaml would mix two
+            raise ConfigError(f"config error: --resume {args.resume}: config.yaml differs from the one the checkpoint "
+                              f"was written with: {', '.join(changed)}; restore it, or start a new run")
     elif args.config is None:
         raise ConfigError("config error: peerlearn run needs a config file (or --resume DIR)")
     else:
@@ -199,10 +203,14 @@ def cmd_validate(args) -> int:
     from peerlearn.build import build
 
     cfg = load_config(args.config, args.set)
-    if args.build:
-        build(cfg)
+    if not args.quick:
+        build(cfg)  # everything short of training: data, graph, partition, model, algorithm, threat, faults
+    checked = "keys, values and the rules between parts" + ("" if args.quick else
+                                                           "; loaded the data, drew the graph and the partition, "
+                                                           "built the model and the algorithm")
     console.print(f"{args.config}: valid ({cfg.algorithm.name}, {cfg.topology.graph.name}, {cfg.num_nodes} nodes, "
-                  f"{cfg.data.dataset.name})", markup=False)
+                  f"{cfg.data.dataset.name}). Checked: {checked}. Not checked: training itself (divergence, run "
+                  f"time){' and everything --quick skips' if args.quick else ''}.", markup=False)
     return 0
 
 
@@ -255,6 +263,7 @@ def cmd_matrix(args) -> int:
     from peerlearn.aggregators import AGGREGATORS
     from peerlearn.attacks import ATTACKS
     from peerlearn.config import ConfigError, load_config, to_dict
+    from peerlearn.report import choose_run_dir
     from peerlearn.report.matrix import run_matrix
 
     cfg = load_config(args.config, args.set)  # imports the config's plugins: their members are names here too
@@ -267,7 +276,7 @@ def cmd_matrix(args) -> int:
     if cfg.num_byzantine == 0:
         raise ConfigError("config error: threat.num_byzantine: the matrix needs Byzantine nodes "
                           "(e.g. --set threat.num_byzantine=10)")
-    out = Path(args.out or Path("runs") / f"{cfg.name}-matrix")
+    out = choose_run_dir(args.out, f"{cfg.name}-matrix", args.overwrite)
     table = Table(title=f"attack x defence: honest mean / min accuracy ({cfg.num_byzantine} Byzantine of "
                         f"{cfg.num_nodes}, {cfg.topology.graph.name})")
     total = len(attacks) * len(args.defenses)
@@ -317,7 +326,9 @@ def make_parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate", help="check a config without running it")
     val.add_argument("config")
     val.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    val.add_argument("--build", action="store_true", help="also load the data and build the graph")
+    val.add_argument("--quick", action="store_true", help="only the keys, values and rules between parts: do not "
+                     "load the data or build the graph, partition and model")
+    val.add_argument("--build", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for scripts
     val.set_defaults(func=cmd_validate)
 
     lst = sub.add_parser("list", help="every member of every family (graphs, datasets, models, algorithms, "
@@ -350,10 +361,30 @@ def make_parser() -> argparse.ArgumentParser:
                      help="aggregators, each optionally with its own algorithm keys: bulyan:f=1 or "
                           "centered_clipping:tau=0.1")
     mat.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    mat.add_argument("--out", help="results directory (default: runs/<name>-matrix)")
+    mat.add_argument("--out", help="results directory (default: runs/<name>-matrix, made unique)")
+    mat.add_argument("--overwrite", action="store_true", help="reuse --out even if it holds files")
     mat.add_argument("--quiet", action="store_true")
     mat.set_defaults(func=cmd_matrix)
     return parser
+
+
+def _internal_error(err: BaseException) -> int:
+    """Anything else: one line, and the traceback saved to a file (never a screen of stack)."""
+    import tempfile
+    import traceback
+
+    path = Path(tempfile.gettempdir()) / f"peerlearn-traceback-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
+    try:
+        path.write_text("".join(traceback.format_exception(err)))
+        where = f"traceback saved to {path}"
+    except OSError:
+        where = "the traceback could not be saved"
+    detail = str(err).splitlines()[0] if str(err) else ""
+    hint = " (out of memory: fewer nodes, a smaller model or fewer test samples)" if isinstance(err, MemoryError) \
+        else ""
+    err_console.print(f"error: {type(err).__name__}{': ' + detail if detail else ''}{hint}; {where}", markup=False,
+                      highlight=False, soft_wrap=True)
+    return 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -364,8 +395,13 @@ def main(argv: list[str] | None = None) -> int:
         code = args.func(args)
     except ConfigError as err:
         code = _fail(str(err))
-    except (FileExistsError, FileNotFoundError) as err:
+    except (FileExistsError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as err:
         code = _fail(f"error: {err}")
+    except KeyboardInterrupt:  # before or after a run's own handling (which keeps its rows)
+        _fail("interrupted")
+        code = 130
+    except Exception as err:  # noqa: BLE001 (the last line of defence: one line, the traceback in a file)
+        code = _internal_error(err)
     if getattr(args, "engine", None) == "distributed" and "RANK" in os.environ:
         # a rank leaves without running C++ destructors: a gloo group that lost a peer can abort the
         # process while it is torn down ("terminate called without an active exception"), after

@@ -179,8 +179,15 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         key, raw = item.split("=", 1)
         node = data
         parts = key.strip().split(".")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config error: --set {item!r}: the value is not valid YAML "
+                              f"({' '.join(str(err).split())[:120]})") from None
+        if not all(parts):
+            raise ConfigError(f"config error: --set {item!r}: expected key=value, e.g. --set algorithm.lr=0.05")
         if len(parts) == 2 and parts[0] in SECTIONS:
-            switch_member(data, parts[0], parts[1], yaml.safe_load(raw))
+            switch_member(data, parts[0], parts[1], value)
         for part in parts[:-1]:
             child = node.get(part)
             if isinstance(child, str):  # a member named by a string: its keys go beside it (flat)
@@ -188,7 +195,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             node = node.setdefault(part, {}) if child is None else child
             if not isinstance(node, dict):
                 raise ConfigError(f"config error: {key}: {part} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
+        node[parts[-1]] = value
     return data
 
 
@@ -231,9 +238,11 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig
     if not path.is_file():
         raise ConfigError(f"config error: file {str(path)!r} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"config error: {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config error: {path} is not UTF-8 text (a YAML config is)") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config error: {path}: expected a mapping of keys, got {type(raw).__name__}")
     cfg = parse_config(raw, overrides, base_dir=path.resolve().parent)

@@ -29,16 +29,63 @@ class Dataset(NamedTuple):
         return tuple(self.x_train.shape[1:])
 
 
+def _labels(y, what: str, where: str) -> np.ndarray:
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise ValueError(f"{where}: {what} must be one label per sample (1-D), got shape {y.shape}")
+    if y.dtype.kind == "f":
+        bad = int((~np.isfinite(y) | (y != np.round(y))).sum())
+        if bad:
+            raise ValueError(f"{where}: {what} must be integer class ids; {bad} of {len(y)} are not")
+    elif y.dtype.kind not in "iub":
+        raise ValueError(f"{where}: {what} must be integer class ids, got dtype {y.dtype}")
+    y = y.astype(np.int64)
+    if len(y) and y.min() < 0:
+        raise ValueError(f"{where}: {what} must be class ids >= 0; {int((y < 0).sum())} are negative")
+    return y
+
+
 def from_arrays(name: str, x_tr, y_tr, x_te, y_te, num_classes: int | None = None) -> Dataset:
     """A :class:`Dataset` from four arrays (numpy or torch): float inputs become float32, integer
-    inputs stay int64 (tokens); labels are int64 in ``0..num_classes-1``."""
-    def inputs(x):
-        x = torch.as_tensor(np.asarray(x))
+    inputs stay int64 (tokens); labels are int64 in ``0..num_classes-1``. Shapes, labels and values
+    are checked (:func:`check_dataset`); a failure names the array and the count."""
+    where = f"data.dataset {name}"
+
+    def inputs(x, what):
+        x = np.asarray(x)
+        if x.ndim < 2:
+            raise ValueError(f"{where}: {what} must hold one sample per row with at least one feature (shape "
+                             f"(N, ...)), got shape {x.shape}")
+        x = torch.as_tensor(x)
         return x.long() if not x.is_floating_point() else x.float()
 
-    y_tr, y_te = np.asarray(y_tr, dtype=np.int64), np.asarray(y_te, dtype=np.int64)
-    k = int(num_classes if num_classes is not None else max(y_tr.max(), y_te.max()) + 1)
-    return Dataset(inputs(x_tr), torch.from_numpy(y_tr), inputs(x_te), torch.from_numpy(y_te), k, name)
+    y_tr, y_te = _labels(y_tr, "y_train", where), _labels(y_te, "y_test", where)
+    k = int(num_classes if num_classes is not None else max(y_tr.max(initial=0), y_te.max(initial=0)) + 1)
+    ds = Dataset(inputs(x_tr, "x_train"), torch.from_numpy(y_tr), inputs(x_te, "x_test"), torch.from_numpy(y_te), k,
+                 name)
+    check_dataset(ds)
+    return ds
+
+
+def check_dataset(ds: Dataset) -> Dataset:
+    """Shapes agree, labels lie in ``0..num_classes-1``, inputs are finite; else ValueError naming the array."""
+    where = f"data.dataset {ds.name}"
+    for x, y, part in ((ds.x_train, ds.y_train, "train"), (ds.x_test, ds.y_test, "test")):
+        if len(x) != len(y):
+            raise ValueError(f"{where}: x_{part} has {len(x)} samples but y_{part} has {len(y)} labels")
+        if len(x) == 0:
+            raise ValueError(f"{where}: x_{part} is empty")
+        out = int(((y < 0) | (y >= ds.num_classes)).sum())
+        if out:
+            raise ValueError(f"{where}: {out} labels of y_{part} are outside 0..{ds.num_classes - 1}")
+        if x.is_floating_point():
+            bad = int((~torch.isfinite(x)).sum())
+            if bad:
+                raise ValueError(f"{where}: x_{part} holds {bad} non-finite values (NaN or inf)")
+    if ds.x_train.shape[1:] != ds.x_test.shape[1:]:
+        raise ValueError(f"{where}: x_test samples have shape {tuple(ds.x_test.shape[1:])}, x_train samples "
+                         f"{tuple(ds.x_train.shape[1:])}")
+    return ds
 
 
 class DatasetSpec(Spec):
@@ -51,7 +98,7 @@ class DatasetSpec(Spec):
     def load(self, ctx: BuildContext) -> Dataset:
         out = self.build(ctx)
         if isinstance(out, Dataset):
-            return out
+            return check_dataset(out)
         if isinstance(out, (tuple, list)) and len(out) == 4:
             return from_arrays(self.name, *out)
         raise TypeError(f"data.dataset {self.name}: build returned {type(out).__name__}; expected a Dataset or "

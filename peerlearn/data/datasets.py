@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 import numpy as np
 
-from peerlearn.data.base import Dataset, from_arrays
+from peerlearn.data.base import Dataset, _labels, from_arrays
 
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
 
@@ -132,17 +132,23 @@ def load_npz(path: str | None, seed: int = 0, test_fraction: float = 0.2) -> Dat
     """A local NumPy ``.npz`` with ``x_train, y_train, x_test, y_test`` (or ``x, y``, split here)."""
     if not path or not Path(path).is_file():
         raise ValueError(f"data.path: dataset 'npz' needs an existing .npz file, got {path!r}")
-    with np.load(path) as f:
+    try:
+        f = np.load(path, allow_pickle=False)
         keys = set(f.files)
+    except Exception as err:  # not a zip, not numpy's format, pickled objects ...
+        raise ValueError(f"data.path: {path} is not a readable .npz file ({type(err).__name__})") from None
+    with f:
         if {"x_train", "y_train", "x_test", "y_test"} <= keys:
             parts = f["x_train"], f["y_train"], f["x_test"], f["y_test"]
         elif {"x", "y"} <= keys:
             x, y = f["x"], f["y"]
-            parts = _split(x, y, test_fraction, seed)
+            if len(x) != len(y):
+                raise ValueError(f"data.dataset npz: x has {len(x)} samples but y has {len(y)} labels ({path})")
+            parts = _split(x, _labels(y, "y", "data.dataset npz"), test_fraction, seed)
         else:
             raise ValueError(f"data.path: {path} must hold arrays x_train, y_train, x_test, y_test "
                              f"(or x, y); it holds {sorted(keys)}")
-    return _make(Path(path).stem, *parts)
+    return from_arrays(Path(path).stem, *parts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,6 +209,10 @@ class SyntheticSpec(DatasetSpec):
     noise: float = Field(0.5, gt=0.0, description="label noise temperature")
 
     def build(self, ctx):
+        from peerlearn.resources import check_fits
+
+        n = self.num_samples or 4000
+        check_fits(3 * 8.0 * n * self.num_features, f"{n:,} samples x {self.num_features:,} features", "data.num_features")
         extra = {} if self.num_samples is None else {"num_samples": self.num_samples}
         return load_synthetic(seed=ctx.config.seed, num_features=self.num_features, num_classes=self.num_classes,
                               noise=self.noise, **extra)

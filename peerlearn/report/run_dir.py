@@ -12,12 +12,23 @@ import yaml
 from peerlearn.engines.run import COLUMNS
 
 
+RUN_FILES = ("config.yaml", "metrics.csv", "summary.json", "checkpoint.pt", "checkpoint.pt.tmp", "metrics.csv.tmp",
+             "accuracy.png", "accuracy_vs_bytes.png", "consensus.png", "logs")  # what a run writes
+
+
 def choose_run_dir(out: str | None, name: str, overwrite: bool = False) -> Path:
-    """``out`` if given (refusing to mix with an earlier run unless ``overwrite``), else a fresh ``runs/<name>[-k]``."""
+    """``out`` if given, else a fresh ``runs/<name>[-k]``. A folder that holds anything is refused unless
+    ``overwrite``: an earlier run, or a user's files (a run would replace its config.yaml)."""
     if out is not None:
         path = Path(out)
-        if (path / "metrics.csv").exists() and not overwrite:
-            raise FileExistsError(f"--out {path}: holds an earlier run; choose another folder or pass --overwrite")
+        blocked = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+        if blocked is not None:
+            raise FileExistsError(f"--out {path}: {blocked} is a file, not a folder; choose another --out")
+        if path.is_dir() and any(path.iterdir()) and not overwrite:
+            held = sorted(p.name for p in path.iterdir())
+            what = "an earlier run" if (path / "metrics.csv").exists() else \
+                f"files that are not a peerlearn run ({', '.join(held[:3])}{', ...' if len(held) > 3 else ''})"
+            raise FileExistsError(f"--out {path}: holds {what}; choose another folder or pass --overwrite")
         return path
     base = Path("runs") / name
     path, k = base, 1
@@ -83,7 +94,7 @@ class RunWriter:
             return
         self._checkpointed = round_
         tmp = self.path / (CHECKPOINT + ".tmp")
-        torch.save(snapshot, tmp)
+        torch.save({**snapshot, "config": self.config}, tmp)  # the config it belongs to: --resume checks it
         tmp.replace(self.path / CHECKPOINT)
 
     def append(self, row: dict) -> None:
@@ -130,8 +141,38 @@ def load_checkpoint(path: str | Path) -> tuple[dict, dict]:
         raise FileNotFoundError(f"--resume {path}: " + ("the run is already complete" if done else
                                 "no checkpoint.pt and config.yaml there (not a run directory, or it "
                                 "stopped before its first evaluation)"))
-    # our own file, written by RunWriter.checkpoint: it holds NamedTuple states, hence weights_only=False
-    return yaml.safe_load(config.read_text()), torch.load(ckpt, weights_only=False)
+    try:
+        data = yaml.safe_load(config.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise FileNotFoundError(f"--resume {path}: config.yaml is not readable YAML ({str(err).splitlines()[0]})") \
+            from None
+    if not isinstance(data, dict):
+        raise FileNotFoundError(f"--resume {path}: config.yaml does not hold a config (a mapping of keys)")
+    try:  # our own file, written by RunWriter.checkpoint: it holds NamedTuple states, hence weights_only=False
+        snapshot = torch.load(ckpt, weights_only=False)
+    except Exception as err:  # truncated, empty, random or foreign: torch raises many kinds
+        raise FileNotFoundError(f"--resume {path}: checkpoint.pt is unreadable ({type(err).__name__}); the rows in "
+                                "metrics.csv are kept; start a new run to go on") from None
+    missing = [k for k in SNAPSHOT_KEYS if not isinstance(snapshot, dict) or k not in snapshot]
+    if missing:
+        raise FileNotFoundError(f"--resume {path}: checkpoint.pt is not a peerlearn checkpoint (no "
+                                f"{', '.join(missing)}); the rows in metrics.csv are kept")
+    return data, snapshot
+
+
+SNAPSHOT_KEYS = ("round", "params_NP", "state", "rows", "sampler")  # what every engine's snapshot holds
+
+
+def config_changes(saved: dict, now: dict, prefix: str = "") -> list[str]:
+    """The keys whose values differ between two config mappings, as ``key (old -> new)``."""
+    out = []
+    for key in sorted(set(saved) | set(now), key=str):
+        a, b = saved.get(key), now.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_changes(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key} ({a!r} -> {b!r})")
+    return out
 
 
 def read_run(path: str | Path) -> tuple[dict, list[dict]]:
