@@ -80,6 +80,10 @@ def build_partition(cfg: ExperimentConfig, labels: np.ndarray, groups: np.ndarra
     if d.local_test_fraction:  # hold out a part of each node's data; keep min_size for training
         min_size = max(min_size, math.ceil(min_size / (1 - d.local_test_fraction)) + 1)
     seed = ctx.seed("partition")
+    batch = cfg.algorithm.batch_size
+    if batch > len(labels):
+        raise config_error("algorithm.batch_size", f"{batch} is more than the {len(labels)} training samples of "
+                                                   f"{d.dataset.name}")
     held = int((groups >= 0).sum()) if groups is not None else len(labels)
     if cfg.num_nodes * min_size > held:  # refused before drawing: no split can give every node min_size
         raise config_error("num_nodes", f"{cfg.num_nodes} nodes x {min_size} samples each (data.min_samples_per_node"

@@ -44,7 +44,7 @@ class ExperimentConfig(Spec):
     """A whole run: its size and seed, and one spec per section."""
 
     name: str | None = Field(None, description="run name (default: the config file's name)")
-    seed: int = Field(0, ge=0, description="seed of every random choice in the run")
+    seed: int = Field(0, ge=0, lt=2**32, description="seed of every random choice in the run")
     num_nodes: int = Field(16, ge=1, le=1_000_000, description="number of nodes")
     num_rounds: int = Field(100, ge=1, description="communication rounds")
     eval_every: int = Field(10, ge=1, description="evaluate every this many rounds (and at the last round)")

@@ -149,7 +149,7 @@ class DsgdSpec(LocalSteps, Synchronous, ServerRounds):
 
     name: Literal["dsgd"] = "dsgd"
     order: Literal["atc", "cta"] = Field("atc", description="adapt-then-combine or combine-then-adapt")
-    gossip_steps: int = Field(1, ge=1, description="gossip rounds per training round (DFedSAM-MGS: Q)")
+    gossip_steps: int = Field(1, ge=1, le=10_000, description="gossip rounds per training round (DFedSAM-MGS: Q)")
     sam_rho: float = Field(0.0, ge=0.0, description="sharpness-aware local steps with this radius (DFedSAM); "
                            "0 = plain SGD steps")
     comm_every: int = Field(1, ge=1, description="gossip only every this many rounds")

@@ -127,7 +127,7 @@ class ClockSpec(Spec):
     straggler_slowdown: float = Field(10.0, ge=1.0, description="how many times slower a straggler computes")
     slowdowns: list[float] | None = Field(None, description="each node's compute time factor, one per node "
                                           "(instead of speed_sigma and stragglers)")
-    slices_per_round: int = Field(4, ge=1, description="asynchronous algorithms: events in the same of this many "
+    slices_per_round: int = Field(4, ge=1, le=10_000, description="asynchronous algorithms: events in the same of this many "
                                   "slices of a round are batched together (more: finer timing, slower)")
 
     def check(self, cfg) -> None:
