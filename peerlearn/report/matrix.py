@@ -46,7 +46,6 @@ def run_matrix(base: dict, attacks: list[str], defenses: list[str], out_dir: Pat
     from peerlearn.engines import simulate
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     configs = {}
     for attack in attacks:  # validate every pair before running any (one-line errors, nothing lost)
         for defense in defenses:
@@ -60,6 +59,7 @@ def run_matrix(base: dict, attacks: list[str], defenses: list[str], out_dir: Pat
             configs[attack, defense] = parse_config({**base, "threat": threat, "algorithm": algorithm})
     dataset = build_dataset(next(iter(configs.values())))
     built = {key: build(cfg, dataset) for key, cfg in configs.items()}
+    out_dir.mkdir(parents=True, exist_ok=True)  # only once every pair is valid and built
     rows = []
     with open(out_dir / "matrix.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["attack", "defense", "acc_mean", "acc_min", "attack_success",

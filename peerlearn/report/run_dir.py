@@ -26,7 +26,8 @@ def choose_run_dir(out: str | None, name: str, overwrite: bool = False) -> Path:
             raise FileExistsError(f"--out {path}: {blocked} is a file, not a folder; choose another --out")
         if path.is_dir() and any(path.iterdir()) and not overwrite:
             held = sorted(p.name for p in path.iterdir())
-            what = "an earlier run" if (path / "metrics.csv").exists() else \
+            earlier = (path / "metrics.csv").exists() or (path / "matrix.csv").exists()
+            what = "an earlier run" if earlier else \
                 f"files that are not a peerlearn run ({', '.join(held[:3])}{', ...' if len(held) > 3 else ''})"
             raise FileExistsError(f"--out {path}: holds {what}; choose another folder or pass --overwrite")
         return path

@@ -204,9 +204,13 @@ def test_matrix_command_writes_table_and_heatmap(tmp_path, capsys):
     assert (out / "matrix.png").stat().st_size > 5_000
     assert "sign_flip" in capsys.readouterr().out
     assert "trimmed_mean:f=1" in (out / "matrix.csv").read_text()
-    assert cli.main(["matrix", str(path), "--attacks", "teleport", "--out", str(out)]) == 2
-    assert cli.main(["matrix", str(path), "--defenses", "krum:f=5", "--out", str(out)]) == 2  # f too large
+    assert cli.main(["matrix", str(path), "--attacks", "sign_flip", "--out", str(out)]) == 2  # never over a run
+    assert "holds an earlier run" in capsys.readouterr().err
+    assert cli.main(["matrix", str(path), "--attacks", "teleport", "--out", str(out), "--overwrite"]) == 2
+    fresh = tmp_path / "mx2"
+    assert cli.main(["matrix", str(path), "--defenses", "krum:f=5", "--out", str(fresh)]) == 2  # f too large
     assert "algorithm.f: krum with f=5" in capsys.readouterr().err
+    assert not fresh.exists()  # every pair is checked before anything is written
 
 
 def test_foolsgold_neutralises_identical_sybil_clones_where_the_mean_does_not():
