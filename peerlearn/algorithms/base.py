@@ -58,7 +58,7 @@ class Optimized(AlgorithmSpec):
 class LocalSteps(Optimized):
     """Local optimizer steps per round."""
 
-    num_local_steps: int = Field(1, ge=1, description="local optimizer steps per round")
+    num_local_steps: int = Field(1, ge=1, le=100_000, description="local optimizer steps per round")
 
 
 class Synchronous(AlgorithmSpec):

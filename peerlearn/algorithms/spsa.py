@@ -103,7 +103,7 @@ class SpsaSpec(Optimized, Synchronous):
     """Shared-randomness SPSA: one quantised byte per direction (Zelikman et al., "Just One Byte", 2023)."""
 
     name: Literal["spsa"] = "spsa"
-    spsa_perturbations: int = Field(1, ge=1, description="random directions per node and round (one byte sent "
+    spsa_perturbations: int = Field(1, ge=1, le=10_000, description="random directions per node and round (one byte sent "
                                     "to every peer for each)")
     spsa_epsilon: float = Field(1e-3, gt=0.0, description="probe distance of the two-point estimate")
     capabilities: ClassVar = Capabilities(global_model=True)

@@ -115,7 +115,7 @@ class QsgdSpec(CompressorSpec):
     """QSGD stochastic quantisation to s levels, scaled down to a contraction (Alistarh et al., NeurIPS 2017)."""
 
     name: Literal["qsgd"] = "qsgd"
-    qsgd_levels: int = Field(16, ge=1, description="quantization levels s")
+    qsgd_levels: int = Field(16, ge=1, le=2**20, description="quantization levels s")
 
     def build(self, seed):
         return qsgd(self.qsgd_levels, seed=seed, contract=True)
