@@ -26,9 +26,6 @@ from peerlearn.types import Algorithm, AsyncAlgorithm, GradFn
 from peerlearn.world.clock import Clock
 from peerlearn.world.faults import FaultPlan
 
-_PLACE = {"hubs": "degree", "random": "random"}  # config words -> attacks.place_nodes
-
-
 class Built(NamedTuple):
     """Everything a run needs, made from a config."""
 
@@ -80,10 +77,6 @@ def build_partition(cfg: ExperimentConfig, labels: np.ndarray, groups: np.ndarra
     if d.local_test_fraction:  # hold out a part of each node's data; keep min_size for training
         min_size = max(min_size, math.ceil(min_size / (1 - d.local_test_fraction)) + 1)
     seed = ctx.seed("partition")
-    batch = cfg.algorithm.batch_size
-    if batch > len(labels):
-        raise config_error("algorithm.batch_size", f"{batch} is more than the {len(labels)} training samples of "
-                                                   f"{d.dataset.name}")
     held = int((groups >= 0).sum()) if groups is not None else len(labels)
     if cfg.num_nodes * min_size > held:  # refused before drawing: no split can give every node min_size
         raise config_error("num_nodes", f"{cfg.num_nodes} nodes x {min_size} samples each (data.min_samples_per_node"
@@ -126,7 +119,7 @@ def build_topology(cfg: ExperimentConfig) -> tuple[sp.csr_array, sp.csr_array]:
 
 def build_relays(cfg: ExperimentConfig, adj: sp.csr_array) -> np.ndarray | None:
     """Mask of the nodes that hold no data and only relay (``data.relay_fraction``), or None."""
-    from peerlearn.attacks.placement import place_nodes
+    from peerlearn.attacks.placement import PLACE_BY, place_nodes
 
     d, n = cfg.data, cfg.num_nodes
     count = int(round(d.relay_fraction * n))
@@ -134,7 +127,7 @@ def build_relays(cfg: ExperimentConfig, adj: sp.csr_array) -> np.ndarray | None:
         return None
     if count >= n:
         raise config_error("data.relay_fraction", f"leaves no node with data ({count} of {n} relay)")
-    return place_nodes(adj, count, _PLACE[d.relay_placement], BuildContext(cfg).seed("relays"))
+    return place_nodes(adj, count, PLACE_BY[d.relay_placement], BuildContext(cfg).seed("relays"))
 
 
 def build_threat(cfg: ExperimentConfig, adjacency: sp.csr_array):
@@ -201,6 +194,9 @@ def build(cfg: ExperimentConfig, dataset: Dataset | None = None) -> Built:
     """
     try:
         ds = build_dataset(cfg) if dataset is None else dataset
+        if cfg.algorithm.batch_size > len(ds.y_train):
+            raise config_error("algorithm.batch_size", f"{cfg.algorithm.batch_size} is more than the "
+                                                       f"{len(ds.y_train)} training samples of {ds.name}")
         adj, W = build_topology(cfg)
         relay_N = build_relays(cfg, adj)
         parts, local_test = build_partition(cfg, ds.y_train.numpy(), ds.groups, relay_N)

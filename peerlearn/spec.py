@@ -89,6 +89,11 @@ class Spec(BaseModel):
         """The name of the family this spec is a member of ("spec" for a section)."""
         return next((reg.family for reg in REGISTRIES.values() if issubclass(cls, reg.base)), "spec")
 
+    def kwargs(self) -> dict[str, Any]:
+        """This member's own keys and values (no ``name``, no slots): the arguments of a factory that
+        takes exactly its config keys."""
+        return {k: getattr(self, k) for k in type(self).model_fields if k != "name" and k not in self.slots}
+
     def check(self, cfg: Any) -> None:
         """Rules about this member that need the rest of the config; raise :class:`ConfigError`."""
 
@@ -364,10 +369,6 @@ def describe(registry: Registry, own_only: bool = False) -> list[Described]:
     return [Described(registry.family, registry.where, name, summary_line(cls), cls.capabilities.flags(),
                       describe_fields(cls, skip), cls.__module__) for name, cls in registry.items()]
 
-
-def build_fn(factory: Callable, spec: Spec, **extra) -> Any:
-    """``factory(**spec's fields, **extra)``: the default ``build`` of members whose fields are its arguments."""
-    return factory(**{k: getattr(spec, k) for k in _fields(type(spec)) if k not in spec.slots}, **extra)
 
 
 @dataclass

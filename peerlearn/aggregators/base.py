@@ -29,8 +29,7 @@ class AggregatorSpec(Spec):
 
     def rule(self, **extra) -> Callable:
         """``rule(x_NKP, valid_NK)`` with this spec's fields (and ``extra``) bound."""
-        fields = {k: getattr(self, k) for k in type(self).model_fields if k != "name"}
-        return functools.partial(type(self).factory, **fields, **extra)
+        return functools.partial(type(self).factory, **self.kwargs(), **extra)
 
 
 # fewest inputs (own model included) each rule needs to tolerate f Byzantine ones

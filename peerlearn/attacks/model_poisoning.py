@@ -137,8 +137,7 @@ class ModelAttackSpec(AttackSpec):
     capabilities: ClassVar = Capabilities(poisons="messages")
 
     def build(self):
-        return functools.partial(type(self).factory, **{k: getattr(self, k) for k in type(self).model_fields
-                                                         if k != "name"})
+        return functools.partial(type(self).factory, **self.kwargs())
 
 
 @ATTACKS.register

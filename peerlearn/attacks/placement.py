@@ -44,3 +44,4 @@ def place_byzantine(adj: sp.csr_array, count: int, how: str = "random", seed: in
 
 
 PLACEMENTS = ("random", "degree", "cluster")
+PLACE_BY = {"hubs": "degree", "random": "random"}  # the config's words (relays, crashes) -> place_nodes' how

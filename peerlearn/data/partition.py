@@ -123,8 +123,7 @@ class _Plain(PartitionSpec):
     factory: ClassVar
 
     def build(self, labels, num_nodes, seed, min_size):
-        fields = {k: getattr(self, k) for k in type(self).model_fields if k != "name"}
-        return type(self).factory(labels, num_nodes, seed=seed, min_size=min_size, **fields)
+        return type(self).factory(labels, num_nodes, seed=seed, min_size=min_size, **self.kwargs())
 
 
 @PARTITIONS.register

@@ -63,7 +63,8 @@ def render(console: Console, entries: list[Described], detailed: bool) -> None:
         for e in entries:
             by_family.setdefault(e.family if e.family not in ("section", "experiment") else "sections", []).append(e)
         for family, members in by_family.items():
-            where = members[0].where if family != "sections" else "config sections (their own keys)"
+            where = (f"{REGISTRIES[family].doc}; {members[0].where}" if family in REGISTRIES
+                     else "config sections (their own keys)")
             if family in REGISTRIES and REGISTRIES[family].base.model_fields:
                 shared = ", ".join(f.key for f in describe_fields(REGISTRIES[family].base))
                 where += f"; every {family} also takes: {shared}" if shared else ""

@@ -8,7 +8,7 @@ from typing import Callable, ClassVar, Literal
 import scipy.sparse as sp
 from pydantic import SerializeAsAny
 
-from peerlearn.spec import BuildContext, ConfigError, Registry, Spec, build_fn, config_error, slot
+from peerlearn.spec import BuildContext, ConfigError, Registry, Spec, config_error, slot
 
 
 class GraphSpec(Spec):
@@ -18,7 +18,7 @@ class GraphSpec(Spec):
 
     def build(self, num_nodes: int, seed: int) -> sp.csr_array:
         extra = {"seed": seed} if self.capabilities.random else {}
-        return build_fn(type(self).factory, self, num_nodes=num_nodes, **extra)
+        return type(self).factory(num_nodes=num_nodes, **self.kwargs(), **extra)
 
 
 class MixingSpec(Spec):

@@ -178,8 +178,6 @@ from pydantic import Field  # noqa: E402
 
 from peerlearn.spec import BuildContext, Spec, config_error  # noqa: E402
 
-_PLACE = {"hubs": "degree", "random": "random"}  # config words -> attacks.place_nodes
-
 
 class FaultsSpec(Spec):
     """Node crashes, churn, late joins, link failures, message loss and partitions, drawn once per run.
@@ -234,14 +232,14 @@ class FaultsSpec(Spec):
 
     def build(self, ctx: BuildContext, adj, relay_N: np.ndarray | None, mixing) -> FaultPlan | None:
         """The run's :class:`FaultPlan` (``mixing``: the run's rule ``adj -> W``), or None without faults."""
-        from peerlearn.attacks.placement import place_nodes
+        from peerlearn.attacks.placement import PLACE_BY, place_nodes
 
         if not self.active:
             return None
         n = ctx.num_nodes
         relay = np.zeros(n, dtype=bool) if relay_N is None else relay_N
         pool = {"all": np.ones(n, dtype=bool), "data": ~relay, "relays": relay}[self.crash_among]
-        crash = place_nodes(adj, int(round(self.crash_fraction * pool.sum())), _PLACE[self.crash_placement],
+        crash = place_nodes(adj, int(round(self.crash_fraction * pool.sum())), PLACE_BY[self.crash_placement],
                             ctx.seed("crash"), pool_N=pool)
         late = place_nodes(adj, int(round(self.late_fraction * n)), "random", ctx.seed("late"))
         alive = alive_timeline(n, ctx.num_rounds, crash_N=crash, crash_round=self.crash_round,
