@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -49,7 +50,12 @@ def cmd_run(args) -> int:
                               f"earlier peerlearn); ignored: {', '.join(dropped)}", markup=False, highlight=False,
                               soft_wrap=True)
         cfg, out_dir = parse_config(data), Path(args.resume)
-        changed = config_changes(resume["config"], to_dict(cfg)) if "config" in resume else []
+        if "config" in resume:  # a section added to peerlearn since the checkpoint counts as its defaults
+            saved = {**{k: v for k, v in to_dict(parse_config({})).items() if k not in resume["config"]},
+                     **resume["config"]}
+            changed = config_changes(saved, to_dict(cfg))
+        else:
+            changed = []
         if changed:  # one run, one config: an edited config.yaml would mix two
             raise ConfigError(f"config error: --resume {args.resume}: config.yaml differs from the one the checkpoint "
                               f"was written with: {', '.join(changed)}; restore it, or start a new run")
@@ -79,7 +85,7 @@ def cmd_run(args) -> int:
             status = "interrupted"
         except FloatingPointError as err:
             status = "diverged"
-            err_console.print(f"error: {err}", markup=False)
+            err_console.print(f"error: {err}", markup=False, soft_wrap=True)
     summary = writer.finish(status)
     if not args.quiet:
         console.print(_summary_table(f"{cfg.name}: {cfg.algorithm.name} on {cfg.topology.graph.name}, "
@@ -102,19 +108,21 @@ def _run_distributed(args) -> int:
         raise ConfigError("config error: --resume: not available with --engine distributed yet")
     if args.config is None:
         raise ConfigError("config error: peerlearn run needs a config file")
-    if not args.timeout_s > 0:
-        raise ConfigError(f"config error: --timeout-s: a positive number of seconds, got {args.timeout_s}")
+    for flag, value in (("--timeout-s", args.timeout_s), ("--startup-timeout-s", args.startup_timeout_s)):
+        if not 0 < value < 1e6:
+            raise ConfigError(f"config error: {flag}: a positive number of seconds below 1e6, got {value}")
     if args.nproc is not None and "RANK" not in os.environ:  # the launcher: check, then start the ranks
         if args.nproc < 1:
             raise ConfigError(f"config error: --nproc: at least 1 rank, got {args.nproc}")
         distributed.check_config(load_config(args.config, args.set), args.nproc)
         from peerlearn.engines.launch import launch_local
 
-        argv = ["run", args.config, "--engine", "distributed", "--timeout-s", str(args.timeout_s)]
+        argv = ["run", args.config, "--engine", "distributed", "--timeout-s", str(args.timeout_s),
+                "--startup-timeout-s", str(args.startup_timeout_s)]
         argv += [a for s in args.set for a in ("--set", s)] + (["--out", args.out] if args.out else [])
         argv += ["--overwrite"] * args.overwrite + ["--quiet"] * args.quiet
-        return launch_local(argv, args.nproc)
-    membership = distributed.join_from_env(args.timeout_s)
+        return launch_local(argv, args.nproc, grace_s=args.timeout_s + 10.0)
+    membership = distributed.join_from_env(args.timeout_s, args.startup_timeout_s)
     rank, world = membership.rank, len(membership.members)
     try:
         cfg = load_config(args.config, args.set)  # every rank checks the same config: all fail alike
@@ -147,15 +155,33 @@ def _run_distributed(args) -> int:
                     console.print(f"round {round_}/{cfg.num_rounds}: acc {last['acc_mean']:.3f}", markup=False)
 
             started = time.perf_counter()
+            status = "completed"
             try:
                 distributed.simulate_distributed(built, membership, on_eval=writer.append if writer else None,
                                                  on_round=on_round if rank == 0 else None, log=say)
             except RunStopped as err:
                 say(f"stopped: {err}")
-                err_console.print(f"error: rank {rank}: {err}", markup=False, highlight=False)
-                return 1
-            say(f"finished {cfg.num_rounds} rounds in {time.perf_counter() - started:.1f} s "
-                f"with ranks {membership.members}")
+                err_console.print(f"error: rank {rank}: {err}", markup=False, highlight=False, soft_wrap=True)
+                status = "stopped"
+            except KeyboardInterrupt as err:  # Ctrl-C reaches every rank: each says where it stopped
+                signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher forwards it again: finish writing
+                where = getattr(err, "completed", None)
+                line = "interrupted" + ("" if where is None else f" after round {where}")
+                say(line)
+                err_console.print(f"rank {rank}: {line}", markup=False, highlight=False, soft_wrap=True)
+                status = "interrupted"
+            except FloatingPointError as err:  # the divergence rule: every rank sees the same reduced loss
+                say(f"stopped: {err}")
+                if rank == 0:
+                    err_console.print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
+                status = "diverged"
+            else:
+                say(f"finished {cfg.num_rounds} rounds in {time.perf_counter() - started:.1f} s "
+                    f"with ranks {membership.members}")
+        if writer is not None and status != "completed":
+            writer.finish(status)  # the rows written so far stay; summary.json says why the run ended
+        if status != "completed":
+            return {"interrupted": 130}.get(status, 1)
         if writer is not None:
             summary = writer.finish("completed")
             if not args.quiet:
@@ -290,6 +316,8 @@ def make_parser() -> argparse.ArgumentParser:
                      "that dies leaves the others training; torchrun would stop them all)")
     run.add_argument("--timeout-s", type=float, default=60.0, help="distributed: how long a silent peer or a "
                      "blocked exchange is waited for before the survivors go on without it (default 60)")
+    run.add_argument("--startup-timeout-s", type=float, default=300.0, help="distributed: how long the ranks wait "
+                     "for each other to start and connect (default 300)")
     run.set_defaults(func=cmd_run)
 
     val = sub.add_parser("validate", help="check a config without running it")

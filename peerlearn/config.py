@@ -23,6 +23,7 @@ from pydantic import Field, SerializeAsAny, ValidationError
 from peerlearn.algorithms.base import ALGORITHMS, AlgorithmSpec
 from peerlearn.attacks.base import ThreatSpec
 from peerlearn.data.base import DataSpec
+from peerlearn.divergence import DivergenceSpec
 from peerlearn.models.base import MODELS, ModelSpec
 from peerlearn.privacy.gaussian import PrivacySpec
 from peerlearn.spec import (REGISTRIES, ConfigError, Registry, Spec, config_error, dump, format_error, member_keys,
@@ -61,6 +62,7 @@ class ExperimentConfig(Spec):
     faults: FaultsSpec = Field(default_factory=FaultsSpec)
     clock: ClockSpec = Field(default_factory=ClockSpec)
     privacy: PrivacySpec = Field(default_factory=PrivacySpec)
+    divergence: DivergenceSpec = Field(default_factory=DivergenceSpec)
 
     @property
     def num_byzantine(self) -> int:
@@ -70,7 +72,8 @@ class ExperimentConfig(Spec):
 # section -> (spec class of a plain section, or the registry whose member the section is)
 SECTIONS: dict[str, type[Spec] | Registry] = {
     "topology": TopologySpec, "data": DataSpec, "model": MODELS, "algorithm": ALGORITHMS, "threat": ThreatSpec,
-    "faults": FaultsSpec, "clock": ClockSpec, "privacy": PrivacySpec}
+    "faults": FaultsSpec, "clock": ClockSpec, "privacy": PrivacySpec,
+    "divergence": DivergenceSpec}
 _DEFAULT_MEMBER = {"model": "mlp", "algorithm": "dsgd"}
 
 

@@ -27,13 +27,13 @@ References:
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Callable
 
 import numpy as np
 import torch
 
+from peerlearn.divergence import watch_run
 from peerlearn.engines.async_net import AsyncNet
 from peerlearn.engines.run import Evaluator, evaluation_row, is_evaluation_round, restore, round_network, step_means
 from peerlearn.rng import stream_seed
@@ -57,7 +57,7 @@ def simulate_async(built, on_eval: Callable[[dict], None] | None = None,
     net = AsyncNet(built.W, seed=stream_seed(cfg.seed, "async_net"))
     evaluate = Evaluator(built.flat, ds.x_test, ds.y_test, ds.x_train, ds.y_train, built.local_test_parts,
                          built.honest_N, built.attack_test)
-    attacked = built.attack_test is not None
+    watch = watch_run(built, attacked=built.attack_test is not None)
     params_NP = built.params_NP.clone()
     state = algo.init(params_NP)
     n = cfg.num_nodes
@@ -78,7 +78,7 @@ def simulate_async(built, on_eval: Callable[[dict], None] | None = None,
         clock.t_N[alive_N.numpy()] = round_ * round_s
         row = evaluation_row(round_, evaluate, params_NP, None if faults is None else alive_N, losses,
                              built.honest_N, net.bytes_sent_total, n, time.perf_counter() - start, clock.metrics(),
-                             attacked)
+                             watch)
         row.update(step_means(extra))
         losses.clear()
         extra.clear()
@@ -88,7 +88,8 @@ def simulate_async(built, on_eval: Callable[[dict], None] | None = None,
         if on_checkpoint is not None:
             on_checkpoint({"round": round_, "params_NP": params_NP, "state": state, "rows": rows,
                            "sampler": built.batches.state_dict(), "net": net.state_dict(),
-                           "clock": clock.state_dict(), "due_N": due_N.copy(), "wall_time_s": row["wall_time_s"]})
+                           "clock": clock.state_dict(), "due_N": due_N.copy(), "wall_time_s": row["wall_time_s"],
+                           "divergence": watch.state_dict()})
 
     if resume is None:
         first = 1
@@ -100,6 +101,7 @@ def simulate_async(built, on_eval: Callable[[dict], None] | None = None,
         clock.load_state_dict(resume["clock"])
         due_N = resume["due_N"].copy()
         start -= resume["wall_time_s"]
+        watch.load_state_dict(resume.get("divergence"))
     drawn = built.batches.drawn_N
     for round_ in range(first, cfg.num_rounds + 1):
         round_start = (round_ - 1) * round_s
@@ -132,9 +134,7 @@ def simulate_async(built, on_eval: Callable[[dict], None] | None = None,
             for key, value in metrics.items():
                 if key != "loss":
                     extra.setdefault(key, []).append(value)
-            if not attacked and math.isinf(metrics["loss"]):  # NaN: nobody trained (divergence shows in the row)
-                raise FloatingPointError(f"training diverged at round {round_} (loss {metrics['loss']}); "
-                                         "lower algorithm.lr")
+            watch.step(round_, metrics["loss"], nan_means_idle=True)
         if is_evaluation_round(cfg, round_):
             record(round_)
         if on_round is not None:

@@ -23,7 +23,6 @@ References:
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import time
@@ -34,6 +33,7 @@ import numpy as np
 import torch
 from torch.utils._pytree import tree_map
 
+from peerlearn.divergence import watch_run
 from peerlearn.engines.dist_comm import DistComm, RowBatches, node_blocks  # noqa: F401 (re-exported)
 from peerlearn.engines.membership import Membership, PeerFailure, RunStopped, connect_store
 from peerlearn.engines.run import Evaluator, _clone, evaluation_row, is_evaluation_round, step_means
@@ -80,6 +80,7 @@ def simulate_distributed(built, membership: Membership, on_eval: Callable[[dict]
     evaluate = Evaluator(built.flat, built.dataset.x_test, built.dataset.y_test, built.dataset.x_train,
                          built.dataset.y_train, built.local_test_parts, built.honest_N) if lead else None
     clock = built.clock() if lead and built.clock is not None else None
+    watch = watch_run(built, attacked=False)  # every rank applies it to the reduced loss; rank 0 to the models
     known_NP = built.params_NP.clone() if lead else None  # the models rank 0 last saw (departed nodes keep theirs)
     params_RP = built.params_NP[rows].clone()
     state = built.algorithm.init(params_RP)
@@ -104,7 +105,7 @@ def simulate_distributed(built, membership: Membership, on_eval: Callable[[dict]
             return
         known_NP[ids] = everyone
         row = evaluation_row(round_, evaluate, known_NP, comm.alive_N, losses, built.honest_N, float(bytes_N.sum()),
-                             n, time.perf_counter() - start, clock.metrics() if clock is not None else {}, False)
+                             n, time.perf_counter() - start, clock.metrics() if clock is not None else {}, watch)
         row.update(step_means(extra))
         losses.clear()
         extra.clear()
@@ -115,82 +116,85 @@ def simulate_distributed(built, membership: Membership, on_eval: Callable[[dict]
     die_at = _planned_death(membership.rank)
     completed, round_ = 0, 0
     capture(0)
-    while round_ <= num_rounds + 1:
-        try:
-            if round_ == 0:
-                record(0)
-            elif round_ <= num_rounds:
-                if round_ == die_at:  # fault injection: a real crash, at a chosen point
-                    os.kill(os.getpid(), signal.SIGKILL)
-                comm.set_topology(network.at(round_))
-                drawn0, bytes0, calls0 = built.batches.drawn_N.clone(), comm.bytes_sent_N.clone(), comm.collective_calls
-                params_RP, state, metrics = built.algorithm.step(state, params_RP, batches, built.grad_fn, comm)
-                # one reduction per round: the step's metrics (loss first; every rank returns the same keys),
-                # and what the clock needs (per-node compute and bytes)
-                keys = ["loss", *sorted(k for k in metrics if k != "loss")]
-                delta = torch.zeros(2 * n + len(keys), dtype=torch.float64)
-                delta[rows] = (built.batches.drawn_N - drawn0)[rows].double()
-                delta[n + rows] = comm.bytes_sent_N - bytes0
-                delta[2 * n:] = torch.tensor([float(metrics[k]) * len(rows) for k in keys], dtype=torch.float64)
-                comm.group.all_reduce(delta)
-                means = (delta[2 * n:] / comm.num_alive).tolist()
-                loss = means[0]
-                if not math.isfinite(loss):
-                    raise FloatingPointError(f"training diverged at round {round_} (loss {loss}); lower algorithm.lr")
-                bytes_N += delta[n:2 * n]
-                if lead:
-                    losses.append(loss)
-                    for key, value in zip(keys[1:], means[1:]):
-                        extra.setdefault(key, []).append(value)
-                    if clock is not None:
-                        clock.advance(delta[:n].numpy(), delta[n:2 * n].numpy(), comm.W, comm.collective_calls > calls0,
-                                      0.0, None if comm.alive_N is None else comm.alive_N.numpy())
-                completed = round_
-                capture(round_)
-                if is_evaluation_round(cfg, round_):
-                    record(round_)
-                if lead and on_round is not None:
-                    on_round(round_, result[-1])
-            else:
-                everyone, ids = comm.gather_rows(params_RP)
-                if lead:
-                    known_NP[ids] = everyone
-                    if on_finish is not None:
-                        on_finish(known_NP)
-            round_ += 1
-        except PeerFailure as failure:
-            while failure is not None:  # a second death during the recovery: recover again
-                say(f"round {round_}: {failure}; waiting for the survivors (timeout {membership.timeout_s:g} s)")
-                try:
-                    members, departed, back_to = membership.recover(completed, comm.group)
-                    if 0 in departed:
-                        raise RunStopped(f"rank 0, which evaluates and writes the run, left at round {back_to + 1}; "
-                                           "the run directory keeps every row written before")
-                    for q in departed:
-                        departure_N[blocks[q].numpy()] = back_to + 1
-                    network = _Network(built, departure_N)
-                    snap = snapshots[back_to]
-                    params_RP, state = snap.params_RP.clone(), tree_map(_clone, snap.state)
-                    built.batches.load_state_dict(snap.sampler)
-                    bytes_N = snap.bytes_N.clone()
-                    losses[:] = snap.losses
-                    extra.clear()
-                    extra.update({k: list(v) for k, v in snap.extra.items()})
-                    if clock is not None:
-                        clock.load_state_dict(snap.clock)
-                    completed, round_ = back_to, back_to + 1
-                    comm.set_group(membership.group())
-                    if departed:
-                        say(f"ranks {departed} left (nodes {_ranges(departed, blocks)}); {len(members)} ranks go on "
-                            f"from round {round_}")
-                    else:
-                        say(f"no rank left: one was busier than the timeout ({membership.timeout_s:g} s, e.g. "
-                            f"evaluating); the group was rebuilt and goes on from round {round_} (raise --timeout-s)")
-                    if is_evaluation_round(cfg, back_to):
-                        record(back_to)  # its row may be missing (the failure hit the evaluation)
-                    failure = None
-                except PeerFailure as again:
-                    failure = again
+    try:
+        while round_ <= num_rounds + 1:
+            try:
+                if round_ == 0:
+                    record(0)
+                elif round_ <= num_rounds:
+                    if round_ == die_at:  # fault injection: a real crash, at a chosen point
+                        os.kill(os.getpid(), signal.SIGKILL)
+                    comm.set_topology(network.at(round_))
+                    drawn0, bytes0, calls0 = built.batches.drawn_N.clone(), comm.bytes_sent_N.clone(), comm.collective_calls
+                    params_RP, state, metrics = built.algorithm.step(state, params_RP, batches, built.grad_fn, comm)
+                    # one reduction per round: the step's metrics (loss first; every rank returns the same keys),
+                    # and what the clock needs (per-node compute and bytes)
+                    keys = ["loss", *sorted(k for k in metrics if k != "loss")]
+                    delta = torch.zeros(2 * n + len(keys), dtype=torch.float64)
+                    delta[rows] = (built.batches.drawn_N - drawn0)[rows].double()
+                    delta[n + rows] = comm.bytes_sent_N - bytes0
+                    delta[2 * n:] = torch.tensor([float(metrics[k]) * len(rows) for k in keys], dtype=torch.float64)
+                    comm.group.all_reduce(delta)
+                    means = (delta[2 * n:] / comm.num_alive).tolist()
+                    loss = means[0]
+                    watch.step(round_, loss)
+                    bytes_N += delta[n:2 * n]
+                    if lead:
+                        losses.append(loss)
+                        for key, value in zip(keys[1:], means[1:]):
+                            extra.setdefault(key, []).append(value)
+                        if clock is not None:
+                            clock.advance(delta[:n].numpy(), delta[n:2 * n].numpy(), comm.W, comm.collective_calls > calls0,
+                                          0.0, None if comm.alive_N is None else comm.alive_N.numpy())
+                    completed = round_
+                    capture(round_)
+                    if is_evaluation_round(cfg, round_):
+                        record(round_)
+                    if lead and on_round is not None:
+                        on_round(round_, result[-1])
+                else:
+                    everyone, ids = comm.gather_rows(params_RP)
+                    if lead:
+                        known_NP[ids] = everyone
+                        if on_finish is not None:
+                            on_finish(known_NP)
+                round_ += 1
+            except PeerFailure as failure:
+                while failure is not None:  # a second death during the recovery: recover again
+                    say(f"round {round_}: {failure}; waiting for the survivors (timeout {membership.timeout_s:g} s)")
+                    try:
+                        members, departed, back_to = membership.recover(completed, comm.group)
+                        if 0 in departed:
+                            raise RunStopped(f"rank 0, which evaluates and writes the run, left at round {back_to + 1}; "
+                                               "the run directory keeps every row written before")
+                        for q in departed:
+                            departure_N[blocks[q].numpy()] = back_to + 1
+                        network = _Network(built, departure_N)
+                        snap = snapshots[back_to]
+                        params_RP, state = snap.params_RP.clone(), tree_map(_clone, snap.state)
+                        built.batches.load_state_dict(snap.sampler)
+                        bytes_N = snap.bytes_N.clone()
+                        losses[:] = snap.losses
+                        extra.clear()
+                        extra.update({k: list(v) for k, v in snap.extra.items()})
+                        if clock is not None:
+                            clock.load_state_dict(snap.clock)
+                        completed, round_ = back_to, back_to + 1
+                        comm.set_group(membership.group())
+                        if departed:
+                            say(f"ranks {departed} left (nodes {_ranges(departed, blocks)}); {len(members)} ranks go on "
+                                f"from round {round_}")
+                        else:
+                            say(f"no rank left: one was busier than the timeout ({membership.timeout_s:g} s, e.g. "
+                                f"evaluating); the group was rebuilt and goes on from round {round_} (raise --timeout-s)")
+                        if is_evaluation_round(cfg, back_to):
+                            record(back_to)  # its row may be missing (the failure hit the evaluation)
+                        failure = None
+                    except PeerFailure as again:
+                        failure = again
+    except KeyboardInterrupt as err:  # Ctrl-C: say where this rank stopped (the caller prints one line)
+        err.completed = completed
+        raise
     return result
 
 
@@ -258,10 +262,12 @@ def check_config(cfg, world: int) -> None:
         raise ConfigError(f"config error: num_nodes: {world} ranks need at least {world} nodes, got {cfg.num_nodes}")
 
 
-def join_from_env(timeout_s: float = 60.0) -> Membership:
-    """Join the launch that ``torchrun`` (or ``peerlearn run --nproc``) describes in the environment."""
+def join_from_env(timeout_s: float = 60.0, startup_timeout_s: float = 300.0) -> Membership:
+    """Join the launch that ``torchrun`` (or ``peerlearn run --nproc``) describes in the environment: reaching
+    the store and forming the first group wait up to ``startup_timeout_s``, everything after ``timeout_s``."""
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ or "MASTER_PORT" not in os.environ:
         raise ConfigError("config error: --engine distributed: launch with --nproc N (one machine) or torchrun, e.g. "
                           "torchrun --standalone --nproc-per-node 4 -m peerlearn run CONFIG --engine distributed")
-    store = connect_store(timeout_s)
-    return Membership(store, int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), timeout_s)
+    store = connect_store(max(timeout_s, startup_timeout_s))
+    return Membership(store, int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), timeout_s,
+                      startup_timeout_s=startup_timeout_s)

@@ -30,6 +30,7 @@ import datetime
 import json
 import os
 import re
+import socket
 import threading
 import time
 
@@ -37,6 +38,9 @@ import torch
 import torch.distributed as dist
 
 from peerlearn.types import Tensor
+
+# the per-call timeout of an all-gather is set through its options, which torch.distributed does not re-export
+_AllgatherOptions = getattr(dist, "AllgatherOptions", None) or torch._C._distributed_c10d.AllgatherOptions
 
 
 class PeerFailure(RuntimeError):
@@ -49,44 +53,73 @@ class RunStopped(RuntimeError):
 
 class Group:
     """A gloo process group over ``members`` (launch ranks, ascending); ``rank``/``size`` are this
-    process's place in it. Every operation waits at most the group's timeout."""
+    process's place in it. Forming it waits at most ``connect_timeout_s`` (default ``timeout_s``: longer at
+    start-up, when ranks are still loading); every operation waits at most ``timeout_s``, and every
+    backend error, whether raised by starting an operation or by waiting for it, is a :class:`PeerFailure`."""
 
-    def __init__(self, store, members: list[int], launch_rank: int, timeout_s: float, generation: int = 0):
+    def __init__(self, store, members: list[int], launch_rank: int, timeout_s: float, generation: int = 0,
+                 connect_timeout_s: float | None = None):
         self.members, self.launch_rank, self.generation = list(members), launch_rank, generation
         self.rank, self.size = self.members.index(launch_rank), len(self.members)
+        self.timeout = datetime.timedelta(seconds=timeout_s)
+        connect = datetime.timedelta(seconds=max(timeout_s, connect_timeout_s or 0.0))
+        opts = dist.ProcessGroupGloo._Options()
+        opts._timeout, opts._devices = connect, gloo_devices()
         try:
-            self.pg = dist.ProcessGroupGloo(dist.PrefixStore(f"pg{generation}/", store), self.rank, self.size,
-                                            datetime.timedelta(seconds=timeout_s))
-        except RuntimeError as err:  # a member died before connecting
-            raise PeerFailure(str(err)) from err
+            self.pg = dist.ProcessGroupGloo(dist.PrefixStore(f"pg{generation}/", store), self.rank, self.size, opts)
+        except RuntimeError as err:  # a member died (or never came) before connecting
+            raise PeerFailure(_first_sentence(str(err))) from err
 
-    @staticmethod
-    def _wait(*works) -> None:
+    def _run(self, start) -> None:
+        """Start the operations ``start()`` returns and wait for them, each at most the timeout."""
         try:
-            for work in works:
-                work.wait()
+            for work in start():
+                work.wait(self.timeout)
         except RuntimeError as err:
             raise PeerFailure(_first_sentence(str(err))) from err
 
+    def _options(self, kind):
+        opts = kind()
+        opts.timeout = self.timeout
+        return opts
+
     def all_reduce(self, t: Tensor) -> Tensor:
         """Sum over the members, in place."""
-        self._wait(self.pg.allreduce([t]))
+        self._run(lambda: [self.pg.allreduce([t], self._options(dist.AllreduceOptions))])
         return t
 
     def all_gather(self, t: Tensor) -> list[Tensor]:
         """Every member's ``t`` (equal shapes), in member order."""
         parts = [torch.empty_like(t) for _ in range(self.size)]
-        self._wait(self.pg.allgather([parts], [t]))
+        self._run(lambda: [self.pg.allgather([parts], [t], self._options(_AllgatherOptions))])
         return parts
 
     def exchange(self, send: dict[int, Tensor], recv: dict[int, Tensor]) -> None:
         """Point-to-point: send each ``send[q]`` to member ``q`` and fill each ``recv[q]`` from it."""
-        works = [self.pg.send([t.contiguous()], q, 0) for q, t in send.items()]
-        works += [self.pg.recv([t], q, 0) for q, t in recv.items()]
-        self._wait(*works)
+        self._run(lambda: [*(self.pg.send([t.contiguous()], q, 0) for q, t in send.items()),
+                           *(self.pg.recv([t], q, 0) for q, t in recv.items())])
 
     def barrier(self) -> None:
-        self._wait(self.pg.barrier())
+        self._run(lambda: [self.pg.barrier(self._options(dist.BarrierOptions))])
+
+
+def gloo_devices() -> list:
+    """The network interface gloo listens on: those named by ``GLOO_SOCKET_IFNAME`` (comma-separated), else
+    the address this host reaches ``MASTER_ADDR`` from (so that on a machine whose host name resolves to
+    a loopback address, or in a network namespace, the peers can reach it), else gloo's default (the
+    address of the host name)."""
+    names = [n for n in os.environ.get("GLOO_SOCKET_IFNAME", "").split(",") if n]
+    if names:
+        return [dist.ProcessGroupGloo.create_device(interface=n) for n in names]
+    master = os.environ.get("MASTER_ADDR")
+    if master:
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:  # no packet is sent
+                probe.connect((master, int(os.environ.get("MASTER_PORT", "29500"))))
+                return [dist.ProcessGroupGloo.create_device(hostname=probe.getsockname()[0])]
+        except (OSError, ValueError):
+            pass
+    return [dist.ProcessGroupGloo.create_default_device()]
 
 
 def _first_sentence(message: str) -> str:
@@ -102,7 +135,7 @@ def connect_store(timeout_s: float):
     agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     return dist.TCPStore(os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ["MASTER_PORT"]),
-                         world, not agent and rank == 0, datetime.timedelta(seconds=max(timeout_s, 30.0)),
+                         world, not agent and rank == 0, datetime.timedelta(seconds=timeout_s),
                          wait_for_workers=False)
 
 
@@ -113,11 +146,15 @@ class Membership:
         store: the launch's store; keys live under ``prefix``.
         rank, world: this process's launch rank and the launch's size.
         timeout_s: how long a silent peer or a blocked operation is waited for.
+        startup_timeout_s: how long the first group waits for every rank to arrive (at least ``timeout_s``):
+            ranks start at different times and load their data first.
     """
 
-    def __init__(self, store, rank: int, world: int, timeout_s: float, prefix: str = "peerlearn"):
+    def __init__(self, store, rank: int, world: int, timeout_s: float, prefix: str = "peerlearn",
+                 startup_timeout_s: float = 0.0):
         self.store = dist.PrefixStore(f"{prefix}/", store)
         self.rank, self.timeout_s = rank, float(timeout_s)
+        self.startup_timeout_s = max(float(startup_timeout_s), self.timeout_s)
         self.members = list(range(world))
         self.generation = 0
         self._stop = threading.Event()
@@ -138,8 +175,10 @@ class Membership:
         self._stop.set()
 
     def group(self) -> Group:
-        """A gloo group over the current members (built collectively by all of them)."""
-        return Group(self.store, self.members, self.rank, self.timeout_s, self.generation)
+        """A gloo group over the current members (built collectively by all of them; the first one waits
+        up to the start-up timeout for every rank to arrive)."""
+        return Group(self.store, self.members, self.rank, self.timeout_s, self.generation,
+                     self.startup_timeout_s if self.generation == 0 else None)
 
     def share(self, key: str, value: str | None = None) -> str:
         """Rank ``members[0]`` publishes ``value`` under ``key``; every member returns it."""

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import torch
 
+from peerlearn.divergence import DivergenceWatch
 from peerlearn.metrics import accuracy, consensus_distance, summarize
 from peerlearn.models.functional import FlatModel, predict_logits
 from peerlearn.types import Tensor
@@ -82,14 +83,15 @@ def is_evaluation_round(cfg, round_: int) -> bool:
 
 def evaluation_row(round_: int, evaluate: Evaluator, params_NP: Tensor, alive_N: Tensor | None, losses: list[float],
                    honest_N: Tensor, bytes_total: float, num_nodes: int, wall_time_s: float, clock_metrics: dict,
-                   attacked: bool) -> dict:
-    """One metrics row (both engines): evaluation, the mean of ``losses`` since the last row, bytes, time."""
-    if not attacked and not bool(torch.isfinite(params_NP).all()):  # under attack, ruin is a result
-        raise FloatingPointError(f"training diverged by round {round_} (non-finite parameters); "
-                                 "lower algorithm.lr")
+                   watch: DivergenceWatch) -> dict:
+    """One metrics row (every engine): evaluation, the mean of ``losses`` since the last row, bytes, time;
+    ``watch`` applies the divergence rule to the models first."""
+    watch.row(round_, bool(torch.isfinite(params_NP).all()), 0.0)
+    consensus = consensus_distance(params_NP[honest_N])
+    watch.row(round_, True, consensus)
     return {"round": round_, **evaluate(params_NP, alive_N),
             "loss_mean": float(np.nanmean(losses)) if losses and not np.isnan(losses).all() else math.nan,
-            "consensus_distance": consensus_distance(params_NP[honest_N]),
+            "consensus_distance": consensus,
             "bytes_sent_total": bytes_total, "bytes_sent_per_node": bytes_total / num_nodes,
             "wall_time_s": wall_time_s, "staleness_mean": math.nan, "epsilon": math.nan, **clock_metrics}
 

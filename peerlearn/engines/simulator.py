@@ -16,6 +16,7 @@ import torch
 
 from torch.utils._pytree import tree_map
 
+from peerlearn.divergence import watch_run
 from peerlearn.engines.comm import SimComm
 from peerlearn.engines.run import (Evaluator, _clone, evaluation_row, is_evaluation_round, restore, round_network,
                                    step_means)
@@ -43,7 +44,7 @@ def simulate(built, on_eval: Callable[[dict], None] | None = None,
     comm = SimComm(built.W)
     ds = built.dataset
     comm.set_threat(built.threat)
-    attacked = built.threat is not None or built.attack_test is not None
+    watch = watch_run(built, attacked=built.threat is not None or built.attack_test is not None)
     evaluate = Evaluator(built.flat, ds.x_test, ds.y_test, ds.x_train, ds.y_train, built.local_test_parts,
                          built.honest_N, built.attack_test)
     params_NP = built.params_NP.clone()
@@ -59,7 +60,7 @@ def simulate(built, on_eval: Callable[[dict], None] | None = None,
     def record(round_: int) -> None:
         row = evaluation_row(round_, evaluate, params_NP, alive_N, losses, built.honest_N, comm.bytes_sent_total,
                              cfg.num_nodes, time.perf_counter() - start,
-                             clock.metrics() if clock is not None else {}, attacked)
+                             clock.metrics() if clock is not None else {}, watch)
         row.update(step_means(extra))
         if built.algorithm.report is not None:
             row.update(built.algorithm.report(state))
@@ -72,7 +73,7 @@ def simulate(built, on_eval: Callable[[dict], None] | None = None,
             on_checkpoint({"round": round_, "params_NP": params_NP, "state": state, "rows": rows,
                            "sampler": built.batches.state_dict(), "comm": comm.state_dict(),
                            "clock": None if clock is None else clock.state_dict(),
-                           "wall_time_s": row["wall_time_s"]})
+                           "wall_time_s": row["wall_time_s"], "divergence": watch.state_dict()})
 
     if resume is None:
         first = 1
@@ -83,6 +84,7 @@ def simulate(built, on_eval: Callable[[dict], None] | None = None,
         if clock is not None and resume.get("clock") is not None:
             clock.load_state_dict(resume["clock"])
         start -= resume["wall_time_s"]
+        watch.load_state_dict(resume.get("divergence"))
     for round_ in range(first, cfg.num_rounds + 1):
         W, rf, params_NP, copied = round_network(built, round_, params_NP)
         if W is not None:
@@ -115,9 +117,8 @@ def simulate(built, on_eval: Callable[[dict], None] | None = None,
         for key, value in step_metrics.items():
             if key != "loss":
                 extra.setdefault(key, []).append(value)
-        if not attacked and not silent and not math.isfinite(step_metrics["loss"]):
-            raise FloatingPointError(f"training diverged at round {round_} (loss {step_metrics['loss']}); "
-                                     "lower algorithm.lr")
+        if not silent:
+            watch.step(round_, step_metrics["loss"])
         if is_evaluation_round(cfg, round_):
             record(round_)
         if on_round is not None:

@@ -279,3 +279,77 @@ def _metrics_rows(out: Path) -> list[dict]:
         return []
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def _wait_for_rows(proc, out: Path, count: int) -> None:
+    import time
+
+    deadline = time.monotonic() + TIMEOUT_S
+    while len(_metrics_rows(out)) < count:
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "no rows in time"
+        time.sleep(0.05)
+
+
+def test_ctrl_c_stops_every_rank_with_one_line_each_and_keeps_the_rows(tmp_path):
+    """Ctrl-C reaches the launcher and every rank (one process group, as in a terminal): exit 130, one line
+    per rank saying where it stopped, summary.json says interrupted, the rows written so far stay."""
+    import json
+    import signal
+
+    out = tmp_path / "run"
+    proc = _launch(_config(tmp_path, num_rounds=100_000, eval_every=20), out, "--timeout-s", "5")
+    try:
+        _wait_for_rows(proc, out, 3)
+        os.killpg(proc.pid, signal.SIGINT)
+        code, _, err = _finish(proc, TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+    assert code == 130, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    for r in range(4):
+        assert err.count(f"rank {r}: interrupted after round") == 1, err[-3000:]
+    assert json.loads((out / "summary.json").read_text())["status"] == "interrupted"
+    assert len(_metrics_rows(out)) >= 3
+
+
+def test_divergence_stops_every_rank_and_keeps_the_rows(tmp_path):
+    """The divergence rule on the distributed engine: the reduced loss is the same on every rank, so all stop
+    at the same round; exit 1, one line, summary.json says diverged, the round-0 row stays."""
+    import json
+
+    config = _config(tmp_path, algorithm={"name": "dsgd", "lr": 1e6, "batch_size": 8})
+    code, _, err = _finish(_launch(config, tmp_path / "run", "--timeout-s", "5"), TIMEOUT_S)
+    assert code == 1, err[-3000:]
+    assert err.count("training diverged at round") == 1 and len(err.strip().splitlines()) == 1, err[-3000:]
+    assert "lower algorithm.lr" in err and "Traceback" not in err
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "diverged"
+    assert [r["round"] for r in _metrics_rows(tmp_path / "run")] == ["0"]
+
+
+@pytest.mark.slow
+def test_a_rank_stopped_longer_than_the_timeout_is_left_out_with_one_line(tmp_path):
+    """SIGSTOP one rank past --timeout-s, then SIGCONT: the others go on without it, and it leaves with one
+    line (no raw backend error), whether its next backend call or the store tells it first."""
+    import signal
+    import time
+
+    timeout_s = 3.0
+    out = tmp_path / "run"
+    proc = _launch(_config(tmp_path, num_rounds=600, eval_every=20), out, "--timeout-s", str(timeout_s))
+    try:
+        _wait_for_rows(proc, out, 2)
+        pid = int((out / "logs" / "rank3.log").read_text().split("pid ")[1].split(":")[0])
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(4 * timeout_s)
+        os.kill(pid, signal.SIGCONT)
+        code, _, err = _finish(proc, TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+    assert code == 0, err[-3000:]
+    assert "Traceback" not in err and "RuntimeError" not in err, err[-3000:]
+    assert "error: rank 3: rank 3 was left out of the run" in err, err[-3000:]
+    rows = _metrics_rows(out)
+    assert int(rows[-1]["round"]) == 600 and int(rows[-1]["alive_nodes"]) == 12
