@@ -90,6 +90,11 @@ def test_resume_refuses_a_malformed_config_yaml(interrupted_run, capsys):
     (["--set", "model.hidden=[1000000,1000000]"], "config error: model: mlp with 1,000,076,000,010 parameters needs"),
     (["--set", "num_nodes=1000000"], "config error: num_nodes: 1000000 nodes x 2 samples each"),
     (["--set", "data.dataset=synthetic", "--set", "data.num_features=10000000"], "config error: data.num_features"),
+    (["--set", "clock.step_time_s=1e308"], "config error: clock.step_time_s"),  # wrote inf times, exit 0
+    (["--set", "clock.bandwidth_mbps=1e-300"], "config error: clock.bandwidth_mbps"),
+    (["--set", "algorithm.name=gossip_learning", "--set", "algorithm.period_s=1e300"],
+     "config error: algorithm.period_s"),
+    (["--engine", "distributed", "--startup-timeout-s", "0"], "config error: --startup-timeout-s"),
 ])
 def test_bad_command_line_values_and_impossible_sizes_are_one_line_before_any_work(argv, message, tmp_path, capsys):
     out = tmp_path / "run"

@@ -79,7 +79,7 @@ class Synchronous(AlgorithmSpec):
 class Asynchronous(LocalSteps):
     """Run by the event engine: nodes wake on their own timers."""
 
-    period_s: float | None = Field(None, gt=0.0, description="a node's timer period in simulated seconds (default: "
+    period_s: float | None = Field(None, gt=0.0, le=1e9, description="a node's timer period in simulated seconds (default: "
                                    "gossip_learning one round, the others as fast as each node's local steps and "
                                    "sends allow)")
     capabilities: ClassVar = Capabilities(engines=frozenset({"simulator"}), asynchronous=True)

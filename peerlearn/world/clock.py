@@ -118,13 +118,13 @@ from peerlearn.spec import BuildContext, Spec, config_error  # noqa: E402
 class ClockSpec(Spec):
     """The simulated clock: per-node compute speeds, bandwidth and latency (Lian et al., ICML 2018)."""
 
-    step_time_s: float = Field(0.05, ge=0.0, description="simulated seconds of one mini-batch step on a "
+    step_time_s: float = Field(0.05, ge=0.0, le=1e6, description="simulated seconds of one mini-batch step on a "
                                "reference node")
-    bandwidth_mbps: float = Field(10.0, gt=0.0, description="each node's upload bandwidth, megabits per second")
-    latency_ms: float = Field(50.0, ge=0.0, description="one-way message latency, milliseconds")
-    speed_sigma: float = Field(0.0, ge=0.0, description="log-normal spread of per-node compute speed (0: equal)")
+    bandwidth_mbps: float = Field(10.0, ge=1e-6, le=1e9, description="each node's upload bandwidth, megabits per second")
+    latency_ms: float = Field(50.0, ge=0.0, le=1e9, description="one-way message latency, milliseconds")
+    speed_sigma: float = Field(0.0, ge=0.0, le=10.0, description="log-normal spread of per-node compute speed (0: equal)")
     straggler_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of nodes that are stragglers")
-    straggler_slowdown: float = Field(10.0, ge=1.0, description="how many times slower a straggler computes")
+    straggler_slowdown: float = Field(10.0, ge=1.0, le=1e6, description="how many times slower a straggler computes")
     slowdowns: list[float] | None = Field(None, description="each node's compute time factor, one per node "
                                           "(instead of speed_sigma and stragglers)")
     slices_per_round: int = Field(4, ge=1, le=10_000, description="asynchronous algorithms: events in the same of this many "

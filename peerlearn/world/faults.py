@@ -148,7 +148,7 @@ class FaultPlan:
         data = np.where(lost, 0.0, coo.data)
         kept = sp.csr_array((data, (coo.row, coo.col)), shape=W.shape)
         kept.eliminate_zeros()
-        refill = np.bincount(coo.row[lost], weights=coo.data[lost], minlength=W.shape[0])
+        refill = np.bincount(coo.row[lost], weights=coo.data[lost], minlength=W.shape[0]).astype(coo.data.dtype)
         return sp.csr_array(kept + sp.diags_array(refill, format="csr"))
 
     def rejoin_sources(self, joined: np.ndarray, adj: sp.csr_array, alive_N: np.ndarray,

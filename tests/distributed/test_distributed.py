@@ -353,3 +353,24 @@ def test_a_rank_stopped_longer_than_the_timeout_is_left_out_with_one_line(tmp_pa
     assert "error: rank 3: rank 3 was left out of the run" in err, err[-3000:]
     rows = _metrics_rows(out)
     assert int(rows[-1]["round"]) == 600 and int(rows[-1]["alive_nodes"]) == 12
+
+
+def test_a_rank_that_starts_late_is_waited_for_with_the_startup_timeout(tmp_path):
+    """Ranks start seconds apart (a busy machine, a slow disk): forming the group waits up to
+    --startup-timeout-s, not the short --timeout-s that every exchange after it gets."""
+    import time
+
+    config, port = _config(tmp_path, num_rounds=4), _free_port()
+    procs = []
+    for rank in range(2):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "RANK": str(rank), "WORLD_SIZE": "2",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        procs.append(subprocess.Popen([sys.executable, "-m", "peerlearn", "run", str(config), "--engine",
+                                       "distributed", "--out", str(tmp_path / "run"), "--quiet", "--timeout-s", "1"],
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                      start_new_session=True))
+        if rank == 0:
+            time.sleep(4)  # four timeouts before the second rank even starts
+    results = [_finish(p, TIMEOUT_S) for p in procs]
+    assert [code for code, _, _ in results] == [0, 0], [err[-2000:] for _, _, err in results]
+    assert [int(r["round"]) for r in _metrics_rows(tmp_path / "run")] == [0, 4]
