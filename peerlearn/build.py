@@ -157,13 +157,23 @@ def build_data_poisoning(cfg: ExperimentConfig, ds: Dataset):
     return cfg.threat.attack.build(ds)
 
 
-def choose_grad_strategy(cfg: ExperimentConfig, activations_per_sample: int, budget_bytes: int = 2 * 2**30) -> str:
-    """``model.grad_strategy``, with ``auto`` resolved: vmap (faster wherever measured, see
-    benchmarks/README.md) unless its float32 activations for forward + backward (~3x) exceed the budget."""
-    if cfg.model.grad_strategy != "auto":
-        return cfg.model.grad_strategy
-    vmap_bytes = 3 * 4 * cfg.num_nodes * cfg.algorithm.batch_size * activations_per_sample
-    return "vmap" if vmap_bytes <= budget_bytes else "loop"
+def choose_grad_strategy(cfg: ExperimentConfig, module: torch.nn.Module, activations_per_sample: int,
+                         budget_bytes: int = 2 * 2**30) -> tuple[str, int | None]:
+    """``(strategy, max_rows)`` for ``model.grad_strategy``: ``auto`` is ``dense`` for dense ReLU networks
+    (logreg, mlp: the closed form, 1.2-3x vmap's speed on every shape measured, benchmarks/README.md) and
+    ``vmap`` for every other module. ``max_rows`` bounds the float32 activations of forward + backward
+    (~3x the forward's) to the budget by computing the nodes in chunks of rows (None: all at once)."""
+    from peerlearn.models.dense import dense_layout
+
+    strategy = cfg.model.grad_strategy
+    if strategy == "auto":
+        strategy = "dense" if dense_layout(module) is not None else "vmap"
+    elif strategy == "dense" and dense_layout(module) is None:
+        raise config_error("model.grad_strategy", f"dense computes stacks of Linear and ReLU layers (logreg, mlp); "
+                                                  f"model {cfg.model.name} is not one (use auto, vmap or loop)")
+    row_bytes = 3 * 4 * cfg.algorithm.batch_size * activations_per_sample
+    rows = max(1, budget_bytes // max(row_bytes, 1))
+    return strategy, (None if strategy == "loop" or rows >= cfg.num_nodes else int(rows))
 
 
 COPIES = 6  # float32 [N, P] tensors a round holds: params, the run's copy, grads, optimizer state, mixed, trained
@@ -219,7 +229,7 @@ def build(cfg: ExperimentConfig, dataset: Dataset | None = None) -> Built:
     except ValueError as err:
         raise _as_config_error(err) from None
     flat = FlatModel(module)
-    strategy = choose_grad_strategy(cfg, flat.activation_numel(ds.input_shape, ds.x_train.dtype))
+    strategy, max_rows = choose_grad_strategy(cfg, module, flat.activation_numel(ds.input_shape, ds.x_train.dtype))
     params_NP = flat.init_params(cfg.num_nodes, ctx.seed("init"), m.same_init)
     ctx.data_sizes_N = torch.tensor([len(p) for p in parts], dtype=torch.float64)
     ctx.layer_slices, ctx.reference_P, ctx.probe_loss_fn = flat.layer_slices(), params_NP[0], make_probe_loss_fn(flat)
@@ -235,7 +245,7 @@ def build(cfg: ExperimentConfig, dataset: Dataset | None = None) -> Built:
     return Built(
         config=cfg, dataset=ds, parts=parts, local_test_parts=local_test, flat=flat,
         params_NP=params_NP,
-        grad_fn=make_grad_fn(flat, strategy),
+        grad_fn=make_grad_fn(flat, strategy, max_rows),
         batches=NodeSampler(ds.x_train, ds.y_train, parts, cfg.algorithm.batch_size, ctx.seed("sampler"),
                             poisoned_N, poison, silent_N=None if relay_N is None else torch.from_numpy(relay_N)),
         algorithm=algorithm, adjacency=adj, W=W,

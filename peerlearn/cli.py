@@ -27,6 +27,29 @@ def _fail(message: str) -> int:
     return 2
 
 
+def _compute_setup(cfg) -> dict:
+    """Threads (``threads`` or the idle cores) and the allocator, before the run allocates; what was chosen
+    goes into summary.json."""
+    import torch
+
+    from peerlearn.resources import choose_threads
+
+    threads, load = choose_threads(cfg.threads)
+    torch.set_num_threads(threads)
+    return {"threads": threads, "load_average_1m": round(load, 2), "malloc": _MALLOC}
+
+
+def _keep_freed_memory() -> str:
+    from peerlearn.resources import keep_freed_memory
+
+    if os.environ.get("PEERLEARN_MALLOC", "").lower() == "system":
+        return "system"
+    return "kept" if keep_freed_memory() else "system"
+
+
+_MALLOC = "system"
+
+
 def cmd_run(args) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -36,6 +59,12 @@ def cmd_run(args) -> int:
     from peerlearn.report import RunWriter, choose_run_dir
     from peerlearn.report.run_dir import config_changes, load_checkpoint
 
+    global _MALLOC
+    _MALLOC = _keep_freed_memory()  # before anything large is allocated
+    if args.threads is not None:
+        if args.resume:
+            raise ConfigError("config error: --threads: a resumed run uses the threads of its config")
+        args.set = [*args.set, f"threads={args.threads}"]
     if args.engine == "distributed":
         return _run_distributed(args)
     resume = None
@@ -64,6 +93,7 @@ def cmd_run(args) -> int:
     else:
         cfg = load_config(args.config, args.set)
         out_dir = choose_run_dir(args.out, cfg.name, args.overwrite)
+    compute = _compute_setup(cfg)
     built = build(cfg)  # every config error surfaces here, before the run directory is written
     writer = RunWriter(out_dir, to_dict(cfg), rows=None if resume is None else resume["rows"],
                        checkpoint_every=cfg.checkpoint_every)
@@ -86,7 +116,7 @@ def cmd_run(args) -> int:
         except FloatingPointError as err:
             status = "diverged"
             err_console.print(f"error: {err}", markup=False, soft_wrap=True)
-    summary = writer.finish(status)
+    summary = writer.finish(status, compute)
     if not args.quiet:
         console.print(_summary_table(f"{cfg.name}: {cfg.algorithm.name} on {cfg.topology.graph.name}, "
                                      f"{cfg.num_nodes} nodes, {cfg.data.dataset.name}", {cfg.name: summary["final"]}))
@@ -127,6 +157,7 @@ def _run_distributed(args) -> int:
     try:
         cfg = load_config(args.config, args.set)  # every rank checks the same config: all fail alike
         distributed.check_config(cfg, world)
+        compute = _compute_setup(cfg)
         writer, chosen = None, None
         if rank == 0:
             try:
@@ -179,11 +210,11 @@ def _run_distributed(args) -> int:
                 say(f"finished {cfg.num_rounds} rounds in {time.perf_counter() - started:.1f} s "
                     f"with ranks {membership.members}")
         if writer is not None and status != "completed":
-            writer.finish(status)  # the rows written so far stay; summary.json says why the run ended
+            writer.finish(status, compute)  # the rows written so far stay; summary.json says why the run ended
         if status != "completed":
             return {"interrupted": 130}.get(status, 1)
         if writer is not None:
-            summary = writer.finish("completed")
+            summary = writer.finish("completed", compute)
             if not args.quiet:
                 console.print(_summary_table(f"{cfg.name}: {cfg.algorithm.name} on {cfg.topology.graph.name}, "
                                              f"{cfg.num_nodes} nodes on {world} ranks", {cfg.name: summary["final"]}))
@@ -261,7 +292,10 @@ def cmd_matrix(args) -> int:
     from peerlearn.report import choose_run_dir
     from peerlearn.report.matrix import run_matrix
 
+    global _MALLOC
+    _MALLOC = _keep_freed_memory()
     cfg = load_config(args.config, args.set)  # imports the config's plugins: their members are names here too
+    _compute_setup(cfg)
     attacks = ["none", *(a for a in args.attacks if a != "none")]
     for what, names, allowed in (("--attacks", attacks[1:], ATTACKS), ("--defenses", args.defenses, AGGREGATORS)):
         bad = [n for n in names if n.split(":")[0] not in allowed]
@@ -309,6 +343,8 @@ def make_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="results directory (default: runs/<name>, made unique)")
     run.add_argument("--overwrite", action="store_true", help="reuse --out even if it holds an earlier run")
     run.add_argument("--quiet", action="store_true", help="no progress bar or table")
+    run.add_argument("--threads", type=int, metavar="N", help="intra-op threads (same as --set threads=N; default: "
+                     "OMP_NUM_THREADS, else the idle cores)")
     run.add_argument("--engine", choices=["simulator", "distributed"], default="simulator",
                      help="simulator: all nodes in this process (default); distributed: real processes, each "
                           "hosting a block of the nodes (start them with --nproc N, or with torchrun)")

@@ -52,6 +52,8 @@ class ExperimentConfig(Spec):
     checkpoint_every: int = Field(0, ge=0, description="write checkpoint.pt (for --resume) at evaluated rounds at "
                                   "least this many rounds apart (0: at every evaluation; it holds every node's "
                                   "model, so large runs want fewer)")
+    threads: int | None = Field(None, ge=1, le=4096, description="intra-op threads (default: OMP_NUM_THREADS if set, "
+                                "else the idle cores by the load average; recorded in summary.json)")
     plugins: list[str] = Field([], description="modules (names or .py paths) imported before validation; they "
                                "register their own members with the families' registries")
     topology: SerializeAsAny[TopologySpec] = Field(default_factory=TopologySpec)

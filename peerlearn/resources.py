@@ -38,3 +38,58 @@ def check_fits(need_bytes: float, what: str, field: str) -> None:
     have = available_memory_bytes()
     if have is not None and need_bytes > have:
         raise ValueError(f"{field}: {what} needs about {gib(need_bytes)}; this machine has {gib(have)} available")
+
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
+
+
+def keep_freed_memory(on: bool = True) -> bool:
+    """Serve large blocks from the heap and keep freed ones for reuse (glibc; False where unavailable).
+
+    glibc hands every block above 32 MiB to ``mmap`` and returns it to the system on ``free``, so a tensor of
+    N x P floats allocated every step (an update, a gossip output, a gradient) is page-faulted in afresh
+    each time: allocate-and-add ran at 1.3 GB/s against 10.7 GB/s in place (issue 16). With mmap off
+    for the heap and a 2 GiB trim threshold, a freed block is reused by the next allocation of its size:
+    5x on that operation, a steady state without page faults (benchmarks/README.md). The process keeps
+    its peak memory until it exits. ``on=False`` restores glibc's behaviour for blocks above 128 KiB.
+    ``PEERLEARN_MALLOC=system`` in the environment turns this off for ``peerlearn`` commands.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):  # not glibc (macOS, musl without mallopt)
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    if on:
+        return bool(mallopt(_M_MMAP_MAX, 0) and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    return bool(mallopt(_M_MMAP_MAX, 65536) and mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
+                and mallopt(_M_TRIM_THRESHOLD, 128 * 1024))
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, else the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def choose_threads(requested: int | None = None) -> tuple[int, float]:
+    """``(intra-op threads, 1-minute load average)``: ``requested`` if given, else ``OMP_NUM_THREADS`` if set,
+    else the idle cores (cores minus the load average, rounded; at least 1).
+
+    On a shared machine a second thread that has to wait for a busy core makes every parallel operation
+    wait for it: 2 threads ran 10-60x slower than 1 under load, and never much faster than 1 for the
+    small per-node products of a simulation (benchmarks/README.md). Counting only idle cores never picks
+    that case."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if requested:
+        return int(requested), load
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env), load
+    cores = usable_cores()
+    return max(1, min(cores, round(cores - load))), load

@@ -1,5 +1,11 @@
+import os
+
 import pytest
 import torch
+
+# one intra-op thread everywhere, in this process (peerlearn run chooses from OMP_NUM_THREADS) and in the
+# processes tests start: the same seed must give the same numbers on every machine
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from peerlearn.config import parse_config, switch_member
 

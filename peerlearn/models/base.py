@@ -27,8 +27,9 @@ class ModelSpec(Spec):
     """A model architecture: ``build(input_shape, num_classes) -> nn.Module``."""
 
     same_init: bool = Field(True, description="all nodes start from the same model")
-    grad_strategy: Literal["auto", "vmap", "loop"] = Field(
-        "auto", description="gradients of all nodes: one vmap, or a loop over nodes; auto = vmap unless its "
+    grad_strategy: Literal["auto", "dense", "vmap", "loop"] = Field(
+        "auto", description="gradients of all nodes: dense (closed form, dense ReLU networks), one vmap, or a loop "
+                            "over nodes; auto = dense where it applies, else vmap, over chunks of nodes when the "
                             "activations would exceed 2 GiB")
 
     def build(self, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:

@@ -80,7 +80,7 @@ def make_dense_grad_fn(layout: list[tuple[int, int]]) -> GradFn:
         grads = torch.empty_like(params_RP)
         for k in range(len(layout) - 1, -1, -1):
             (fan_in, fan_out), (w0, b0) = layout[k], offsets[k]
-            grads[:, w0:b0].view(num_rows, fan_out, fan_in).copy_(torch.bmm(dz.transpose(1, 2), inputs[k]))
+            torch.bmm(dz.transpose(1, 2), inputs[k], out=grads[:, w0:b0].view(num_rows, fan_out, fan_in))
             grads[:, b0:b0 + fan_out].copy_(dz.sum(1))
             if k:
                 dh = torch.bmm(dz, weights[k])

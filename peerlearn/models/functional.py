@@ -1,9 +1,10 @@
 """Flat-parameter view of a module and batched loss/gradient over stacked parameters.
 
 ``params_NP`` holds N models as rows; :meth:`FlatModel.unravel` turns a row into named views
-for :func:`torch.func.functional_call`. Two gradient strategies compute the same numbers:
-``vmap`` (one batched computation over rows; fastest for MLPs / logistic regression on CPU)
-and ``loop`` (one autograd call per row; lighter for CNNs, see ARCHITECTURE.md performance notes).
+for :func:`torch.func.functional_call`. Three gradient strategies compute the same numbers (to float
+rounding): ``dense`` (the closed form for dense ReLU networks, :mod:`peerlearn.models.dense`; the
+fastest where it applies), ``vmap`` (one batched computation over rows; any module) and ``loop`` (one
+autograd call per row), each optionally over chunks of rows to bound memory.
 """
 
 from __future__ import annotations
@@ -106,17 +107,29 @@ def make_probe_loss_fn(flat: FlatModel):
     return vmap(vmap(make_loss_fn(flat), in_dims=(0, None, None)))
 
 
-def make_grad_fn(flat: FlatModel, strategy: str = "vmap") -> GradFn:
-    """Batched ``(params_RP, (x_RB, y_RB)) -> (loss_R, grads_RP)`` for any number of rows R."""
-    per_row = grad_and_value(make_loss_fn(flat))
-    if strategy == "vmap":
-        batched = vmap(per_row)
+def make_grad_fn(flat: FlatModel, strategy: str = "vmap", max_rows: int | None = None) -> GradFn:
+    """Batched ``(params_RP, (x_RB, y_RB)) -> (loss_R, grads_RP)`` for any number of rows R.
+
+    ``dense``: the closed form of :mod:`peerlearn.models.dense` (dense ReLU networks only); ``vmap``: one
+    ``torch.func`` computation over the rows; ``loop``: one autograd call per row. ``max_rows`` computes
+    at most that many rows at a time (bounding activation memory; the numbers do not change)."""
+    if strategy == "dense":
+        from peerlearn.models.dense import dense_layout, make_dense_grad_fn
+
+        layout = dense_layout(flat.module)
+        if layout is None:
+            raise ValueError("model.grad_strategy: dense computes nn.Sequential stacks of Linear and ReLU layers "
+                             f"(logreg, mlp); {type(flat.module).__name__} is not one (use auto, vmap or loop)")
+        grad_fn = make_dense_grad_fn(layout)
+    elif strategy == "vmap":
+        batched = vmap(grad_and_value(make_loss_fn(flat)))
 
         def grad_fn(params_RP: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
             grads, loss = batched(params_RP, *batch)
             return loss, grads
 
     elif strategy == "loop":
+        per_row = grad_and_value(make_loss_fn(flat))
 
         def grad_fn(params_RP: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
             x, y = batch
@@ -127,8 +140,25 @@ def make_grad_fn(flat: FlatModel, strategy: str = "vmap") -> GradFn:
             return loss, grads
 
     else:
-        raise ValueError(f"model.grad_strategy: unknown strategy {strategy!r}; allowed: vmap, loop")
-    return grad_fn
+        raise ValueError(f"model.grad_strategy: unknown strategy {strategy!r}; allowed: dense, vmap, loop")
+    return grad_fn if max_rows is None else _in_row_chunks(grad_fn, max_rows)
+
+
+def _in_row_chunks(grad_fn: GradFn, max_rows: int) -> GradFn:
+    """``grad_fn`` over at most ``max_rows`` rows at a time, into one preallocated result."""
+
+    def chunked(params_RP: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
+        num_rows = params_RP.shape[0]
+        if num_rows <= max_rows:
+            return grad_fn(params_RP, batch)
+        grads = torch.empty_like(params_RP)
+        loss = torch.empty(num_rows, dtype=params_RP.dtype)
+        for a in range(0, num_rows, max_rows):
+            part = slice(a, a + max_rows)
+            loss[part], grads[part] = grad_fn(params_RP[part], tuple(t[part] for t in batch))
+        return loss, grads
+
+    return chunked
 
 
 @torch.no_grad()

@@ -54,3 +54,39 @@ def test_bytes_are_counted_per_sender():
     comm.server_average(torch.zeros(3, p), rows)
     assert comm.bytes_sent_server == 3 * 4 * p
     assert comm.bytes_sent_N[1] == 2 * 4 * p + 4 * p
+
+
+def test_a_complete_graph_mixes_as_a_mean_equal_to_the_matrix_product():
+    """Issue 16: one weight on every link of a complete graph is a mean broadcast, O(N P) instead of
+    O(N^2 P): the same numbers as W x (to float32 rounding), for mix and for push, poisoned or not."""
+    from peerlearn.topology import complete_graph, max_degree_weights
+
+    for W in (metropolis_hastings_weights(complete_graph(40)), max_degree_weights(complete_graph(40))):
+        comm = SimComm(W)
+        assert comm._uniform is not None
+        x = torch.randn(40, 13, generator=torch.Generator().manual_seed(1))
+        expected = (torch.from_numpy(W.toarray()) @ x.double()).float()
+        torch.testing.assert_close(comm.mix(x), expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(comm.push(x), expected, rtol=1e-5, atol=1e-5)
+        assert float((comm.mix(x).double().mean(0) - x.double().mean(0)).abs().max()) < 1e-5
+
+
+def test_a_complete_graph_with_unequal_weights_takes_the_general_path():
+    import scipy.sparse as sp
+
+    dense = np.full((10, 10), 0.05)
+    dense[0, 1] = dense[1, 0] = 0.1  # still symmetric and complete, but not one weight
+    np.fill_diagonal(dense, 0)
+    np.fill_diagonal(dense, 1 - dense.sum(1))
+    comm = SimComm(sp.csr_array(dense))
+    assert comm._uniform is None
+    x = torch.randn(10, 4)
+    torch.testing.assert_close(comm.mix(x), torch.from_numpy(dense).float() @ x, rtol=1e-5, atol=1e-5)
+
+
+def test_the_neighbour_table_is_built_only_when_gather_needs_it():
+    comm = SimComm(metropolis_hastings_weights(cycle_graph(8)))
+    comm.mix(torch.randn(8, 3))
+    assert comm._table is None
+    comm.gather(torch.randn(8, 3))
+    assert comm._table is not None
