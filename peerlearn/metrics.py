@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from peerlearn.types import Tensor
 
 
@@ -10,10 +12,20 @@ def accuracy(logits_RTC: Tensor, labels_T: Tensor) -> Tensor:
     return (logits_RTC.argmax(-1) == labels_T).double().mean(-1)
 
 
-def consensus_distance(params_NP: Tensor) -> float:
-    """``(1/N) sum_i ||x_i - x_bar||^2``: how far the nodes' models are from their average."""
-    x = params_NP.double()
-    return float((x - x.mean(0)).pow(2).sum(1).mean())
+def consensus_distance(params_NP: Tensor, max_elements: int = 2**22) -> float:
+    """``(1/N) sum_i ||x_i - x_bar||^2``: how far the nodes' models are from their average.
+
+    Accumulated in float64 over chunks of rows of at most ``max_elements`` values: no float64 copy of
+    ``params_NP`` (100,000 MLP nodes failed with one at their first evaluation)."""
+    n = params_NP.shape[0]
+    if n == 0:
+        return float("nan")
+    mean_P = params_NP.sum(0, dtype=torch.float64) / n
+    rows = max(1, max_elements // max(1, params_NP.shape[1]))
+    total = torch.zeros((), dtype=torch.float64)
+    for a in range(0, n, rows):
+        total += (params_NP[a:a + rows].double() - mean_P).pow_(2).sum()
+    return float(total / n)
 
 
 def summarize(values_N: Tensor, prefix: str) -> dict[str, float]:

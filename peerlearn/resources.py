@@ -52,7 +52,7 @@ def keep_freed_memory(on: bool = True) -> bool:
     each time: allocate-and-add ran at 1.3 GB/s against 10.7 GB/s in place (issue 16). With mmap off
     for the heap and a 2 GiB trim threshold, a freed block is reused by the next allocation of its size:
     5x on that operation, a steady state without page faults (benchmarks/README.md). The process keeps
-    its peak memory until it exits. ``on=False`` restores glibc's behaviour for blocks above 128 KiB.
+    its peak memory until it exits. ``on=False`` restores glibc's steady state (blocks above 32 MiB mmapped).
     ``PEERLEARN_MALLOC=system`` in the environment turns this off for ``peerlearn`` commands.
     """
     import ctypes
@@ -65,8 +65,9 @@ def keep_freed_memory(on: bool = True) -> bool:
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     if on:
         return bool(mallopt(_M_MMAP_MAX, 0) and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
-    return bool(mallopt(_M_MMAP_MAX, 65536) and mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
-                and mallopt(_M_TRIM_THRESHOLD, 128 * 1024))
+    # glibc's steady state: its dynamic mmap threshold at the 32 MiB it grows to, trimming above twice that
+    return bool(mallopt(_M_MMAP_MAX, 65536) and mallopt(_M_MMAP_THRESHOLD, 32 * 2**20)
+                and mallopt(_M_TRIM_THRESHOLD, 64 * 2**20))
 
 
 def usable_cores() -> int:

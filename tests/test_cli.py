@@ -7,6 +7,7 @@ from peerlearn import cli
 from peerlearn.engines.run import COLUMNS
 from peerlearn.report import read_run
 from tests.conftest import interrupt_after
+from peerlearn.engines.run import TIMINGS
 
 SMALL = {"num_nodes": 8, "num_rounds": 20, "eval_every": 5, "model": {"hidden": [16]},
          "algorithm": {"lr": 0.2, "batch_size": 8}}
@@ -40,7 +41,7 @@ def test_same_seed_gives_identical_metrics(config_file, tmp_path):
     for k in (1, 2):
         assert cli.main(["run", str(config_file), "--out", str(tmp_path / f"r{k}"), "--quiet"]) == 0
     a, b = (read_run(tmp_path / f"r{k}")[1] for k in (1, 2))
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "wall_time_s"} for r in rows]  # noqa: E731
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMINGS} for r in rows]  # noqa: E731
     assert repr(strip(a)) == repr(strip(b))  # bit-identical, NaN included
     assert cli.main(["run", str(config_file), "--set", "seed=1", "--out", str(tmp_path / "r3"), "--quiet"]) == 0
     assert repr(strip(read_run(tmp_path / "r3")[1])) != repr(strip(a))

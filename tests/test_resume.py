@@ -14,10 +14,11 @@ import yaml
 from peerlearn.build import build
 from peerlearn.engines import simulate
 from tests.conftest import tiny_config
+from peerlearn.engines.run import TIMINGS
 
 
 def _strip(rows):
-    return [{k: repr(v) for k, v in r.items() if k != "wall_time_s"} for r in rows]  # repr: NaN == NaN
+    return [{k: repr(v) for k, v in r.items() if k not in TIMINGS} for r in rows]  # repr: NaN == NaN
 
 
 def _roundtrip(snapshot):
@@ -59,7 +60,7 @@ def test_resume_from_any_checkpoint_gives_the_same_rows(sections):
 
 def _read(path):
     with open(path, newline="") as f:
-        return [{k: v for k, v in r.items() if k != "wall_time_s"} for r in csv.DictReader(f)]
+        return [{k: v for k, v in r.items() if k not in TIMINGS} for r in csv.DictReader(f)]
 
 
 def test_cli_resume_after_sigkill_writes_an_identical_metrics_csv(tmp_path):

@@ -93,10 +93,22 @@ class SimComm:
         self._diag_N1 = torch.from_numpy(np.asarray(W.diagonal(), dtype=np.float32).reshape(-1, 1))
         self._by_dtype = {torch.float32: (self._off, self._off_rowsum_N1, self._diag_N1)}
         self.degree_N = torch.from_numpy(np.diff(off.indptr).astype(np.int64))
-        # padded neighbour table for gather(): row i lists N(i), padded with i itself (masked)
-        k = int(self.degree_N.max()) if self.num_nodes else 0
-        self._nbr_NK, self._valid_NK = padded_neighbours(off.indptr, off.indices, k, np.arange(self.num_nodes))
+        self._off_csr, self._table = off, None  # gather()'s neighbour table, built when first needed
         self._out_degree_N = torch.from_numpy(np.bincount(off.indices, minlength=self.num_nodes)).double()
+        # a complete graph with one weight for every link (Metropolis-Hastings, max-degree and uniform
+        # weights on it) mixes as a mean: x_i + w (sum_j m_j - m_i) - (N-1) w x_i, O(N P) instead of O(N^2 P)
+        n, diagonal = self.num_nodes, W.diagonal()
+        self._uniform = None
+        if n > 2 and off.nnz == n * (n - 1) and np.all(off.data == off.data[0]) and np.all(diagonal == diagonal[0]):
+            self._uniform = float(off.data[0])
+
+    def _neighbour_table(self) -> tuple[Tensor, Tensor]:
+        """``(nbr_NK, valid_NK)``: row i lists N(i), padded with i itself (masked)."""
+        if self._table is None:
+            off = self._off_csr
+            k = int(self.degree_N.max()) if self.num_nodes else 0
+            self._table = padded_neighbours(off.indptr, off.indices, k, np.arange(self.num_nodes))
+        return self._table
 
     def _weights(self, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
         """(off-diagonal CSR, its row sums, the diagonal) in ``dtype`` (float32 built, others cached)."""
@@ -147,6 +159,10 @@ class SimComm:
         """
         self._count_neighbour_send(x_NP, message_bytes)
         sent = self._poison(x_NP)
+        if self._uniform is not None:
+            w = self._uniform
+            received = sent.sum(0, keepdim=True) - sent  # every other node's message
+            return torch.add(x_NP, received, alpha=w).add_(x_NP, alpha=-w * (self.num_nodes - 1))
         off, rowsum, _ = self._weights(x_NP.dtype)
         out = torch.addmm(x_NP, off, sent)  # x + A m   (A: off-diagonal weights, m: messages)
         return out.addcmul_(rowsum, x_NP, value=-1.0)  # - diag(A 1) x
@@ -156,7 +172,10 @@ class SimComm:
         ``W_ii`` of its own row and receives ``W_ij x_j`` from each in-neighbour ``j``."""
         self._count_neighbour_send(x_NP, message_bytes)
         off, _, diag = self._weights(x_NP.dtype)
-        return torch.addmm(diag * x_NP, off, self._poison(x_NP))
+        sent = self._poison(x_NP)
+        if self._uniform is not None:
+            return torch.add(diag * x_NP, sent.sum(0, keepdim=True) - sent, alpha=self._uniform)
+        return torch.addmm(diag * x_NP, off, sent)
 
     def gather(self, x_NP: Tensor, include_self: bool = True,
                message_bytes: int | Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -166,7 +185,7 @@ class SimComm:
         """
         self._count_neighbour_send(x_NP, message_bytes)
         sent = self._poison(x_NP)
-        nbr, valid = self._nbr_NK, self._valid_NK
+        nbr, valid = self._neighbour_table()
         received = sent[nbr]
         if include_self:  # a node's own model is never poisoned in its own hands
             received = torch.cat([x_NP[:, None, :], received], 1)

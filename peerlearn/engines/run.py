@@ -4,13 +4,14 @@ rule, restoring a snapshot and the round's network (schedule and faults)."""
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import torch
 
 from peerlearn.divergence import DivergenceWatch
-from peerlearn.metrics import accuracy, consensus_distance, summarize
-from peerlearn.models.functional import FlatModel, predict_logits
+from peerlearn.metrics import consensus_distance, summarize
+from peerlearn.models.functional import FlatModel, predicted_matches
 from peerlearn.types import Tensor
 from peerlearn.world.faults import RoundFaults
 
@@ -18,7 +19,9 @@ from peerlearn.world.faults import RoundFaults
 COLUMNS = ["round", "acc_mean", "acc_min", "acc_max", "acc_std", "acc_avg_model", "acc_local_mean",
            "loss_mean", "consensus_distance", "bytes_sent_total", "bytes_sent_per_node", "wall_time_s",
            "attack_success", "acc_alive_mean", "alive_nodes", "sim_time_s", "sim_compute_s", "sim_comm_s",
-           "sim_wait_s", "staleness_mean", "epsilon"]
+           "sim_wait_s", "staleness_mean", "epsilon", "eval_time_s"]
+# measured, not computed: the only columns that differ between two runs with the same seed
+TIMINGS = ("wall_time_s", "eval_time_s")
 
 
 class Evaluator:
@@ -50,18 +53,19 @@ class Evaluator:
         alive_N = torch.ones(params_NP.shape[0], dtype=torch.bool) if alive_N is None else alive_N
         if self.honest_N is not None:
             params_NP, alive_N = params_NP[self.honest_N], alive_N[self.honest_N]
-        logits = predict_logits(self.flat, params_NP, self.x_test)
-        acc_N = accuracy(logits, self.y_test)
+        x_att, y_att = self.attack_test if self.attack_test is not None else (None, None)
+        shared = x_att is self.x_test  # label flip measures on the clean test inputs: one forward pass for both
+        matches = predicted_matches(self.flat, params_NP, self.x_test, [self.y_test, y_att] if shared else [self.y_test])
+        acc_N = matches[0]
         out = summarize(acc_N, "acc")
         out["acc_alive_mean"] = float(acc_N[alive_N].double().mean()) if bool(alive_N.any()) else float("nan")
         out["alive_nodes"] = int(alive_N.sum())
         out["attack_success"] = float("nan")
-        if self.attack_test is not None:
-            x_att, y_att = self.attack_test  # label flip measures on the clean test inputs: reuse their logits
-            att_logits = logits if x_att is self.x_test else predict_logits(self.flat, params_NP, x_att)
-            out["attack_success"] = float(accuracy(att_logits, y_att).mean())
+        if x_att is not None:
+            success_N = matches[1] if shared else predicted_matches(self.flat, params_NP, x_att, [y_att])[0]
+            out["attack_success"] = float(success_N.mean())
         avg = params_NP.mean(0, keepdim=True)
-        out["acc_avg_model"] = float(accuracy(predict_logits(self.flat, avg, self.x_test), self.y_test)[0])
+        out["acc_avg_model"] = float(predicted_matches(self.flat, avg, self.x_test, [self.y_test])[0][0])
         out["acc_local_mean"] = self._local_accuracy(params_NP) if self.local is not None else float("nan")
         return out
 
@@ -86,14 +90,17 @@ def evaluation_row(round_: int, evaluate: Evaluator, params_NP: Tensor, alive_N:
                    watch: DivergenceWatch) -> dict:
     """One metrics row (every engine): evaluation, the mean of ``losses`` since the last row, bytes, time;
     ``watch`` applies the divergence rule to the models first."""
+    started = time.perf_counter()
     watch.row(round_, bool(torch.isfinite(params_NP).all()), 0.0)
-    consensus = consensus_distance(params_NP[honest_N])
+    consensus = consensus_distance(params_NP if bool(honest_N.all()) else params_NP[honest_N])
     watch.row(round_, True, consensus)
-    return {"round": round_, **evaluate(params_NP, alive_N),
+    evaluated = evaluate(params_NP, alive_N)
+    return {"round": round_, **evaluated,
             "loss_mean": float(np.nanmean(losses)) if losses and not np.isnan(losses).all() else math.nan,
             "consensus_distance": consensus,
             "bytes_sent_total": bytes_total, "bytes_sent_per_node": bytes_total / num_nodes,
-            "wall_time_s": wall_time_s, "staleness_mean": math.nan, "epsilon": math.nan, **clock_metrics}
+            "wall_time_s": wall_time_s, "staleness_mean": math.nan, "epsilon": math.nan, **clock_metrics,
+            "eval_time_s": time.perf_counter() - started}
 
 
 def restore(built, resume: dict) -> tuple[int, Tensor, object, list[dict], Tensor | None]:

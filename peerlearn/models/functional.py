@@ -162,6 +162,28 @@ def _in_row_chunks(grad_fn: GradFn, max_rows: int) -> GradFn:
 
 
 @torch.no_grad()
+def predicted_matches(flat: FlatModel, params_RP: Tensor, x_T: Tensor, labels: list[Tensor],
+                      max_elements: int = 2**24) -> list[Tensor]:
+    """For each label vector in ``labels``: the fraction of the inputs ``x_T`` on which each row's model
+    predicts that label, ``[R]`` float64 (accuracy, or an attack's success).
+
+    Chunked as :func:`predict_logits`, but each chunk is reduced to per-row counts at once: no more than one
+    chunk of logits exists at a time, whatever R and T (100,000 nodes evaluate in the memory of one chunk).
+    """
+    forward = vmap(lambda p, x: functional_call(flat.module, flat.unravel(p), (x,)), in_dims=(0, None))
+    per_sample = flat.activation_numel(tuple(x_T.shape[1:]), x_T.dtype)
+    samples = max(1, min(x_T.shape[0], max_elements // per_sample))
+    rows = max(1, max_elements // (per_sample * samples))
+    counts = [torch.zeros(params_RP.shape[0], dtype=torch.int64) for _ in labels]
+    for r in range(0, params_RP.shape[0], rows):
+        for t in range(0, x_T.shape[0], samples):
+            predicted = forward(params_RP[r:r + rows], x_T[t:t + samples]).argmax(-1)
+            for count, y in zip(counts, labels):
+                count[r:r + rows] += (predicted == y[t:t + samples]).sum(1)
+    return [c.double() / x_T.shape[0] for c in counts]
+
+
+@torch.no_grad()
 def predict_logits(flat: FlatModel, params_RP: Tensor, x_T: Tensor, max_elements: int = 2**24) -> Tensor:
     """Logits ``[R, T, C]`` of every row's model on the same inputs.
 

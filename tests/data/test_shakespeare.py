@@ -14,6 +14,7 @@ from peerlearn.engines import simulate
 from peerlearn.models.functional import FlatModel, make_grad_fn
 from peerlearn.models.nets import GRU, CharGRU
 from tests.conftest import tiny_config
+from peerlearn.engines.run import TIMINGS
 
 MODERN = """HAMLET, PRINCE OF DENMARK
 
@@ -189,7 +190,7 @@ def test_char_model_learns_the_roles_letters_and_is_seeded(tmp_path):
     def final(c):
         rows = []
         simulate(build(c), on_eval=rows.append)
-        return {k: v for k, v in rows[-1].items() if k != "wall_time_s" and v == v}  # drop NaN (unused metrics)
+        return {k: v for k, v in rows[-1].items() if k not in TIMINGS and v == v}  # drop NaN (unused metrics)
 
     first, second = final(cfg), final(cfg)
     assert first == second

@@ -17,6 +17,7 @@ import yaml
 from peerlearn.engines.comm import SimComm
 from peerlearn.topology import barabasi_albert_graph, metropolis_hastings_weights
 from peerlearn.topology.directed import column_stochastic_weights, directed_exponential_graph
+from peerlearn.engines.run import TIMINGS
 
 TIMEOUT_S = 120
 
@@ -96,7 +97,7 @@ def _torchrun(config: Path, out: Path, world: int = 4):
 
 def _rows(path: Path):
     with open(path / "metrics.csv", newline="") as f:
-        return [{k: v for k, v in r.items() if k != "wall_time_s"} for r in csv.DictReader(f)]
+        return [{k: v for k, v in r.items() if k not in TIMINGS} for r in csv.DictReader(f)]
 
 
 @pytest.mark.parametrize("algorithm, graph", [
@@ -210,7 +211,7 @@ def test_a_rank_that_dies_at_a_round_is_a_crash_in_the_simulator(tmp_path, kill,
     assert [int(r["alive_nodes"]) for r in dist_rows] == alive
     for d, s in zip(dist_rows, sim_rows, strict=True):
         for key, value in s.items():
-            if key in ("wall_time_s",) or (key == "loss_mean" and s["round"] > 4):
+            if key in TIMINGS or (key == "loss_mean" and s["round"] > 4):
                 continue
             assert float(d[key]) == pytest.approx(float(value), rel=1e-4, abs=1e-6, nan_ok=True), (s["round"], key)
     log = (tmp_path / "dist" / "logs" / "rank2.log").read_text()

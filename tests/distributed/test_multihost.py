@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from peerlearn.engines.run import TIMINGS
 
 TIMEOUT_S = 150
 SUBNET = "10.231.7"  # only inside the namespaces: nothing on the host's own network changes
@@ -100,7 +101,7 @@ def _assert_rows_match(dist_rows: list[dict], sim_rows: list[dict], skip=lambda 
     assert [int(r["round"]) for r in dist_rows] == [int(r["round"]) for r in sim_rows]
     for d, s in zip(dist_rows, sim_rows, strict=True):
         for key, value in s.items():
-            if key == "wall_time_s" or skip(key, int(float(s["round"]))):
+            if key in TIMINGS or skip(key, int(float(s["round"]))):
                 continue
             assert float(d[key]) == pytest.approx(float(value), rel=1e-4, abs=1e-6, nan_ok=True), (s["round"], key)
 
