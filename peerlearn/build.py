@@ -179,6 +179,13 @@ def choose_grad_strategy(cfg: ExperimentConfig, module: torch.nn.Module, activat
 COPIES = 6  # float32 [N, P] tensors a round holds: params, the run's copy, grads, optimizer state, mixed, trained
 
 
+def run_memory_bytes(built) -> int:
+    """A run's estimated memory: ``COPIES`` float32 copies of every node's model, plus the dataset."""
+    ds = built.dataset
+    data = sum(t.numel() * t.element_size() for t in (ds.x_train, ds.y_train, ds.x_test, ds.y_test))
+    return COPIES * built.params_NP.numel() * 4 + data
+
+
 def check_model_fits(cfg: ExperimentConfig, ds: Dataset) -> None:
     """Refuse, before allocating, a model or a node count this machine cannot hold (counted on the meta
     device: no memory is used)."""

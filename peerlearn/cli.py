@@ -28,26 +28,30 @@ def _fail(message: str) -> int:
 
 
 def _compute_setup(cfg) -> dict:
-    """Threads (``threads`` or the idle cores) and the allocator, before the run allocates; what was chosen
-    goes into summary.json."""
+    """Threads (``threads`` or the idle cores), before the run allocates; what was chosen goes into
+    summary.json (with the allocator mode, filled in by :func:`_allocator_for`)."""
     import torch
 
     from peerlearn.resources import choose_threads
 
     threads, load = choose_threads(cfg.threads)
     torch.set_num_threads(threads)
-    return {"threads": threads, "load_average_1m": round(load, 2), "malloc": _MALLOC}
+    return {"threads": threads, "load_average_1m": round(load, 2), "malloc": "system"}
 
 
-def _keep_freed_memory() -> str:
-    from peerlearn.resources import keep_freed_memory
+def _allocator_for(built, compute: dict) -> None:
+    """Keep freed memory for reuse (the steady state without page faults, benchmarks/README.md) when the
+    run's estimated memory is at most a quarter of what is available: a heap that never gives memory back
+    can fragment (1M logistic-regression nodes peaked at 18 GB with glibc's default and ran out of 24 GB
+    with freed memory kept). ``PEERLEARN_MALLOC=system`` always leaves glibc as it is."""
+    from peerlearn.build import run_memory_bytes
+    from peerlearn.resources import available_memory_bytes, keep_freed_memory
 
     if os.environ.get("PEERLEARN_MALLOC", "").lower() == "system":
-        return "system"
-    return "kept" if keep_freed_memory() else "system"
-
-
-_MALLOC = "system"
+        return
+    have = available_memory_bytes()
+    if have is not None and 4 * run_memory_bytes(built) <= have and keep_freed_memory():
+        compute["malloc"] = "kept"
 
 
 def cmd_run(args) -> int:
@@ -59,8 +63,6 @@ def cmd_run(args) -> int:
     from peerlearn.report import RunWriter, choose_run_dir
     from peerlearn.report.run_dir import config_changes, load_checkpoint
 
-    global _MALLOC
-    _MALLOC = _keep_freed_memory()  # before anything large is allocated
     if args.threads is not None:
         if args.resume:
             raise ConfigError("config error: --threads: a resumed run uses the threads of its config")
@@ -95,6 +97,7 @@ def cmd_run(args) -> int:
         out_dir = choose_run_dir(args.out, cfg.name, args.overwrite)
     compute = _compute_setup(cfg)
     built = build(cfg)  # every config error surfaces here, before the run directory is written
+    _allocator_for(built, compute)
     writer = RunWriter(out_dir, to_dict(cfg), rows=None if resume is None else resume["rows"],
                        checkpoint_every=cfg.checkpoint_every)
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -171,6 +174,7 @@ def _run_distributed(args) -> int:
             raise FileExistsError(chosen.removeprefix("error: "))
         out_dir = Path(chosen)
         built = build(cfg)
+        _allocator_for(built, compute)
         (out_dir / "logs").mkdir(parents=True, exist_ok=True)
         with open(out_dir / "logs" / f"rank{rank}.log", "w") as log:
             def say(message: str) -> None:
@@ -292,8 +296,6 @@ def cmd_matrix(args) -> int:
     from peerlearn.report import choose_run_dir
     from peerlearn.report.matrix import run_matrix
 
-    global _MALLOC
-    _MALLOC = _keep_freed_memory()
     cfg = load_config(args.config, args.set)  # imports the config's plugins: their members are names here too
     _compute_setup(cfg)
     attacks = ["none", *(a for a in args.attacks if a != "none")]

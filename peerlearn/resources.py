@@ -52,8 +52,11 @@ def keep_freed_memory(on: bool = True) -> bool:
     each time: allocate-and-add ran at 1.3 GB/s against 10.7 GB/s in place (issue 16). With mmap off
     for the heap and a 2 GiB trim threshold, a freed block is reused by the next allocation of its size:
     5x on that operation, a steady state without page faults (benchmarks/README.md). The process keeps
-    its peak memory until it exits. ``on=False`` restores glibc's steady state (blocks above 32 MiB mmapped).
-    ``PEERLEARN_MALLOC=system`` in the environment turns this off for ``peerlearn`` commands.
+    its peak memory until it exits, and a heap that never gives memory back can fragment: ``peerlearn run``
+    keeps freed memory only for runs estimated at a quarter of the available memory or less (1M
+    logistic-regression nodes peaked at 18 GB with glibc's default and ran out of 24 GB with it kept).
+    ``on=False`` restores glibc's steady state (blocks above 32 MiB mmapped). ``PEERLEARN_MALLOC=system``
+    in the environment turns it off for ``peerlearn`` commands.
     """
     import ctypes
     import ctypes.util

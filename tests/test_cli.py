@@ -4,10 +4,9 @@ import pytest
 import yaml
 
 from peerlearn import cli
-from peerlearn.engines.run import COLUMNS
+from peerlearn.engines.run import COLUMNS, TIMINGS
 from peerlearn.report import read_run
 from tests.conftest import interrupt_after
-from peerlearn.engines.run import TIMINGS
 
 SMALL = {"num_nodes": 8, "num_rounds": 20, "eval_every": 5, "model": {"hidden": [16]},
          "algorithm": {"lr": 0.2, "batch_size": 8}}
@@ -109,3 +108,36 @@ def test_resume_reads_a_run_directory_written_before_keys_belonged_to_members(co
     assert all(k in err.split("ignored: ")[1].split(", ") for k in ("topology.degree", "topology.p", "algorithm.f",
                                                                     "algorithm.outer_lr", "algorithm.compress_ratio"))
     assert [r["round"] for r in read_run(out)[1]] == [0, 5, 10, 15, 20]
+
+
+def test_threads_and_the_allocator_are_chosen_and_recorded(config_file, tmp_path, monkeypatch):
+    """--threads wins over OMP_NUM_THREADS (which tests pin to 1); summary.json records the choice, the load
+    average and the allocator mode; PEERLEARN_MALLOC=system leaves glibc alone; the numbers do not move."""
+    import torch
+
+    assert cli.main(["run", str(config_file), "--out", str(tmp_path / "a"), "--quiet", "--threads", "2"]) == 0
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert summary["threads"] == 2 and summary["load_average_1m"] >= 0 and summary["malloc"] in ("kept", "system")
+    assert yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())["threads"] == 2
+    torch.set_num_threads(1)
+    monkeypatch.setenv("PEERLEARN_MALLOC", "system")
+    assert cli.main(["run", str(config_file), "--out", str(tmp_path / "b"), "--quiet"]) == 0
+    summary_b = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert summary_b["threads"] == 1 and summary_b["malloc"] == "system"
+    assert summary_b["final"]["acc_mean"] == pytest.approx(summary["final"]["acc_mean"], abs=0.02)
+
+
+def test_choose_threads_counts_only_idle_cores(monkeypatch):
+    import os
+
+    from peerlearn import resources
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(resources, "usable_cores", lambda: 8)
+    monkeypatch.setattr(os, "getloadavg", lambda: (6.2, 0.0, 0.0))
+    assert resources.choose_threads() == (2, 6.2)  # 8 cores, 6.2 busy: two idle
+    monkeypatch.setattr(os, "getloadavg", lambda: (30.0, 0.0, 0.0))
+    assert resources.choose_threads()[0] == 1  # never zero
+    assert resources.choose_threads(3)[0] == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "5")
+    assert resources.choose_threads()[0] == 5
