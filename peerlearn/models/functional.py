@@ -161,40 +161,41 @@ def _in_row_chunks(grad_fn: GradFn, max_rows: int) -> GradFn:
     return chunked
 
 
+def _logit_chunks(flat: FlatModel, params_RP: Tensor, x_T: Tensor, max_elements: int):
+    """``(rows, inputs, logits)`` chunk by chunk, rows and inputs split so that one chunk's activations stay
+    below ``max_elements`` floats (64 MiB by default): a CNN on 10,000 images never materialises gigabytes."""
+    forward = vmap(lambda p, x: functional_call(flat.module, flat.unravel(p), (x,)), in_dims=(0, None))
+    per_sample = flat.activation_numel(tuple(x_T.shape[1:]), x_T.dtype)
+    samples = max(1, min(x_T.shape[0], max_elements // per_sample))
+    rows = max(1, max_elements // (per_sample * samples))
+    for r in range(0, params_RP.shape[0], rows):
+        for t in range(0, x_T.shape[0], samples):
+            yield slice(r, r + rows), slice(t, t + samples), forward(params_RP[r:r + rows], x_T[t:t + samples])
+
+
 @torch.no_grad()
 def predicted_matches(flat: FlatModel, params_RP: Tensor, x_T: Tensor, labels: list[Tensor],
                       max_elements: int = 2**24) -> list[Tensor]:
     """For each label vector in ``labels``: the fraction of the inputs ``x_T`` on which each row's model
     predicts that label, ``[R]`` float64 (accuracy, or an attack's success).
 
-    Chunked as :func:`predict_logits`, but each chunk is reduced to per-row counts at once: no more than one
-    chunk of logits exists at a time, whatever R and T (100,000 nodes evaluate in the memory of one chunk).
+    Each chunk of logits is reduced to per-row counts at once: no more than one chunk exists at a time,
+    whatever R and T (100,000 nodes evaluate in the memory of one chunk).
     """
-    forward = vmap(lambda p, x: functional_call(flat.module, flat.unravel(p), (x,)), in_dims=(0, None))
-    per_sample = flat.activation_numel(tuple(x_T.shape[1:]), x_T.dtype)
-    samples = max(1, min(x_T.shape[0], max_elements // per_sample))
-    rows = max(1, max_elements // (per_sample * samples))
     counts = [torch.zeros(params_RP.shape[0], dtype=torch.int64) for _ in labels]
-    for r in range(0, params_RP.shape[0], rows):
-        for t in range(0, x_T.shape[0], samples):
-            predicted = forward(params_RP[r:r + rows], x_T[t:t + samples]).argmax(-1)
-            for count, y in zip(counts, labels):
-                count[r:r + rows] += (predicted == y[t:t + samples]).sum(1)
+    for rows, inputs, logits in _logit_chunks(flat, params_RP, x_T, max_elements):
+        predicted = logits.argmax(-1)
+        for count, y in zip(counts, labels):
+            count[rows] += (predicted == y[inputs]).sum(1)
     return [c.double() / x_T.shape[0] for c in counts]
 
 
 @torch.no_grad()
 def predict_logits(flat: FlatModel, params_RP: Tensor, x_T: Tensor, max_elements: int = 2**24) -> Tensor:
-    """Logits ``[R, T, C]`` of every row's model on the same inputs.
-
-    Work is split over rows and inputs so that one chunk's activations stay below
-    ``max_elements`` floats (64 MiB by default): a CNN on 10,000 images never materialises
-    gigabytes at once.
-    """
-    forward = vmap(lambda p, x: functional_call(flat.module, flat.unravel(p), (x,)), in_dims=(0, None))
-    per_sample = flat.activation_numel(tuple(x_T.shape[1:]), x_T.dtype)
-    samples = max(1, min(x_T.shape[0], max_elements // per_sample))
-    rows = max(1, max_elements // (per_sample * samples))
-    return torch.cat([
-        torch.cat([forward(params_RP[r:r + rows], x_T[t:t + samples]) for t in range(0, x_T.shape[0], samples)], 1)
-        for r in range(0, params_RP.shape[0], rows)])
+    """Logits ``[R, T, C]`` of every row's model on the same inputs (computed in chunks, then joined)."""
+    out = None
+    for rows, inputs, logits in _logit_chunks(flat, params_RP, x_T, max_elements):
+        if out is None:
+            out = logits.new_empty(params_RP.shape[0], x_T.shape[0], *logits.shape[2:])
+        out[rows, inputs] = logits
+    return out
