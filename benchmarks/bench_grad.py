@@ -13,11 +13,11 @@ Usage: ``.venv/bin/python benchmarks/bench_grad.py [--threads 1] [--repeats 5]``
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import torch
 
+from _setup import set_threads
 from peerlearn.models.functional import FlatModel, make_grad_fn
 from peerlearn.models.nets import MLP, LogisticRegression
 
@@ -55,10 +55,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    load = os.getloadavg()
-    print(f"torch {torch.__version__}, {args.threads} thread(s), load average {load[0]:.2f} {load[1]:.2f} "
-          f"{load[2]:.2f}, {os.cpu_count()} cores")
+    print(set_threads(args.threads))
     a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
     mm_s = best_time(lambda: torch.mm(a, b), args.repeats)
     mm_rate = 2 * 1024 ** 3 / mm_s

@@ -12,11 +12,11 @@ Usage: ``.venv/bin/python benchmarks/bench_round.py [--threads 1] [--nodes 64,10
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import torch
 
+from _setup import set_threads
 from peerlearn.build import build
 from peerlearn.config import parse_config
 from peerlearn.engines import simulate
@@ -50,10 +50,7 @@ def main() -> None:
     parser.add_argument("--nodes", default="64,1024,4096,16384")
     parser.add_argument("--rounds", type=int, default=11)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    load = os.getloadavg()
-    print(f"torch {torch.__version__}, {args.threads} thread(s), load average {load[0]:.2f} {load[1]:.2f} "
-          f"{load[2]:.2f}")
+    print(set_threads(args.threads))
     print("| model | N | s/round, glibc default | s/round, freed memory kept | speed-up |")
     print("|---|---|---|---|---|")
     for label, (hidden, largest) in MODELS.items():

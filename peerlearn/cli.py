@@ -27,6 +27,10 @@ def _fail(message: str) -> int:
     return 2
 
 
+# a run's status -> the command's exit code (diverged, stopped: 1)
+_EXIT_CODE = {"completed": 0, "interrupted": 130}
+
+
 def _compute_setup(cfg) -> dict:
     """Threads (``threads`` or the idle cores), before the run allocates; what was chosen goes into
     summary.json (with the allocator mode, filled in by :func:`_allocator_for`)."""
@@ -125,7 +129,7 @@ def cmd_run(args) -> int:
                                      f"{cfg.num_nodes} nodes, {cfg.data.dataset.name}", {cfg.name: summary["final"]}))
         console.print(f"results: {out_dir}/ (metrics.csv, summary.json, accuracy.png, accuracy_vs_bytes.png, "
                       "consensus.png)", markup=False)
-    return {"completed": 0, "interrupted": 130}.get(status, 1)
+    return _EXIT_CODE.get(status, 1)
 
 
 def _run_distributed(args) -> int:
@@ -216,7 +220,7 @@ def _run_distributed(args) -> int:
         if writer is not None and status != "completed":
             writer.finish(status, compute)  # the rows written so far stay; summary.json says why the run ended
         if status != "completed":
-            return {"interrupted": 130}.get(status, 1)
+            return _EXIT_CODE.get(status, 1)
         if writer is not None:
             summary = writer.finish("completed", compute)
             if not args.quiet:

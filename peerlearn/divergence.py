@@ -91,11 +91,11 @@ class DivergenceWatch:
             self._stop(round_, f"the training loss {loss:.3g} is {loss / self.first_loss:.3g} times its initial value "
                                f"{self.first_loss:.3g} (more than divergence.factor = {self.factor:g})")
 
-    def row(self, round_: int, params_finite: bool, consensus: float) -> None:
-        """An evaluated row: are the models finite, and how far apart are they?"""
+    def row(self, round_: int, params_NP, consensus: float) -> None:
+        """An evaluated row: are the models ``params_NP`` finite, and how far apart are they (``consensus``)?"""
         if not self.active:
             return
-        if not params_finite:
+        if not bool(params_NP.isfinite().all()):
             self._stop(round_, "the models hold non-finite values")
         if not math.isfinite(consensus):
             self._stop(round_, f"the consensus distance is {consensus}")

@@ -91,9 +91,8 @@ def evaluation_row(round_: int, evaluate: Evaluator, params_NP: Tensor, alive_N:
     """One metrics row (every engine): evaluation, the mean of ``losses`` since the last row, bytes, time;
     ``watch`` applies the divergence rule to the models first."""
     started = time.perf_counter()
-    watch.row(round_, bool(torch.isfinite(params_NP).all()), 0.0)
     consensus = consensus_distance(params_NP if bool(honest_N.all()) else params_NP[honest_N])
-    watch.row(round_, True, consensus)
+    watch.row(round_, params_NP, consensus)
     evaluated = evaluate(params_NP, alive_N)
     return {"round": round_, **evaluated,
             "loss_mean": float(np.nanmean(losses)) if losses and not np.isnan(losses).all() else math.nan,

@@ -66,15 +66,15 @@ def test_the_consensus_distance_rule_against_the_initial_norm():
 
     params = torch.ones(4, 3)  # rms norm sqrt(3)
     watch = DivergenceWatch(cfg, params)
-    watch.row(5, True, (1e4 * 3 ** 0.5 * 0.99) ** 2)  # just under factor x norm: fine
+    watch.row(5, params, (1e4 * 3 ** 0.5 * 0.99) ** 2)  # just under factor x norm: fine
     with pytest.raises(Diverged, match="distance from their average"):
-        watch.row(10, True, (1e4 * 3 ** 0.5 * 1.01) ** 2)
+        watch.row(10, params, (1e4 * 3 ** 0.5 * 1.01) ** 2)
     with pytest.raises(Diverged, match="non-finite"):
-        DivergenceWatch(cfg, params).row(1, False, 0.0)
+        DivergenceWatch(cfg, params).row(1, torch.full((4, 3), float("nan")), 0.0)
     zero = DivergenceWatch(cfg, torch.zeros(4, 3))  # models that start at zero: the first spread is the scale
-    zero.row(1, True, 1e-6)
+    zero.row(1, params, 1e-6)
     with pytest.raises(Diverged):
-        zero.row(2, True, 1e-6 * 1.01e8)
+        zero.row(2, params, 1e-6 * 1.01e8)
 
 
 def test_large_features_point_at_the_data():
