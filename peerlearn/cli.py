@@ -6,6 +6,7 @@ Exit codes: 0 success, 2 bad configuration or arguments (one line on stderr), 13
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import signal
@@ -40,7 +41,57 @@ def _compute_setup(cfg) -> dict:
 
     threads, load = choose_threads(cfg.threads)
     torch.set_num_threads(threads)
-    return {"threads": threads, "load_average_1m": round(load, 2), "malloc": "system"}
+    return {"threads": threads, "load_average_1m": round(load, 2), "malloc": "system", "environment": _environment()}
+
+
+def _environment() -> dict:
+    """What a reader of a result needs to know about where it ran (summary.json, report.html)."""
+    import platform
+
+    import torch
+
+    from peerlearn import __version__
+
+    return {"peerlearn": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "platform": platform.platform(terse=True), "device": "cpu", "hostname": platform.node(),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S %z")}
+
+
+class _Sinks:
+    """Where a run's evaluation rows go besides the engine: ``metrics.csv`` (the writer), the experiment
+    trackers, and, when the output is not a terminal (nohup, a batch scheduler, a pipe), one progress
+    line per evaluation with the round, accuracy, rounds/s and the time left."""
+
+    def __init__(self, cfg, writer, lines: bool, first_round: int = 0):
+        from peerlearn.report.trackers import Trackers
+
+        self.cfg, self.writer, self.lines = cfg, writer, lines
+        self.trackers = Trackers(cfg.tracking, writer.path, writer.config)
+        self.first_round, self.started = first_round, time.perf_counter()
+
+    def __call__(self, row: dict) -> None:
+        self.writer.append(row)
+        self.trackers.log(row)
+        if self.lines:
+            round_, total = int(row["round"]), self.cfg.num_rounds
+            elapsed = time.perf_counter() - self.started
+            rate = (round_ - self.first_round) / elapsed if elapsed > 0 and round_ > self.first_round else math.nan
+            left = (total - round_) / rate if rate > 0 else math.nan
+            eta = "-" if math.isnan(left) else f"{int(left // 60)}m{int(left % 60):02d}s"
+            print(f"{self.cfg.name}: round {round_}/{total}  acc {row.get('acc_mean', math.nan):.4f}  "
+                  f"{'-' if math.isnan(rate) else f'{rate:.3g}'} rounds/s  ETA {eta}", flush=True)
+
+    def save_model(self, built):
+        """The engines' ``on_finish``: the final models into ``final_model.pt`` (unless ``save_model: false``)."""
+        if not self.cfg.save_model:
+            return None
+        return lambda params_NP: self.writer.save_model(params_NP, built.honest_N, built.dataset.input_shape,
+                                                        built.dataset.num_classes)
+
+    def finish(self, status: str, compute: dict) -> dict:
+        self.trackers.close(status)
+        compute["environment"]["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %z")
+        return self.writer.finish(status, compute)
 
 
 def _allocator_for(built, compute: dict) -> None:
@@ -102,11 +153,18 @@ def cmd_run(args) -> int:
     compute = _compute_setup(cfg)
     built = build(cfg)  # every config error surfaces here, before the run directory is written
     _allocator_for(built, compute)
+    if args.config and _declares_sweep(args.config):
+        err_console.print(f"note: {args.config} declares a sweep: this runs its base config once "
+                          f"(peerlearn sweep {args.config} runs the sweep)", markup=False, highlight=False,
+                          soft_wrap=True)
     writer = RunWriter(out_dir, to_dict(cfg), rows=None if resume is None else resume["rows"],
                        checkpoint_every=cfg.checkpoint_every)
+    terminal = console.is_terminal
+    sinks = _Sinks(cfg, writer, lines=not terminal and not args.quiet,
+                   first_round=0 if resume is None else resume["round"])
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console,
-                        disable=args.quiet)
+                        disable=args.quiet or not terminal)
     status = "completed"
     with progress:
         task = progress.add_task(cfg.name, total=cfg.num_rounds, status="",
@@ -116,19 +174,19 @@ def cmd_run(args) -> int:
             progress.update(task, completed=round_, status=f"acc {last['acc_mean']:.3f}")
 
         try:
-            simulate(built, on_eval=writer.append, on_round=on_round, on_checkpoint=writer.checkpoint,
-                     resume=resume)
+            simulate(built, on_eval=sinks, on_round=on_round, on_checkpoint=writer.checkpoint,
+                     on_finish=sinks.save_model(built), resume=resume)
         except KeyboardInterrupt:
             status = "interrupted"
         except FloatingPointError as err:
             status = "diverged"
             err_console.print(f"error: {err}", markup=False, soft_wrap=True)
-    summary = writer.finish(status, compute)
+    summary = sinks.finish(status, compute)
     if not args.quiet:
         console.print(_summary_table(f"{cfg.name}: {cfg.algorithm.name} on {cfg.topology.graph.name}, "
                                      f"{cfg.num_nodes} nodes, {cfg.data.dataset.name}", {cfg.name: summary["final"]}))
-        console.print(f"results: {out_dir}/ (metrics.csv, summary.json, accuracy.png, accuracy_vs_bytes.png, "
-                      "consensus.png)", markup=False)
+        console.print(f"results: {out_dir}/ (report.html, metrics.csv, summary.json, final_model.pt, plots)",
+                      markup=False)
     return _EXIT_CODE.get(status, 1)
 
 
@@ -195,9 +253,10 @@ def _run_distributed(args) -> int:
 
             started = time.perf_counter()
             status = "completed"
+            sinks = _Sinks(cfg, writer, lines=False) if writer is not None else None
             try:
-                distributed.simulate_distributed(built, membership, on_eval=writer.append if writer else None,
-                                                 on_round=on_round if rank == 0 else None, log=say)
+                distributed.simulate_distributed(built, membership, on_eval=sinks, on_finish=sinks.save_model(built)
+                                                 if sinks else None, on_round=on_round if rank == 0 else None, log=say)
             except RunStopped as err:
                 say(f"stopped: {err}")
                 err_console.print(f"error: rank {rank}: {err}", markup=False, highlight=False, soft_wrap=True)
@@ -218,11 +277,11 @@ def _run_distributed(args) -> int:
                 say(f"finished {cfg.num_rounds} rounds in {time.perf_counter() - started:.1f} s "
                     f"with ranks {membership.members}")
         if writer is not None and status != "completed":
-            writer.finish(status, compute)  # the rows written so far stay; summary.json says why the run ended
+            sinks.finish(status, compute)  # the rows written so far stay; summary.json says why the run ended
         if status != "completed":
             return _EXIT_CODE.get(status, 1)
         if writer is not None:
-            summary = writer.finish("completed", compute)
+            summary = sinks.finish("completed", compute)
             if not args.quiet:
                 console.print(_summary_table(f"{cfg.name}: {cfg.algorithm.name} on {cfg.topology.graph.name}, "
                                              f"{cfg.num_nodes} nodes on {world} ranks", {cfg.name: summary["final"]}))
@@ -230,6 +289,16 @@ def _run_distributed(args) -> int:
         return 0
     finally:
         membership.close()
+
+
+def _declares_sweep(path: str) -> bool:
+    import yaml
+
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return False
+    return isinstance(raw, dict) and "sweep" in raw
 
 
 def cmd_validate(args) -> int:
@@ -266,6 +335,8 @@ def cmd_list(args) -> int:
 def cmd_compare(args) -> int:
     from peerlearn.report import plot_compare, read_run
 
+    if args.group_by or any((Path(p) / "sweep.json").is_file() for p in args.runs):
+        return _compare_bands(args)
     runs, finals = {}, {}
     for path in args.runs:
         summary, rows = read_run(path)
@@ -287,6 +358,127 @@ def cmd_compare(args) -> int:
                 str(int(hit["round"])), _fmt(hit["bytes_sent_per_node"], "mb"),
                 _fmt(hit.get("sim_time_s", math.nan), "s"), f"{hit['wall_time_s']:.1f}")))
         console.print(table)
+    console.print(f"plot: {out}", markup=False)
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from peerlearn.config import ConfigError
+    from peerlearn.resources import choose_threads
+    from peerlearn.sweep import Sweep, default_workers, load_sweep, parse_grid, parse_seeds, plan, summarize
+
+    if not Path(args.config).is_file():
+        raise ConfigError(f"config error: file {args.config!r} does not exist")
+    spec = load_sweep(args.config)
+    updates = {"grid": {**spec.grid, **parse_grid(args.grid)}}
+    if args.seeds is not None:
+        updates["seeds"] = parse_seeds(args.seeds)
+    for key in ("workers", "target"):
+        if getattr(args, key) is not None:
+            updates[key] = getattr(args, key)
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"config error: --workers: at least 1, got {args.workers}")
+    spec = spec.model_copy(update=updates)
+    cells = plan(args.config, spec, args.set)  # every cell checked before any run starts
+    out = Path(args.out) if args.out else Path("runs") / f"{Path(args.config).stem}-sweep"
+    definition = json.loads(json.dumps({"config": str(Path(args.config).resolve()), "set": args.set,
+                                        "seeds": spec.seeds, "grid": spec.grid,
+                                        "variants": {k: v.model_dump() for k, v in spec.variants.items()}}))
+    if spec.workers:
+        workers, threads = spec.workers, max(1, choose_threads(None)[0] // spec.workers)
+    else:
+        workers, threads = default_workers(cells)
+    sweep = Sweep(out, cells, definition, workers, threads)
+    sweep.check_out(args.overwrite)
+    left = sweep.refresh()
+    if not args.quiet:
+        resumed = "" if len(left) == len(cells) else f"; {len(cells) - len(left)} done before, {len(left)} left"
+        console.print(f"sweep: {len(cells)} runs ({len({c.cell for c in cells})} cells x {len(spec.seeds)} seeds) "
+                      f"into {out}/, {workers} at a time with {threads} thread{'s' * (threads > 1)} each{resumed}",
+                      markup=False, highlight=False, soft_wrap=True)
+
+    def on_done(cell, done, total):
+        if args.quiet:
+            return
+        final = ""
+        summary = out / cell.dir / "summary.json"
+        if cell.status == "completed" and summary.is_file():
+            final = f", acc {(json.loads(summary.read_text()).get('final') or {}).get('acc_mean') or math.nan:.4f}"
+        why = f": {cell.error}" if cell.error else ""
+        console.print(f"[{done}/{total}] {cell.cell} seed {cell.seed}: {cell.status}{final} ({cell.wall_time_s} s)"
+                      f"{why}", markup=False, highlight=False, soft_wrap=True)
+
+    try:
+        sweep.run(on_done)
+    except KeyboardInterrupt:
+        summarize(out, cells, spec)
+        _fail(f"interrupted: the runs done so far are kept; run the same command again to finish the sweep in {out}/")
+        return 130
+    table = summarize(out, cells, spec, args.group_by or "cell")
+    if not args.quiet:
+        console.print(_sweep_table(table, spec))
+        console.print(f"results: {out}/ (summary.csv, accuracy.png, accuracy.pdf, sweep.json, one run directory "
+                      "per cell and seed)", markup=False, highlight=False, soft_wrap=True)
+    failed = [c for c in cells if c.status not in ("completed", "diverged")]
+    for c in failed:
+        err_console.print(f"{c.dir}: {c.status}: {c.error}", markup=False, highlight=False, soft_wrap=True)
+    return 1 if failed else 0
+
+
+def _sweep_table(table, spec) -> Table:
+    """The sweep's cells as rows: mean +- std over seeds of the final metrics."""
+    out = Table(title=spec.title or "sweep: final evaluated round, mean +- std over seeds")
+    out.add_column("cell", overflow="fold", min_width=12)
+    for col in ("ok", "acc mean", "acc min", "MB/node"):
+        out.add_column(col, justify="right")
+    if spec.target is not None:
+        out.add_column(f"round to {spec.target}", justify="right")
+
+    def pm(row, metric, scale=1.0, digits=4):
+        mean, std = row.get(f"{metric}_mean", math.nan), row.get(f"{metric}_std", math.nan)
+        if mean is None or math.isnan(mean):
+            return "-"
+        return f"{mean / scale:.{digits}f}" + ("" if std is None or math.isnan(std) else f" ± {std / scale:.{digits}f}")
+
+    for row in table.to_dict("records"):
+        cells = [str(row["cell"]), f"{row['completed']}/{row['seeds']}", pm(row, "acc_mean", digits=3),
+                 pm(row, "acc_min", digits=3), pm(row, "bytes_sent_per_node", 1e6, 2)]
+        if spec.target is not None:
+            r = row.get("rounds_to_target_mean", math.nan)
+            cells.append(f"{r:.0f} ({row['target_reached']})" if not math.isnan(r) else f"never ({row['target_reached']})")
+        out.add_row(*cells)
+    return out
+
+
+def _compare_bands(args) -> int:
+    """``compare`` on sweeps (or with ``--group-by``): mean curves with +-1 std bands, one per cell or per
+    value of the key, and a table of the final metrics as mean +- std."""
+    from peerlearn.config import ConfigError
+    from peerlearn.report import plot_bands
+    from peerlearn.results import load, load_summary
+
+    df = load(args.runs)
+    group = args.group_by or ("cell" if "cell" in df else "run")
+    if group not in df:
+        keys = sorted(c for c in df.columns if "." in c or c in ("seed", "cell", "variant", "name"))
+        raise ConfigError(f"config error: --group-by {group}: not a column of these runs; e.g. {', '.join(keys[:12])}")
+    if args.metric not in df:
+        raise ConfigError(f"config error: --metric {args.metric}: not a column of these runs")
+    df[group] = df[group].fillna("-")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    plot_bands(df, group, [out], metric=args.metric, x=args.x)
+    finals = load_summary(args.runs)
+    finals[group] = finals[group].fillna("-")
+    table = Table(title=f"final evaluated round by {group}: mean ± std over runs")
+    table.add_column(group, overflow="fold")
+    for col in ("runs", args.metric, "MB/node"):
+        table.add_column(col, justify="right")
+    for value, part in finals.groupby(group, sort=False):
+        m, sd = part[args.metric].mean(), part[args.metric].std()
+        mb = part["bytes_sent_per_node"].mean() / 1e6
+        table.add_row(str(value), str(len(part)), f"{m:.4f}" + ("" if math.isnan(sd) else f" ± {sd:.4f}"), f"{mb:.2f}")
+    console.print(table)
     console.print(f"plot: {out}", markup=False)
     return 0
 
@@ -337,7 +529,10 @@ def cmd_matrix(args) -> int:
 
 
 def make_parser() -> argparse.ArgumentParser:
+    from peerlearn import __version__
+
     parser = argparse.ArgumentParser(prog="peerlearn", description="Decentralized learning experiments.")
+    parser.add_argument("--version", action="version", version=f"peerlearn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run an experiment config and write its results directory")
@@ -380,8 +575,9 @@ def make_parser() -> argparse.ArgumentParser:
     lst.set_defaults(func=cmd_list)
 
     cmp_ = sub.add_parser("compare", help="one table and one overlay plot for several run directories")
-    cmp_.add_argument("runs", nargs="+", help="run directories")
-    cmp_.add_argument("--out", default="comparison.png", help="plot file (default: comparison.png)")
+    cmp_.add_argument("runs", nargs="+", help="run directories, sweep directories or globs of them")
+    cmp_.add_argument("--out", default="comparison.png", help="plot file; .png, .pdf or .svg (default: "
+                      "comparison.png)")
     cmp_.add_argument("--target", type=float, help="also report when each run first reached this accuracy")
     cmp_.add_argument("--target-metric", default="acc_mean", help="metric for --target (default: acc_mean)")
     cmp_.add_argument("--metric", default="acc_mean", help="accuracy column to plot, e.g. acc_alive_mean under "
@@ -390,7 +586,24 @@ def make_parser() -> argparse.ArgumentParser:
                       help="x axis of the accuracy and "
                       "consensus panels: rounds, simulated seconds (to compare synchronous and asynchronous "
                       "runs), or the privacy spent (runs with privacy noise; default: round)")
+    cmp_.add_argument("--group-by", metavar="KEY", help="mean curves with +-1 std bands over the runs sharing a value "
+                      "of KEY (a config or grid key such as algorithm.lr, or cell); the default for sweep directories")
     cmp_.set_defaults(func=cmd_compare)
+    swp = sub.add_parser("sweep", help="run a config over seeds x a grid of keys in parallel; mean +- std per cell")
+    swp.add_argument("config", help="experiment YAML file (its sweep: section, if any, declares the sweep)")
+    swp.add_argument("--seeds", help="seeds, e.g. 0,1,2 or 0-4 (default: the sweep section's, else 0)")
+    swp.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                     help="a key and its values, e.g. --grid algorithm.lr=0.05,0.1 (repeatable: the cartesian product)")
+    swp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key in every run")
+    swp.add_argument("--workers", type=int, metavar="K", help="runs at once (default: as the idle cores and the "
+                     "memory estimate allow; threads per run = cores / K)")
+    swp.add_argument("--target", type=float, help="also report rounds and MB until the accuracy reaches this")
+    swp.add_argument("--group-by", metavar="KEY", help="the figure's curves: one per cell (default) or per value of "
+                     "this grid or config key, pooling the rest")
+    swp.add_argument("--out", help="sweep directory (default: runs/<config name>-sweep; the same sweep there resumes)")
+    swp.add_argument("--overwrite", action="store_true", help="run into --out even if it holds something else")
+    swp.add_argument("--quiet", action="store_true")
+    swp.set_defaults(func=cmd_sweep)
     mat = sub.add_parser("matrix", help="run every attack x defence pair; a table and a heatmap")
     mat.add_argument("config")
     mat.add_argument("--attacks", nargs="+", default=["gaussian", "sign_flip", "alie", "ipm", "large_norm", "dmpa",

@@ -15,7 +15,7 @@ import importlib.util
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, SerializeAsAny, ValidationError
@@ -54,6 +54,11 @@ class ExperimentConfig(Spec):
                                   "model, so large runs want fewer)")
     threads: int | None = Field(None, ge=1, le=4096, description="intra-op threads (default: OMP_NUM_THREADS if set, "
                                 "else the idle cores by the load average; recorded in summary.json)")
+    save_model: bool = Field(True, description="write final_model.pt: every node's final model and the honest nodes' "
+                             "average (peerlearn.results.load_model reads it back); N x P float32 values on disk")
+    tracking: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        [], description="experiment trackers that receive every evaluation row (optional extras: pip install "
+                        "'peerlearn[tensorboard]'; W&B offline, MLflow to a local file store)")
     plugins: list[str] = Field([], description="modules (names or .py paths) imported before validation; they "
                                "register their own members with the families' registries")
     topology: SerializeAsAny[TopologySpec] = Field(default_factory=TopologySpec)
@@ -250,6 +255,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig
         raise ConfigError(f"config error: {path} is not UTF-8 text (a YAML config is)") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config error: {path}: expected a mapping of keys, got {type(raw).__name__}")
+    raw.pop("sweep", None)  # a declared sweep (peerlearn sweep reads it); the rest is the base config
     cfg = parse_config(raw, overrides, base_dir=path.resolve().parent)
     if cfg.name is None:
         cfg.name = path.stem
@@ -274,6 +280,10 @@ def check_consistency(cfg: ExperimentConfig) -> None:
     for section in SECTIONS:
         for member in getattr(cfg, section).members():
             member.check(cfg)
+    if cfg.tracking:
+        from peerlearn.report.trackers import check_trackers
+
+        check_trackers(cfg.tracking)
 
 
 def to_dict(cfg: ExperimentConfig) -> dict:

@@ -68,8 +68,7 @@ def plot_compare(runs: dict[str, list[dict]], out_path: Path, metric: str = "acc
     """One figure, three panels: ``metric`` vs ``x`` (round or sim_time_s), ``metric`` vs bytes, consensus distance."""
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
     silent = []
-    label = {"acc_mean": "mean node test accuracy", "acc_alive_mean": "mean alive-node test accuracy",
-             "acc_avg_model": "averaged-model test accuracy"}.get(metric, metric)
+    label = _METRIC_LABELS.get(metric, metric)
     for name, rows in runs.items():
         if x != "round":  # seconds span decades across sync and async runs, epsilon across noise levels: log axis
             rows = [r for r in rows if 0 < r.get(x, math.nan) < math.inf]
@@ -95,6 +94,47 @@ def plot_compare(runs: dict[str, list[dict]], out_path: Path, metric: str = "acc
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     return _save(fig, Path(out_path))
+
+
+_METRIC_LABELS = {"acc_mean": "mean node test accuracy", "acc_alive_mean": "mean alive-node test accuracy",
+                  "acc_avg_model": "averaged-model test accuracy", "acc_min": "worst node test accuracy"}
+
+
+def plot_bands(df, group: str, out_paths: list[Path], metric: str = "acc_mean", x: str = "round",
+               title: str = "") -> list[Path]:
+    """Mean curves with +-1 std bands over the runs of each group (``df`` from :func:`peerlearn.results.load`;
+    ``group`` a column: ``cell``, or any grid or config key): ``metric`` against ``x`` and against MB sent per
+    node. Written to every path of ``out_paths`` (PNG for screens, PDF or SVG for papers)."""
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.6))
+    label = _METRIC_LABELS.get(metric, metric)
+    for value, part in df.groupby(group, sort=False, dropna=False):
+        stats = part.groupby(x)[[metric, "bytes_sent_per_node"]].agg(["mean", "std", "count"])
+        xs = stats.index.to_numpy(dtype=float)
+        mean, std = stats[(metric, "mean")].to_numpy(), stats[(metric, "std")].fillna(0.0).to_numpy()
+        runs = int(part["run"].nunique()) if "run" in part else 1
+        name = f"{value} (n={runs})" if group == "cell" else f"{group}={value} (n={runs})"
+        line, = axes[0].plot(xs, mean, label=name)
+        axes[0].fill_between(xs, mean - std, mean + std, alpha=0.2, color=line.get_color(), linewidth=0)
+        mb = stats[("bytes_sent_per_node", "mean")].to_numpy() / 1e6
+        keep = mb > 0
+        if keep.any():
+            axes[1].plot(mb[keep], mean[keep], color=line.get_color(), label=name)
+            axes[1].fill_between(mb[keep], (mean - std)[keep], (mean + std)[keep], alpha=0.2,
+                                 color=line.get_color(), linewidth=0)
+    axes[0].set(xlabel={"round": "round", "sim_time_s": "simulated seconds"}.get(x, x), ylabel=label, ylim=(0, 1))
+    axes[1].set(xlabel="MB sent per node (log)", ylabel=label, ylim=(0, 1), xscale="log")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, title="mean +- 1 std over runs", title_fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    written = []
+    for path in out_paths:
+        fig.savefig(path, dpi=130)
+        written.append(Path(path))
+    plt.close(fig)
+    return written
 
 
 def _save(fig, path: Path) -> Path:

@@ -13,7 +13,22 @@ from peerlearn.engines.run import COLUMNS
 
 
 RUN_FILES = ("config.yaml", "metrics.csv", "summary.json", "checkpoint.pt", "checkpoint.pt.tmp", "metrics.csv.tmp",
-             "accuracy.png", "accuracy_vs_bytes.png", "consensus.png", "logs")  # what a run writes
+             "accuracy.png", "accuracy_vs_bytes.png", "consensus.png", "logs", "final_model.pt", "final_model.pt.tmp",
+             "report.html", "tensorboard", "wandb", "mlruns")  # what a run writes
+FINAL_MODEL = "final_model.pt"
+MODEL_FORMAT = "peerlearn.final_model/1"
+
+
+def strict_json(value):
+    """``value`` with every non-finite float as ``None``: ``summary.json`` is valid JSON (RFC 8259 has no NaN),
+    read by any strict parser (``jq``, JavaScript, ``json.loads(..., parse_constant=...)``)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
 
 
 def choose_run_dir(out: str | None, name: str, overwrite: bool = False) -> Path:
@@ -53,7 +68,8 @@ class RunWriter:
         self.checkpoint_every = checkpoint_every
         self._checkpointed = int(rows[-1]["round"]) if rows else None  # round of the checkpoint on disk
         self.path.mkdir(parents=True, exist_ok=True)
-        for stale in ("metrics.csv", "summary.json") + ((CHECKPOINT,) if rows is None else ()):
+        for stale in ("metrics.csv", "summary.json", FINAL_MODEL, "report.html") + \
+                ((CHECKPOINT,) if rows is None else ()):
             (self.path / stale).unlink(missing_ok=True)
         (self.path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         self.config = config
@@ -98,6 +114,18 @@ class RunWriter:
         torch.save({**snapshot, "config": self.config}, tmp)  # the config it belongs to: --resume checks it
         tmp.replace(self.path / CHECKPOINT)
 
+    def save_model(self, params_NP, honest_N, input_shape: tuple, num_classes: int) -> None:
+        """``final_model.pt``: every node's final model (``params_NP``, N x P), the honest nodes' average, and
+        what :func:`peerlearn.results.load_model` needs to rebuild the module (written atomically)."""
+        import torch
+
+        honest = torch.ones(params_NP.shape[0], dtype=torch.bool) if honest_N is None else honest_N
+        tmp = self.path / (FINAL_MODEL + ".tmp")
+        torch.save({"format": MODEL_FORMAT, "params_NP": params_NP.detach().float().cpu().clone(),
+                    "average": params_NP[honest].double().mean(0).float().cpu(), "honest_N": honest.cpu().clone(),
+                    "input_shape": list(input_shape), "num_classes": int(num_classes), "config": self.config}, tmp)
+        tmp.replace(self.path / FINAL_MODEL)
+
     def append(self, row: dict) -> None:
         """Write one evaluated row; every key the engine or the algorithm returned becomes a column."""
         self.rows.append(row)
@@ -122,11 +150,13 @@ class RunWriter:
             "wall_time_s": final.get("wall_time_s", 0.0),
             "final": final, **(extra or {}),
         }
-        (self.path / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=True))
+        (self.path / "summary.json").write_text(json.dumps(strict_json(summary), indent=2, allow_nan=False))
         if self.rows:
+            from peerlearn.report.html import write_report
             from peerlearn.report.plots import plot_run
 
-            plot_run(self.rows, self.path, title=str(self.config.get("name")))
+            plots = plot_run(self.rows, self.path, title=str(self.config.get("name")))
+            write_report(self.path / "report.html", self.config, summary, plots)
         return summary
 
 
@@ -187,5 +217,7 @@ def read_run(path: str | Path) -> tuple[dict, list[dict]]:
     summary_file = path / "summary.json"
     summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {
         "name": path.name, "status": "interrupted", "final": rows[-1] if rows else {}}
+    if isinstance(summary.get("final"), dict):  # null in the file is a metric that was not a number
+        summary["final"] = {k: math.nan if v is None else v for k, v in summary["final"].items()}
     summary.setdefault("name", path.name)
     return summary, rows

@@ -1,0 +1,151 @@
+"""Results in Python: run directories and sweeps as pandas DataFrames, and the saved final models.
+
+>>> from peerlearn import results
+>>> df = results.load("runs/sweep-lr")             # a sweep, a run directory, a glob or a list of them
+>>> df.groupby(["algorithm.lr", "round"]).acc_mean.agg(["mean", "std"])
+>>> final = results.load_summary("runs/sweep-lr")  # one row per run: status and final metrics
+>>> model = results.load_model("runs/quickstart")   # the honest nodes' average as a torch.nn.Module
+
+Columns of :func:`load`: every column of ``metrics.csv`` as written, then ``run`` (the run directory),
+``status``, every config key flattened with dots (``algorithm.lr``, ``topology.graph``, ``seed`` ...; a
+key that collides with a metric is prefixed ``config.``), and, for runs of a sweep, ``cell`` and
+``variant``. Empty CSV cells (a metric not measured at that row) are NaN.
+"""
+
+from __future__ import annotations
+
+import glob as globbing
+import json
+import math
+from pathlib import Path
+
+import yaml
+
+from peerlearn.report.run_dir import FINAL_MODEL, MODEL_FORMAT
+
+SWEEP_FILE = "sweep.json"
+
+
+def _flatten(config: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = str(value) if isinstance(value, (list, tuple)) else value
+    return out
+
+
+def run_dirs(paths) -> list[Path]:
+    """The run directories named by ``paths``: run directories, sweep directories (their runs), globs of
+    either, or folders holding runs (searched below), in a stable order without repeats."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    found: list[Path] = []
+    for item in paths:
+        text = str(item)
+        matches = sorted(globbing.glob(text)) if any(c in text for c in "*?[") else [text]
+        if not matches:
+            raise FileNotFoundError(f"{text}: matches no file")
+        for match in map(Path, matches):
+            if (match / "metrics.csv").is_file():
+                found.append(match)
+            elif (match / SWEEP_FILE).is_file():
+                cells = json.loads((match / SWEEP_FILE).read_text())["cells"]
+                found += [match / c["dir"] for c in cells if (match / c["dir"] / "metrics.csv").is_file()]
+            elif match.is_dir():
+                below = sorted(p.parent for p in match.rglob("metrics.csv"))
+                if not below:
+                    raise FileNotFoundError(f"{match}: holds no run (no metrics.csv in it or below it)")
+                found += below
+            else:
+                raise FileNotFoundError(f"{match}: not a run or sweep directory")
+    return list(dict.fromkeys(found))
+
+
+def _sweep_labels(run: Path) -> dict:
+    """``cell`` and ``variant`` of a run inside a sweep directory (its parents hold sweep.json)."""
+    for parent in run.parents:
+        manifest = parent / SWEEP_FILE
+        if manifest.is_file():
+            rel = run.relative_to(parent).as_posix()
+            for c in json.loads(manifest.read_text())["cells"]:
+                if c["dir"] == rel:
+                    return {"cell": c["cell"], "variant": c.get("variant")}
+            return {}
+    return {}
+
+
+def _config_columns(run: Path, taken: set[str]) -> dict:
+    config_file = run / "config.yaml"
+    config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
+    flat = _flatten(config if isinstance(config, dict) else {})
+    return {(f"config.{k}" if k in taken else k): v for k, v in flat.items()}
+
+
+def _summary(run: Path) -> dict:
+    path = run / "summary.json"
+    if not path.is_file():
+        return {"status": "interrupted"}
+    return json.loads(path.read_text())
+
+
+def load(paths):
+    """One row per evaluated round of every run named by ``paths`` (see :func:`run_dirs`), as a DataFrame."""
+    import pandas as pd
+
+    frames = []
+    for run in run_dirs(paths):
+        metrics = pd.read_csv(run / "metrics.csv")
+        extra = {"run": str(run), "status": _summary(run).get("status"), **_sweep_labels(run),
+                 **_config_columns(run, set(metrics.columns) | {"run", "status", "cell", "variant"})}
+        for key, value in extra.items():
+            metrics[key] = value
+        frames.append(metrics)
+    return pd.concat(frames, ignore_index=True)
+
+
+def load_summary(paths):
+    """One row per run: ``run``, ``status``, ``rounds_completed``, ``wall_time_s``, the final evaluated
+    row's metrics (``final_`` prefix dropped: same names as :func:`load`) and the config columns."""
+    import pandas as pd
+
+    records = []
+    for run in run_dirs(paths):
+        summary = _summary(run)
+        final = {k: (math.nan if v is None else v) for k, v in (summary.get("final") or {}).items()}
+        if not final:  # interrupted before summary.json: the last row written
+            last = pd.read_csv(run / "metrics.csv").tail(1).to_dict("records")
+            final = last[0] if last else {}
+        head = {"run": str(run), "status": summary.get("status"),
+                "rounds_completed": summary.get("rounds_completed", final.get("round")),
+                "run_wall_time_s": summary.get("wall_time_s")}
+        records.append({**head, **final, **_sweep_labels(run),
+                        **_config_columns(run, set(final) | set(head) | {"cell", "variant"})})
+    return pd.DataFrame.from_records(records)
+
+
+def load_model(run_dir, node: int | str = "average"):
+    """The model a run ended with, as a ``torch.nn.Module`` in eval mode: ``node="average"`` (default) the
+    honest nodes' average, an integer the model of that node. Reads ``final_model.pt`` (written at the end
+    of every completed run unless ``save_model: false``) and the run's ``config.yaml`` (its model and plugins)."""
+    import torch
+
+    from peerlearn.config import parse_config
+
+    path = Path(run_dir) / FINAL_MODEL
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir}: no {FINAL_MODEL} (the run did not complete, or ran with save_model: false)")
+    saved = torch.load(path, weights_only=True)
+    if saved.get("format") != MODEL_FORMAT:
+        raise ValueError(f"{path}: not a peerlearn final model (format {saved.get('format')!r})")
+    cfg = parse_config(saved["config"], base_dir=Path(run_dir).resolve())
+    module = cfg.model.build(tuple(saved["input_shape"]), saved["num_classes"])
+    if node == "average":
+        vector = saved["average"]
+    elif isinstance(node, int) and 0 <= node < saved["params_NP"].shape[0]:
+        vector = saved["params_NP"][node]
+    else:
+        raise ValueError(f"node: 'average' or a node index in 0..{saved['params_NP'].shape[0] - 1}, got {node!r}")
+    torch.nn.utils.vector_to_parameters(vector.clone(), module.parameters())
+    return module.eval()

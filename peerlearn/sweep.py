@@ -1,0 +1,366 @@
+"""Sweeps: a config run over seeds x a grid of keys (x named variants), by a pool of worker processes.
+
+Every cell of a sweep is an ordinary run directory, ``DIR/<cell>/seed<k>/``, run by its own
+``peerlearn run`` process, so a sweep's runs read, resume and compare like any other. ``DIR/sweep.json``
+records the plan and every cell's status as it ends (atomically rewritten); running the same sweep
+again into ``DIR`` skips completed (and diverged) cells, resumes interrupted ones from their checkpoint
+and retries failed ones. ``DIR/summary.csv`` aggregates the seeds of each cell (mean, std, min, max of
+the final metrics; rounds and MB to a target) and ``DIR/accuracy.{png,pdf}`` draws the mean curves
+with +-1 std bands.
+
+A sweep is given on the command line (``--seeds 0,1,2 --grid algorithm.lr=0.05,0.1``) or declared in the
+config under ``sweep:`` (so a paper's experiment is one file)::
+
+    sweep:
+      seeds: [0, 1, 2]
+      grid: {algorithm.lr: [0.05, 0.1]}
+      variants:                     # optional: named methods, each a config file and/or overrides
+        MoDeST: {config: modest.yaml}
+        D-SGD ring: {set: {algorithm.name: dsgd}}
+      target: 0.9                   # optional: rounds / MB until acc_mean first reaches it
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from peerlearn.spec import ConfigError, format_error
+
+SWEEP_FILE = "sweep.json"
+FINAL_METRICS = ("acc_mean", "acc_min", "acc_max", "acc_avg_model", "acc_alive_mean", "attack_success", "loss_mean",
+                 "consensus_distance", "bytes_sent_per_node", "sim_time_s", "epsilon", "round", "wall_time_s")
+DONE = ("completed", "diverged")  # a re-run leaves these; interrupted ones resume, failed ones run again
+
+
+class Variant(BaseModel):
+    """A named method of a sweep: a config file (relative to the sweep's file) and/or overrides."""
+
+    model_config = ConfigDict(extra="forbid")
+    config: str | None = Field(None, description="config file of this variant (default: the sweep's own file)")
+    set: dict[str, Any] = Field({}, description="overrides, as --set key=value")
+
+
+class SweepSpec(BaseModel):
+    """The ``sweep:`` section of a config (every key also has a command-line flag)."""
+
+    model_config = ConfigDict(extra="forbid")
+    title: str | None = Field(None, description="title of the figure and table")
+    seeds: list[int] = Field([0], min_length=1, description="seeds each cell runs with")
+    grid: dict[str, list[Any]] = Field({}, description="key -> values; the sweep runs their cartesian product")
+    variants: dict[str, Variant] = Field({}, description="named methods compared (each x grid x seeds)")
+    workers: int | None = Field(None, ge=1, le=256, description="runs at once (default: the cores and memory allow)")
+    target: float | None = Field(None, description="report rounds and MB per node until target_metric reaches this")
+    target_metric: str = Field("acc_mean", description="metric of target and of the figure")
+
+
+@dataclass
+class Cell:
+    """One run of the sweep: a variant x grid point x seed."""
+
+    cell: str  # the cell's name (variant and grid point), shared by its seeds
+    seed: int
+    dir: str  # run directory, relative to the sweep directory
+    config: str  # config file the run reads
+    overrides: list[str]
+    variant: str | None = None
+    grid: dict = field(default_factory=dict)
+    status: str = "pending"
+    error: str | None = None
+    wall_time_s: float | None = None
+
+
+def _as_value(value: Any) -> str:
+    """A value as ``--set`` parses it back (YAML): strings as they are, the rest as JSON."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=+-]+", "_", text).strip("_") or "_"
+
+
+def parse_grid(items: list[str]) -> dict[str, list[Any]]:
+    """``["key=v1,v2", ...]`` -> ``{key: [v1, v2]}`` (values parsed as YAML, like ``--set``)."""
+    grid: dict[str, list[Any]] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip() or not raw.strip():
+            raise ConfigError(f"config error: --grid {item!r}: expected key=v1,v2,..., e.g. --grid algorithm.lr=0.05,0.1")
+        try:
+            grid[key.strip()] = [yaml.safe_load(v) for v in raw.split(",")]
+        except yaml.YAMLError:
+            raise ConfigError(f"config error: --grid {item!r}: a value is not valid YAML") from None
+    return grid
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` or ``"0-4"`` -> seeds."""
+    try:
+        seeds = []
+        for part in text.split(","):
+            lo, sep, hi = part.partition("-")
+            seeds += list(range(int(lo), int(hi) + 1)) if sep else [int(part)]
+    except ValueError:
+        raise ConfigError(f"config error: --seeds {text!r}: integers, e.g. --seeds 0,1,2 or --seeds 0-4") from None
+    if not seeds or min(seeds) < 0:
+        raise ConfigError(f"config error: --seeds {text!r}: at least one seed, none negative")
+    return list(dict.fromkeys(seeds))
+
+
+def load_sweep(path: str | Path) -> SweepSpec:
+    """The ``sweep:`` section of a config file (defaults when it has none)."""
+    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    section = raw.get("sweep") if isinstance(raw, dict) else None
+    if section is None:
+        return SweepSpec()
+    if not isinstance(section, dict):
+        raise ConfigError(f"config error: sweep: expected a mapping of keys, got {type(section).__name__}")
+    try:
+        return SweepSpec.model_validate(section)
+    except ValidationError as err:
+        raise ConfigError(format_error(err, "sweep")) from None
+
+
+def plan(config: str | Path, spec: SweepSpec, extra: list[str] = ()) -> list[Cell]:
+    """Every cell (variants x grid x seeds), each checked as a config (one line naming the cell) before any runs."""
+    from peerlearn.config import load_config
+
+    base = Path(config)
+    variants = spec.variants or {None: Variant()}
+    keys = list(spec.grid)
+    cells, checked = [], set()
+    for (name, variant), point in itertools.product(variants.items(), itertools.product(*spec.grid.values())):
+        grid = dict(zip(keys, point))
+        file = str((base.parent / variant.config).resolve()) if variant.config else str(base)
+        overrides = [*extra, *(f"{k}={_as_value(v)}" for k, v in variant.set.items()),
+                     *(f"{k}={_as_value(v)}" for k, v in grid.items())]
+        label = ",".join(([_slug(name)] if name is not None else []) + [_slug(f"{k}={_as_value(v)}")
+                                                                          for k, v in grid.items()])
+        label = label or "base"
+        if (file, tuple(overrides)) not in checked:
+            checked.add((file, tuple(overrides)))
+            try:
+                load_config(file, overrides)
+            except ConfigError as err:
+                raise ConfigError(f"{err} (sweep cell {label})") from None
+        for seed in spec.seeds:
+            cells.append(Cell(cell=label, seed=seed, dir=f"{label}/seed{seed}", config=file,
+                              overrides=[*overrides, f"seed={seed}", f"name={label}"], variant=name, grid=grid))
+    dirs = [c.dir for c in cells]
+    if len(set(dirs)) != len(dirs):
+        raise ConfigError("config error: sweep: two cells share a folder name (variants or grid values that differ "
+                          "only in characters other than letters, digits and ._=+-)")
+    return cells
+
+
+def default_workers(cells: list[Cell]) -> tuple[int, int]:
+    """``(workers, threads per worker)``: as many runs at once as idle cores and memory allow (a run's
+    estimated memory from building its first cell, plus ~0.5 GB for a Python process with torch)."""
+    from peerlearn.build import build, run_memory_bytes
+    from peerlearn.config import load_config
+    from peerlearn.resources import available_memory_bytes, choose_threads
+
+    cores, _ = choose_threads(None)
+    per_run = run_memory_bytes(build(load_config(cells[0].config, cells[0].overrides))) + 5e8
+    have = available_memory_bytes()
+    by_memory = max(1, int(0.8 * have // per_run)) if have else cores
+    workers = max(1, min(cores, by_memory, len(cells)))
+    return workers, max(1, cores // workers)
+
+
+def _status_of(run_dir: Path) -> str | None:
+    summary = run_dir / "summary.json"
+    if summary.is_file():
+        try:
+            return json.loads(summary.read_text()).get("status")
+        except (json.JSONDecodeError, OSError):
+            return None
+    return "interrupted" if (run_dir / "checkpoint.pt").is_file() else None
+
+
+class Sweep:
+    """Runs the cells of a sweep in ``out`` with ``workers`` processes; ``on_done(cell, done, total)`` per cell."""
+
+    def __init__(self, out: Path, cells: list[Cell], definition: dict, workers: int, threads: int):
+        self.out, self.cells, self.definition = Path(out), cells, definition
+        self.workers, self.threads = workers, threads
+        self.manifest = self.out / SWEEP_FILE
+
+    def check_out(self, overwrite: bool) -> None:
+        """``out`` must be empty, or hold this same sweep (then it resumes); another sweep or a user's files
+        are refused."""
+        if not self.out.exists():
+            return
+        if not self.out.is_dir():
+            raise FileExistsError(f"--out {self.out}: is a file, not a folder; choose another --out")
+        if self.manifest.is_file():
+            try:
+                before = json.loads(self.manifest.read_text()).get("definition")
+            except json.JSONDecodeError:
+                before = None
+            if before != self.definition and not overwrite:
+                raise FileExistsError(f"--out {self.out}: holds a different sweep (another config, grid or seeds); "
+                                      "choose another folder, or pass --overwrite to run this one there")
+        elif any(self.out.iterdir()) and not overwrite:
+            raise FileExistsError(f"--out {self.out}: holds files that are not a peerlearn sweep; choose another "
+                                  "folder or pass --overwrite")
+
+    def refresh(self) -> list[Cell]:
+        """Each cell's status from what is on disk (a cell killed with the sweep resumes); the cells left to run."""
+        for cell in self.cells:
+            status = _status_of(self.out / cell.dir)
+            cell.status = status if status in (*DONE, "interrupted") else "pending"
+        return [c for c in self.cells if c.status not in DONE]
+
+    def _save(self) -> None:
+        tmp = self.manifest.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps({"definition": self.definition, "workers": self.workers, "threads": self.threads,
+                                   "cells": [asdict(c) for c in self.cells]}, indent=1))
+        tmp.replace(self.manifest)
+
+    def _command(self, cell: Cell) -> list[str]:
+        run_dir = self.out / cell.dir
+        if _status_of(run_dir) == "interrupted" and (run_dir / "checkpoint.pt").is_file():
+            return [sys.executable, "-m", "peerlearn", "run", "--resume", str(run_dir)]
+        sets = [a for o in cell.overrides for a in ("--set", o)]
+        return [sys.executable, "-m", "peerlearn", "run", cell.config, *sets, "--out", str(run_dir), "--overwrite"]
+
+    def run(self, on_done: Callable[[Cell, int, int], None] | None = None) -> list[Cell]:
+        """Run every cell not done yet; returns the cells. Ctrl-C (or SIGTERM) stops the running cells,
+        which keep their checkpoints, and raises KeyboardInterrupt after the manifest is saved."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "logs").mkdir(exist_ok=True)
+        todo = self.refresh()
+        done = len(self.cells) - len(todo)
+        self._save()
+        env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "PYTHONUNBUFFERED": "1"}
+        running: dict[subprocess.Popen, tuple[Cell, float, Any]] = {}
+        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+        try:
+            while todo or running:
+                while todo and len(running) < self.workers:
+                    cell = todo.pop(0)
+                    log = open(self.out / "logs" / f"{cell.dir.replace('/', '-')}.log", "a")
+                    proc = subprocess.Popen(self._command(cell), stdout=log, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, env=env)
+                    cell.status = "running"
+                    running[proc] = (cell, time.perf_counter(), log)
+                finished = [p for p in running if p.poll() is not None]
+                if not finished:
+                    time.sleep(0.1)
+                    continue
+                for proc in finished:
+                    cell, started, log = running.pop(proc)
+                    log.close()
+                    self._record(cell, proc.returncode, time.perf_counter() - started)
+                    done += 1
+                    self._save()
+                    if on_done is not None:
+                        on_done(cell, done, len(self.cells))
+        except KeyboardInterrupt:
+            for proc in running:  # each run saves its rows and checkpoint on SIGINT
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGINT)
+            deadline = time.monotonic() + 60
+            for proc, (cell, started, log) in running.items():
+                try:
+                    proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                log.close()
+                cell.status = _status_of(self.out / cell.dir) or "interrupted"
+                if cell.status == "completed":
+                    cell.error = None
+            self._save()
+            raise
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        return self.cells
+
+    def _record(self, cell: Cell, code: int, seconds: float) -> None:
+        status = _status_of(self.out / cell.dir)
+        cell.wall_time_s = round(seconds, 2)
+        if code == 0 and status == "completed":
+            cell.status, cell.error = "completed", None
+            return
+        cell.status = status if status in ("diverged", "stopped") else "failed"
+        log = (self.out / "logs" / f"{cell.dir.replace('/', '-')}.log").read_text(errors="replace").splitlines()
+        errors = [line for line in log if line.startswith(("error", "config error"))]
+        cell.error = (errors[-1] if errors else (log[-1] if log else f"exit code {code}")).strip()[:500]
+
+
+def aggregate(runs, cells: list[Cell], target: float | None = None, target_metric: str = "acc_mean"):
+    """``summary.csv``'s table: one row per cell, mean / std (over seeds, ddof 1) / min / max of the final
+    metrics of its completed runs; with ``target``, the rounds and MB per node until ``target_metric``
+    first reached it (mean over the seeds that reached it) and how many did."""
+    import pandas as pd
+
+    records = []
+    for cell_name in dict.fromkeys(c.cell for c in cells):
+        members = [c for c in cells if c.cell == cell_name]
+        first = members[0]
+        row: dict[str, Any] = {"cell": cell_name, "variant": first.variant, **first.grid,
+                               "seeds": len(members), "completed": sum(c.status == "completed" for c in members),
+                               "failed": ";".join(f"seed {c.seed}: {c.status}" for c in members
+                                                  if c.status != "completed")}
+        finals, hits = [], []
+        for c in members:
+            rows = runs.get(c.dir)
+            if c.status != "completed" or rows is None or rows.empty:
+                continue
+            finals.append(rows.iloc[-1])
+            if target is not None and target_metric in rows:
+                reached = rows[rows[target_metric] >= target]
+                hits.append(None if reached.empty else reached.iloc[0])
+        final = pd.DataFrame(finals)
+        for metric in FINAL_METRICS:
+            values = final[metric] if metric in final else pd.Series(dtype=float)
+            if values.notna().any():
+                row.update({f"{metric}_mean": values.mean(), f"{metric}_std": values.std(ddof=1),
+                            f"{metric}_min": values.min(), f"{metric}_max": values.max()})
+        if target is not None:
+            got = [h for h in hits if h is not None]
+            row["target_reached"] = f"{len(got)}/{len(hits)}"
+            row["rounds_to_target_mean"] = float(pd.Series([h["round"] for h in got]).mean()) if got else math.nan
+            row["mb_to_target_mean"] = (float(pd.Series([h["bytes_sent_per_node"] for h in got]).mean()) / 1e6
+                                        if got else math.nan)
+        records.append(row)
+    return pd.DataFrame.from_records(records)
+
+
+def summarize(out: Path, cells: list[Cell], spec: SweepSpec, group: str = "cell"):
+    """Write ``summary.csv`` (atomically) and ``accuracy.{png,pdf}`` for the sweep in ``out``; returns the
+    summary table (a DataFrame)."""
+    import pandas as pd
+
+    from peerlearn.report.plots import plot_bands
+    from peerlearn.results import load
+
+    out = Path(out)
+    have = [c for c in cells if (out / c.dir / "metrics.csv").is_file()]
+    runs = {c.dir: pd.read_csv(out / c.dir / "metrics.csv") for c in have}
+    table = aggregate(runs, cells, spec.target, spec.target_metric)
+    tmp = out / "summary.csv.tmp"
+    table.to_csv(tmp, index=False)
+    tmp.replace(out / "summary.csv")
+    done = [out / c.dir for c in have if c.status == "completed"]
+    if done:
+        df = load(done)
+        metric = spec.target_metric if spec.target_metric in df else "acc_mean"
+        plot_bands(df, group, [out / "accuracy.png", out / "accuracy.pdf"], metric=metric,
+                   title=spec.title or f"{out.name}: mean +- std over seeds {', '.join(map(str, spec.seeds))}")
+    return table
