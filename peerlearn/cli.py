@@ -364,23 +364,32 @@ def cmd_compare(args) -> int:
 
 def cmd_sweep(args) -> int:
     from peerlearn.config import ConfigError
-    from peerlearn.resources import choose_threads
-    from peerlearn.sweep import Sweep, default_workers, load_sweep, parse_grid, parse_seeds, plan, summarize
+    from peerlearn.sweep import load_sweep
 
     if not Path(args.config).is_file():
         raise ConfigError(f"config error: file {args.config!r} does not exist")
-    spec = load_sweep(args.config)
+    code, _, _ = _run_sweep(args, load_sweep(args.config), Path(args.out) if args.out else
+                            Path("runs") / f"{Path(args.config).stem}-sweep")
+    return code
+
+
+def _run_sweep(args, spec, out: Path):
+    """Plan (every cell checked first), run and summarize the sweep of ``args.config``; returns
+    ``(exit code, summary table or None, spec)``."""
+    from peerlearn.config import ConfigError
+    from peerlearn.resources import choose_threads
+    from peerlearn.sweep import Sweep, default_workers, parse_grid, parse_seeds, plan, summarize
+
     updates = {"grid": {**spec.grid, **parse_grid(args.grid)}}
     if args.seeds is not None:
         updates["seeds"] = parse_seeds(args.seeds)
-    for key in ("workers", "target"):
-        if getattr(args, key) is not None:
-            updates[key] = getattr(args, key)
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"config error: --workers: at least 1, got {args.workers}")
+    for key in ("workers", "target"):
+        if getattr(args, key, None) is not None:
+            updates[key] = getattr(args, key)
     spec = spec.model_copy(update=updates)
     cells = plan(args.config, spec, args.set)  # every cell checked before any run starts
-    out = Path(args.out) if args.out else Path("runs") / f"{Path(args.config).stem}-sweep"
     definition = json.loads(json.dumps({"config": str(Path(args.config).resolve()), "set": args.set,
                                         "seeds": spec.seeds, "grid": spec.grid,
                                         "variants": {k: v.model_dump() for k, v in spec.variants.items()}}))
@@ -413,8 +422,8 @@ def cmd_sweep(args) -> int:
     except KeyboardInterrupt:
         summarize(out, cells, spec)
         _fail(f"interrupted: the runs done so far are kept; run the same command again to finish the sweep in {out}/")
-        return 130
-    table = summarize(out, cells, spec, args.group_by or "cell")
+        return 130, None, spec
+    table = summarize(out, cells, spec, getattr(args, "group_by", None) or "cell")
     if not args.quiet:
         console.print(_sweep_table(table, spec))
         console.print(f"results: {out}/ (summary.csv, accuracy.png, accuracy.pdf, sweep.json, one run directory "
@@ -422,11 +431,44 @@ def cmd_sweep(args) -> int:
     failed = [c for c in cells if c.status not in ("completed", "diverged")]
     for c in failed:
         err_console.print(f"{c.dir}: {c.status}: {c.error}", markup=False, highlight=False, soft_wrap=True)
-    return 1 if failed else 0
+    return (1 if failed else 0), table, spec
+
+
+def cmd_reproduce(args) -> int:
+    from peerlearn.config import ConfigError
+    from peerlearn.sweep import load_sweep, markdown_table, reproduction_files
+
+    files = reproduction_files()
+    if args.list or args.name is None:
+        if not files:
+            raise ConfigError("config error: no configs/reproduce/ here or in peerlearn's source tree (the "
+                              "reproductions ship with the repository; run from its root)")
+        table = Table(title="reproductions (peerlearn reproduce NAME)")
+        table.add_column("name")
+        table.add_column("claim")
+        for name, path in files.items():
+            table.add_row(name, load_sweep(path).title or "")
+        console.print(table)
+        return 0
+    path = files.get(args.name) or (Path(args.name) if Path(args.name).is_file() else None)
+    if path is None:
+        raise ConfigError(f"config error: reproduce {args.name!r}: unknown; known: {', '.join(files) or 'none'} "
+                          "(or a path to a sweep file)")
+    args.config, args.grid, args.set, args.target = str(path), [], [], None
+    out = Path(args.out) if args.out else Path("runs") / "reproduce" / path.stem
+    code, table, spec = _run_sweep(args, load_sweep(path), out)
+    if table is not None:
+        text = f"{spec.title or path.stem}\n\n{markdown_table(table, spec)}"
+        (out / "table.md").write_text(text)
+        print(text, flush=True)
+        console.print(f"table: {out}/table.md, figure: {out}/accuracy.png (and .pdf)", markup=False)
+    return code
 
 
 def _sweep_table(table, spec) -> Table:
     """The sweep's cells as rows: mean +- std over seeds of the final metrics."""
+    from peerlearn.sweep import cell_label
+
     out = Table(title=spec.title or "sweep: final evaluated round, mean +- std over seeds")
     out.add_column("cell", overflow="fold", min_width=12)
     for col in ("ok", "acc mean", "acc min", "MB/node"):
@@ -441,7 +483,7 @@ def _sweep_table(table, spec) -> Table:
         return f"{mean / scale:.{digits}f}" + ("" if std is None or math.isnan(std) else f" ± {std / scale:.{digits}f}")
 
     for row in table.to_dict("records"):
-        cells = [str(row["cell"]), f"{row['completed']}/{row['seeds']}", pm(row, "acc_mean", digits=3),
+        cells = [cell_label(row, spec), f"{row['completed']}/{row['seeds']}", pm(row, "acc_mean", digits=3),
                  pm(row, "acc_min", digits=3), pm(row, "bytes_sent_per_node", 1e6, 2)]
         if spec.target is not None:
             r = row.get("rounds_to_target_mean", math.nan)
@@ -604,6 +646,16 @@ def make_parser() -> argparse.ArgumentParser:
     swp.add_argument("--overwrite", action="store_true", help="run into --out even if it holds something else")
     swp.add_argument("--quiet", action="store_true")
     swp.set_defaults(func=cmd_sweep)
+    rep = sub.add_parser("reproduce", help="rerun one of the documented reproductions (a declared sweep in "
+                         "configs/reproduce/) and write its table and figure")
+    rep.add_argument("name", nargs="?", help="a reproduction's name (see --list) or a sweep file")
+    rep.add_argument("--list", action="store_true", help="the reproductions and their claims")
+    rep.add_argument("--seeds", help="seeds instead of the file's, e.g. 0 for a quick look or 0-4")
+    rep.add_argument("--workers", type=int, metavar="K", help="runs at once (default: as cores and memory allow)")
+    rep.add_argument("--out", help="results directory (default: runs/reproduce/<name>; the same sweep there resumes)")
+    rep.add_argument("--overwrite", action="store_true", help="run into --out even if it holds something else")
+    rep.add_argument("--quiet", action="store_true")
+    rep.set_defaults(func=cmd_reproduce)
     mat = sub.add_parser("matrix", help="run every attack x defence pair; a table and a heatmap")
     mat.add_argument("config")
     mat.add_argument("--attacks", nargs="+", default=["gaussian", "sign_flip", "alie", "ipm", "large_norm", "dmpa",

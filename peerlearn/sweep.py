@@ -364,3 +364,45 @@ def summarize(out: Path, cells: list[Cell], spec: SweepSpec, group: str = "cell"
         plot_bands(df, group, [out / "accuracy.png", out / "accuracy.pdf"], metric=metric,
                    title=spec.title or f"{out.name}: mean +- std over seeds {', '.join(map(str, spec.seeds))}")
     return table
+
+
+def _pm(row: dict, metric: str, scale: float = 1.0, digits: int = 3) -> str:
+    mean, std = row.get(f"{metric}_mean", math.nan), row.get(f"{metric}_std", math.nan)
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "-"
+    spread = "" if std is None or (isinstance(std, float) and math.isnan(std)) else f" ± {std / scale:.{digits}f}"
+    return f"{mean / scale:.{digits}f}{spread}"
+
+
+def cell_label(row: dict, spec: SweepSpec) -> str:
+    """A summary row's readable name: its variant and grid values (the folder name is a slug of it)."""
+    parts = [str(row["variant"])] if isinstance(row.get("variant"), str) else []
+    return ", ".join(parts + [f"{k}={row[k]}" for k in spec.grid if k in row]) or str(row["cell"])
+
+
+def markdown_table(table, spec: SweepSpec) -> str:
+    """The sweep's summary as a Markdown table (mean ± std over seeds), as the docs show it."""
+    head = ["run", "seeds ok", "final acc mean", "acc min", "averaged model", "MB sent per node"]
+    if spec.target is not None:
+        head += [f"round to {spec.target:g}", f"MB to {spec.target:g}"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in table.to_dict("records"):
+        cells = [cell_label(row, spec), f"{row['completed']}/{row['seeds']}", _pm(row, "acc_mean"),
+                 _pm(row, "acc_min"), _pm(row, "acc_avg_model"), _pm(row, "bytes_sent_per_node", 1e6, 2)]
+        if spec.target is not None:
+            rounds, mb = row.get("rounds_to_target_mean", math.nan), row.get("mb_to_target_mean", math.nan)
+            reached = row.get("target_reached", "")
+            cells += ["never" if math.isnan(rounds) else f"{rounds:.0f} ({reached})",
+                      "-" if math.isnan(mb) else f"{mb:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def reproduction_files() -> dict[str, Path]:
+    """The declared reproductions, name -> file: ``configs/reproduce/*.yaml`` under the working directory,
+    else in the source tree peerlearn was installed from (an editable install)."""
+    for root in (Path.cwd(), Path(__file__).resolve().parents[1]):
+        folder = root / "configs" / "reproduce"
+        if folder.is_dir():
+            return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+    return {}
