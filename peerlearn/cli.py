@@ -500,7 +500,7 @@ def _compare_bands(args) -> int:
     from peerlearn.results import load, load_summary
 
     df = load(args.runs)
-    group = args.group_by or ("cell" if "cell" in df else "run")
+    group = args.group_by or ("label" if "label" in df else "run")
     if group not in df:
         keys = sorted(c for c in df.columns if "." in c or c in ("seed", "cell", "variant", "name"))
         raise ConfigError(f"config error: --group-by {group}: not a column of these runs; e.g. {', '.join(keys[:12])}")

@@ -8,8 +8,8 @@
 
 Columns of :func:`load`: every column of ``metrics.csv`` as written, then ``run`` (the run directory),
 ``status``, every config key flattened with dots (``algorithm.lr``, ``topology.graph``, ``seed`` ...; a
-key that collides with a metric is prefixed ``config.``), and, for runs of a sweep, ``cell`` and
-``variant``. Empty CSV cells (a metric not measured at that row) are NaN.
+key that collides with a metric is prefixed ``config.``), and, for runs of a sweep, ``cell`` (its folder),
+``label`` (its variant and grid values, readable) and ``variant``. Empty CSV cells (a metric not measured at that row) are NaN.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def _sweep_labels(run: Path) -> dict:
             rel = run.relative_to(parent).as_posix()
             for c in json.loads(manifest.read_text())["cells"]:
                 if c["dir"] == rel:
-                    return {"cell": c["cell"], "variant": c.get("variant")}
+                    return {"cell": c["cell"], "label": c.get("label") or c["cell"], "variant": c.get("variant")}
             return {}
     return {}
 
@@ -98,7 +98,7 @@ def load(paths):
     for run in run_dirs(paths):
         metrics = pd.read_csv(run / "metrics.csv")
         extra = {"run": str(run), "status": _summary(run).get("status"), **_sweep_labels(run),
-                 **_config_columns(run, set(metrics.columns) | {"run", "status", "cell", "variant"})}
+                 **_config_columns(run, set(metrics.columns) | {"run", "status", "cell", "label", "variant"})}
         for key, value in extra.items():
             metrics[key] = value
         frames.append(metrics)
@@ -121,7 +121,7 @@ def load_summary(paths):
                 "rounds_completed": summary.get("rounds_completed", final.get("round")),
                 "run_wall_time_s": summary.get("wall_time_s")}
         records.append({**head, **final, **_sweep_labels(run),
-                        **_config_columns(run, set(final) | set(head) | {"cell", "variant"})})
+                        **_config_columns(run, set(final) | set(head) | {"cell", "label", "variant"})})
     return pd.DataFrame.from_records(records)
 
 

@@ -78,6 +78,7 @@ class Cell:
     overrides: list[str]
     variant: str | None = None
     grid: dict = field(default_factory=dict)
+    label: str = ""  # readable name: variant, then key=value of the grid point
     status: str = "pending"
     error: str | None = None
     wall_time_s: float | None = None
@@ -157,8 +158,10 @@ def plan(config: str | Path, spec: SweepSpec, extra: list[str] = ()) -> list[Cel
             except ConfigError as err:
                 raise ConfigError(f"{err} (sweep cell {label})") from None
         for seed in spec.seeds:
+            readable = ", ".join(([name] if name is not None else []) + [f"{k}={v}" for k, v in grid.items()])
             cells.append(Cell(cell=label, seed=seed, dir=f"{label}/seed{seed}", config=file,
-                              overrides=[*overrides, f"seed={seed}", f"name={label}"], variant=name, grid=grid))
+                              overrides=[*overrides, f"seed={seed}", f"name={label}"], variant=name, grid=grid,
+                              label=readable or label))
     dirs = [c.dir for c in cells]
     if len(set(dirs)) != len(dirs):
         raise ConfigError("config error: sweep: two cells share a folder name (variants or grid values that differ "
@@ -313,7 +316,7 @@ def aggregate(runs, cells: list[Cell], target: float | None = None, target_metri
     for cell_name in dict.fromkeys(c.cell for c in cells):
         members = [c for c in cells if c.cell == cell_name]
         first = members[0]
-        row: dict[str, Any] = {"cell": cell_name, "variant": first.variant, **first.grid,
+        row: dict[str, Any] = {"cell": cell_name, "label": first.label, "variant": first.variant, **first.grid,
                                "seeds": len(members), "completed": sum(c.status == "completed" for c in members),
                                "failed": ";".join(f"seed {c.seed}: {c.status}" for c in members
                                                   if c.status != "completed")}
@@ -361,8 +364,9 @@ def summarize(out: Path, cells: list[Cell], spec: SweepSpec, group: str = "cell"
     if done:
         df = load(done)
         metric = spec.target_metric if spec.target_metric in df else "acc_mean"
+        group = "label" if group == "cell" else group
         plot_bands(df, group, [out / "accuracy.png", out / "accuracy.pdf"], metric=metric,
-                   title=spec.title or f"{out.name}: mean +- std over seeds {', '.join(map(str, spec.seeds))}")
+                   title=spec.title or f"{out.name}: mean ± std over seeds {', '.join(map(str, spec.seeds))}")
     return table
 
 
@@ -376,8 +380,7 @@ def _pm(row: dict, metric: str, scale: float = 1.0, digits: int = 3) -> str:
 
 def cell_label(row: dict, spec: SweepSpec) -> str:
     """A summary row's readable name: its variant and grid values (the folder name is a slug of it)."""
-    parts = [str(row["variant"])] if isinstance(row.get("variant"), str) else []
-    return ", ".join(parts + [f"{k}={row[k]}" for k in spec.grid if k in row]) or str(row["cell"])
+    return str(row.get("label") or row["cell"])
 
 
 def markdown_table(table, spec: SweepSpec) -> str:

@@ -7,6 +7,7 @@ import importlib.util
 import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 
@@ -156,3 +157,21 @@ def test_a_tracker_without_its_extra_is_a_one_line_error(tmp_path, capsys, track
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"peerlearn[{tracker}]" in err and err.startswith("config error: tracking")
     assert not (tmp_path / "run").exists()  # before any work
+
+
+@pytest.mark.skipif(not any(shutil.which(b) for b in ("chromium-headless-shell", "chromium")),
+                    reason="no headless Chromium (apt-get install chromium-headless-shell)")
+def test_report_html_renders_its_plots_in_headless_chromium(finished_run, tmp_path):
+    import matplotlib.image
+
+    _, run = finished_run
+    browser = shutil.which("chromium-headless-shell") or shutil.which("chromium")
+    shot = tmp_path / "shot.png"
+    done = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
+                           "--window-size=1280,1400", (run / "report.html").resolve().as_uri()],
+                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0 and shot.is_file(), done.stderr[-500:]
+    pixels = (matplotlib.image.imread(shot)[..., :3] * 255).round()
+    # matplotlib's first line colour (31, 119, 180) is drawn only by the embedded accuracy plot
+    blue = ((abs(pixels[..., 0] - 31) < 8) & (abs(pixels[..., 1] - 119) < 8) & (abs(pixels[..., 2] - 180) < 8)).sum()
+    assert blue > 200

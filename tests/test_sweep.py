@@ -178,3 +178,12 @@ def test_a_bad_cell_is_refused_before_any_run(tmp_path, capsys):
     bad.write_text(yaml.safe_dump({**TINY, "sweep": {"seeds": [0], "grids": {}}}))
     assert cli.main(["sweep", str(bad), "--out", str(tmp_path / "out")]) == 2
     assert "sweep.grids" in capsys.readouterr().err
+
+
+def test_the_results_example_runs_on_a_sweep(two_by_two):
+    _, out, _ = two_by_two
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(root / "examples" / "analyze_results.py"), str(out)],
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr
+    assert "the averaged model labels" in done.stdout and (out / "example_curves.png").is_file()

@@ -112,7 +112,7 @@ def plot_bands(df, group: str, out_paths: list[Path], metric: str = "acc_mean", 
         xs = stats.index.to_numpy(dtype=float)
         mean, std = stats[(metric, "mean")].to_numpy(), stats[(metric, "std")].fillna(0.0).to_numpy()
         runs = int(part["run"].nunique()) if "run" in part else 1
-        name = f"{value} (n={runs})" if group == "cell" else f"{group}={value} (n={runs})"
+        name = f"{value} (n={runs})" if group in ("cell", "label", "run", "variant") else f"{group}={value} (n={runs})"
         line, = axes[0].plot(xs, mean, label=name)
         axes[0].fill_between(xs, mean - std, mean + std, alpha=0.2, color=line.get_color(), linewidth=0)
         mb = stats[("bytes_sent_per_node", "mean")].to_numpy() / 1e6
@@ -125,7 +125,7 @@ def plot_bands(df, group: str, out_paths: list[Path], metric: str = "acc_mean", 
     axes[1].set(xlabel="MB sent per node (log)", ylabel=label, ylim=(0, 1), xscale="log")
     for ax in axes:
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8, title="mean +- 1 std over runs", title_fontsize=8)
+    axes[0].legend(fontsize=8, title="mean ± 1 std over runs", title_fontsize=8)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
