@@ -33,7 +33,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -65,6 +65,8 @@ class SweepSpec(BaseModel):
     workers: int | None = Field(None, ge=1, le=256, description="runs at once (default: the cores and memory allow)")
     target: float | None = Field(None, description="report rounds and MB per node until target_metric reaches this")
     target_metric: str = Field("acc_mean", description="metric of target and of the figure")
+    x: Literal["round", "sim_time_s"] = Field("round", description="the figure's x axis: rounds, or simulated "
+                                                                   "seconds (synchronous vs asynchronous runs)")
 
 
 @dataclass
@@ -341,6 +343,8 @@ def aggregate(runs, cells: list[Cell], target: float | None = None, target_metri
             row["rounds_to_target_mean"] = float(pd.Series([h["round"] for h in got]).mean()) if got else math.nan
             row["mb_to_target_mean"] = (float(pd.Series([h["bytes_sent_per_node"] for h in got]).mean()) / 1e6
                                         if got else math.nan)
+            row["sim_s_to_target_mean"] = (float(pd.Series([h.get("sim_time_s", math.nan) for h in got]).mean())
+                                           if got else math.nan)
         records.append(row)
     return pd.DataFrame.from_records(records)
 
@@ -365,7 +369,7 @@ def summarize(out: Path, cells: list[Cell], spec: SweepSpec, group: str = "cell"
         df = load(done)
         metric = spec.target_metric if spec.target_metric in df else "acc_mean"
         group = "label" if group == "cell" else group
-        plot_bands(df, group, [out / "accuracy.png", out / "accuracy.pdf"], metric=metric,
+        plot_bands(df, group, [out / "accuracy.png", out / "accuracy.pdf"], metric=metric, x=spec.x,
                    title=spec.title or f"{out.name}: mean ± std over seeds {', '.join(map(str, spec.seeds))}")
     return table
 
@@ -385,18 +389,24 @@ def cell_label(row: dict, spec: SweepSpec) -> str:
 
 def markdown_table(table, spec: SweepSpec) -> str:
     """The sweep's summary as a Markdown table (mean ± std over seeds), as the docs show it."""
+    timed = "sim_time_s_mean" in table and bool(table["sim_time_s_mean"].notna().any())
     head = ["run", "seeds ok", "final acc mean", "acc min", "averaged model", "MB sent per node"]
+    head += ["simulated s"] * timed
     if spec.target is not None:
-        head += [f"round to {spec.target:g}", f"MB to {spec.target:g}"]
+        head += [f"round to {spec.target:g}", f"MB to {spec.target:g}"] + [f"sim s to {spec.target:g}"] * timed
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in table.to_dict("records"):
         cells = [cell_label(row, spec), f"{row['completed']}/{row['seeds']}", _pm(row, "acc_mean"),
                  _pm(row, "acc_min"), _pm(row, "acc_avg_model"), _pm(row, "bytes_sent_per_node", 1e6, 2)]
+        cells += [_pm(row, "sim_time_s", digits=1)] * timed
         if spec.target is not None:
             rounds, mb = row.get("rounds_to_target_mean", math.nan), row.get("mb_to_target_mean", math.nan)
             reached = row.get("target_reached", "")
             cells += ["never" if math.isnan(rounds) else f"{rounds:.0f} ({reached})",
                       "-" if math.isnan(mb) else f"{mb:.2f}"]
+            if timed:
+                sim = row.get("sim_s_to_target_mean", math.nan)
+                cells.append("-" if sim is None or math.isnan(sim) else f"{sim:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

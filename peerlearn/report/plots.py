@@ -108,8 +108,9 @@ def plot_bands(df, group: str, out_paths: list[Path], metric: str = "acc_mean", 
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.6))
     label = _METRIC_LABELS.get(metric, metric)
     for value, part in df.groupby(group, sort=False, dropna=False):
-        stats = part.groupby(x)[[metric, "bytes_sent_per_node"]].agg(["mean", "std", "count"])
-        xs = stats.index.to_numpy(dtype=float)
+        # runs are aligned by round; another x (simulated seconds) is its mean over the runs at that round
+        stats = part.groupby("round")[list(dict.fromkeys([metric, "bytes_sent_per_node", x]))].agg(["mean", "std"])
+        xs = stats.index.to_numpy(dtype=float) if x == "round" else stats[(x, "mean")].to_numpy(dtype=float)
         mean, std = stats[(metric, "mean")].to_numpy(), stats[(metric, "std")].fillna(0.0).to_numpy()
         runs = int(part["run"].nunique()) if "run" in part else 1
         name = f"{value} (n={runs})" if group in ("cell", "label", "run", "variant") else f"{group}={value} (n={runs})"
@@ -121,7 +122,10 @@ def plot_bands(df, group: str, out_paths: list[Path], metric: str = "acc_mean", 
             axes[1].plot(mb[keep], mean[keep], color=line.get_color(), label=name)
             axes[1].fill_between(mb[keep], (mean - std)[keep], (mean + std)[keep], alpha=0.2,
                                  color=line.get_color(), linewidth=0)
-    axes[0].set(xlabel={"round": "round", "sim_time_s": "simulated seconds"}.get(x, x), ylabel=label, ylim=(0, 1))
+    axes[0].set(xlabel={"round": "round", "sim_time_s": "simulated seconds (log; mean over runs)"}.get(x, x),
+                ylabel=label, ylim=(0, 1))
+    if x != "round":
+        axes[0].set_xscale("log")
     axes[1].set(xlabel="MB sent per node (log)", ylabel=label, ylim=(0, 1), xscale="log")
     for ax in axes:
         ax.grid(alpha=0.3)

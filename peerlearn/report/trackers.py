@@ -92,6 +92,8 @@ class MlflowTracker:
     """An MLflow run in the local file store ``<run>/mlruns`` (``mlflow ui --backend-store-uri <run>/mlruns``)."""
 
     def __init__(self, run_dir: Path, config: dict):
+        if "MLFLOW_TRACKING_URI" not in os.environ:  # MLflow 3 refuses a file store unless asked (a database
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # store needs SQLAlchemy, not in skinny)
         import mlflow
 
         self.mlflow = mlflow
