@@ -110,6 +110,8 @@ def plot_bands(df, group: str, out_paths: list[Path], metric: str = "acc_mean", 
     for value, part in df.groupby(group, sort=False, dropna=False):
         # runs are aligned by round; another x (simulated seconds) is its mean over the runs at that round
         stats = part.groupby("round")[list(dict.fromkeys([metric, "bytes_sent_per_node", x]))].agg(["mean", "std"])
+        if x != "round":  # simulated seconds span decades: a log axis, without the start at 0 s
+            stats = stats[stats[(x, "mean")] > 0]
         xs = stats.index.to_numpy(dtype=float) if x == "round" else stats[(x, "mean")].to_numpy(dtype=float)
         mean, std = stats[(metric, "mean")].to_numpy(), stats[(metric, "std")].fillna(0.0).to_numpy()
         runs = int(part["run"].nunique()) if "run" in part else 1
