@@ -21,19 +21,9 @@ from pathlib import Path
 
 import yaml
 
-from peerlearn.report.run_dir import FINAL_MODEL, MODEL_FORMAT
+from peerlearn.report.run_dir import FINAL_MODEL, MODEL_FORMAT, flatten_config
 
 SWEEP_FILE = "sweep.json"
-
-
-def _flatten(config: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = str(value) if isinstance(value, (list, tuple)) else value
-    return out
 
 
 def run_dirs(paths) -> list[Path]:
@@ -79,7 +69,7 @@ def _sweep_labels(run: Path) -> dict:
 def _config_columns(run: Path, taken: set[str]) -> dict:
     config_file = run / "config.yaml"
     config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
-    flat = _flatten(config if isinstance(config, dict) else {})
+    flat = flatten_config(config if isinstance(config, dict) else {})
     return {(f"config.{k}" if k in taken else k): v for k, v in flat.items()}
 
 

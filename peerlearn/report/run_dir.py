@@ -19,6 +19,17 @@ FINAL_MODEL = "final_model.pt"
 MODEL_FORMAT = "peerlearn.final_model/1"
 
 
+def flatten_config(config: dict, prefix: str = "") -> dict:
+    """A nested config as ``{"algorithm.lr": 0.1, ...}``; lists become their text (one cell, one param)."""
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(flatten_config(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = str(value) if isinstance(value, (list, tuple)) else value
+    return out
+
+
 def strict_json(value):
     """``value`` with every non-finite float as ``None``: ``summary.json`` is valid JSON (RFC 8259 has no NaN),
     read by any strict parser (``jq``, JavaScript, ``json.loads(..., parse_constant=...)``)."""

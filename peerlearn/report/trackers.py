@@ -15,6 +15,7 @@ import math
 import os
 from pathlib import Path
 
+from peerlearn.report.run_dir import flatten_config
 from peerlearn.spec import ConfigError
 
 # tracker -> (module that must import, extra that installs it)
@@ -39,16 +40,6 @@ def _numbers(row: dict) -> dict[str, float]:
     return out
 
 
-def _flat(config: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) or value is None else str(value)
-    return out
-
-
 class TensorBoardTracker:
     """Scalars per evaluated round into ``<run>/tensorboard`` (``tensorboard --logdir <run>``)."""
 
@@ -56,7 +47,7 @@ class TensorBoardTracker:
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
-        self.writer.add_text("config", "\n".join(f"    {k}: {v}" for k, v in _flat(config).items()))
+        self.writer.add_text("config", "\n".join(f"    {k}: {v}" for k, v in flatten_config(config).items()))
 
     def log(self, row: dict) -> None:
         step = int(row["round"])
@@ -77,7 +68,7 @@ class WandbTracker:
 
         self.wandb = wandb
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "peerlearn"), name=str(config.get("name")),
-                              dir=str(run_dir), config=_flat(config), mode=os.environ.get("WANDB_MODE", "offline"),
+                              dir=str(run_dir), config=flatten_config(config), mode=os.environ.get("WANDB_MODE", "offline"),
                               reinit=True)
 
     def log(self, row: dict) -> None:
@@ -100,7 +91,7 @@ class MlflowTracker:
         mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", (Path(run_dir) / "mlruns").resolve().as_uri()))
         mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", "peerlearn"))
         mlflow.start_run(run_name=str(config.get("name")))
-        params = _flat(config)
+        params = flatten_config(config)
         for start in range(0, len(params), 100):  # MLflow takes at most 100 params per call
             mlflow.log_params(dict(list(params.items())[start:start + 100]))
 

@@ -1,0 +1,169 @@
+"""Command line: ``peerlearn run | validate | list | compare | sweep | reproduce | matrix``.
+
+Exit codes: 0 success, 2 bad configuration or arguments (one line on stderr), 130 interrupted. Each
+command lives in a module of this package (``run``, ``reports``, ``sweep``); this one parses arguments
+and turns every error into one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from peerlearn.cli.common import err_console, fail
+from peerlearn.cli.reports import cmd_compare, cmd_list, cmd_matrix
+from peerlearn.cli.run import cmd_run, cmd_validate
+from peerlearn.cli.sweep import cmd_reproduce, cmd_sweep
+
+
+def make_parser() -> argparse.ArgumentParser:
+    from peerlearn import __version__
+
+    parser = argparse.ArgumentParser(prog="peerlearn", description="Decentralized learning experiments.")
+    parser.add_argument("--version", action="version", version=f"peerlearn {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run an experiment config and write its results directory")
+    run.add_argument("config", nargs="?", help="experiment YAML file")
+    run.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR from its last "
+                     "checkpoint (written at every evaluation)")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config key, e.g. --set algorithm.lr=0.05 (repeatable)")
+    run.add_argument("--out", help="results directory (default: runs/<name>, made unique)")
+    run.add_argument("--overwrite", action="store_true", help="reuse --out even if it holds an earlier run")
+    run.add_argument("--quiet", action="store_true", help="no progress bar or table")
+    run.add_argument("--threads", type=int, metavar="N", help="intra-op threads (same as --set threads=N; default: "
+                     "OMP_NUM_THREADS, else the idle cores)")
+    run.add_argument("--engine", choices=["simulator", "distributed"], default="simulator",
+                     help="simulator: all nodes in this process (default); distributed: real processes, each "
+                          "hosting a block of the nodes (start them with --nproc N, or with torchrun)")
+    run.add_argument("--nproc", type=int, metavar="N", help="distributed: start N ranks on this machine (a rank "
+                     "that dies leaves the others training; torchrun would stop them all)")
+    run.add_argument("--timeout-s", type=float, default=60.0, help="distributed: how long a silent peer or a "
+                     "blocked exchange is waited for before the survivors go on without it (default 60)")
+    run.add_argument("--startup-timeout-s", type=float, default=300.0, help="distributed: how long the ranks wait "
+                     "for each other to start and connect (default 300)")
+    run.set_defaults(func=cmd_run)
+
+    val = sub.add_parser("validate", help="check a config without running it")
+    val.add_argument("config")
+    val.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    val.add_argument("--quick", action="store_true", help="only the keys, values and rules between parts: do not "
+                     "load the data or build the graph, partition and model")
+    val.add_argument("--build", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for scripts
+    val.set_defaults(func=cmd_validate)
+
+    lst = sub.add_parser("list", help="every member of every family (graphs, datasets, models, algorithms, "
+                         "aggregators, attacks ...) and every config section, with their keys")
+    lst.add_argument("family", nargs="?", help="one family (e.g. aggregator) or section (e.g. faults): every key "
+                     "with its default, bounds and description")
+    lst.add_argument("--json", action="store_true", help="machine-readable output")
+    lst.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="also list the members this "
+                     "module (name or .py path) registers (repeatable; PEERLEARN_PLUGINS works too)")
+    lst.set_defaults(func=cmd_list)
+
+    cmp_ = sub.add_parser("compare", help="one table and one overlay plot for several run directories")
+    cmp_.add_argument("runs", nargs="+", help="run directories, sweep directories or globs of them")
+    cmp_.add_argument("--out", default="comparison.png", help="plot file; .png, .pdf or .svg (default: "
+                      "comparison.png)")
+    cmp_.add_argument("--target", type=float, help="also report when each run first reached this accuracy")
+    cmp_.add_argument("--target-metric", default="acc_mean", help="metric for --target (default: acc_mean)")
+    cmp_.add_argument("--metric", default="acc_mean", help="accuracy column to plot, e.g. acc_alive_mean under "
+                      "faults, acc_avg_model (default: acc_mean)")
+    cmp_.add_argument("--x", default="round", choices=["round", "sim_time_s", "epsilon"],
+                      help="x axis of the accuracy and "
+                      "consensus panels: rounds, simulated seconds (to compare synchronous and asynchronous "
+                      "runs), or the privacy spent (runs with privacy noise; default: round)")
+    cmp_.add_argument("--group-by", metavar="KEY", help="mean curves with +-1 std bands over the runs sharing a value "
+                      "of KEY (a config or grid key such as algorithm.lr, or cell); the default for sweep directories")
+    cmp_.set_defaults(func=cmd_compare)
+    swp = sub.add_parser("sweep", help="run a config over seeds x a grid of keys in parallel; mean +- std per cell")
+    swp.add_argument("config", help="experiment YAML file (its sweep: section, if any, declares the sweep)")
+    swp.add_argument("--seeds", help="seeds, e.g. 0,1,2 or 0-4 (default: the sweep section's, else 0)")
+    swp.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                     help="a key and its values, e.g. --grid algorithm.lr=0.05,0.1 (repeatable: the cartesian product)")
+    swp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key in every run")
+    swp.add_argument("--workers", type=int, metavar="K", help="runs at once (default: as the idle cores and the "
+                     "memory estimate allow; threads per run = cores / K)")
+    swp.add_argument("--target", type=float, help="also report rounds and MB until the accuracy reaches this")
+    swp.add_argument("--group-by", metavar="KEY", help="the figure's curves: one per cell (default) or per value of "
+                     "this grid or config key, pooling the rest")
+    swp.add_argument("--out", help="sweep directory (default: runs/<config name>-sweep; the same sweep there resumes)")
+    swp.add_argument("--overwrite", action="store_true", help="run into --out even if it holds something else")
+    swp.add_argument("--quiet", action="store_true")
+    swp.set_defaults(func=cmd_sweep)
+    rep = sub.add_parser("reproduce", help="rerun one of the documented reproductions (a declared sweep in "
+                         "configs/reproduce/) and write its table and figure")
+    rep.add_argument("name", nargs="?", help="a reproduction's name (see --list) or a sweep file")
+    rep.add_argument("--list", action="store_true", help="the reproductions and their claims")
+    rep.add_argument("--seeds", help="seeds instead of the file's, e.g. 0 for a quick look or 0-4")
+    rep.add_argument("--workers", type=int, metavar="K", help="runs at once (default: as cores and memory allow)")
+    rep.add_argument("--out", help="results directory (default: runs/reproduce/<name>; the same sweep there resumes)")
+    rep.add_argument("--overwrite", action="store_true", help="run into --out even if it holds something else")
+    rep.add_argument("--quiet", action="store_true")
+    rep.set_defaults(func=cmd_reproduce)
+    mat = sub.add_parser("matrix", help="run every attack x defence pair; a table and a heatmap")
+    mat.add_argument("config")
+    mat.add_argument("--attacks", nargs="+", default=["gaussian", "sign_flip", "alie", "ipm", "large_norm", "dmpa",
+                                                         "label_flip", "backdoor"])
+    mat.add_argument("--defenses", nargs="+", default=["gossip", "median", "trimmed_mean", "krum",
+                                                          "geometric_median", "centered_clipping", "nna"],
+                     help="aggregators, each optionally with its own algorithm keys: bulyan:f=1 or "
+                          "centered_clipping:tau=0.1")
+    mat.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    mat.add_argument("--out", help="results directory (default: runs/<name>-matrix, made unique)")
+    mat.add_argument("--overwrite", action="store_true", help="reuse --out even if it holds files")
+    mat.add_argument("--quiet", action="store_true")
+    mat.set_defaults(func=cmd_matrix)
+    return parser
+
+
+def _internal_error(err: BaseException) -> int:
+    """Anything else: one line, and the traceback saved to a file (never a screen of stack)."""
+    import tempfile
+    import traceback
+
+    path = Path(tempfile.gettempdir()) / f"peerlearn-traceback-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
+    try:
+        path.write_text("".join(traceback.format_exception(err)))
+        where = f"traceback saved to {path}"
+    except OSError:
+        where = "the traceback could not be saved"
+    detail = str(err).splitlines()[0] if str(err) else ""
+    hint = " (out of memory: fewer nodes, a smaller model or fewer test samples)" if isinstance(err, MemoryError) \
+        else ""
+    err_console.print(f"error: {type(err).__name__}{': ' + detail if detail else ''}{hint}; {where}", markup=False,
+                      highlight=False, soft_wrap=True)
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    from peerlearn.config import ConfigError
+
+    args = make_parser().parse_args(argv)
+    try:
+        code = args.func(args)
+    except ConfigError as err:
+        code = fail(str(err))
+    except (FileExistsError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as err:
+        code = fail(f"error: {err}")
+    except KeyboardInterrupt:  # before or after a run's own handling (which keeps its rows)
+        fail("interrupted")
+        code = 130
+    except Exception as err:  # noqa: BLE001 (the last line of defence: one line, the traceback in a file)
+        code = _internal_error(err)
+    if getattr(args, "engine", None) == "distributed" and "RANK" in os.environ:
+        # a rank leaves without running C++ destructors: a gloo group that lost a peer can abort the
+        # process while it is torn down ("terminate called without an active exception"), after
+        # the run is complete and written
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

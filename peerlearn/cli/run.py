@@ -1,0 +1,220 @@
+"""``peerlearn run`` (the simulator and the distributed engine) and ``peerlearn validate``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+from peerlearn.cli.common import EXIT_CODE, allocator_for, compute_setup, console, err_console
+from peerlearn.report.sinks import RunSinks
+from peerlearn.report.tables import _summary_table
+
+
+def cmd_run(args) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from peerlearn.config import ConfigError, load_config, parse_config, prune_unread, to_dict
+    from peerlearn.build import build
+    from peerlearn.engines import simulate
+    from peerlearn.report import RunWriter, choose_run_dir
+    from peerlearn.report.run_dir import config_changes, load_checkpoint
+
+    if args.threads is not None:
+        if args.resume:
+            raise ConfigError("config error: --threads: a resumed run uses the threads of its config")
+        args.set = [*args.set, f"threads={args.threads}"]
+    if args.engine == "distributed":
+        return _run_distributed(args)
+    resume = None
+    if args.resume:
+        if args.config or args.set or args.out:
+            raise ConfigError("config error: --resume DIR: continues the run in DIR with its own config; "
+                              "give no config file, --set or --out")
+        data, resume = load_checkpoint(args.resume)
+        data, dropped = prune_unread(data)
+        if dropped:  # a run directory written before keys belonged to members
+            err_console.print(f"note: {args.resume}/config.yaml holds keys its parts do not read (written by an "
+                              f"earlier peerlearn); ignored: {', '.join(dropped)}", markup=False, highlight=False,
+                              soft_wrap=True)
+        cfg, out_dir = parse_config(data), Path(args.resume)
+        if "config" in resume:  # a section added to peerlearn since the checkpoint counts as its defaults
+            saved = {**{k: v for k, v in to_dict(parse_config({})).items() if k not in resume["config"]},
+                     **resume["config"]}
+            changed = config_changes(saved, to_dict(cfg))
+        else:
+            changed = []
+        if changed:  # one run, one config: an edited config.yaml would mix two
+            raise ConfigError(f"config error: --resume {args.resume}: config.yaml differs from the one the checkpoint "
+                              f"was written with: {', '.join(changed)}; restore it, or start a new run")
+    elif args.config is None:
+        raise ConfigError("config error: peerlearn run needs a config file (or --resume DIR)")
+    else:
+        cfg = load_config(args.config, args.set)
+        out_dir = choose_run_dir(args.out, cfg.name, args.overwrite)
+    compute = compute_setup(cfg)
+    built = build(cfg)  # every config error surfaces here, before the run directory is written
+    allocator_for(built, compute)
+    if args.config and _declares_sweep(args.config):
+        err_console.print(f"note: {args.config} declares a sweep: this runs its base config once "
+                          f"(peerlearn sweep {args.config} runs the sweep)", markup=False, highlight=False,
+                          soft_wrap=True)
+    writer = RunWriter(out_dir, to_dict(cfg), rows=None if resume is None else resume["rows"],
+                       checkpoint_every=cfg.checkpoint_every)
+    terminal = console.is_terminal
+    sinks = RunSinks(cfg, writer, lines=not terminal and not args.quiet,
+                   first_round=0 if resume is None else resume["round"])
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console,
+                        disable=args.quiet or not terminal)
+    status = "completed"
+    with progress:
+        task = progress.add_task(cfg.name, total=cfg.num_rounds, status="",
+                                 completed=0 if resume is None else resume["round"])
+
+        def on_round(round_: int, last: dict) -> None:
+            progress.update(task, completed=round_, status=f"acc {last['acc_mean']:.3f}")
+
+        try:
+            simulate(built, on_eval=sinks, on_round=on_round, on_checkpoint=writer.checkpoint,
+                     on_finish=sinks.save_model(built), resume=resume)
+        except KeyboardInterrupt:
+            status = "interrupted"
+        except FloatingPointError as err:
+            status = "diverged"
+            err_console.print(f"error: {err}", markup=False, soft_wrap=True)
+    summary = sinks.finish(status, compute)
+    if not args.quiet:
+        console.print(_summary_table(f"{cfg.name}: {cfg.algorithm.name} on {cfg.topology.graph.name}, "
+                                     f"{cfg.num_nodes} nodes, {cfg.data.dataset.name}", {cfg.name: summary["final"]}))
+        console.print(f"results: {out_dir}/ (report.html, metrics.csv, summary.json, final_model.pt, plots)",
+                      markup=False)
+    return EXIT_CODE.get(status, 1)
+
+
+def _run_distributed(args) -> int:
+    """One rank of a distributed run (launched by ``--nproc N`` or torchrun): rank 0 writes the run
+    directory (and shows the progress); every rank logs to ``logs/rank<r>.log`` in it."""
+    from peerlearn.config import ConfigError, load_config, to_dict
+    from peerlearn.build import build
+    from peerlearn.engines import distributed
+    from peerlearn.engines.membership import RunStopped
+    from peerlearn.report import RunWriter, choose_run_dir
+
+    if args.resume:
+        raise ConfigError("config error: --resume: not available with --engine distributed yet")
+    if args.config is None:
+        raise ConfigError("config error: peerlearn run needs a config file")
+    for flag, value in (("--timeout-s", args.timeout_s), ("--startup-timeout-s", args.startup_timeout_s)):
+        if not 0 < value < 1e6:
+            raise ConfigError(f"config error: {flag}: a positive number of seconds below 1e6, got {value}")
+    if args.nproc is not None and "RANK" not in os.environ:  # the launcher: check, then start the ranks
+        if args.nproc < 1:
+            raise ConfigError(f"config error: --nproc: at least 1 rank, got {args.nproc}")
+        distributed.check_config(load_config(args.config, args.set), args.nproc)
+        from peerlearn.engines.launch import launch_local
+
+        argv = ["run", args.config, "--engine", "distributed", "--timeout-s", str(args.timeout_s),
+                "--startup-timeout-s", str(args.startup_timeout_s)]
+        argv += [a for s in args.set for a in ("--set", s)] + (["--out", args.out] if args.out else [])
+        argv += ["--overwrite"] * args.overwrite + ["--quiet"] * args.quiet
+        return launch_local(argv, args.nproc, grace_s=args.timeout_s + 10.0)
+    membership = distributed.join_from_env(args.timeout_s, args.startup_timeout_s)
+    rank, world = membership.rank, len(membership.members)
+    try:
+        cfg = load_config(args.config, args.set)  # every rank checks the same config: all fail alike
+        distributed.check_config(cfg, world)
+        compute = compute_setup(cfg)
+        writer, chosen = None, None
+        if rank == 0:
+            try:
+                out_dir = choose_run_dir(args.out, cfg.name, args.overwrite)
+                writer = RunWriter(out_dir, to_dict(cfg))
+                chosen = str(out_dir)
+            except (FileExistsError, FileNotFoundError) as err:
+                chosen = f"error: {err}"
+        chosen = membership.share("out_dir", chosen)
+        if chosen.startswith("error: "):
+            raise FileExistsError(chosen.removeprefix("error: "))
+        out_dir = Path(chosen)
+        built = build(cfg)
+        allocator_for(built, compute)
+        (out_dir / "logs").mkdir(parents=True, exist_ok=True)
+        with open(out_dir / "logs" / f"rank{rank}.log", "w") as log:
+            def say(message: str) -> None:
+                print(f"[{time.strftime('%H:%M:%S')}] {message}", file=log, flush=True)
+                if rank == 0 and not args.quiet:
+                    err_console.print(f"rank 0: {message}", markup=False, highlight=False)
+
+            rows_here = distributed.node_blocks(cfg.num_nodes, world)[rank]
+            say(f"rank {rank}/{world}, pid {os.getpid()}: nodes {int(rows_here[0])}..{int(rows_here[-1])}")
+
+            def on_round(round_: int, last: dict) -> None:
+                if not args.quiet and round_ % max(1, cfg.num_rounds // 20) == 0:
+                    console.print(f"round {round_}/{cfg.num_rounds}: acc {last['acc_mean']:.3f}", markup=False)
+
+            started = time.perf_counter()
+            status = "completed"
+            sinks = RunSinks(cfg, writer, lines=False) if writer is not None else None
+            try:
+                distributed.simulate_distributed(built, membership, on_eval=sinks, on_finish=sinks.save_model(built)
+                                                 if sinks else None, on_round=on_round if rank == 0 else None, log=say)
+            except RunStopped as err:
+                say(f"stopped: {err}")
+                err_console.print(f"error: rank {rank}: {err}", markup=False, highlight=False, soft_wrap=True)
+                status = "stopped"
+            except KeyboardInterrupt as err:  # Ctrl-C reaches every rank: each says where it stopped
+                signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher forwards it again: finish writing
+                where = getattr(err, "completed", None)
+                line = "interrupted" + ("" if where is None else f" after round {where}")
+                say(line)
+                err_console.print(f"rank {rank}: {line}", markup=False, highlight=False, soft_wrap=True)
+                status = "interrupted"
+            except FloatingPointError as err:  # the divergence rule: every rank sees the same reduced loss
+                say(f"stopped: {err}")
+                if rank == 0:
+                    err_console.print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
+                status = "diverged"
+            else:
+                say(f"finished {cfg.num_rounds} rounds in {time.perf_counter() - started:.1f} s "
+                    f"with ranks {membership.members}")
+        if writer is not None and status != "completed":
+            sinks.finish(status, compute)  # the rows written so far stay; summary.json says why the run ended
+        if status != "completed":
+            return EXIT_CODE.get(status, 1)
+        if writer is not None:
+            summary = sinks.finish("completed", compute)
+            if not args.quiet:
+                console.print(_summary_table(f"{cfg.name}: {cfg.algorithm.name} on {cfg.topology.graph.name}, "
+                                             f"{cfg.num_nodes} nodes on {world} ranks", {cfg.name: summary["final"]}))
+                console.print(f"results: {out_dir}/", markup=False)
+        return 0
+    finally:
+        membership.close()
+
+
+def _declares_sweep(path: str) -> bool:
+    import yaml
+
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return False
+    return isinstance(raw, dict) and "sweep" in raw
+
+
+def cmd_validate(args) -> int:
+    from peerlearn.config import load_config
+    from peerlearn.build import build
+
+    cfg = load_config(args.config, args.set)
+    if not args.quick:
+        build(cfg)  # everything short of training: data, graph, partition, model, algorithm, threat, faults
+    checked = "keys, values and the rules between parts" + ("" if args.quick else
+                                                           "; loaded the data, drew the graph and the partition, "
+                                                           "built the model and the algorithm")
+    console.print(f"{args.config}: valid ({cfg.algorithm.name}, {cfg.topology.graph.name}, {cfg.num_nodes} nodes, "
+                  f"{cfg.data.dataset.name}). Checked: {checked}. Not checked: training itself (divergence, run "
+                  f"time){' and everything --quick skips' if args.quick else ''}.", markup=False)
+    return 0
