@@ -65,8 +65,9 @@ class SweepSpec(BaseModel):
     workers: int | None = Field(None, ge=1, le=256, description="runs at once (default: the cores and memory allow)")
     target: float | None = Field(None, description="report rounds and MB per node until target_metric reaches this")
     target_metric: str = Field("acc_mean", description="metric of target and of the figure")
-    x: Literal["round", "sim_time_s"] = Field("round", description="the figure's x axis: rounds, or simulated "
-                                                                   "seconds (synchronous vs asynchronous runs)")
+    x: Literal["round", "sim_time_s", "epsilon"] = Field(
+        "round", description="the figure's x axis: rounds, simulated seconds (synchronous vs asynchronous runs) "
+                             "or the privacy spent")
 
 
 @dataclass
@@ -389,16 +390,17 @@ def cell_label(row: dict, spec: SweepSpec) -> str:
 
 def markdown_table(table, spec: SweepSpec) -> str:
     """The sweep's summary as a Markdown table (mean ± std over seeds), as the docs show it."""
-    timed = "sim_time_s_mean" in table and bool(table["sim_time_s_mean"].notna().any())
+    timed = "sim_time_s_mean" in table and bool(table["sim_time_s_mean"].notna().any()) and spec.x == "sim_time_s"
+    private = "epsilon_mean" in table and bool(table["epsilon_mean"].notna().any())
     head = ["run", "seeds ok", "final acc mean", "acc min", "averaged model", "MB sent per node"]
-    head += ["simulated s"] * timed
+    head += ["simulated s"] * timed + ["epsilon"] * private
     if spec.target is not None:
         head += [f"round to {spec.target:g}", f"MB to {spec.target:g}"] + [f"sim s to {spec.target:g}"] * timed
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in table.to_dict("records"):
         cells = [cell_label(row, spec), f"{row['completed']}/{row['seeds']}", _pm(row, "acc_mean"),
                  _pm(row, "acc_min"), _pm(row, "acc_avg_model"), _pm(row, "bytes_sent_per_node", 1e6, 2)]
-        cells += [_pm(row, "sim_time_s", digits=1)] * timed
+        cells += [_pm(row, "sim_time_s", digits=1)] * timed + [_pm(row, "epsilon", digits=1)] * private
         if spec.target is not None:
             rounds, mb = row.get("rounds_to_target_mean", math.nan), row.get("mb_to_target_mean", math.nan)
             reached = row.get("target_reached", "")

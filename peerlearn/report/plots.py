@@ -110,7 +110,7 @@ def plot_bands(df, group: str, out_paths: list[Path], metric: str = "acc_mean", 
     for value, part in df.groupby(group, sort=False, dropna=False):
         # runs are aligned by round; another x (simulated seconds) is its mean over the runs at that round
         stats = part.groupby("round")[list(dict.fromkeys([metric, "bytes_sent_per_node", x]))].agg(["mean", "std"])
-        if x != "round":  # simulated seconds span decades: a log axis, without the start at 0 s
+        if x != "round":  # seconds and epsilons span decades: a log axis, without the start at 0
             stats = stats[stats[(x, "mean")] > 0]
         xs = stats.index.to_numpy(dtype=float) if x == "round" else stats[(x, "mean")].to_numpy(dtype=float)
         mean, std = stats[(metric, "mean")].to_numpy(), stats[(metric, "std")].fillna(0.0).to_numpy()
@@ -124,7 +124,8 @@ def plot_bands(df, group: str, out_paths: list[Path], metric: str = "acc_mean", 
             axes[1].plot(mb[keep], mean[keep], color=line.get_color(), label=name)
             axes[1].fill_between(mb[keep], (mean - std)[keep], (mean + std)[keep], alpha=0.2,
                                  color=line.get_color(), linewidth=0)
-    axes[0].set(xlabel={"round": "round", "sim_time_s": "simulated seconds (log; mean over runs)"}.get(x, x),
+    axes[0].set(xlabel={"round": "round", "sim_time_s": "simulated seconds (log; mean over runs)",
+                        "epsilon": "privacy spent: epsilon of the worst node (log; mean over runs)"}.get(x, x),
                 ylabel=label, ylim=(0, 1))
     if x != "round":
         axes[0].set_xscale("log")
