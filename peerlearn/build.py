@@ -63,12 +63,13 @@ def build_dataset(cfg: ExperimentConfig) -> Dataset:
 
 
 def build_partition(cfg: ExperimentConfig, labels: np.ndarray, groups: np.ndarray | None = None,
-                    relay_N: np.ndarray | None = None) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+                    relay_N: np.ndarray | None = None, local_groups: np.ndarray | None = None
+                    ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
     """Training indices of each node (and of its local test set); ``groups`` are the dataset's natural
-    groups; relay nodes (``relay_N``) get no data."""
+    groups and ``local_groups`` the groups' own test rows (LEAF users'); relay nodes (``relay_N``) get no data."""
     if relay_N is not None and relay_N.any():
         parts, local_test = build_partition(cfg.model_copy(update={"num_nodes": int((~relay_N).sum())}), labels,
-                                            groups)
+                                            groups, local_groups=local_groups)
         it = iter(parts)
         return [np.empty(0, dtype=np.int64) if r else next(it) for r in relay_N], local_test
     d, ctx = cfg.data, BuildContext(cfg)
@@ -93,6 +94,8 @@ def build_partition(cfg: ExperimentConfig, labels: np.ndarray, groups: np.ndarra
     else:
         parts = p.build(labels, cfg.num_nodes, seed, min_size)
     if not d.local_test_fraction:
+        if p.capabilities.needs_groups and local_groups is not None:  # each node's group's own test data
+            return parts, [np.flatnonzero(local_groups == groups[q[0]]) for q in parts]
         return parts, None
     rng = np.random.default_rng(ctx.seed("local_test"))
     train, test = [], []
@@ -216,7 +219,7 @@ def build(cfg: ExperimentConfig, dataset: Dataset | None = None) -> Built:
                                                        f"{len(ds.y_train)} training samples of {ds.name}")
         adj, W = build_topology(cfg)
         relay_N = build_relays(cfg, adj)
-        parts, local_test = build_partition(cfg, ds.y_train.numpy(), ds.groups, relay_N)
+        parts, local_test = build_partition(cfg, ds.y_train.numpy(), ds.groups, relay_N, ds.local_groups)
         ctx = BuildContext(cfg, dataset=ds, adjacency=adj, relay_N=relay_N)
         t = cfg.topology
         schedule = t.schedule.build(ctx, t.graph, t.mixing)  # sequence files are read (and checked) here

@@ -19,7 +19,7 @@ CASES = [
     ({"algorithm": {"lr": -0.1}}, "algorithm.lr: Input should be greater than 0"),
     ({"algorithm": {"momentum": 1.5}}, "algorithm.momentum: Input should be less than 1"),
     ({"data": {"partition": "dirichlet", "alpha": 0}}, "data.alpha: Input should be greater than 0"),
-    ({"data": {"dataset": "cifar10"}}, "data.dataset: unknown dataset 'cifar10'; registered: digits"),
+    ({"data": {"dataset": "cifar11"}}, "data.dataset: unknown dataset 'cifar11'; registered: digits"),
     ({"topology": {"graph": "random_regular", "degree": 3}, "num_nodes": 9}, "topology.degree: random_regular needs"),
     ({"topology": {"graph": "random_regular", "degree": 8}}, "topology.degree: random_regular needs degree < num_nodes"),
     ({"topology": {"graph": "hypercube"}, "num_nodes": 12}, "num_nodes: graph hypercube needs a power of 2"),

@@ -18,6 +18,7 @@ from peerlearn.config import parse_config
 from peerlearn.engines import simulate
 from peerlearn.report.catalog import catalog
 from peerlearn.spec import REGISTRIES, dump, validate
+from tests.data.test_files import _cifar, _femnist, _png
 from tests.data.test_shakespeare import _write_plays
 
 MEMBERS = [(family, name) for family, registry in REGISTRIES.items() for name in registry]
@@ -35,7 +36,15 @@ def _files(tmp_path: Path) -> dict:
     plays = tmp_path / "plays"
     plays.mkdir()
     _write_plays(plays, n_roles=8)
-    return {"ring": str(ring), "npz": str(npz), "plays": str(plays)}
+    _femnist(tmp_path / "leaf", rng)
+    _cifar(tmp_path / "cifar10", rng, per_batch=8)
+    _cifar(tmp_path / "cifar100", rng, "cifar100", per_batch=40)
+    for k in range(20):
+        for label in ("a", "b"):
+            _png(tmp_path / "images" / label / f"{k}.png", (4, 4), (k, 0, 0))
+    return {"ring": str(ring), "npz": str(npz), "plays": str(plays), "leaf": str(tmp_path / "leaf"),
+            "cifar10": str(tmp_path / "cifar10"), "cifar100": str(tmp_path / "cifar100"),
+            "image_folder": str(tmp_path / "images")}
 
 
 def _text(num_nodes: int, files: dict) -> dict:
@@ -61,6 +70,10 @@ def config_naming(family: str, name: str, files: dict) -> dict:
         ("schedule", "sequence"): {"topology": {"schedule": "sequence", "sequence": [files["ring"]]}},
         ("dataset", "mnist1d"): {"data": {"dataset": "mnist1d", "num_samples": 400, "test_samples": 100}},
         ("dataset", "npz"): {"data": {"dataset": "npz", "path": files["npz"]}},
+        ("dataset", "leaf"): {"data": {"dataset": "leaf", "path": files["leaf"]}},
+        ("dataset", "cifar10"): {"data": {"dataset": "cifar10", "path": files["cifar10"]}},
+        ("dataset", "cifar100"): {"data": {"dataset": "cifar100", "path": files["cifar100"]}},
+        ("dataset", "image_folder"): {"data": {"dataset": "image_folder", "path": files["image_folder"]}},
         ("dataset", "shakespeare"): {"data": _text(16, files), "model": {"name": "gru", "hidden": [8]},
                                      "num_nodes": 8},
         ("partition", "natural"): {"data": _text(16, files), "model": {"name": "gru", "hidden": [8]}, "num_nodes": 8},

@@ -23,6 +23,9 @@ class Dataset(NamedTuple):
     name: str
     groups: np.ndarray | None = None  # natural group of each training sample (-1: never sampled), or None
     group_names: list[str] | None = None
+    # for rows of the training arrays that are a group's own test data (LEAF users'): that group, else -1;
+    # a natural partition makes them the node's local test split
+    local_groups: np.ndarray | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:

