@@ -80,6 +80,10 @@ def config_naming(family: str, name: str, files: dict) -> dict:
         ("model", "gru"): {"data": _text(16, files), "model": {"name": "gru", "hidden": [8]}, "num_nodes": 8},
         ("model", "cnn"): {"model": {"name": "cnn", "channels": [2, 4]}},
         ("model", "logreg"): {"model": {"name": "logreg"}},
+        ("model", "resnet"): {"model": {"name": "resnet", "depth": 8, "width": 4}},
+        ("model", "vgg11"): {"model": {"name": "vgg11", "width": 2}},
+        ("model", "transformer"): {"data": _text(16, files), "model": {"name": "transformer", "d_model": 8,
+                                                                       "heads": 2, "layers": 1}, "num_nodes": 8},
         ("compressor", name): {"algorithm": {"name": "choco", "compressor": name, "lr": 0.1, "batch_size": 4}},
         ("attack", name): {"threat": {"num_byzantine": 2, "attack": name}},
     }

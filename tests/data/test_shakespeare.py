@@ -179,12 +179,14 @@ def test_config_errors_for_tokens_and_natural_groups(tmp_path, sections, message
         build(tiny_config(num_nodes=4, **base))
 
 
-def test_char_model_learns_the_roles_letters_and_is_seeded(tmp_path):
+@pytest.mark.parametrize("model", [{"name": "gru", "hidden": [16]},
+                                   {"name": "transformer", "d_model": 16, "heads": 2, "layers": 1}])
+def test_char_model_learns_the_roles_letters_and_is_seeded(tmp_path, model):
     _write_plays(tmp_path, words=600)
     cfg = tiny_config(num_nodes=4, num_rounds=30, eval_every=30, topology={"graph": "complete"},
                       data={"dataset": "shakespeare", "path": str(tmp_path), "seq_len": 8, "partition": "natural",
                             "test_samples": 200},
-                      model={"name": "gru", "hidden": [16]},
+                      model=model,
                       algorithm={"name": "local_sgd", "optimizer": "adamw", "lr": 0.02, "num_local_steps": 5})
 
     def final(c):

@@ -43,19 +43,26 @@ def test_init_is_seeded_and_same_init_is_shared():
     assert not torch.equal(diff[0], diff[1])
 
 
-@pytest.mark.parametrize("name, shape", [("logreg", (12,)), ("mlp", (12,)), ("cnn", (1, 8, 8))])
-def test_batched_training_equals_separate_single_node_runs(name, shape):
+@pytest.mark.parametrize("name, shape, keys", [
+    ("logreg", (12,), {}), ("mlp", (12,), {}), ("cnn", (1, 8, 8), {}),
+    ("resnet", (3, 8, 8), {"depth": 8, "width": 4}), ("vgg11", (3, 8, 8), {"width": 2}),
+    ("transformer", (6,), {"d_model": 8, "heads": 2, "layers": 2}),
+])
+def test_batched_training_equals_separate_single_node_runs(name, shape, keys):
     """N nodes trained in one batched computation = N nn.Modules each with its own torch.optim.SGD."""
     n, steps, lr, mom = 5, 4, 0.1, 0.9
-    flat = FlatModel(build_model(name, shape, 4))
+    tokens = name == "transformer"
+    flat = FlatModel(build_model(name, shape, 4, **keys))
     params = flat.init_params(n, seed=0, same_init=False)
     batches = _batches(n, steps, 6, shape, 4)
-    for strategy in ("vmap", "loop") + (("dense",) if name != "cnn" else ()):
+    if tokens:  # token windows over a vocabulary of 4
+        batches = [(x.abs().mul(2).long().clamp(max=3), y) for x, y in batches]
+    for strategy in ("vmap", "loop") + (("dense",) if name in ("logreg", "mlp") else ()):
         opt = optim.sgd(lr, momentum=mom)
         trained, _, _ = local_steps(params, opt.init(params), opt, ListStream(batches), make_grad_fn(flat, strategy),
                                     steps)
         for i in range(n):
-            module = flat.load_into(build_model(name, shape, 4), params[i])
+            module = flat.load_into(build_model(name, shape, 4, **keys), params[i])
             torch_opt = torch.optim.SGD(module.parameters(), lr=lr, momentum=mom)
             for x, y in batches:
                 torch_opt.zero_grad()
@@ -77,3 +84,20 @@ def test_predict_logits_chunks_give_the_same_result():
 def test_cnn_refuses_flat_inputs():
     with pytest.raises(ValueError, match="image-shaped"):
         build_model("cnn", (64,), 10)
+
+
+@pytest.mark.parametrize("name, shape, keys", [
+    ("mlp", (12,), {}), ("cnn", (1, 8, 8), {}), ("gru", (6,), {"hidden": [4]}),
+    ("resnet", (3, 8, 8), {"depth": 8, "width": 4}), ("vgg11", (3, 8, 8), {"width": 2}),
+    ("transformer", (6,), {"d_model": 8, "heads": 2}),
+])
+def test_seeded_init_covers_every_parameter(name, shape, keys):
+    """Same seed, same models; with same_init off every parameter tensor differs between nodes (a parameter
+    the seeded re-initialisation missed would keep the template's value on every node)."""
+    flat = FlatModel(build_model(name, shape, 4, **keys))
+    a = flat.init_params(2, seed=3, same_init=False)
+    assert torch.equal(a, flat.init_params(2, seed=3, same_init=False))
+    first, second = flat.unravel(a[0]), flat.unravel(a[1])
+    for key in first:
+        if first[key].numel() > 1 and first[key].std() > 0:  # GroupNorm/LayerNorm start at constants by design
+            assert not torch.equal(first[key], second[key]), key
