@@ -233,6 +233,10 @@ def build(cfg: ExperimentConfig, dataset: Dataset | None = None) -> Built:
                                               else f"{m.name} takes numeric inputs; {ds.name} gives character tokens")
                                + f" (use {fits})")
         check_model_fits(cfg, ds)
+        if cfg.data.augment != "none" and len(ds.input_shape) != 3:
+            raise config_error("data.augment", f"{cfg.data.augment} transforms images (C, H, W); {ds.name} gives "
+                                               f"inputs of shape {ds.input_shape} (use an image model such as cnn or "
+                                               "resnet, or augment: none)")
         module = m.build(ds.input_shape, ds.num_classes)
     except ConfigError:
         raise
@@ -257,7 +261,8 @@ def build(cfg: ExperimentConfig, dataset: Dataset | None = None) -> Built:
         params_NP=params_NP,
         grad_fn=make_grad_fn(flat, strategy, max_rows),
         batches=NodeSampler(ds.x_train, ds.y_train, parts, cfg.algorithm.batch_size, ctx.seed("sampler"),
-                            poisoned_N, poison, silent_N=None if relay_N is None else torch.from_numpy(relay_N)),
+                            poisoned_N, poison, silent_N=None if relay_N is None else torch.from_numpy(relay_N),
+                            crop_padding=cfg.data.crop_padding if cfg.data.augment == "crop_flip" else None),
         algorithm=algorithm, adjacency=adj, W=W,
         schedule=schedule, honest_N=honest_N, threat=threat, attack_test=attack_test,
         faults=cfg.faults.build(ctx, adj, relay_N, mixing), relay_N=relay_N, clock=cfg.clock.build(ctx),

@@ -133,6 +133,10 @@ class DataSpec(Spec):
                                                        "ones, or random ones")
     test_samples: int | None = Field(None, ge=1, description="evaluate on a seeded subset of this many test samples "
                                      "(default: the whole test set)")
+    augment: Literal["none", "crop_flip"] = Field("none", description="training-batch augmentation of images: "
+                                                  "crop_flip = random crop after zero padding, and horizontal flips "
+                                                  "(seeded per node and sample)")
+    crop_padding: int = Field(4, ge=0, le=64, description="crop_flip: pixels of zero padding on each side")
     slots: ClassVar = {"dataset": DATASETS, "partition": PARTITIONS}
 
     def check(self, cfg) -> None:

@@ -16,8 +16,10 @@ class NodeSampler:
     """
 
     def __init__(self, x: Tensor, y: Tensor, parts: list[np.ndarray], batch_size: int, seed: int,
-                 poisoned_N: Tensor | None = None, poison=None, silent_N: Tensor | None = None):
+                 poisoned_N: Tensor | None = None, poison=None, silent_N: Tensor | None = None,
+                 crop_padding: int | None = None):
         self.x, self.y, self.batch_size = x, y, batch_size
+        self.crop_padding = crop_padding  # None: no augmentation; else random crop with this padding + flip
         self.sizes = torch.tensor([len(p) for p in parts], dtype=torch.float64)
         self.offsets = torch.tensor(np.concatenate([[0], np.cumsum([len(p) for p in parts])[:-1]]))
         self.flat = torch.from_numpy(np.concatenate(parts).astype(np.int64))
@@ -41,6 +43,8 @@ class NodeSampler:
             u = u[rows]
         pick = self.flat[(offsets[:, None] + (u * sizes[:, None]).long()).clamp(max=len(self.flat) - 1)]
         x, y = self.x[pick], self.y[pick]
+        if self.crop_padding is not None:
+            x = self._crop_flip(x, rows)
         if self.silent_N is not None:
             silent = self.silent_N if rows is None else self.silent_N[rows]
             y[silent] = -1
@@ -52,6 +56,26 @@ class NodeSampler:
             if bool(bad.any()):
                 x[bad], y[bad] = self.poison(x[bad], y[bad], u_poison[bad])
         return x, y
+
+    def _crop_flip(self, x: Tensor, rows: Tensor | None) -> Tensor:
+        """Random crop (zero padding ``crop_padding`` on each side, then an H x W window) and a horizontal flip
+        with probability 1/2, drawn per sample from the sampler's generator for every node (so the stream
+        does not depend on ``rows``, and a checkpoint restores it): the standard CIFAR augmentation
+        (He et al. 2016), batched over all nodes in one gather."""
+        p, (h, w) = self.crop_padding, x.shape[-2:]
+        shifts = torch.randint(0, 2 * p + 1, (self.num_nodes, self.batch_size, 2), generator=self.generator)
+        flips = torch.rand(self.num_nodes, self.batch_size, generator=self.generator) < 0.5
+        if rows is not None:
+            shifts, flips = shifts[rows], flips[rows]
+        lead, c = x.shape[:2], x.shape[2]
+        padded = torch.nn.functional.pad(x.reshape(-1, c, h, w), (p, p, p, p))
+        m = padded.shape[0]
+        iy = shifts.reshape(m, 2)[:, 0, None] + torch.arange(h)
+        ix = shifts.reshape(m, 2)[:, 1, None] + torch.arange(w)
+        ix = torch.where(flips.reshape(m, 1), ix.flip(-1), ix)
+        out = padded[torch.arange(m)[:, None, None, None], torch.arange(c)[None, :, None, None], iy[:, None, :, None],
+                     ix[:, None, None, :]]
+        return out.reshape(*lead, c, h, w)
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}

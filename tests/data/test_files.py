@@ -232,3 +232,47 @@ def test_image_folder_test_images_must_match_the_training_size(tmp_path):
     with pytest.raises(ValueError, match="odd.png is 9x8, the others 8x8"):
         load_image_folder(str(tmp_path))
     assert load_image_folder(str(tmp_path), image_size=8).input_shape == (3, 8, 8)
+
+
+def test_crop_flip_gives_shifted_or_mirrored_windows_and_is_seeded():
+    from peerlearn.data.batching import NodeSampler
+
+    n, c, h, w, p = 3, 2, 5, 6, 2
+    x = torch.arange(10 * c * h * w, dtype=torch.float32).reshape(10, c, h, w) + 1  # every pixel unique, none 0
+    y = torch.arange(10)
+    parts = [np.arange(0, 4), np.arange(4, 7), np.arange(7, 10)]
+    a = NodeSampler(x, y, parts, 8, seed=1, crop_padding=p)
+    b = NodeSampler(x, y, parts, 8, seed=1, crop_padding=p)
+    seen_flip = seen_shift = False
+    for _ in range(3):
+        xa, ya = a.next()
+        xb, _ = b.next()
+        assert torch.equal(xa, xb) and xa.shape == (n, 8, c, h, w)
+        for i in range(n):
+            for j in range(8):
+                padded = torch.nn.functional.pad(x[int(ya[i, j])], (p, p, p, p))
+                windows = [(padded[:, dy:dy + h, dx:dx + w], f) for dy in range(2 * p + 1)
+                           for dx in range(2 * p + 1) for f in (False, True)]
+                match = [(win.flip(-1) if f else win, f, k) for k, (win, f) in enumerate(windows)
+                         if torch.equal(win.flip(-1) if f else win, xa[i, j])]
+                assert match, (i, j)  # each sample is a window of its own padded image, maybe mirrored
+                seen_flip |= any(f for _, f, _ in match)
+                seen_shift |= not torch.equal(xa[i, j], x[int(ya[i, j])])
+    assert seen_flip and seen_shift
+    rows = torch.tensor([2, 0])  # drawing for some nodes leaves the others' stream as it is
+    a.next(rows)
+    b.next()
+    assert torch.equal(a.next()[0], b.next()[0])
+
+
+def test_augment_needs_images_and_runs_seeded():
+    with pytest.raises(ConfigError, match="data.augment: crop_flip transforms images"):
+        build(tiny_config(data={"dataset": "digits", "augment": "crop_flip"}))
+    cfg = tiny_config(num_rounds=4, eval_every=2, data={"dataset": "digits", "augment": "crop_flip", "crop_padding": 1},
+                      model={"name": "cnn", "channels": [2, 4]})
+    first, second = simulate(build(cfg)), simulate(build(cfg))
+    strip = lambda rows: [{k: v for k, v in r.items() if not k.endswith("time_s")} for r in rows]  # noqa: E731
+    assert repr(strip(first)) == repr(strip(second))
+    plain = simulate(build(tiny_config(num_rounds=4, eval_every=2, data={"dataset": "digits"},
+                                       model={"name": "cnn", "channels": [2, 4]})))
+    assert strip(plain)[-1]["loss_mean"] != strip(first)[-1]["loss_mean"]
