@@ -27,6 +27,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -204,6 +205,7 @@ class Sweep:
         self.out, self.cells, self.definition = Path(out), cells, definition
         self.workers, self.threads = workers, threads
         self.manifest = self.out / SWEEP_FILE
+        self.replaced: list[str] = []  # run folders of a different sweep that --overwrite replaces
 
     def check_out(self, overwrite: bool) -> None:
         """``out`` must be empty, or hold this same sweep (then it resumes); another sweep or a user's files
@@ -214,12 +216,15 @@ class Sweep:
             raise FileExistsError(f"--out {self.out}: is a file, not a folder; choose another --out")
         if self.manifest.is_file():
             try:
-                before = json.loads(self.manifest.read_text()).get("definition")
+                old = json.loads(self.manifest.read_text())
             except json.JSONDecodeError:
-                before = None
-            if before != self.definition and not overwrite:
-                raise FileExistsError(f"--out {self.out}: holds a different sweep (another config, grid or seeds); "
-                                      "choose another folder, or pass --overwrite to run this one there")
+                old = {}
+            if old.get("definition") != self.definition:
+                if not overwrite:
+                    raise FileExistsError(f"--out {self.out}: holds a different sweep (another config, grid or "
+                                          "seeds); choose another folder, or pass --overwrite to run this one there")
+                # its runs were made with other settings: none of them may count as done for this sweep
+                self.replaced = [c["dir"] for c in old.get("cells", []) if isinstance(c, dict) and "dir" in c]
         elif any(self.out.iterdir()) and not overwrite:
             raise FileExistsError(f"--out {self.out}: holds files that are not a peerlearn sweep; choose another "
                                   "folder or pass --overwrite")
@@ -227,7 +232,7 @@ class Sweep:
     def refresh(self) -> list[Cell]:
         """Each cell's status from what is on disk (a cell killed with the sweep resumes); the cells left to run."""
         for cell in self.cells:
-            status = _status_of(self.out / cell.dir)
+            status = None if cell.dir in self.replaced else _status_of(self.out / cell.dir)
             cell.status = status if status in (*DONE, "interrupted") else "pending"
         return [c for c in self.cells if c.status not in DONE]
 
@@ -249,6 +254,9 @@ class Sweep:
         which keep their checkpoints, and raises KeyboardInterrupt after the manifest is saved."""
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "logs").mkdir(exist_ok=True)
+        for rel in self.replaced:  # the replaced sweep's run folders (only those its manifest lists)
+            shutil.rmtree(self.out / rel, ignore_errors=True)
+        self.replaced = []
         todo = self.refresh()
         done = len(self.cells) - len(todo)
         self._save()

@@ -89,6 +89,19 @@ def test_rerunning_a_finished_sweep_runs_nothing(two_by_two):
     assert other.returncode == 2 and "holds a different sweep" in other.stderr
 
 
+def test_overwriting_a_different_sweep_reruns_every_cell(tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "num_rounds": 5}))
+    out = tmp_path / "out"
+    assert _sweep(config, "--grid", "algorithm.lr=0.1", "--workers", "1", "--out", out).returncode == 0
+    # the same cell folder, other settings: its old completed run must not count as done
+    again = _sweep(config, "--grid", "algorithm.lr=0.1", "--set", "num_rounds=10", "--workers", "1", "--out", out,
+                   "--overwrite")
+    assert again.returncode == 0, again.stderr
+    assert "done before" not in again.stdout
+    assert results.load(out)["round"].max() == 10
+
+
 def test_compare_on_a_sweep_draws_bands_grouped_by_a_key(two_by_two, tmp_path, capsys):
     _, out, _ = two_by_two
     assert cli.main(["compare", str(out), "--group-by", "algorithm.lr", "--out", str(tmp_path / "bands.svg")]) == 0

@@ -116,10 +116,10 @@ def cmd_reproduce(args) -> int:
 
 
 def _sweep_table(table, spec) -> Table:
-    """The sweep's cells as rows: mean +- std over seeds of the final metrics."""
+    """The sweep's cells as rows: mean ± std over seeds of the final metrics."""
     from peerlearn.sweep import cell_label
 
-    out = Table(title=spec.title or "sweep: final evaluated round, mean +- std over seeds")
+    out = Table(title=spec.title or "sweep: final evaluated round, mean ± std over seeds")
     out.add_column("cell", overflow="fold", min_width=12)
     for col in ("ok", "acc mean", "acc min", "MB/node"):
         out.add_column(col, justify="right")
