@@ -182,20 +182,42 @@ def choose_grad_strategy(cfg: ExperimentConfig, module: torch.nn.Module, activat
 COPIES = 6  # float32 [N, P] tensors a round holds: params, the run's copy, grads, optimizer state, mixed, trained
 
 
+def _data_bytes(ds: Dataset) -> int:
+    return sum(t.numel() * t.element_size() for t in (ds.x_train, ds.y_train, ds.x_test, ds.y_test))
+
+
 def run_memory_bytes(built) -> int:
     """A run's estimated memory: ``COPIES`` float32 copies of every node's model, plus the dataset."""
-    ds = built.dataset
-    data = sum(t.numel() * t.element_size() for t in (ds.x_train, ds.y_train, ds.x_test, ds.y_test))
-    return COPIES * built.params_NP.numel() * 4 + data
+    return COPIES * built.params_NP.numel() * 4 + _data_bytes(built.dataset)
+
+
+def _meta_num_params(cfg: ExperimentConfig, ds: Dataset) -> int | None:
+    """The model's parameter count, built on the meta device (no memory used); None if it cannot be."""
+    try:
+        with torch.device("meta"):
+            return sum(p.numel() for p in cfg.model.build(ds.input_shape, ds.num_classes).parameters())
+    except Exception:  # a module that cannot be built on the meta device is checked by its real build
+        return None
+
+
+def estimate_memory_bytes(cfg: ExperimentConfig) -> int:
+    """:func:`run_memory_bytes` before building the run: the dataset is loaded, no node model is allocated
+    (for planning many runs). A data problem is a ConfigError, as in :func:`build`."""
+    try:
+        ds = build_dataset(cfg)
+    except ValueError as err:
+        raise _as_config_error(err) from None
+    num_params = _meta_num_params(cfg, ds)
+    if num_params is None:
+        num_params = sum(p.numel() for p in cfg.model.build(ds.input_shape, ds.num_classes).parameters())
+    return COPIES * num_params * cfg.num_nodes * 4 + _data_bytes(ds)
 
 
 def check_model_fits(cfg: ExperimentConfig, ds: Dataset) -> None:
     """Refuse, before allocating, a model or a node count this machine cannot hold (counted on the meta
     device: no memory is used)."""
-    try:
-        with torch.device("meta"):
-            num_params = sum(p.numel() for p in cfg.model.build(ds.input_shape, ds.num_classes).parameters())
-    except Exception:  # a module that cannot be built on the meta device is checked by its real build
+    num_params = _meta_num_params(cfg, ds)
+    if num_params is None:
         return
     check_fits(4.0 * num_params, f"{cfg.model.name} with {num_params:,} parameters", "model")
     check_fits(COPIES * 4.0 * num_params * cfg.num_nodes, f"{cfg.num_nodes:,} nodes x {num_params:,} parameters "

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import glob as globbing
 import json
-import math
 from pathlib import Path
 
 import yaml
 
-from peerlearn.report.run_dir import FINAL_MODEL, MODEL_FORMAT, flatten_config
+from peerlearn.report.run_dir import FINAL_MODEL, MODEL_FORMAT, flatten_config, read_summary
 
 SWEEP_FILE = "sweep.json"
 
@@ -53,16 +52,17 @@ def run_dirs(paths) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
-def _sweep_labels(run: Path) -> dict:
-    """``cell`` and ``variant`` of a run inside a sweep directory (its parents hold sweep.json)."""
+def _sweep_labels(run: Path, manifests: dict[Path, dict]) -> dict:
+    """``cell``, ``label`` and ``variant`` of a run inside a sweep directory (its parents hold sweep.json);
+    ``manifests`` keeps each manifest read once per call of :func:`load` or :func:`load_summary`."""
     for parent in run.parents:
         manifest = parent / SWEEP_FILE
         if manifest.is_file():
-            rel = run.relative_to(parent).as_posix()
-            for c in json.loads(manifest.read_text())["cells"]:
-                if c["dir"] == rel:
-                    return {"cell": c["cell"], "label": c.get("label") or c["cell"], "variant": c.get("variant")}
-            return {}
+            if parent not in manifests:
+                manifests[parent] = {c["dir"]: {"cell": c["cell"], "label": c.get("label") or c["cell"],
+                                                "variant": c.get("variant")}
+                                     for c in json.loads(manifest.read_text())["cells"]}
+            return manifests[parent].get(run.relative_to(parent).as_posix(), {})
     return {}
 
 
@@ -73,21 +73,15 @@ def _config_columns(run: Path, taken: set[str]) -> dict:
     return {(f"config.{k}" if k in taken else k): v for k, v in flat.items()}
 
 
-def _summary(run: Path) -> dict:
-    path = run / "summary.json"
-    if not path.is_file():
-        return {"status": "interrupted"}
-    return json.loads(path.read_text())
-
-
 def load(paths):
     """One row per evaluated round of every run named by ``paths`` (see :func:`run_dirs`), as a DataFrame."""
     import pandas as pd
 
-    frames = []
+    frames, manifests = [], {}
     for run in run_dirs(paths):
         metrics = pd.read_csv(run / "metrics.csv")
-        extra = {"run": str(run), "status": _summary(run).get("status"), **_sweep_labels(run),
+        extra = {"run": str(run), "status": (read_summary(run) or {"status": "interrupted"}).get("status"),
+                 **_sweep_labels(run, manifests),
                  **_config_columns(run, set(metrics.columns) | {"run", "status", "cell", "label", "variant"})}
         for key, value in extra.items():
             metrics[key] = value
@@ -100,17 +94,17 @@ def load_summary(paths):
     row's metrics (``final_`` prefix dropped: same names as :func:`load`) and the config columns."""
     import pandas as pd
 
-    records = []
+    records, manifests = [], {}
     for run in run_dirs(paths):
-        summary = _summary(run)
-        final = {k: (math.nan if v is None else v) for k, v in (summary.get("final") or {}).items()}
+        summary = read_summary(run) or {"status": "interrupted"}
+        final = summary.get("final") or {}
         if not final:  # interrupted before summary.json: the last row written
             last = pd.read_csv(run / "metrics.csv").tail(1).to_dict("records")
             final = last[0] if last else {}
         head = {"run": str(run), "status": summary.get("status"),
                 "rounds_completed": summary.get("rounds_completed", final.get("round")),
                 "run_wall_time_s": summary.get("wall_time_s")}
-        records.append({**head, **final, **_sweep_labels(run),
+        records.append({**head, **final, **_sweep_labels(run, manifests),
                         **_config_columns(run, set(final) | set(head) | {"cell", "label", "variant"})})
     return pd.DataFrame.from_records(records)
 

@@ -175,13 +175,14 @@ def plan(config: str | Path, spec: SweepSpec, extra: list[str] = ()) -> list[Cel
 
 def default_workers(cells: list[Cell]) -> tuple[int, int]:
     """``(workers, threads per worker)``: as many runs at once as idle cores and memory allow (a run's
-    estimated memory from building its first cell, plus ~0.5 GB for a Python process with torch)."""
-    from peerlearn.build import build, run_memory_bytes
+    estimated memory from its first cell's dataset and model size, plus ~0.5 GB for a Python process with
+    torch; no node models are allocated here)."""
+    from peerlearn.build import estimate_memory_bytes
     from peerlearn.config import load_config
     from peerlearn.resources import available_memory_bytes, choose_threads
 
     cores, _ = choose_threads(None)
-    per_run = run_memory_bytes(build(load_config(cells[0].config, cells[0].overrides))) + 5e8
+    per_run = estimate_memory_bytes(load_config(cells[0].config, cells[0].overrides)) + 5e8
     have = available_memory_bytes()
     by_memory = max(1, int(0.8 * have // per_run)) if have else cores
     workers = max(1, min(cores, by_memory, len(cells)))
@@ -189,12 +190,14 @@ def default_workers(cells: list[Cell]) -> tuple[int, int]:
 
 
 def _status_of(run_dir: Path) -> str | None:
-    summary = run_dir / "summary.json"
-    if summary.is_file():
-        try:
-            return json.loads(summary.read_text()).get("status")
-        except (json.JSONDecodeError, OSError):
-            return None
+    from peerlearn.report.run_dir import read_summary
+
+    try:
+        summary = read_summary(run_dir)
+    except (json.JSONDecodeError, OSError):
+        return None
+    if summary is not None:
+        return summary.get("status")
     return "interrupted" if (run_dir / "checkpoint.pt").is_file() else None
 
 
@@ -242,9 +245,12 @@ class Sweep:
                                    "cells": [asdict(c) for c in self.cells]}, indent=1))
         tmp.replace(self.manifest)
 
+    def _log(self, cell: Cell) -> Path:
+        return self.out / "logs" / f"{cell.dir.replace('/', '-')}.log"
+
     def _command(self, cell: Cell) -> list[str]:
         run_dir = self.out / cell.dir
-        if _status_of(run_dir) == "interrupted" and (run_dir / "checkpoint.pt").is_file():
+        if cell.status == "interrupted" and (run_dir / "checkpoint.pt").is_file():  # as refresh() found it
             return [sys.executable, "-m", "peerlearn", "run", "--resume", str(run_dir)]
         sets = [a for o in cell.overrides for a in ("--set", o)]
         return [sys.executable, "-m", "peerlearn", "run", cell.config, *sets, "--out", str(run_dir), "--overwrite"]
@@ -267,7 +273,7 @@ class Sweep:
             while todo or running:
                 while todo and len(running) < self.workers:
                     cell = todo.pop(0)
-                    log = open(self.out / "logs" / f"{cell.dir.replace('/', '-')}.log", "a")
+                    log = open(self._log(cell), "a")
                     proc = subprocess.Popen(self._command(cell), stdout=log, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL, env=env)
                     cell.status = "running"
@@ -312,16 +318,19 @@ class Sweep:
             cell.status, cell.error = "completed", None
             return
         cell.status = status if status in ("diverged", "stopped") else "failed"
-        log = (self.out / "logs" / f"{cell.dir.replace('/', '-')}.log").read_text(errors="replace").splitlines()
+        log = self._log(cell).read_text(errors="replace").splitlines()
         errors = [line for line in log if line.startswith(("error", "config error"))]
         cell.error = (errors[-1] if errors else (log[-1] if log else f"exit code {code}")).strip()[:500]
 
 
 def aggregate(runs, cells: list[Cell], target: float | None = None, target_metric: str = "acc_mean"):
     """``summary.csv``'s table: one row per cell, mean / std (over seeds, ddof 1) / min / max of the final
-    metrics of its completed runs; with ``target``, the rounds and MB per node until ``target_metric``
-    first reached it (mean over the seeds that reached it) and how many did."""
+    metrics of its completed runs (``runs``: run folder -> its rows as a DataFrame); with ``target``, the
+    rounds and MB per node until ``target_metric`` first reached it (mean over the seeds that reached it)
+    and how many did."""
     import pandas as pd
+
+    from peerlearn.metrics import first_reaching
 
     records = []
     for cell_name in dict.fromkeys(c.cell for c in cells):
@@ -338,8 +347,7 @@ def aggregate(runs, cells: list[Cell], target: float | None = None, target_metri
                 continue
             finals.append(rows.iloc[-1])
             if target is not None and target_metric in rows:
-                reached = rows[rows[target_metric] >= target]
-                hits.append(None if reached.empty else reached.iloc[0])
+                hits.append(first_reaching(rows.to_dict("records"), target, target_metric))
         final = pd.DataFrame(finals)
         for metric in FINAL_METRICS:
             values = final[metric] if metric in final else pd.Series(dtype=float)
@@ -361,21 +369,18 @@ def aggregate(runs, cells: list[Cell], target: float | None = None, target_metri
 def summarize(out: Path, cells: list[Cell], spec: SweepSpec, group: str = "cell"):
     """Write ``summary.csv`` (atomically) and ``accuracy.{png,pdf}`` for the sweep in ``out``; returns the
     summary table (a DataFrame)."""
-    import pandas as pd
-
     from peerlearn.report.plots import plot_bands
     from peerlearn.results import load
 
     out = Path(out)
-    have = [c for c in cells if (out / c.dir / "metrics.csv").is_file()]
-    runs = {c.dir: pd.read_csv(out / c.dir / "metrics.csv") for c in have}
-    table = aggregate(runs, cells, spec.target, spec.target_metric)
+    done = [c for c in cells if c.status == "completed" and (out / c.dir / "metrics.csv").is_file()]
+    df = load([out / c.dir for c in done]) if done else None  # aggregate reads only completed runs' rows
+    by_run = {} if df is None else dict(tuple(df.groupby("run", sort=False)))
+    table = aggregate({c.dir: by_run[str(out / c.dir)] for c in done}, cells, spec.target, spec.target_metric)
     tmp = out / "summary.csv.tmp"
     table.to_csv(tmp, index=False)
     tmp.replace(out / "summary.csv")
-    done = [out / c.dir for c in have if c.status == "completed"]
-    if done:
-        df = load(done)
+    if df is not None:
         metric = spec.target_metric if spec.target_metric in df else "acc_mean"
         group = "label" if group == "cell" else group
         plot_bands(df, group, [out / "accuracy.png", out / "accuracy.pdf"], metric=metric, x=spec.x,
@@ -383,7 +388,8 @@ def summarize(out: Path, cells: list[Cell], spec: SweepSpec, group: str = "cell"
     return table
 
 
-def _pm(row: dict, metric: str, scale: float = 1.0, digits: int = 3) -> str:
+def mean_pm(row: dict, metric: str, scale: float = 1.0, digits: int = 3) -> str:
+    """``mean ± std`` of ``metric`` in a summary row (``-`` when not measured; no spread for one seed)."""
     mean, std = row.get(f"{metric}_mean", math.nan), row.get(f"{metric}_std", math.nan)
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "-"
@@ -391,7 +397,7 @@ def _pm(row: dict, metric: str, scale: float = 1.0, digits: int = 3) -> str:
     return f"{mean / scale:.{digits}f}{spread}"
 
 
-def cell_label(row: dict, spec: SweepSpec) -> str:
+def cell_label(row: dict) -> str:
     """A summary row's readable name: its variant and grid values (the folder name is a slug of it)."""
     return str(row.get("label") or row["cell"])
 
@@ -406,9 +412,9 @@ def markdown_table(table, spec: SweepSpec) -> str:
         head += [f"round to {spec.target:g}", f"MB to {spec.target:g}"] + [f"sim s to {spec.target:g}"] * timed
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in table.to_dict("records"):
-        cells = [cell_label(row, spec), f"{row['completed']}/{row['seeds']}", _pm(row, "acc_mean"),
-                 _pm(row, "acc_min"), _pm(row, "acc_avg_model"), _pm(row, "bytes_sent_per_node", 1e6, 2)]
-        cells += [_pm(row, "sim_time_s", digits=1)] * timed + [_pm(row, "epsilon", digits=1)] * private
+        cells = [cell_label(row), f"{row['completed']}/{row['seeds']}", mean_pm(row, "acc_mean"),
+                 mean_pm(row, "acc_min"), mean_pm(row, "acc_avg_model"), mean_pm(row, "bytes_sent_per_node", 1e6, 2)]
+        cells += [mean_pm(row, "sim_time_s", digits=1)] * timed + [mean_pm(row, "epsilon", digits=1)] * private
         if spec.target is not None:
             rounds, mb = row.get("rounds_to_target_mean", math.nan), row.get("mb_to_target_mean", math.nan)
             reached = row.get("target_reached", "")

@@ -200,3 +200,16 @@ def test_the_results_example_runs_on_a_sweep(two_by_two):
                           capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
     assert done.returncode == 0, done.stderr
     assert "the averaged model labels" in done.stdout and (out / "example_curves.png").is_file()
+
+
+def test_the_planning_estimate_equals_the_built_runs_memory():
+    """default_workers sizes the pool without building a run: its estimate must equal the built run's."""
+    from pathlib import Path
+
+    from peerlearn.build import build, estimate_memory_bytes, run_memory_bytes
+    from peerlearn.config import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    for extra in ([], ["model.name=cnn"]):  # dense and image models, digits (installed everywhere)
+        cfg = load_config(root / "configs" / "quickstart.yaml", ["num_nodes=32", *extra])
+        assert estimate_memory_bytes(cfg) == run_memory_bytes(build(cfg))

@@ -27,7 +27,8 @@ def _run_sweep(args, spec, out: Path):
     ``(exit code, summary table or None, spec)``."""
     from peerlearn.config import ConfigError
     from peerlearn.resources import choose_threads
-    from peerlearn.sweep import Sweep, default_workers, parse_grid, parse_seeds, plan, summarize
+    from peerlearn.report.run_dir import read_summary
+    from peerlearn.sweep import DONE, Sweep, default_workers, parse_grid, parse_seeds, plan, summarize
 
     updates = {"grid": {**spec.grid, **parse_grid(args.grid)}}
     if args.seeds is not None:
@@ -59,9 +60,9 @@ def _run_sweep(args, spec, out: Path):
         if args.quiet:
             return
         final = ""
-        summary = out / cell.dir / "summary.json"
-        if cell.status == "completed" and summary.is_file():
-            final = f", acc {(json.loads(summary.read_text()).get('final') or {}).get('acc_mean') or math.nan:.4f}"
+        summary = read_summary(out / cell.dir) if cell.status == "completed" else None
+        if summary is not None:
+            final = f", acc {(summary.get('final') or {}).get('acc_mean', math.nan):.4f}"
         why = f": {cell.error}" if cell.error else ""
         console.print(f"[{done}/{total}] {cell.cell} seed {cell.seed}: {cell.status}{final} ({cell.wall_time_s} s)"
                       f"{why}", markup=False, highlight=False, soft_wrap=True)
@@ -77,7 +78,7 @@ def _run_sweep(args, spec, out: Path):
         console.print(_sweep_table(table, spec))
         console.print(f"results: {out}/ (summary.csv, accuracy.png, accuracy.pdf, sweep.json, one run directory "
                       "per cell and seed)", markup=False, highlight=False, soft_wrap=True)
-    failed = [c for c in cells if c.status not in ("completed", "diverged")]
+    failed = [c for c in cells if c.status not in DONE]
     for c in failed:
         err_console.print(f"{c.dir}: {c.status}: {c.error}", markup=False, highlight=False, soft_wrap=True)
     return (1 if failed else 0), table, spec
@@ -117,7 +118,7 @@ def cmd_reproduce(args) -> int:
 
 def _sweep_table(table, spec) -> Table:
     """The sweep's cells as rows: mean ± std over seeds of the final metrics."""
-    from peerlearn.sweep import cell_label
+    from peerlearn.sweep import cell_label, mean_pm
 
     out = Table(title=spec.title or "sweep: final evaluated round, mean ± std over seeds")
     out.add_column("cell", overflow="fold", min_width=12)
@@ -126,15 +127,9 @@ def _sweep_table(table, spec) -> Table:
     if spec.target is not None:
         out.add_column(f"round to {spec.target}", justify="right")
 
-    def pm(row, metric, scale=1.0, digits=4):
-        mean, std = row.get(f"{metric}_mean", math.nan), row.get(f"{metric}_std", math.nan)
-        if mean is None or math.isnan(mean):
-            return "-"
-        return f"{mean / scale:.{digits}f}" + ("" if std is None or math.isnan(std) else f" ± {std / scale:.{digits}f}")
-
     for row in table.to_dict("records"):
-        cells = [cell_label(row, spec), f"{row['completed']}/{row['seeds']}", pm(row, "acc_mean", digits=3),
-                 pm(row, "acc_min", digits=3), pm(row, "bytes_sent_per_node", 1e6, 2)]
+        cells = [cell_label(row), f"{row['completed']}/{row['seeds']}", mean_pm(row, "acc_mean"),
+                 mean_pm(row, "acc_min"), mean_pm(row, "bytes_sent_per_node", 1e6, 2)]
         if spec.target is not None:
             r = row.get("rounds_to_target_mean", math.nan)
             cells.append(f"{r:.0f} ({row['target_reached']})" if not math.isnan(r) else f"never ({row['target_reached']})")

@@ -108,6 +108,17 @@ class DatasetSpec(Spec):
                         "(x_train, y_train, x_test, y_test)")
 
 
+class FileDatasetSpec(DatasetSpec):
+    """A dataset read from a user's files: ``data.path`` is required (``needs`` says what it names)."""
+
+    path: str | None = Field(None, description="where the files are")
+    needs: ClassVar[str] = "a path"
+
+    def check(self, cfg) -> None:
+        if not self.path:
+            raise config_error("data.path", f"dataset '{self.name}' needs {self.needs}")
+
+
 class PartitionSpec(Spec):
     """How training samples are split across nodes: ``build(labels, num_nodes, seed, min_size) -> parts``."""
 

@@ -154,11 +154,11 @@ def load_npz(path: str | None, seed: int = 0, test_fraction: float = 0.2) -> Dat
 # ---------------------------------------------------------------------------------------------
 # Specs (data.dataset)
 # ---------------------------------------------------------------------------------------------
-from typing import Literal  # noqa: E402
+from typing import ClassVar, Literal  # noqa: E402
 
 from pydantic import Field  # noqa: E402
 
-from peerlearn.data.base import DATASETS, DatasetSpec, config_error  # noqa: E402
+from peerlearn.data.base import DATASETS, DatasetSpec, FileDatasetSpec  # noqa: E402
 
 
 def _wants_images(ctx) -> bool:
@@ -219,15 +219,12 @@ class SyntheticSpec(DatasetSpec):
 
 
 @DATASETS.register
-class NpzSpec(DatasetSpec):
+class NpzSpec(FileDatasetSpec):
     """A user's .npz file of x_train, y_train, x_test, y_test (or x, y, split here)."""
 
     name: Literal["npz"] = "npz"
     path: str | None = Field(None, description=".npz file")
-
-    def check(self, cfg) -> None:
-        if not self.path:
-            raise config_error("data.path", "dataset 'npz' needs the path of a .npz file")
+    needs: ClassVar[str] = "the path of a .npz file"
 
     def build(self, ctx):
         return load_npz(self.path, seed=ctx.config.seed)

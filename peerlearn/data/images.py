@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 from pydantic import Field
 
-from peerlearn.data.base import DATASETS, Dataset, DatasetSpec, config_error, from_arrays
+from peerlearn.data.base import DATASETS, Dataset, FileDatasetSpec, from_arrays
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 _CIFAR = {"cifar10": ("cifar-10-batches-py", [f"data_batch_{k}" for k in range(1, 6)], ["test_batch"], b"labels", 10),
@@ -159,13 +159,10 @@ def load_image_folder(path: str | None, channels: int = 3, image_size: int | Non
     return from_arrays(f"image_folder:{root.name}", x_tr, y_tr, x_te, y_te, num_classes=len(classes))
 
 
-class _CifarSpec(DatasetSpec):
+class _CifarSpec(FileDatasetSpec):
     path: str | None = Field(None, description="the extracted python-version folder (cifar-10-batches-py or "
                                                "cifar-100-python), or the folder holding it")
-
-    def check(self, cfg) -> None:
-        if not self.path:
-            raise config_error("data.path", f"dataset '{self.name}' needs the folder of its python batches")
+    needs: ClassVar[str] = "the folder of its python batches"
 
     def build(self, ctx):
         return load_cifar(self.name, self.path, image=ctx.config.model.capabilities.image)
@@ -186,7 +183,7 @@ class Cifar100Spec(_CifarSpec):
 
 
 @DATASETS.register
-class ImageFolderSpec(DatasetSpec):
+class ImageFolderSpec(FileDatasetSpec):
     """Any image dataset as class subfolders (train/ and test/, or split here)."""
 
     name: Literal["image_folder"] = "image_folder"
@@ -195,10 +192,7 @@ class ImageFolderSpec(DatasetSpec):
     image_size: int | None = Field(None, ge=4, le=1024, description="resize every image to this square size "
                                                                      "(default: keep; all must then match)")
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="test share when there is no test/ folder")
-
-    def check(self, cfg) -> None:
-        if not self.path:
-            raise config_error("data.path", "dataset 'image_folder' needs a folder of class subfolders")
+    needs: ClassVar[str] = "a folder of class subfolders"
 
     def build(self, ctx):
         return load_image_folder(self.path, self.channels, self.image_size, ctx.config.seed, self.test_fraction,

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
 from pydantic import Field
 
-from peerlearn.data.base import DATASETS, Dataset, DatasetSpec, check_dataset, config_error
+from peerlearn.data.base import DATASETS, Dataset, FileDatasetSpec, check_dataset
 from peerlearn.data.shakespeare import VOCAB
 
 FEMNIST_CLASSES = 62
@@ -168,15 +168,12 @@ def load_leaf(path: str | None, image: bool = False) -> Dataset:
 
 
 @DATASETS.register
-class LeafSpec(DatasetSpec):
+class LeafSpec(FileDatasetSpec):
     """LEAF's FEMNIST or Shakespeare from the JSON files LEAF writes (Caldas et al., 2018); users are groups."""
 
     name: Literal["leaf"] = "leaf"
     path: str | None = Field(None, description="the folder LEAF wrote, holding train/ and test/ of .json files")
-
-    def check(self, cfg) -> None:
-        if not self.path:
-            raise config_error("data.path", "dataset 'leaf' needs the folder LEAF wrote (holding train/ and test/)")
+    needs: ClassVar[str] = "the folder LEAF wrote (holding train/ and test/)"
 
     def build(self, ctx):
         return load_leaf(self.path, image=ctx.config.model.capabilities.image)

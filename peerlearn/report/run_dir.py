@@ -178,8 +178,7 @@ def load_checkpoint(path: str | Path) -> tuple[dict, dict]:
     path = Path(path)
     ckpt, config = path / CHECKPOINT, path / "config.yaml"
     if not ckpt.is_file() or not config.is_file():
-        summary = path / "summary.json"
-        done = summary.is_file() and json.loads(summary.read_text()).get("status") == "completed"
+        done = (read_summary(path) or {}).get("status") == "completed"
         raise FileNotFoundError(f"--resume {path}: " + ("the run is already complete" if done else
                                 "no checkpoint.pt and config.yaml there (not a run directory, or it "
                                 "stopped before its first evaluation)"))
@@ -217,6 +216,18 @@ def config_changes(saved: dict, now: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def read_summary(path: str | Path) -> dict | None:
+    """A run directory's ``summary.json`` (None before the run wrote one); its ``final`` metrics' nulls
+    (metrics that were not a number) come back as NaN."""
+    summary_file = Path(path) / "summary.json"
+    if not summary_file.is_file():
+        return None
+    summary = json.loads(summary_file.read_text())
+    if isinstance(summary.get("final"), dict):
+        summary["final"] = {k: math.nan if v is None else v for k, v in summary["final"].items()}
+    return summary
+
+
 def read_run(path: str | Path) -> tuple[dict, list[dict]]:
     """``(summary, rows)`` of a run directory (summary may be partial for an interrupted run)."""
     path = Path(path)
@@ -225,10 +236,6 @@ def read_run(path: str | Path) -> tuple[dict, list[dict]]:
         raise FileNotFoundError(f"{path}: not a run directory (no metrics.csv)")
     with open(metrics, newline="") as f:
         rows = [{k: float(v) if v not in ("", None) else math.nan for k, v in r.items()} for r in csv.DictReader(f)]
-    summary_file = path / "summary.json"
-    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {
-        "name": path.name, "status": "interrupted", "final": rows[-1] if rows else {}}
-    if isinstance(summary.get("final"), dict):  # null in the file is a metric that was not a number
-        summary["final"] = {k: math.nan if v is None else v for k, v in summary["final"].items()}
+    summary = read_summary(path) or {"name": path.name, "status": "interrupted", "final": rows[-1] if rows else {}}
     summary.setdefault("name", path.name)
     return summary, rows
