@@ -22,6 +22,7 @@ from peerlearn.models.functional import FlatModel, make_grad_fn, make_probe_loss
 from peerlearn.resources import check_fits
 from peerlearn.spec import BuildContext, ConfigError, config_error
 from peerlearn.topology import directed, graphs
+from peerlearn.topology.clique import as_csr
 from peerlearn.types import Algorithm, AsyncAlgorithm, GradFn
 from peerlearn.world.clock import Clock
 from peerlearn.world.faults import FaultPlan
@@ -146,7 +147,7 @@ def build_threat(cfg: ExperimentConfig, adjacency: sp.csr_array):
         return honest_N, None, torch.from_numpy(byz)
     seen = np.tile(~byz, (int(byz.sum()), 1)).astype(np.float64)
     if th.collusion == "neighbors":
-        seen *= (adjacency[np.flatnonzero(byz)].toarray() > 0)
+        seen *= (as_csr(adjacency)[np.flatnonzero(byz)].toarray() > 0)
     seen /= np.maximum(seen.sum(1, keepdims=True), 1.0)
     threat = Threat(torch.from_numpy(np.flatnonzero(byz)), th.attack.build(), torch.from_numpy(seen).float(),
                     th.sybil, torch.Generator().manual_seed(ctx.seed("threat")))

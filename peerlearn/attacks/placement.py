@@ -7,6 +7,9 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import breadth_first_order
 
+from peerlearn.topology.clique import as_csr
+from peerlearn.topology.graphs import degrees
+
 
 def place_nodes(adj: sp.csr_array, count: int, how: str = "random", seed: int = 0,
                 pool_N: np.ndarray | None = None) -> np.ndarray:
@@ -22,9 +25,9 @@ def place_nodes(adj: sp.csr_array, count: int, how: str = "random", seed: int = 
     if how == "random":
         chosen = rng.choice(pool, size=count, replace=False)
     elif how == "degree":
-        chosen = pool[np.lexsort((rng.random(len(pool)), -np.diff(adj.indptr)[pool]))[:count]]
+        chosen = pool[np.lexsort((rng.random(len(pool)), -degrees(adj)[pool]))[:count]]
     elif how == "cluster" and pool_N is None:
-        chosen = breadth_first_order(adj, int(rng.integers(n)), directed=False, return_predecessors=False)[:count]
+        chosen = breadth_first_order(as_csr(adj), int(rng.integers(n)), directed=False, return_predecessors=False)[:count]
     else:
         raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, got {how!r}")
     mask = np.zeros(n, dtype=bool)

@@ -25,6 +25,7 @@ import scipy.sparse as sp
 import torch
 
 from peerlearn.engines.async_net import AsyncNet
+from peerlearn.topology.clique import as_csr
 from peerlearn.types import Tensor
 
 
@@ -44,7 +45,7 @@ def pairwise_gossip(x_NP: Tensor, adjacency: sp.csr_array, duration_s: float, pe
     """Run asynchronous pairwise averaging for ``duration_s`` simulated seconds; returns the rows and a trace."""
     if slice_s <= 0 or period_s <= 0:
         raise ValueError(f"slice_s and period_s must be > 0, got {slice_s}, {period_s}")
-    adj = sp.csr_array(adjacency)
+    adj = as_csr(adjacency)
     n = adj.shape[0]
     if (np.diff(adj.indptr) == 0).any():
         raise ValueError("pairwise_gossip: every node needs a neighbour (isolated nodes never average)")

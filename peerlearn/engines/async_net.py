@@ -14,6 +14,7 @@ import scipy.sparse as sp
 import torch
 
 from peerlearn.types import Tensor
+from peerlearn.topology.clique import as_csr
 
 
 class AsyncNet:
@@ -29,7 +30,7 @@ class AsyncNet:
 
     def set_topology(self, W: sp.csr_array) -> None:
         """The mixing matrix in force (column j: what node j sends to whom)."""
-        self.W = sp.csr_array(W)
+        self.W = as_csr(W)
         self._W_csc = sp.csc_array(self.W)
         csc = self._W_csc  # W in CSC is W^T in CSR: row j lists j's out-neighbours
         out = sp.csr_array((csc.data.copy(), csc.indices.copy(), csc.indptr.copy()), shape=csc.shape[::-1])

@@ -17,6 +17,7 @@ import torch
 
 from peerlearn.aggregators.mean import mean
 from peerlearn.attacks.model_poisoning import HonestView
+from peerlearn.topology.clique import Clique, as_csr
 from peerlearn.types import Tensor
 
 
@@ -80,10 +81,17 @@ class SimComm:
             self.set_topology(W)
 
     # -- topology ---------------------------------------------------------------------------
-    def set_topology(self, W: sp.csr_array) -> None:
+    def set_topology(self, W: sp.csr_array | Clique) -> None:
         """Use mixing matrix ``W`` (rows: receivers, columns: senders) from now on."""
         if W.shape != (self.num_nodes, self.num_nodes):
             raise ValueError(f"mixing matrix has shape {W.shape}, expected {(self.num_nodes,) * 2}")
+        self.W, self._table = W, None  # gather()'s neighbour table is built when first needed
+        if isinstance(W, Clique):  # a clique (complete graph, sampled block) mixes as a mean: O(N P)
+            self._clique, self._off_csr, self._by_dtype = W, None, {}
+            self.degree_N = torch.from_numpy(W.degrees())
+            self._out_degree_N = self.degree_N.double()
+            self._clique_idx = None if W.members is None else torch.from_numpy(W.members)
+            return
         W = sp.csr_array(W)
         off = sp.csr_array(W - sp.diags_array(W.diagonal(), format="csr"))
         off.eliminate_zeros()
@@ -93,18 +101,21 @@ class SimComm:
         self._diag_N1 = torch.from_numpy(np.asarray(W.diagonal(), dtype=np.float32).reshape(-1, 1))
         self._by_dtype = {torch.float32: (self._off, self._off_rowsum_N1, self._diag_N1)}
         self.degree_N = torch.from_numpy(np.diff(off.indptr).astype(np.int64))
-        self._off_csr, self._table = off, None  # gather()'s neighbour table, built when first needed
+        self._off_csr = off
         self._out_degree_N = torch.from_numpy(np.bincount(off.indices, minlength=self.num_nodes)).double()
-        # a complete graph with one weight for every link (Metropolis-Hastings, max-degree and uniform
-        # weights on it) mixes as a mean: x_i + w (sum_j m_j - m_i) - (N-1) w x_i, O(N P) instead of O(N^2 P)
+        # an explicit complete graph with one weight for every link mixes as the clique it is
         n, diagonal = self.num_nodes, W.diagonal()
-        self._uniform = None
+        self._clique, self._clique_idx = None, None
         if n > 2 and off.nnz == n * (n - 1) and np.all(off.data == off.data[0]) and np.all(diagonal == diagonal[0]):
-            self._uniform = float(off.data[0])
+            self._clique = Clique(n, off=float(off.data[0]), diag=float(diagonal[0]))
 
     def _neighbour_table(self) -> tuple[Tensor, Tensor]:
         """``(nbr_NK, valid_NK)``: row i lists N(i), padded with i itself (masked)."""
         if self._table is None:
+            if self._off_csr is None:  # a clique: its explicit links, needed only here
+                full = as_csr(self.W)
+                self._off_csr = sp.csr_array(full - sp.diags_array(full.diagonal(), format="csr"))
+                self._off_csr.eliminate_zeros()
             off = self._off_csr
             k = int(self.degree_N.max()) if self.num_nodes else 0
             self._table = padded_neighbours(off.indptr, off.indices, k, np.arange(self.num_nodes))
@@ -159,10 +170,8 @@ class SimComm:
         """
         self._count_neighbour_send(x_NP, message_bytes)
         sent = self._poison(x_NP)
-        if self._uniform is not None:
-            w = self._uniform
-            received = sent.sum(0, keepdim=True) - sent  # every other node's message
-            return torch.add(x_NP, received, alpha=w).add_(x_NP, alpha=-w * (self.num_nodes - 1))
+        if self._clique is not None:
+            return self._clique_mix(x_NP, sent, push=False)
         off, rowsum, _ = self._weights(x_NP.dtype)
         out = torch.addmm(x_NP, off, sent)  # x + A m   (A: off-diagonal weights, m: messages)
         return out.addcmul_(rowsum, x_NP, value=-1.0)  # - diag(A 1) x
@@ -171,11 +180,27 @@ class SimComm:
         """``W x`` as a plain weighted sum, for column-stochastic ``W`` (push-sum): each node keeps
         ``W_ii`` of its own row and receives ``W_ij x_j`` from each in-neighbour ``j``."""
         self._count_neighbour_send(x_NP, message_bytes)
-        off, _, diag = self._weights(x_NP.dtype)
         sent = self._poison(x_NP)
-        if self._uniform is not None:
-            return torch.add(diag * x_NP, sent.sum(0, keepdim=True) - sent, alpha=self._uniform)
+        if self._clique is not None:
+            return self._clique_mix(x_NP, sent, push=True)
+        off, _, diag = self._weights(x_NP.dtype)
         return torch.addmm(diag * x_NP, off, sent)
+
+    def _clique_mix(self, x_NP: Tensor, sent_NP: Tensor, push: bool) -> Tensor:
+        """:meth:`mix` (``x_i + w sum_{j != i} (m_j - x_i)``) or :meth:`push` (``W_ii x_i + w sum_{j != i} m_j``)
+        on a clique with link weight ``w``: each member receives the members' sum minus its own message."""
+        c, idx = self._clique, self._clique_idx
+        x, m = (x_NP, sent_NP) if idx is None else (x_NP[idx], sent_NP[idx])
+        received = m.sum(0, keepdim=True) - m  # every other member's message
+        if push:
+            out = torch.add(x * c.diag, received, alpha=c.off)
+        else:
+            out = torch.add(x, received, alpha=c.off).add_(x, alpha=-c.off * (c.num_members - 1))
+        if idx is None:
+            return out
+        full = x_NP * c.rest if push else x_NP.clone()
+        full[idx] = out
+        return full
 
     def gather(self, x_NP: Tensor, include_self: bool = True,
                message_bytes: int | Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -19,6 +19,7 @@ import torch
 from peerlearn.aggregators.mean import mean
 from peerlearn.engines.comm import SimComm, padded_neighbours, torch_csr
 from peerlearn.engines.membership import Group
+from peerlearn.topology.clique import as_csr
 from peerlearn.types import Tensor
 
 def node_blocks(num_nodes: int, world: int) -> list[Tensor]:
@@ -75,7 +76,7 @@ class DistComm:
         """Use the global mixing matrix ``W`` (the same on every rank) and plan the round's exchanges."""
         if W is self.W:
             return
-        W = sp.csr_array(W)
+        W = as_csr(W)
         off = sp.csr_array(W - sp.diags_array(W.diagonal(), format="csr"))
         off.eliminate_zeros()
         self.W = W

@@ -45,6 +45,7 @@ import torch
 
 from peerlearn.privacy.accountant import epsilons, gaussian_rdp, orders
 from peerlearn.rng import step_generator
+from peerlearn.topology.clique import as_csr
 from peerlearn.types import Tensor
 
 _DENSE_MAX = 6000  # up to this many nodes (0.3 GB float64), diag(Sigma^-1) from a dense Cholesky factorisation
@@ -67,7 +68,7 @@ class MessagePrivacy(NamedTuple):
 
 def graph_edges(W) -> tuple[np.ndarray, np.ndarray]:
     """The undirected pairs ``(i, j)``, ``i < j``, linked in either direction by ``W``'s off-diagonal."""
-    A = sp.csr_array(W, copy=True)
+    A = sp.csr_array(as_csr(W), copy=True)
     A.setdiag(0)
     A.eliminate_zeros()
     A = sp.triu((A != 0).astype(np.int8) + (A.T != 0).astype(np.int8), k=1).tocoo()

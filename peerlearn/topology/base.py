@@ -8,6 +8,7 @@ from typing import Callable, ClassVar, Literal
 import scipy.sparse as sp
 from pydantic import SerializeAsAny
 
+from peerlearn.topology.clique import as_csr
 from peerlearn.spec import BuildContext, ConfigError, Registry, Spec, config_error, slot
 
 
@@ -22,12 +23,20 @@ class GraphSpec(Spec):
 
 
 class MixingSpec(Spec):
-    """A rule turning a graph into mixing weights: ``build()(adjacency) -> W``."""
+    """A rule turning a graph into mixing weights: ``build()(adjacency) -> W``.
+
+    A complete graph arrives as a :class:`~peerlearn.topology.clique.Clique` only to rules that set
+    ``takes_cliques`` (the built-in ones return a clique of weights); any other rule gets scipy CSR.
+    """
 
     factory: ClassVar[Callable]
+    takes_cliques: ClassVar[bool] = False
 
     def build(self) -> Callable[[sp.csr_array], sp.csr_array]:
-        return type(self).factory
+        rule = type(self).factory
+        if self.takes_cliques:
+            return rule
+        return lambda adj: rule(as_csr(adj))
 
 
 class ScheduleSpec(Spec):

@@ -11,6 +11,8 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
+from peerlearn.topology.clique import Clique, uniform_clique_weights
+
 
 def _directed(num_nodes: int, src: np.ndarray, dst: np.ndarray) -> sp.csr_array:
     keep = src != dst
@@ -51,6 +53,8 @@ def column_stochastic_weights(adj: sp.csr_array) -> sp.csr_array:
 
     On an undirected graph this is column-stochastic but not row-stochastic unless the graph is regular.
     """
+    if isinstance(adj, Clique):  # out-degree k - 1 in a clique of k: each member keeps and sends 1/k
+        return uniform_clique_weights(adj)
     out_deg = np.asarray(adj.sum(axis=0)).ravel()
     share = 1.0 / (1.0 + out_deg)
     return sp.csr_array(adj @ sp.diags_array(share) + sp.diags_array(share))
@@ -89,4 +93,5 @@ class ColumnStochasticSpec(MixingSpec):
 
     name: Literal["column_stochastic"] = "column_stochastic"
     factory: ClassVar = staticmethod(column_stochastic_weights)
+    takes_cliques: ClassVar = True
     capabilities: ClassVar = Capabilities(column_stochastic=True)

@@ -10,6 +10,8 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
+from peerlearn.topology.clique import Clique
+
 
 def from_edges(num_nodes: int, src: np.ndarray, dst: np.ndarray) -> sp.csr_array:
     """Symmetric 0/1 adjacency from undirected edges; self-loops and duplicates dropped."""
@@ -28,29 +30,38 @@ def _check_num_nodes(num_nodes: int, minimum: int = 1) -> None:
         raise ValueError(f"num_nodes must be an integer >= {minimum}, got {num_nodes}")
 
 
-def degrees(adj: sp.csr_array) -> np.ndarray:
+def degrees(adj: sp.csr_array | Clique) -> np.ndarray:
     """Number of neighbours of every node."""
+    if isinstance(adj, Clique):
+        return adj.degrees()
     return np.diff(adj.indptr)
 
 
-def is_connected(adj: sp.csr_array) -> bool:
-    return connected_components(adj, directed=False, return_labels=False) == 1
+def _components(adj: sp.csr_array | Clique) -> int:
+    if isinstance(adj, Clique):  # the clique is one component, every other node one more
+        k = adj.num_members
+        return (1 if k else 0) + adj.num_nodes - k if adj.off else adj.num_nodes
+    return connected_components(adj, directed=False, return_labels=False)
 
 
-def require_connected(adj: sp.csr_array, name: str) -> sp.csr_array:
+def is_connected(adj: sp.csr_array | Clique) -> bool:
+    return _components(adj) == 1
+
+
+def require_connected(adj: sp.csr_array | Clique, name: str) -> sp.csr_array | Clique:
     """Return ``adj`` or raise ValueError if the graph falls apart into several components."""
-    count = connected_components(adj, directed=False, return_labels=False)
+    count = _components(adj)
     if count != 1:
         raise ValueError(f"graph {name} with {adj.shape[0]} nodes is disconnected ({count} components); "
                          "decentralized training needs a connected graph")
     return adj
 
 
-def complete_graph(num_nodes: int) -> sp.csr_array:
-    """Every node linked to every other node."""
+def complete_graph(num_nodes: int) -> Clique:
+    """Every node linked to every other node, held as a :class:`~peerlearn.topology.clique.Clique`
+    (O(N) memory; ``.tocsr()`` gives the N (N - 1) explicit links)."""
     _check_num_nodes(num_nodes)
-    i, j = np.triu_indices(num_nodes, k=1)
-    return from_edges(num_nodes, i, j)
+    return Clique(num_nodes)
 
 
 def cycle_graph(num_nodes: int) -> sp.csr_array:

@@ -12,6 +12,7 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
+from peerlearn.topology.clique import Clique, uniform_clique_weights
 from peerlearn.topology.graphs import degrees
 
 
@@ -21,21 +22,25 @@ def _with_diagonal(off: sp.csr_array) -> sp.csr_array:
     return sp.csr_array(off + sp.diags_array(diag, format="csr"))
 
 
-def metropolis_hastings_weights(adj: sp.csr_array) -> sp.csr_array:
+def metropolis_hastings_weights(adj: sp.csr_array | Clique) -> sp.csr_array | Clique:
     """``W_ij = 1 / (1 + max(d_i, d_j))`` for neighbours; symmetric and doubly stochastic on any graph."""
+    if isinstance(adj, Clique):
+        return uniform_clique_weights(adj)
     deg = degrees(adj)
     coo = adj.tocoo()
     w = 1.0 / (1.0 + np.maximum(deg[coo.row], deg[coo.col]))
     return _with_diagonal(sp.csr_array((w, (coo.row, coo.col)), shape=adj.shape))
 
 
-def max_degree_weights(adj: sp.csr_array) -> sp.csr_array:
+def max_degree_weights(adj: sp.csr_array | Clique) -> sp.csr_array | Clique:
     """``W_ij = 1 / (1 + d_max)`` for neighbours; symmetric and doubly stochastic on any graph."""
+    if isinstance(adj, Clique):  # d_max = k - 1 on a clique of k members
+        return uniform_clique_weights(adj)
     d_max = int(degrees(adj).max(initial=0))
     return _with_diagonal(sp.csr_array(adj * (1.0 / (1.0 + d_max))))
 
 
-def uniform_weights(adj: sp.csr_array) -> sp.csr_array:
+def uniform_weights(adj: sp.csr_array | Clique) -> sp.csr_array | Clique:
     """``W_ij = 1 / (1 + d_i)`` for ``j`` in ``N(i) + {i}``: equal weight to self and each neighbour.
 
     Doubly stochastic only on regular graphs, so an irregular graph is refused rather than
@@ -45,15 +50,21 @@ def uniform_weights(adj: sp.csr_array) -> sp.csr_array:
     if deg.size and deg.min() != deg.max():
         raise ValueError(f"mixing 'uniform' is doubly stochastic only on regular graphs; this graph has "
                          f"degrees {deg.min()}..{deg.max()}: use metropolis_hastings or max_degree")
+    if isinstance(adj, Clique):
+        return uniform_clique_weights(adj)
     off = sp.csr_array(sp.diags_array(1.0 / (1.0 + deg)) @ adj)
     return _with_diagonal(off)
 
 
-def second_largest_eigenvalue(W: sp.csr_array) -> float:
+def second_largest_eigenvalue(W: sp.csr_array | Clique) -> float:
     """``lambda = max(|lambda_2|, |lambda_N|)`` of a symmetric stochastic W (the one eigenvalue 1 excluded)."""
     n = W.shape[0]
     if n == 1:
         return 0.0
+    if isinstance(W, Clique):
+        if W.num_members < n:  # the nodes outside the clique keep their models: eigenvalue 1 again
+            return 1.0
+        return abs(W.diag - W.off)  # W = (diag - off) I + off 11^T: eigenvalues 1 and diag - off
     if n <= 4096:
         eig = np.linalg.eigvalsh(W.toarray())
         return float(max(abs(eig[0]), abs(eig[-2])))
@@ -82,6 +93,7 @@ class MetropolisHastingsSpec(MixingSpec):
 
     name: Literal["metropolis_hastings"] = "metropolis_hastings"
     factory: ClassVar = staticmethod(metropolis_hastings_weights)
+    takes_cliques: ClassVar = True
 
 
 @MIXING.register
@@ -90,6 +102,7 @@ class MaxDegreeSpec(MixingSpec):
 
     name: Literal["max_degree"] = "max_degree"
     factory: ClassVar = staticmethod(max_degree_weights)
+    takes_cliques: ClassVar = True
 
 
 @MIXING.register
@@ -98,4 +111,5 @@ class UniformSpec(MixingSpec):
 
     name: Literal["uniform"] = "uniform"
     factory: ClassVar = staticmethod(uniform_weights)
+    takes_cliques: ClassVar = True
     capabilities: ClassVar = Capabilities(regular_only=True)

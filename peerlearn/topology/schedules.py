@@ -17,7 +17,9 @@ from typing import Callable, Sequence
 import numpy as np
 import scipy.sparse as sp
 
-Schedule = Callable[[int], sp.csr_array]
+from peerlearn.topology.clique import Clique, uniform_clique_weights
+
+Schedule = Callable[[int], "sp.csr_array | Clique"]
 
 
 def _round_rng(seed: int, round_: int) -> np.random.Generator:
@@ -90,13 +92,9 @@ def sampled_clients_schedule(num_nodes: int, fraction: float, seed: int = 0) -> 
     """
     k = max(2, int(np.ceil(fraction * num_nodes))) if num_nodes > 1 else 1
 
-    def schedule(round_: int) -> sp.csr_array:
+    def schedule(round_: int) -> Clique:  # the chosen nodes' clique with weights 1/k: O(N), never k^2 entries
         chosen = np.sort(_round_rng(seed, round_).choice(num_nodes, size=k, replace=False))
-        rows = np.repeat(chosen, k)
-        cols = np.tile(chosen, k)
-        W = sp.csr_array((np.full(len(rows), 1.0 / k), (rows, cols)), shape=(num_nodes, num_nodes))
-        rest = np.setdiff1d(np.arange(num_nodes), chosen)
-        return sp.csr_array(W + sp.csr_array((np.ones(len(rest)), (rest, rest)), shape=W.shape))
+        return uniform_clique_weights(Clique(num_nodes, chosen))
 
     return schedule
 

@@ -28,6 +28,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from peerlearn.topology.clique import Clique
+
 
 def node_slowdowns(num_nodes: int, sigma: float = 0.0, straggler_fraction: float = 0.0,
                    straggler_slowdown: float = 10.0, seed: int = 0) -> np.ndarray:
@@ -68,7 +70,7 @@ class Clock:
             comm = comm + np.where(alive, server, 0.0)
             new_t = np.where(alive, end, self.t_N)
         elif W is not None:
-            new_t = _row_max(sp.csr_array(W), np.where(alive, ready, -np.inf), ready)
+            new_t = _row_max(W, np.where(alive, ready, -np.inf), ready)
             new_t = np.where(alive, new_t, self.t_N)
         else:
             new_t = np.where(alive, ready, self.t_N)
@@ -93,8 +95,15 @@ class Clock:
         self.t_N, self.compute_N, self.comm_N = (state[k].copy() for k in ("t_N", "compute_N", "comm_N"))
 
 
-def _row_max(W: sp.csr_array, sender_ready: np.ndarray, own_ready: np.ndarray) -> np.ndarray:
+def _row_max(W: sp.csr_array | Clique, sender_ready: np.ndarray, own_ready: np.ndarray) -> np.ndarray:
     """``max(own_ready_i, max_{j: W_ij != 0} sender_ready_j)`` for every row i (in-neighbours in W)."""
+    if isinstance(W, Clique):  # every member waits for the slowest member
+        out = own_ready.copy()
+        if W.off and W.num_members > 1:
+            members = W.member_mask()
+            out[members] = np.maximum(out[members], sender_ready[members].max())
+        return out
+    W = sp.csr_array(W)
     vals = np.where(W.data != 0, sender_ready[W.indices], -np.inf)
     out = own_ready.copy()
     nonempty = np.diff(W.indptr) > 0

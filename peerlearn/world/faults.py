@@ -32,6 +32,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from peerlearn.topology.clique import Clique, as_csr
 from peerlearn.types import Tensor
 
 
@@ -107,14 +108,19 @@ class FaultPlan:
     def alive(self, round_: int) -> np.ndarray:
         return self.alive_TN[min(round_, len(self.alive_TN) - 1)]
 
-    def surviving_adjacency(self, adj: sp.csr_array, round_: int) -> sp.csr_array:
+    def surviving_adjacency(self, adj: sp.csr_array | Clique, round_: int) -> sp.csr_array | Clique:
         """``adj`` without the links of down nodes, failed links and links across a partition."""
-        coo = sp.coo_array(adj)
+        start, end = self.partition_rounds
+        partitioned = self.groups_N is not None and start <= round_ < end
+        if isinstance(adj, Clique) and self.link_failure == 0 and not partitioned:
+            # a clique that loses nodes is a clique among the survivors (O(N), never N^2 links)
+            alive = self.alive(round_) & adj.member_mask()
+            return Clique(adj.num_nodes, np.flatnonzero(alive))
+        coo = sp.coo_array(as_csr(adj))
         row, col = coo.row, coo.col
         alive = self.alive(round_)
         keep = alive[row] & alive[col] & (row != col) & (coo.data != 0)
-        start, end = self.partition_rounds
-        if self.groups_N is not None and start <= round_ < end:
+        if partitioned:
             keep &= self.groups_N[row] == self.groups_N[col]
         adj = sp.csr_array((np.ones(int(keep.sum())), (row[keep], col[keep])), shape=adj.shape)
         if self.link_failure > 0:
@@ -134,15 +140,15 @@ class FaultPlan:
     def at(self, round_: int, base_W: sp.csr_array) -> RoundFaults:
         """The round's alive mask and mixing matrix, from the fault-free ``base_W`` of that round."""
         adj = self.surviving_adjacency(base_W, round_)
-        W = sp.csr_array(self.mixing(adj))
+        W = self.mixing(adj)
         if self.message_loss > 0:
             W = self._lose_messages(W, round_)
         alive = self.alive(round_)
         before = self.alive(round_ - 1) if round_ > 0 else alive
         return RoundFaults(torch.from_numpy(alive.copy()), W, np.flatnonzero(alive & ~before))
 
-    def _lose_messages(self, W: sp.csr_array, round_: int) -> sp.csr_array:
-        coo = sp.coo_array(W)
+    def _lose_messages(self, W: sp.csr_array | Clique, round_: int) -> sp.csr_array:
+        coo = sp.coo_array(as_csr(W))
         off = coo.row != coo.col
         lost = off & (np.random.default_rng([self.seed, round_, 2]).random(len(coo.data)) < self.message_loss)
         data = np.where(lost, 0.0, coo.data)
@@ -160,8 +166,13 @@ class FaultPlan:
         rng = np.random.default_rng([self.seed, round_, 3])
         was_up = self.alive(round_ - 1) & alive_N
         dst, src = [], []
+        clique = adj.member_mask() if isinstance(adj, Clique) else None
         for i in joined:
-            nbrs = adj.indices[adj.indptr[i]:adj.indptr[i + 1]]
+            if clique is not None:  # a clique member's neighbours are the other members
+                nbrs = np.flatnonzero(clique) if clique[i] else np.empty(0, dtype=np.int64)
+                nbrs = nbrs[nbrs != i]
+            else:
+                nbrs = adj.indices[adj.indptr[i]:adj.indptr[i + 1]]
             nbrs = nbrs[was_up[nbrs]]
             if len(nbrs):
                 dst.append(i)

@@ -63,7 +63,7 @@ def test_a_complete_graph_mixes_as_a_mean_equal_to_the_matrix_product():
 
     for W in (metropolis_hastings_weights(complete_graph(40)), max_degree_weights(complete_graph(40))):
         comm = SimComm(W)
-        assert comm._uniform is not None
+        assert comm._clique is not None
         x = torch.randn(40, 13, generator=torch.Generator().manual_seed(1))
         expected = (torch.from_numpy(W.toarray()) @ x.double()).float()
         torch.testing.assert_close(comm.mix(x), expected, rtol=1e-5, atol=1e-5)
@@ -79,7 +79,7 @@ def test_a_complete_graph_with_unequal_weights_takes_the_general_path():
     np.fill_diagonal(dense, 0)
     np.fill_diagonal(dense, 1 - dense.sum(1))
     comm = SimComm(sp.csr_array(dense))
-    assert comm._uniform is None
+    assert comm._clique is None
     x = torch.randn(10, 4)
     torch.testing.assert_close(comm.mix(x), torch.from_numpy(dense).float() @ x, rtol=1e-5, atol=1e-5)
 
