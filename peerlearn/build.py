@@ -50,6 +50,7 @@ class Built(NamedTuple):
     relay_N: np.ndarray | None = None  # bool mask of nodes that hold no data
     mixing: Callable[[sp.csr_array], sp.csr_array] | None = None  # the run's rule adjacency -> W
     final_merge: bool = False  # one global average after the last round
+    eval_N: torch.Tensor | None = None  # bool: the seeded subset of nodes whose models are tested (None: all)
 
 
 def build_dataset(cfg: ExperimentConfig) -> Dataset:
@@ -161,8 +162,13 @@ def build_data_poisoning(cfg: ExperimentConfig, ds: Dataset):
     return cfg.threat.attack.build(ds)
 
 
+COPIES = 6  # float32 [N, P] tensors a round holds: params, the run's copy, grads, optimizer state, mixed, trained
+GRAD_BUDGET = 2 * 2**30  # bytes of forward + backward activations before the gradient is chunked over nodes
+EVAL_CHUNK = 4 * 2**24  # bytes of one evaluation chunk's activations (predicted_matches' max_elements)
+
+
 def choose_grad_strategy(cfg: ExperimentConfig, module: torch.nn.Module, activations_per_sample: int,
-                         budget_bytes: int = 2 * 2**30) -> tuple[str, int | None]:
+                         budget_bytes: int = GRAD_BUDGET) -> tuple[str, int | None]:
     """``(strategy, max_rows)`` for ``model.grad_strategy``: ``auto`` is ``dense`` for dense ReLU networks
     (logreg, mlp: the closed form, 1.2-3x vmap's speed on every shape measured, benchmarks/README.md) and
     ``vmap`` for every other module. ``max_rows`` bounds the float32 activations of forward + backward
@@ -180,25 +186,46 @@ def choose_grad_strategy(cfg: ExperimentConfig, module: torch.nn.Module, activat
     return strategy, (None if strategy == "loop" or rows >= cfg.num_nodes else int(rows))
 
 
-COPIES = 6  # float32 [N, P] tensors a round holds: params, the run's copy, grads, optimizer state, mixed, trained
-
-
 def _data_bytes(ds: Dataset) -> int:
     return sum(t.numel() * t.element_size() for t in (ds.x_train, ds.y_train, ds.x_test, ds.y_test))
 
 
+def memory_parts(cfg: ExperimentConfig, ds: Dataset, num_params: int, activations_per_sample: int) -> dict[str, int]:
+    """Bytes a run holds at its peak, by part: ``COPIES`` float32 copies of every node's model, the dataset,
+    a round's mini-batches (inputs, labels, the draws and indices behind them), the gradient's activations
+    (bounded by chunking) and one evaluation chunk."""
+    n, b = cfg.num_nodes, cfg.algorithm.batch_size
+    sample = math.prod(ds.input_shape) * ds.x_train.element_size()
+    return {"models": COPIES * 4 * n * num_params, "data": _data_bytes(ds),
+            "batches": n * b * (sample + ds.y_train.element_size() + 16),
+            "activations": min(GRAD_BUDGET, 3 * 4 * b * activations_per_sample * n), "evaluation": EVAL_CHUNK}
+
+
 def run_memory_bytes(built) -> int:
-    """A run's estimated memory: ``COPIES`` float32 copies of every node's model, plus the dataset."""
-    return COPIES * built.params_NP.numel() * 4 + _data_bytes(built.dataset)
+    """A built run's estimated peak memory (:func:`memory_parts`)."""
+    ds = built.dataset
+    act = built.flat.activation_numel(ds.input_shape, ds.x_train.dtype)
+    return sum(memory_parts(built.config, ds, built.flat.num_params, act).values())
 
 
-def _meta_num_params(cfg: ExperimentConfig, ds: Dataset) -> int | None:
-    """The model's parameter count, built on the meta device (no memory used); None if it cannot be."""
+def _meta_model(cfg: ExperimentConfig, ds: Dataset) -> FlatModel | None:
+    """The model built on the meta device (no memory used); None if it cannot be."""
     try:
         with torch.device("meta"):
-            return sum(p.numel() for p in cfg.model.build(ds.input_shape, ds.num_classes).parameters())
+            return FlatModel(cfg.model.build(ds.input_shape, ds.num_classes))
     except Exception:  # a module that cannot be built on the meta device is checked by its real build
         return None
+
+
+def _meta_parts(cfg: ExperimentConfig, ds: Dataset) -> dict[str, int] | None:
+    flat = _meta_model(cfg, ds)
+    if flat is None:
+        return None
+    try:
+        act = flat.activation_numel(ds.input_shape, ds.x_train.dtype)
+    except Exception:  # a forward pass that needs real values: count its parameters' worth
+        act = flat.num_params
+    return memory_parts(cfg, ds, flat.num_params, act)
 
 
 def estimate_memory_bytes(cfg: ExperimentConfig) -> int:
@@ -208,21 +235,26 @@ def estimate_memory_bytes(cfg: ExperimentConfig) -> int:
         ds = build_dataset(cfg)
     except ValueError as err:
         raise _as_config_error(err) from None
-    num_params = _meta_num_params(cfg, ds)
-    if num_params is None:
-        num_params = sum(p.numel() for p in cfg.model.build(ds.input_shape, ds.num_classes).parameters())
-    return COPIES * num_params * cfg.num_nodes * 4 + _data_bytes(ds)
+    parts = _meta_parts(cfg, ds)
+    if parts is None:
+        module = cfg.model.build(ds.input_shape, ds.num_classes)
+        flat = FlatModel(module)
+        parts = memory_parts(cfg, ds, flat.num_params, flat.activation_numel(ds.input_shape, ds.x_train.dtype))
+    return sum(parts.values())
 
 
 def check_model_fits(cfg: ExperimentConfig, ds: Dataset) -> None:
     """Refuse, before allocating, a model or a node count this machine cannot hold (counted on the meta
-    device: no memory is used)."""
-    num_params = _meta_num_params(cfg, ds)
-    if num_params is None:
+    device: no memory is used), with the estimate by part."""
+    flat = _meta_model(cfg, ds)
+    if flat is None:
         return
+    num_params = flat.num_params
     check_fits(4.0 * num_params, f"{cfg.model.name} with {num_params:,} parameters", "model")
-    check_fits(COPIES * 4.0 * num_params * cfg.num_nodes, f"{cfg.num_nodes:,} nodes x {num_params:,} parameters "
-               f"({COPIES} float32 copies of every node's model)", "num_nodes")
+    parts = _meta_parts(cfg, ds)
+    detail = ", ".join(f"{k} {v / 2**30:.1f}" for k, v in parts.items() if v >= 0.05 * 2**30)
+    check_fits(sum(parts.values()), f"{cfg.num_nodes:,} nodes x {num_params:,} parameters ({COPIES} float32 copies "
+               f"of every node's model, the data and a round's batches; GiB: {detail})", "num_nodes")
 
 
 def _as_config_error(err: ValueError) -> ConfigError:
@@ -289,5 +321,15 @@ def build(cfg: ExperimentConfig, dataset: Dataset | None = None) -> Built:
         algorithm=algorithm, adjacency=adj, W=W,
         schedule=schedule, honest_N=honest_N, threat=threat, attack_test=attack_test,
         faults=cfg.faults.build(ctx, adj, relay_N, mixing), relay_N=relay_N, clock=cfg.clock.build(ctx),
-        mixing=mixing, final_merge=cfg.algorithm.final_merge_enabled,
+        mixing=mixing, final_merge=cfg.algorithm.final_merge_enabled, eval_N=build_eval_nodes(cfg, ctx),
     )
+
+
+def build_eval_nodes(cfg: ExperimentConfig, ctx: BuildContext) -> torch.Tensor | None:
+    """Mask of the ``eval_nodes`` nodes drawn (seeded, without replacement) for evaluation; None: every node."""
+    k, n = cfg.eval_nodes, cfg.num_nodes
+    if k is None or k >= n:
+        return None
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[torch.randperm(n, generator=torch.Generator().manual_seed(ctx.seed("eval_nodes")))[:k]] = True
+    return mask

@@ -49,6 +49,10 @@ class ExperimentConfig(Spec):
     num_nodes: int = Field(16, ge=1, le=1_000_000, description="number of nodes")
     num_rounds: int = Field(100, ge=1, description="communication rounds")
     eval_every: int = Field(10, ge=1, description="evaluate every this many rounds (and at the last round)")
+    eval_nodes: int | None = Field(None, ge=1, le=1_000_000, description="test the models of a seeded random subset "
+                                   "of this many nodes (default: every node); at 100k+ nodes an evaluation of all "
+                                   "costs several rounds. The acc_* columns then estimate over the subset; the "
+                                   "averaged model, alive_nodes and consensus_distance still count every node")
     checkpoint_every: int = Field(0, ge=0, description="write checkpoint.pt (for --resume) at evaluated rounds at "
                                   "least this many rounds apart (0: at every evaluation; it holds every node's "
                                   "model, so large runs want fewer)")
@@ -266,6 +270,8 @@ def check_consistency(cfg: ExperimentConfig) -> None:
     """Rules between families, read from capabilities; then every member's own ``check``."""
     a, t = cfg.algorithm, cfg.topology
     caps = a.capabilities
+    if cfg.eval_nodes is not None and cfg.eval_nodes > cfg.num_nodes:
+        raise config_error("eval_nodes", f"must be at most num_nodes={cfg.num_nodes}, got {cfg.eval_nodes}")
     if caps.global_model and not cfg.model.same_init:
         raise config_error("model.same_init", f"algorithm {a.name} trains one global model, so it needs "
                                               "same_init: true")

@@ -37,7 +37,30 @@ def sgd(lr: float, momentum: float = 0.0, weight_decay: float = 0.0, nesterov: b
         step = g + momentum * buf if nesterov else buf
         return -lr * step, SgdState(buf)
 
-    return Transform(init, update)
+    def apply(grads_NP: Tensor, state: SgdState, params_NP: Tensor, out_NP: Tensor) -> SgdState:
+        # params - lr g in one pass into out (no update tensor): the steady state of every local step
+        if weight_decay or nesterov:
+            updates, state = update(grads_NP, state, params_NP)
+            torch.add(params_NP, updates, out=out_NP)
+            return state
+        if momentum:
+            state = SgdState(state.momentum_NP.mul(momentum).add_(grads_NP))
+            grads_NP = state.momentum_NP
+        torch.add(params_NP, grads_NP, alpha=-lr, out=out_NP)
+        return state
+
+    return Transform(init, update, apply)
+
+
+def apply_update(optimizer: Transform, grads_NP: Tensor, state, params_NP: Tensor,
+                 out_NP: Tensor | None = None) -> tuple[Tensor, object]:
+    """``(params_NP + update, state)``, written into ``out_NP`` (a fresh tensor when None; ``params_NP``
+    itself for an in-place step on rows the caller owns), in one pass where the optimizer has ``apply``."""
+    out_NP = torch.empty_like(params_NP) if out_NP is None else out_NP
+    if optimizer.apply is not None:
+        return out_NP, optimizer.apply(grads_NP, state, params_NP, out_NP)
+    updates_NP, state = optimizer.update(grads_NP, state, params_NP)
+    return torch.add(params_NP, updates_NP, out=out_NP), state
 
 
 
@@ -97,7 +120,12 @@ def proximal(inner: Transform, mu: float) -> Transform:
         updates, inner_state = inner.update(g, state.inner, params_NP)
         return updates, ProximalState(state.anchor_NP, inner_state)
 
-    return Transform(init, update)
+    def apply(grads_NP: Tensor, state: ProximalState, params_NP: Tensor, out_NP: Tensor) -> ProximalState:
+        g = grads_NP + mu * (params_NP - state.anchor_NP)
+        _, inner_state = apply_update(inner, g, state.inner, params_NP, out_NP)
+        return ProximalState(state.anchor_NP, inner_state)
+
+    return Transform(init, update, apply)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ import os
 
 
 def available_memory_bytes() -> int | None:
-    """Memory available to new allocations (``MemAvailable``, or the cgroup limit when lower); None if unknown."""
+    """Memory available to new allocations: ``MemAvailable``, or the cgroup limit or what ``ulimit -v`` leaves
+    when lower; None if unknown."""
     found = None
     try:
         with open("/proc/meminfo") as f:
@@ -26,7 +27,25 @@ def available_memory_bytes() -> int | None:
             continue
         if text.isdigit() and (found is None or int(text) < found):
             found = int(text)
+    room = _address_space_room()
+    if room is not None and (found is None or room < found):
+        found = room
     return found
+
+
+def _address_space_room() -> int | None:
+    """What ``ulimit -v`` (RLIMIT_AS) leaves of this process's address space; None without such a limit."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft == resource.RLIM_INFINITY:
+            return None
+        with open("/proc/self/status") as f:
+            size = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+    except (ImportError, OSError, StopIteration, ValueError):
+        return None
+    return max(0, soft - size)
 
 
 def gib(num_bytes: float) -> str:

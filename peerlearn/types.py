@@ -19,11 +19,14 @@ class Transform(NamedTuple):
     """A stateful update rule over stacked parameters (optax style).
 
     ``init(params_NP) -> state``; ``update(grads_NP, state, params_NP) -> (updates_NP, state)``.
-    The new parameters are ``params_NP + updates_NP``.
+    The new parameters are ``params_NP + updates_NP``. Optionally ``apply(grads_NP, state, params_NP, out_NP)
+    -> state`` writes the new parameters into ``out_NP`` (which may be ``params_NP`` itself) in one pass,
+    without materialising the update (what :func:`peerlearn.optim.apply_update` calls when it exists).
     """
 
     init: Callable[[Tensor], Any]
     update: Callable[[Tensor, Any, Tensor], tuple[Tensor, Any]]
+    apply: Callable[[Tensor, Any, Tensor, Tensor], Any] | None = None
 
 
 class GradFn(Protocol):

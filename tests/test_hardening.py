@@ -171,3 +171,26 @@ def test_an_unforeseen_error_is_one_line_with_the_traceback_saved(tmp_path, caps
 def test_an_interrupted_run_still_resumes_to_the_same_rows(interrupted_run):
     assert cli.main(["run", "--resume", str(interrupted_run), "--quiet"]) == 0
     assert [r["round"] for r in read_run(interrupted_run)[1]] == [0, 5, 10, 15, 20]
+
+
+def test_a_run_that_cannot_fit_stops_before_any_work_with_its_estimate(tmp_path):
+    """Under a 3 GiB address-space limit (``ulimit -v``), 64 nodes of a 4.3M-parameter MLP (6.6 GiB of
+    model copies) are refused with one line naming num_nodes and the estimate by part; nothing is written."""
+    import resource
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    limit = 3 * 2**30
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    proc = subprocess.run([sys.executable, "-m", "peerlearn", "run", QUICK, "--set", "num_nodes=64", "--set",
+                           "model.hidden=[2048,2048]", "--out", str(out), "--quiet"], preexec_fn=cap,
+                          capture_output=True, text=True, timeout=120, env={**__import__("os").environ,
+                                                                           "OMP_NUM_THREADS": "1"})
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "num_nodes: 64 nodes x 4,349,962 parameters" in lines[0] and "models 6.2" in lines[0], lines[0]
+    assert "GiB available" in lines[0] and not out.exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from peerlearn.optim import apply_update
 from peerlearn.types import BatchStream, GradFn, Tensor, Transform
 
 
@@ -19,14 +20,17 @@ def local_steps(params_RP: Tensor, opt_state, optimizer: Transform, batches: Bat
         Shi et al., "Improving the Model Consistency of Decentralized Federated Learning", ICML 2023 (DFedSAM).
     """
     loss_sum = torch.zeros(params_RP.shape[0], dtype=torch.float64)
-    params_RP = params_RP.clone()  # one copy, then in place: the caller's rows stay untouched, and
-    for _ in range(num_steps):     # large-P runs avoid a fresh (page-faulting) allocation per step
+    for step in range(num_steps):
         batch = batches.next(rows)
         loss_R, grads_RP = grad_fn(params_RP, batch)
         if sam_rho:
             ascent = grads_RP * (sam_rho / grads_RP.norm(dim=1, keepdim=True).clamp_min(1e-12))
             _, grads_RP = grad_fn(params_RP + ascent, batch)
-        updates_RP, opt_state = optimizer.update(grads_RP, opt_state, params_RP)
-        params_RP.add_(updates_RP)
+        # the first step writes a new tensor (the caller's rows stay untouched), later ones write in place:
+        # one pass over the parameters per step, no clone and no update tensor
+        params_RP, opt_state = apply_update(optimizer, grads_RP, opt_state, params_RP,
+                                            None if step == 0 else params_RP)
         loss_sum += loss_R.detach().double()
+    if num_steps == 0:
+        params_RP = params_RP.clone()
     return params_RP, opt_state, loss_sum / num_steps

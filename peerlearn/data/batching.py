@@ -22,6 +22,7 @@ class NodeSampler:
         self.crop_padding = crop_padding  # None: no augmentation; else random crop with this padding + flip
         self.sizes = torch.tensor([len(p) for p in parts], dtype=torch.float64)
         self.offsets = torch.tensor(np.concatenate([[0], np.cumsum([len(p) for p in parts])[:-1]]))
+        self._sizes_N1, self._offsets_N1 = self.sizes[:, None], self.offsets[:, None]
         self.flat = torch.from_numpy(np.concatenate(parts).astype(np.int64))
         self.generator = torch.Generator().manual_seed(seed)
         self.num_nodes = len(parts)
@@ -36,12 +37,12 @@ class NodeSampler:
             self.drawn_N += 1
         else:
             self.drawn_N.index_add_(0, rows, torch.ones(len(rows), dtype=torch.int64))
-        sizes = self.sizes if rows is None else self.sizes[rows]
-        offsets = self.offsets if rows is None else self.offsets[rows]
         u = torch.rand(self.num_nodes, self.batch_size, generator=self.generator, dtype=torch.float64)
-        if rows is not None:  # draw for all nodes, keep some: the stream does not depend on `rows`
-            u = u[rows]
-        pick = self.flat[(offsets[:, None] + (u * sizes[:, None]).long()).clamp(max=len(self.flat) - 1)]
+        if rows is None:
+            sizes, offsets = self._sizes_N1, self._offsets_N1
+        else:  # draw for all nodes, keep some: the stream does not depend on `rows`
+            sizes, offsets, u = self._sizes_N1[rows], self._offsets_N1[rows], u[rows]
+        pick = self.flat[u.mul_(sizes).long().add_(offsets).clamp_(max=len(self.flat) - 1)]
         x, y = self.x[pick], self.y[pick]
         if self.crop_padding is not None:
             x = self._crop_flip(x, rows)

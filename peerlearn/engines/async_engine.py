@@ -35,7 +35,7 @@ import torch
 
 from peerlearn.divergence import watch_run
 from peerlearn.engines.async_net import AsyncNet
-from peerlearn.engines.run import Evaluator, evaluation_row, is_evaluation_round, restore, round_network, step_means
+from peerlearn.engines.run import evaluation_row, is_evaluation_round, make_evaluator, restore, round_network, step_means
 from peerlearn.rng import stream_seed
 from peerlearn.types import Tensor
 
@@ -52,11 +52,10 @@ def simulate_async(built, on_eval: Callable[[dict], None] | None = None,
                    on_checkpoint: Callable[[dict], None] | None = None,
                    resume: dict | None = None) -> list[dict]:
     """Run an :class:`~peerlearn.types.AsyncAlgorithm` to the end; same callbacks and rows as ``simulate``."""
-    cfg, algo, ds = built.config, built.algorithm, built.dataset
+    cfg, algo = built.config, built.algorithm
     clock = built.clock()
     net = AsyncNet(built.W, seed=stream_seed(cfg.seed, "async_net"))
-    evaluate = Evaluator(built.flat, ds.x_test, ds.y_test, ds.x_train, ds.y_train, built.local_test_parts,
-                         built.honest_N, built.attack_test)
+    evaluate = make_evaluator(built)
     watch = watch_run(built, attacked=built.attack_test is not None)
     params_NP = built.params_NP.clone()
     state = algo.init(params_NP)

@@ -97,9 +97,12 @@ class SimComm:
         off.eliminate_zeros()
         self.W = W
         self._off = torch_csr(off)
-        self._off_rowsum_N1 = torch.from_numpy(np.asarray(off.sum(axis=1), dtype=np.float32).reshape(-1, 1))
+        rowsum_N = np.asarray(off.sum(axis=1)).ravel()
+        self._off_rowsum_N1 = torch.from_numpy(rowsum_N.astype(np.float32).reshape(-1, 1))
         self._diag_N1 = torch.from_numpy(np.asarray(W.diagonal(), dtype=np.float32).reshape(-1, 1))
-        self._by_dtype = {torch.float32: (self._off, self._off_rowsum_N1, self._diag_N1)}
+        # A - diag(A 1): mix of unpoisoned rows in one sparse product, x + (A - diag(A 1)) x
+        self._laplacian = torch_csr(sp.csr_array(off - sp.diags_array(rowsum_N, format="csr")))
+        self._by_dtype = {torch.float32: (self._off, self._off_rowsum_N1, self._diag_N1, self._laplacian)}
         self.degree_N = torch.from_numpy(np.diff(off.indptr).astype(np.int64))
         self._off_csr = off
         self._out_degree_N = torch.from_numpy(np.bincount(off.indices, minlength=self.num_nodes)).double()
@@ -121,8 +124,9 @@ class SimComm:
             self._table = padded_neighbours(off.indptr, off.indices, k, np.arange(self.num_nodes))
         return self._table
 
-    def _weights(self, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
-        """(off-diagonal CSR, its row sums, the diagonal) in ``dtype`` (float32 built, others cached)."""
+    def _weights(self, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(off-diagonal CSR ``A``, its row sums, the diagonal, ``A - diag(A 1)``) in ``dtype`` (float32 built,
+        others cached)."""
         if dtype not in self._by_dtype:
             self._by_dtype[dtype] = tuple(t.to(dtype) for t in self._by_dtype[torch.float32])
         return self._by_dtype[dtype]
@@ -172,7 +176,9 @@ class SimComm:
         sent = self._poison(x_NP)
         if self._clique is not None:
             return self._clique_mix(x_NP, sent, push=False)
-        off, rowsum, _ = self._weights(x_NP.dtype)
+        off, rowsum, _, lap = self._weights(x_NP.dtype)
+        if sent is x_NP:  # nobody poisons: x + (A - diag(A 1)) x, one pass
+            return torch.addmm(x_NP, lap, x_NP)
         out = torch.addmm(x_NP, off, sent)  # x + A m   (A: off-diagonal weights, m: messages)
         return out.addcmul_(rowsum, x_NP, value=-1.0)  # - diag(A 1) x
 
@@ -183,7 +189,7 @@ class SimComm:
         sent = self._poison(x_NP)
         if self._clique is not None:
             return self._clique_mix(x_NP, sent, push=True)
-        off, _, diag = self._weights(x_NP.dtype)
+        off, _, diag, _ = self._weights(x_NP.dtype)
         return torch.addmm(diag * x_NP, off, sent)
 
     def _clique_mix(self, x_NP: Tensor, sent_NP: Tensor, push: bool) -> Tensor:

@@ -74,8 +74,9 @@ class DistComm:
     # -- topology ---------------------------------------------------------------------------
     def set_topology(self, W: sp.csr_array) -> None:
         """Use the global mixing matrix ``W`` (the same on every rank) and plan the round's exchanges."""
-        if W is self.W:
+        if W is self.W or W is getattr(self, "_planned", None):
             return
+        self._planned = W  # a clique is materialised once per new W, not every round
         W = as_csr(W)
         off = sp.csr_array(W - sp.diags_array(W.diagonal(), format="csr"))
         off.eliminate_zeros()
@@ -90,7 +91,16 @@ class DistComm:
         position[need] = np.arange(len(need))
         local = sp.csr_array((mine.data, position[mine.indices], mine.indptr), shape=(hi - lo, len(need)))
         self._off = torch_csr(local)
-        self._rowsum_R1 = torch.from_numpy(np.asarray(mine.sum(axis=1), dtype=np.float32).reshape(-1, 1))
+        rowsum_R = np.asarray(mine.sum(axis=1)).ravel()
+        self._rowsum_R1 = torch.from_numpy(rowsum_R.astype(np.float32).reshape(-1, 1))
+        # SimComm's one-pass mix, A - diag(A 1) over the rows received and our own, in global-id order (the
+        # same sums in the same order as the simulator: bit for bit)
+        union = np.union1d(need, np.arange(lo, hi))
+        at = np.full(self.num_global, -1, dtype=np.int64)
+        at[union] = np.arange(len(union))
+        lap = sp.csr_array(mine - sp.csr_array((rowsum_R, (np.arange(hi - lo), np.arange(lo, hi))), shape=mine.shape))
+        self._lap = torch_csr(sp.csr_array((lap.data, at[lap.indices], lap.indptr), shape=(hi - lo, len(union))))
+        self._union = (len(union), torch.from_numpy(at[need]), torch.from_numpy(at[lo:hi]))
         self._diag_R1 = torch.from_numpy(np.asarray(W.diagonal()[lo:hi], dtype=np.float32).reshape(-1, 1))
         self._num_need = len(need)
         me = self.group.rank
@@ -138,8 +148,10 @@ class DistComm:
     def mix(self, x_RP: Tensor, message_bytes=None) -> Tensor:
         self._count_neighbour_send(x_RP, message_bytes)
         received = self._exchange(x_RP)
-        off, rowsum = self._off.to(x_RP.dtype), self._rowsum_R1.to(x_RP.dtype)
-        return torch.addmm(x_RP, off, received).addcmul_(rowsum, x_RP, value=-1.0)
+        size, from_need, from_own = self._union
+        rows = x_RP.new_empty(size, x_RP.shape[1])
+        rows[from_need], rows[from_own] = received, x_RP
+        return torch.addmm(x_RP, self._lap.to(x_RP.dtype), rows)
 
     def push(self, x_RP: Tensor, message_bytes=None) -> Tensor:
         self._count_neighbour_send(x_RP, message_bytes)

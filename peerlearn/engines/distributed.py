@@ -36,7 +36,7 @@ from torch.utils._pytree import tree_map
 from peerlearn.divergence import watch_run
 from peerlearn.engines.dist_comm import DistComm, RowBatches, node_blocks  # noqa: F401 (re-exported)
 from peerlearn.engines.membership import Membership, PeerFailure, RunStopped, connect_store
-from peerlearn.engines.run import Evaluator, _clone, evaluation_row, is_evaluation_round, step_means
+from peerlearn.engines.run import _clone, evaluation_row, is_evaluation_round, make_evaluator, step_means
 from peerlearn.spec import ConfigError
 from peerlearn.types import Tensor
 
@@ -77,8 +77,7 @@ def simulate_distributed(built, membership: Membership, on_eval: Callable[[dict]
     rows = comm.rows
     batches = RowBatches(built.batches, rows)
     lead = membership.rank == 0
-    evaluate = Evaluator(built.flat, built.dataset.x_test, built.dataset.y_test, built.dataset.x_train,
-                         built.dataset.y_train, built.local_test_parts, built.honest_N) if lead else None
+    evaluate = make_evaluator(built, attacks=False) if lead else None
     clock = built.clock() if lead and built.clock is not None else None
     watch = watch_run(built, attacked=False)  # every rank applies it to the reduced loss; rank 0 to the models
     known_NP = built.params_NP.clone() if lead else None  # the models rank 0 last saw (departed nodes keep theirs)

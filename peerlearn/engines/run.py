@@ -35,9 +35,13 @@ class Evaluator:
     def __init__(self, flat: FlatModel, x_test: Tensor, y_test: Tensor,
                  x_train: Tensor | None = None, y_train: Tensor | None = None,
                  local_test_parts: list[np.ndarray] | None = None, honest_N: Tensor | None = None,
-                 attack_test: tuple[Tensor, Tensor] | None = None):
+                 attack_test: tuple[Tensor, Tensor] | None = None, nodes_N: Tensor | None = None):
         self.flat, self.x_test, self.y_test = flat, x_test, y_test
         self.honest_N, self.attack_test = honest_N, attack_test
+        # the nodes whose models are tested: the honest ones, within the seeded subset ``nodes_N`` when given
+        self.measured_N = honest_N
+        if nodes_N is not None:
+            self.measured_N = nodes_N if honest_N is None else nodes_N & honest_N
         self.local = None
         if local_test_parts is not None:  # pad each node's local test indices to a rectangle + mask
             width = max(len(p) for p in local_test_parts)
@@ -49,22 +53,27 @@ class Evaluator:
 
     @torch.no_grad()
     def __call__(self, params_NP: Tensor, alive_N: Tensor | None = None) -> dict[str, float]:
-        """Metrics over all (honest) nodes; ``acc_alive_mean`` over those of them that are up."""
+        """Metrics over all (honest) nodes, or the seeded subset of them; ``acc_alive_mean`` over those that
+        are up. The averaged model and ``alive_nodes`` always count every honest node."""
         alive_N = torch.ones(params_NP.shape[0], dtype=torch.bool) if alive_N is None else alive_N
-        if self.honest_N is not None:
-            params_NP, alive_N = params_NP[self.honest_N], alive_N[self.honest_N]
+        honest = params_NP if self.honest_N is None else params_NP[self.honest_N]
+        alive_nodes = int(alive_N.sum() if self.honest_N is None else alive_N[self.honest_N].sum())
+        avg = honest.mean(0, keepdim=True)
+        if self.measured_N is not self.honest_N:
+            params_NP, alive_N = params_NP[self.measured_N], alive_N[self.measured_N]
+        else:
+            params_NP, alive_N = honest, (alive_N if self.honest_N is None else alive_N[self.honest_N])
         x_att, y_att = self.attack_test if self.attack_test is not None else (None, None)
         shared = x_att is self.x_test  # label flip measures on the clean test inputs: one forward pass for both
         matches = predicted_matches(self.flat, params_NP, self.x_test, [self.y_test, y_att] if shared else [self.y_test])
         acc_N = matches[0]
         out = summarize(acc_N, "acc")
         out["acc_alive_mean"] = float(acc_N[alive_N].double().mean()) if bool(alive_N.any()) else float("nan")
-        out["alive_nodes"] = int(alive_N.sum())
+        out["alive_nodes"] = alive_nodes
         out["attack_success"] = float("nan")
         if x_att is not None:
             success_N = matches[1] if shared else predicted_matches(self.flat, params_NP, x_att, [y_att])[0]
             out["attack_success"] = float(success_N.mean())
-        avg = params_NP.mean(0, keepdim=True)
         out["acc_avg_model"] = float(predicted_matches(self.flat, avg, self.x_test, [self.y_test])[0][0])
         out["acc_local_mean"] = self._local_accuracy(params_NP) if self.local is not None else float("nan")
         return out
@@ -73,11 +82,19 @@ class Evaluator:
         from torch.func import functional_call, vmap
 
         x, y, mask = self.local
-        if self.honest_N is not None:
-            x, y, mask = x[self.honest_N], y[self.honest_N], mask[self.honest_N]
+        if self.measured_N is not None:
+            x, y, mask = x[self.measured_N], y[self.measured_N], mask[self.measured_N]
         forward = vmap(lambda p, xb: functional_call(self.flat.module, self.flat.unravel(p), (xb,)))
         correct = (forward(params_NP, x).argmax(-1) == y) & mask
         return float((correct.sum(1) / mask.sum(1)).double().mean())
+
+
+def make_evaluator(built, attacks: bool = True) -> Evaluator:
+    """The run's :class:`Evaluator` (every engine): test data, local splits, honest nodes, the data attack's
+    test set (``attacks``) and the seeded subset of evaluated nodes (``eval_nodes``)."""
+    ds = built.dataset
+    return Evaluator(built.flat, ds.x_test, ds.y_test, ds.x_train, ds.y_train, built.local_test_parts,
+                     built.honest_N, built.attack_test if attacks else None, nodes_N=built.eval_N)
 
 
 def is_evaluation_round(cfg, round_: int) -> bool:

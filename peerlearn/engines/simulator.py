@@ -18,7 +18,7 @@ from torch.utils._pytree import tree_map
 
 from peerlearn.divergence import watch_run
 from peerlearn.engines.comm import SimComm
-from peerlearn.engines.run import (Evaluator, _clone, evaluation_row, is_evaluation_round, restore, round_network,
+from peerlearn.engines.run import (_clone, evaluation_row, is_evaluation_round, make_evaluator, restore, round_network,
                                    step_means)
 from peerlearn.rows import freeze_rows
 from peerlearn.types import AsyncAlgorithm, Tensor
@@ -42,11 +42,9 @@ def simulate(built, on_eval: Callable[[dict], None] | None = None,
         raise TypeError("an asynchronous algorithm runs on the event engine: peerlearn.engines.simulate picks it")
     cfg = built.config
     comm = SimComm(built.W)
-    ds = built.dataset
     comm.set_threat(built.threat)
     watch = watch_run(built, attacked=built.threat is not None or built.attack_test is not None)
-    evaluate = Evaluator(built.flat, ds.x_test, ds.y_test, ds.x_train, ds.y_train, built.local_test_parts,
-                         built.honest_N, built.attack_test)
+    evaluate = make_evaluator(built)
     params_NP = built.params_NP.clone()
     state = built.algorithm.init(params_NP)
     rows: list[dict] = []

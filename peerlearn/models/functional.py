@@ -51,9 +51,10 @@ class FlatModel:
                 total += sum(o.numel() for o in outs if isinstance(o, torch.Tensor))
 
             hooks = [m.register_forward_hook(count) for m in self.module.modules() if m is not self.module]
+            device = next(self.module.parameters(), torch.empty(0)).device  # a meta-device module counts for free
             try:
                 with torch.no_grad():
-                    self.module(torch.zeros(1, *input_shape, dtype=dtype))
+                    self.module(torch.zeros(1, *input_shape, dtype=dtype, device=device))
             finally:
                 for h in hooks:
                     h.remove()
