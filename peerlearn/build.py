@@ -162,7 +162,7 @@ def build_data_poisoning(cfg: ExperimentConfig, ds: Dataset):
     return cfg.threat.attack.build(ds)
 
 
-COPIES = 6  # float32 [N, P] tensors a round holds: params, the run's copy, grads, optimizer state, mixed, trained
+BASE_COPIES = 5  # float32 [N, P] tensors every round holds: params, the run's copy, grads, mixed, trained
 GRAD_BUDGET = 2 * 2**30  # bytes of forward + backward activations before the gradient is chunked over nodes
 EVAL_CHUNK = 4 * 2**24  # bytes of one evaluation chunk's activations (predicted_matches' max_elements)
 
@@ -190,13 +190,21 @@ def _data_bytes(ds: Dataset) -> int:
     return sum(t.numel() * t.element_size() for t in (ds.x_train, ds.y_train, ds.x_test, ds.y_test))
 
 
+def model_copies(cfg: ExperimentConfig) -> int:
+    """Float32 copies of every node's model a round holds: :data:`BASE_COPIES`, the optimizer's state and the
+    algorithm's own (``extra_copies``: 1 unless the algorithm's spec says otherwise)."""
+    alg = cfg.algorithm
+    optimizer = getattr(alg, "optimizer", None)
+    return BASE_COPIES + alg.extra_copies + (optimizer.state_copies if optimizer is not None else 0)
+
+
 def memory_parts(cfg: ExperimentConfig, ds: Dataset, num_params: int, activations_per_sample: int) -> dict[str, int]:
-    """Bytes a run holds at its peak, by part: ``COPIES`` float32 copies of every node's model, the dataset,
+    """Bytes a run holds at its peak, by part: :func:`model_copies` float32 copies of every node's model, the dataset,
     a round's mini-batches (inputs, labels, the draws and indices behind them), the gradient's activations
     (bounded by chunking) and one evaluation chunk."""
     n, b = cfg.num_nodes, cfg.algorithm.batch_size
     sample = math.prod(ds.input_shape) * ds.x_train.element_size()
-    return {"models": COPIES * 4 * n * num_params, "data": _data_bytes(ds),
+    return {"models": model_copies(cfg) * 4 * n * num_params, "data": _data_bytes(ds),
             "batches": n * b * (sample + ds.y_train.element_size() + 16),
             "activations": min(GRAD_BUDGET, 3 * 4 * b * activations_per_sample * n), "evaluation": EVAL_CHUNK}
 
@@ -253,7 +261,7 @@ def check_model_fits(cfg: ExperimentConfig, ds: Dataset) -> None:
     check_fits(4.0 * num_params, f"{cfg.model.name} with {num_params:,} parameters", "model")
     parts = _meta_parts(cfg, ds)
     detail = ", ".join(f"{k} {v / 2**30:.1f}" for k, v in parts.items() if v >= 0.05 * 2**30)
-    check_fits(sum(parts.values()), f"{cfg.num_nodes:,} nodes x {num_params:,} parameters ({COPIES} float32 copies "
+    check_fits(sum(parts.values()), f"{cfg.num_nodes:,} nodes x {num_params:,} parameters ({model_copies(cfg)} float32 copies "
                f"of every node's model, the data and a round's batches; GiB: {detail})", "num_nodes")
 
 

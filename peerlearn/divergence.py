@@ -95,9 +95,9 @@ class DivergenceWatch:
         """An evaluated row: are the models ``params_NP`` finite, and how far apart are they (``consensus``)?"""
         if not self.active:
             return
-        if not bool(params_NP.isfinite().all()):
-            self._stop(round_, "the models hold non-finite values")
-        if not math.isfinite(consensus):
+        if not math.isfinite(consensus):  # a finite consensus distance needs every value finite: checked only here
+            if not bool(params_NP.isfinite().all()):
+                self._stop(round_, "the models hold non-finite values")
             self._stop(round_, f"the consensus distance is {consensus}")
         if consensus <= 0:
             return

@@ -17,15 +17,21 @@ def consensus_distance(params_NP: Tensor, max_elements: int = 2**22) -> float:
 
     Accumulated in float64 over chunks of rows of at most ``max_elements`` values: no float64 copy of
     ``params_NP`` (100,000 MLP nodes failed with one at their first evaluation)."""
-    n = params_NP.shape[0]
+    n, p = params_NP.shape
     if n == 0:
         return float("nan")
-    mean_P = params_NP.sum(0, dtype=torch.float64) / n
-    rows = max(1, max_elements // max(1, params_NP.shape[1]))
-    total = torch.zeros((), dtype=torch.float64)
+    rows = max(1, max_elements // max(1, p))
+    mean_P = torch.zeros(p, dtype=torch.float64)
+    for a in range(0, n, rows):  # a float64 chunk's sum over rows is 8x faster than sum(0, dtype=float64)
+        mean_P += params_NP[a:a + rows].double().sum(0)
+    mean_P /= n
+    buf = torch.empty(min(rows, n), p, dtype=torch.float64)
+    total = 0.0
     for a in range(0, n, rows):
-        total += (params_NP[a:a + rows].double() - mean_P).pow_(2).sum()
-    return float(total / n)
+        chunk = params_NP[a:a + rows]
+        dev = buf[:chunk.shape[0]].copy_(chunk).sub_(mean_P).view(-1)
+        total += float(torch.dot(dev, dev))
+    return total / n
 
 
 def summarize(values_N: Tensor, prefix: str) -> dict[str, float]:

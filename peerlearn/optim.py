@@ -131,7 +131,7 @@ def proximal(inner: Transform, mu: float) -> Transform:
 # ---------------------------------------------------------------------------------------------
 # Specs (algorithm.optimizer): the local optimizer of an algorithm; the algorithm's lr is passed in
 # ---------------------------------------------------------------------------------------------
-from typing import Literal  # noqa: E402
+from typing import ClassVar, Literal  # noqa: E402
 
 from pydantic import Field  # noqa: E402
 
@@ -140,6 +140,8 @@ from peerlearn.spec import Registry, Spec  # noqa: E402
 
 class OptimizerSpec(Spec):
     """A local optimizer: ``build(lr) -> Transform`` over stacked parameters."""
+
+    state_copies: ClassVar[int] = 1  # N x P tensors of optimizer state (for the memory estimate; a plugin: 1)
 
     def build(self, lr: float) -> Transform:
         raise NotImplementedError
@@ -156,6 +158,10 @@ class SgdSpec(OptimizerSpec):
     momentum: float = Field(0.0, ge=0.0, lt=1.0, description="heavy-ball momentum")
     weight_decay: float = Field(0.0, ge=0.0, description="L2 penalty")
 
+    @property
+    def state_copies(self) -> int:  # the momentum buffer, when there is one
+        return int(self.momentum > 0)
+
     def build(self, lr: float) -> Transform:
         return sgd(lr, momentum=self.momentum, weight_decay=self.weight_decay)
 
@@ -165,6 +171,7 @@ class AdamWSpec(OptimizerSpec):
     """Adam with decoupled weight decay (Loshchilov & Hutter, ICLR 2019)."""
 
     name: Literal["adamw"] = "adamw"
+    state_copies: ClassVar[int] = 2  # first and second moments
     weight_decay: float = Field(0.0, ge=0.0, description="decoupled weight decay")
 
     def build(self, lr: float) -> Transform:

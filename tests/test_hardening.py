@@ -192,5 +192,5 @@ def test_a_run_that_cannot_fit_stops_before_any_work_with_its_estimate(tmp_path)
                                                                            "OMP_NUM_THREADS": "1"})
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
-    assert "num_nodes: 64 nodes x 4,349,962 parameters" in lines[0] and "models 6.2" in lines[0], lines[0]
+    assert "num_nodes: 64 nodes x 4,349,962 parameters" in lines[0] and "5 float32 copies" in lines[0] and "models 5.2" in lines[0], lines[0]
     assert "GiB available" in lines[0] and not out.exists()

@@ -46,8 +46,11 @@ def _roundtrip(snapshot):
      "algorithm": {"share_fraction": 0.5}, "faults": {"churn_leave": 0.1, "churn_join": 0.3}},
     {"algorithm": {"name": "spsa", "lr": 0.05, "spsa_perturbations": 2, "momentum": 0.5}},
     {"algorithm": {"name": "diloco", "num_local_steps": 2, "compressor": "random_k", "compress_ratio": 0.1}},
+    {"algorithm": {"acceleration": "chebyshev"}, "topology": {"graph": "random_regular", "degree": 3,
+                                                             "schedule": "resample", "every": 3}},
 ], ids=["dsgd-momentum-faults", "diloco", "fedavg", "byzantine-gaussian", "random-matching", "gossip-learning",
-        "async-local-sgd", "private-partial-churn", "spsa", "compressed-diloco"])
+        "async-local-sgd", "private-partial-churn", "spsa", "compressed-diloco",
+        "accelerated-slowly-varying"])
 def test_resume_from_any_checkpoint_gives_the_same_rows(sections):
     cfg = tiny_config(num_rounds=24, eval_every=4, **sections)
     snapshots = []

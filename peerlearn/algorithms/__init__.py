@@ -9,6 +9,7 @@ from peerlearn.algorithms.choco import choco
 from peerlearn.algorithms.diloco import diloco, local_sgd
 from peerlearn.algorithms.modest import modest
 from peerlearn.algorithms.fedavg import fedavg
+from peerlearn.algorithms.anarchic import anarchic
 from peerlearn.algorithms.centralized import centralized
 from peerlearn.algorithms.local_only import local_only
 from peerlearn.algorithms.spsa import spsa
@@ -17,6 +18,6 @@ from peerlearn.algorithms.async_push_sum import async_push_sum
 from peerlearn.algorithms.async_local_sgd import async_local_sgd
 from peerlearn.algorithms.semi_decentralized import with_server_rounds
 
-__all__ = ["ALGORITHMS", "AlgorithmSpec", "async_local_sgd", "async_push_sum", "centralized", "choco",
+__all__ = ["ALGORITHMS", "AlgorithmSpec", "anarchic", "async_local_sgd", "async_push_sum", "centralized", "choco",
            "communication_schedule", "diloco", "dsgd", "fedavg", "gossip_combine", "gossip_learning",
            "gradient_tracking", "local_only", "local_sgd", "modest", "push_sum", "spsa", "with_server_rounds"]

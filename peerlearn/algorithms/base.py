@@ -28,6 +28,12 @@ class AlgorithmSpec(Spec):
     def build(self, ctx: BuildContext) -> Algorithm | AsyncAlgorithm:
         raise NotImplementedError
 
+    @property
+    def extra_copies(self) -> int:
+        """N x P tensors of the algorithm's own state beyond the parameters, the gradients, the trained and
+        the mixed models and the optimizer's state (the memory estimate; 1 unless a spec knows better)."""
+        return 1
+
     def make(self, ctx: BuildContext) -> Algorithm | AsyncAlgorithm:
         """``build``, wrapped by what the shared bases add (server rounds)."""
         return self.build(ctx)

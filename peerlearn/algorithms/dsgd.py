@@ -12,6 +12,9 @@ Variants, each one argument:
 - ``sam_rho > 0``: sharpness-aware local steps (DFedSAM);
 - ``communicate(round) -> bool``: skip gossip in some rounds (communication schedules);
 - ``combine``: replaces the whole combine step (e.g. variance-corrected averaging);
+- ``acceleration_lambda``: accelerated gossip, the Chebyshev two-term recursion over rounds with
+  that spectral bound of ``W^Q`` (:mod:`peerlearn.algorithms.accelerated_gossip`); one more N x P
+  tensor of state (the previous round's models);
 - ``share_fraction = alpha < 1``: partial model sharing: each round only a random alpha of the
   coordinates is gossiped, the same subset at every node (drawn from the round and a shared seed, so
   no indices travel; the messages are ``4 alpha P`` bytes); the other coordinates stay local. Every
@@ -36,6 +39,7 @@ from typing import Any, Callable, NamedTuple
 
 import torch
 
+from peerlearn.algorithms.accelerated_gossip import accelerated, chebyshev_omega
 from peerlearn.algorithms.local import local_steps
 from peerlearn.rng import step_generator
 from peerlearn.types import Algorithm, Transform
@@ -45,6 +49,7 @@ class DsgdState(NamedTuple):
     opt_state: Any
     round: int = 0
     privacy: Any = None  # peerlearn.privacy.PrivacyState when the updates are privatised
+    prev_NP: Any = None  # accelerated gossip: the models at the start of the previous round
 
 
 def gossip_combine(aggregator: Callable | None = None, gossip_steps: int = 1) -> Callable:
@@ -61,7 +66,8 @@ def gossip_combine(aggregator: Callable | None = None, gossip_steps: int = 1) ->
 def dsgd(optimizer: Transform, num_local_steps: int = 1, order: str = "atc",
          aggregator: Callable | None = None, gossip_steps: int = 1, sam_rho: float = 0.0,
          communicate: Callable[[int], bool] | None = None, combine: Callable | None = None,
-         share_fraction: float = 1.0, share_seed: int = 0, privacy=None) -> Algorithm:
+         share_fraction: float = 1.0, share_seed: int = 0, privacy=None,
+         acceleration_lambda: float | None = None) -> Algorithm:
     """Decentralized SGD: local steps, then gossip with the round's mixing matrix (ATC or CTA order).
 
     With ``aggregator`` (``rule(x_NKP, valid_NK) -> x_NP``, e.g. a robust rule) each node combines
@@ -73,6 +79,8 @@ def dsgd(optimizer: Transform, num_local_steps: int = 1, order: str = "atc",
         raise ValueError(f"algorithm.gossip_steps must be >= 1, got {gossip_steps}")
     if not 0.0 < share_fraction <= 1.0:
         raise ValueError(f"algorithm.share_fraction must be in (0, 1], got {share_fraction}")
+    if acceleration_lambda is not None:
+        chebyshev_omega(acceleration_lambda, 1)  # checks the range
     combine = combine or gossip_combine(aggregator, gossip_steps)
 
     def init(params_NP):
@@ -86,13 +94,19 @@ def dsgd(optimizer: Transform, num_local_steps: int = 1, order: str = "atc",
         if privacy is not None:
             update, private = privacy.privatize(trained - params_NP, private, comm)
             trained = params_NP + update
+        prev = params_NP if acceleration_lambda is not None else None  # the next round's x^{t-1}
         if communicate is not None and not communicate(round_):
             params_NP = trained
         elif order == "atc":
-            params_NP = shared_combine(comm, trained, round_)
+            params_NP = momentum(shared_combine(comm, trained, round_), state, round_)
         else:
-            params_NP = shared_combine(comm, params_NP, round_) + (trained - params_NP)
-        return params_NP, DsgdState(opt_state, round_, private), {"loss": float(loss.mean())}
+            params_NP = momentum(shared_combine(comm, params_NP, round_), state, round_) + (trained - params_NP)
+        return params_NP, DsgdState(opt_state, round_, private, prev), {"loss": float(loss.mean())}
+
+    def momentum(mixed_NP, state, round_):
+        if acceleration_lambda is None:
+            return mixed_NP
+        return accelerated(mixed_NP, state.prev_NP, chebyshev_omega(acceleration_lambda, round_))
 
     def shared_combine(comm, x_NP, round_):
         if share_fraction == 1.0:
@@ -158,6 +172,10 @@ class DsgdSpec(LocalSteps, Synchronous, ServerRounds):
     variance_correction: bool = Field(False, description="restore each layer's variance after averaging")
     share_fraction: float = Field(1.0, gt=0.0, le=1.0, description="partial model sharing: gossip only this "
                                   "random fraction of the coordinates each round (the same at every node)")
+    acceleration: Literal["none", "chebyshev"] = Field("none", description="accelerated gossip: the Chebyshev "
+                                                      "two-term recursion over rounds (Liu & Morse 2011)")
+    acceleration_lambda: float | None = Field(None, ge=0.0, lt=1.0, description="its spectral bound of the "
+                                              "round's W^gossip_steps (default: computed from the static graph)")
     aggregator: SerializeAsAny[AggregatorSpec] = slot(AGGREGATORS, "gossip", "how a node combines its own and "
                                                                              "received models")
     slots: ClassVar = {"aggregator": AGGREGATORS}
@@ -179,9 +197,41 @@ class DsgdSpec(LocalSteps, Synchronous, ServerRounds):
         if agg.capabilities.common_init and not cfg.model.same_init:
             raise config_error("model.same_init", f"{agg.name} measures update histories from the common initial "
                                                   "model, so it needs same_init: true")
+        if self.acceleration == "chebyshev":
+            self._check_acceleration(cfg)
         if cfg.privacy.active and (self.comm_every > 1 or self.comm_late_fraction):
             raise config_error("privacy.clip", "rounds without gossip would later share unnoised updates; not "
                                                "combined with algorithm.comm_every or comm_late_fraction")
+
+    @property
+    def extra_copies(self) -> int:  # the previous round's models when accelerated
+        return int(self.acceleration != "none")
+
+    def _check_acceleration(self, cfg) -> None:
+        clashes = {"aggregator": not self.aggregator.capabilities.linear, "variance_correction": self.variance_correction,
+                   "share_fraction": self.share_fraction < 1.0,
+                   "comm_every": self.comm_every > 1 or bool(self.comm_late_fraction)}
+        for key, clash in clashes.items():
+            if clash:
+                raise config_error(f"algorithm.{key}", "accelerated gossip needs every round's combine to be the "
+                                                      "linear gossip step W x of every coordinate")
+        if self.acceleration_lambda is None and not cfg.topology.schedule.uses_graph:
+            raise config_error("algorithm.acceleration_lambda", f"topology.schedule {cfg.topology.schedule.name} has "
+                                                                "no static graph to compute it from; give it")
+
+    def _lambda(self, ctx) -> float | None:
+        """The spectral bound of ``W^Q`` the recursion uses (None: no acceleration)."""
+        if self.acceleration == "none":
+            return None
+        if self.acceleration_lambda is not None:
+            return self.acceleration_lambda
+        from peerlearn.topology.mixing import second_largest_eigenvalue
+
+        lam = second_largest_eigenvalue(ctx.config.topology.mixing.build()(ctx.adjacency)) ** self.gossip_steps
+        if lam >= 1.0:
+            raise config_error("algorithm.acceleration", "the static graph's W has a second eigenvalue of modulus 1 "
+                                                         "(disconnected or periodic): nothing to accelerate")
+        return lam
 
     def build(self, ctx):
         from peerlearn.aggregators.variance_correction import variance_corrected
@@ -194,4 +244,4 @@ class DsgdSpec(LocalSteps, Synchronous, ServerRounds):
             communicate = communication_schedule(ctx.num_rounds, self.comm_every, self.comm_late_fraction)
         return dsgd(self.transform(), self.num_local_steps, self.order, sam_rho=self.sam_rho, communicate=communicate,
                     combine=combine, share_fraction=self.share_fraction, share_seed=ctx.seed("share"),
-                    privacy=ctx.config.privacy.build(ctx, self.lr))
+                    privacy=ctx.config.privacy.build(ctx, self.lr), acceleration_lambda=self._lambda(ctx))

@@ -37,6 +37,8 @@ class Evaluator:
                  local_test_parts: list[np.ndarray] | None = None, honest_N: Tensor | None = None,
                  attack_test: tuple[Tensor, Tensor] | None = None, nodes_N: Tensor | None = None):
         self.flat, self.x_test, self.y_test = flat, x_test, y_test
+        if honest_N is not None and bool(honest_N.all()):
+            honest_N = None  # nobody is Byzantine: no copy of every honest row at each evaluation
         self.honest_N, self.attack_test = honest_N, attack_test
         # the nodes whose models are tested: the honest ones, within the seeded subset ``nodes_N`` when given
         self.measured_N = honest_N

@@ -74,13 +74,19 @@ def one_peer_exponential_schedule(num_nodes: int) -> Schedule:
 
 
 def resampled_schedule(make_graph: Callable[[int], sp.csr_array], mixing: Callable[[sp.csr_array], sp.csr_array],
-                       seed: int = 0) -> Schedule:
-    """A new random graph every round: ``make_graph(round_seed)`` then ``mixing`` (e.g. epidemic learning
-    with a fresh random regular graph per round)."""
+                       seed: int = 0, every: int = 1) -> Schedule:
+    """A new random graph every ``every`` rounds: ``make_graph(period_seed)`` then ``mixing`` (e.g. epidemic
+    learning with a fresh random regular graph per round; ``every > 1``: a slowly time-varying network).
+    Rounds ``1..every`` share the first draw, and so on; the last draw is kept, not rebuilt."""
+    last: dict[int, sp.csr_array] = {}
 
     def schedule(round_: int) -> sp.csr_array:
-        round_seed = int(np.random.SeedSequence([seed, round_]).generate_state(1)[0])
-        return mixing(make_graph(round_seed))
+        period = (round_ - 1) // every
+        if period not in last:
+            period_seed = int(np.random.SeedSequence([seed, period + 1]).generate_state(1)[0])
+            last.clear()
+            last[period] = mixing(make_graph(period_seed))
+        return last[period]
 
     return schedule
 
@@ -156,9 +162,12 @@ class OnePeerExponentialSpec(ScheduleSpec):
 
 @SCHEDULES.register
 class ResampleSpec(ScheduleSpec):
-    """A new draw of the random graph every round (epidemic learning, de Vos et al., NeurIPS 2023)."""
+    """A new draw of the random graph every round (epidemic learning, de Vos et al., NeurIPS 2023), or every
+    ``every`` rounds (a slowly varying network, Metelev et al., ICML 2023)."""
 
     name: Literal["resample"] = "resample"
+    every: int = Field(1, ge=1, le=1_000_000, description="draw a new graph every this many rounds (1: every "
+                       "round; more: a slowly varying network)")
     capabilities: ClassVar = _VARYING
     uses_graph: ClassVar = True
 
@@ -173,7 +182,7 @@ class ResampleSpec(ScheduleSpec):
 
     def build(self, ctx, graph, mixing):
         n = ctx.num_nodes
-        return resampled_schedule(lambda s: graph.build(n, s), mixing.build(), ctx.seed("schedule"))
+        return resampled_schedule(lambda s: graph.build(n, s), mixing.build(), ctx.seed("schedule"), self.every)
 
 
 @SCHEDULES.register

@@ -11,6 +11,7 @@ from peerlearn import cli
 from peerlearn.build import build
 from peerlearn.divergence import Diverged, DivergenceWatch
 from peerlearn.engines import simulate
+from peerlearn.metrics import consensus_distance
 from tests.conftest import tiny_config
 
 # each ended "completed" at chance accuracy with losses up to 1e26 before the rule (issue 19, item 4)
@@ -70,7 +71,8 @@ def test_the_consensus_distance_rule_against_the_initial_norm():
     with pytest.raises(Diverged, match="distance from their average"):
         watch.row(10, params, (1e4 * 3 ** 0.5 * 1.01) ** 2)
     with pytest.raises(Diverged, match="non-finite"):
-        DivergenceWatch(cfg, params).row(1, torch.full((4, 3), float("nan")), 0.0)
+        nan = torch.full((4, 3), float("nan"))
+        DivergenceWatch(cfg, params).row(1, nan, consensus_distance(nan))  # the row's distance, from these models
     zero = DivergenceWatch(cfg, torch.zeros(4, 3))  # models that start at zero: the first spread is the scale
     zero.row(1, params, 1e-6)
     with pytest.raises(Diverged):
