@@ -183,7 +183,7 @@ class ResNetSpec(ModelSpec):
     name: Literal["resnet"] = "resnet"
     depth: int = Field(20, ge=8, le=110, description="6n + 2 layers: 8, 14, 20, 32, 44, 56, 110")
     width: PositiveInt = Field(16, le=256, description="channels of the first stage (then 2x and 4x)")
-    norm_groups: PositiveInt = Field(2, description="GroupNorm groups (a divisor of each layer's channels is used)")
+    norm_groups: PositiveInt = Field(2, le=65_536, description="GroupNorm groups (a divisor of each layer's channels is used)")
     capabilities: ClassVar = Capabilities(image=True)
 
     def build(self, input_shape, num_classes):
@@ -196,7 +196,7 @@ class VGG11Spec(ModelSpec):
 
     name: Literal["vgg11"] = "vgg11"
     width: PositiveInt = Field(16, le=64, description="channels of the first conv (64 in the paper)")
-    norm_groups: PositiveInt = Field(2, description="GroupNorm groups")
+    norm_groups: PositiveInt = Field(2, le=65_536, description="GroupNorm groups")
     capabilities: ClassVar = Capabilities(image=True)
 
     def build(self, input_shape, num_classes):

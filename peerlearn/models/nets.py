@@ -164,7 +164,7 @@ class GRUSpec(ModelSpec):
 
     name: Literal["gru"] = "gru"
     hidden: list[PositiveInt] = Field([64], description="GRU layer widths")
-    embed_dim: int = Field(8, ge=1, description="character embedding size")
+    embed_dim: int = Field(8, ge=1, le=65_536, description="character embedding size")
     capabilities: ClassVar = Capabilities(tokens=True)
 
     def build(self, input_shape, num_classes):
