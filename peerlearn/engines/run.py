@@ -19,7 +19,9 @@ from peerlearn.world.faults import RoundFaults
 COLUMNS = ["round", "acc_mean", "acc_min", "acc_max", "acc_std", "acc_avg_model", "acc_local_mean",
            "loss_mean", "consensus_distance", "bytes_sent_total", "bytes_sent_per_node", "wall_time_s",
            "attack_success", "acc_alive_mean", "alive_nodes", "sim_time_s", "sim_compute_s", "sim_comm_s",
-           "sim_wait_s", "staleness_mean", "epsilon", "eval_time_s"]
+           "sim_wait_s", "staleness_mean", "epsilon", "eval_time_s", "acc_local_min", "acc_local_std",
+           "acc_local_worst10"]
+LOCAL_COLUMNS = ("acc_local_mean", "acc_local_min", "acc_local_std", "acc_local_worst10")
 # measured, not computed: the only columns that differ between two runs with the same seed
 TIMINGS = ("wall_time_s", "eval_time_s")
 
@@ -77,10 +79,12 @@ class Evaluator:
             success_N = matches[1] if shared else predicted_matches(self.flat, params_NP, x_att, [y_att])[0]
             out["attack_success"] = float(success_N.mean())
         out["acc_avg_model"] = float(predicted_matches(self.flat, avg, self.x_test, [self.y_test])[0][0])
-        out["acc_local_mean"] = self._local_accuracy(params_NP) if self.local is not None else float("nan")
+        out.update(self._local_accuracy(params_NP) if self.local is not None else dict.fromkeys(LOCAL_COLUMNS, math.nan))
         return out
 
-    def _local_accuracy(self, params_NP: Tensor) -> float:
+    def _local_accuracy(self, params_NP: Tensor) -> dict[str, float]:
+        """Each node's accuracy on its own held-out split (personalization): mean, min, population std and the
+        mean of the worst 10% of nodes (at least one)."""
         from torch.func import functional_call, vmap
 
         x, y, mask = self.local
@@ -88,7 +92,10 @@ class Evaluator:
             x, y, mask = x[self.measured_N], y[self.measured_N], mask[self.measured_N]
         forward = vmap(lambda p, xb: functional_call(self.flat.module, self.flat.unravel(p), (xb,)))
         correct = (forward(params_NP, x).argmax(-1) == y) & mask
-        return float((correct.sum(1) / mask.sum(1)).double().mean())
+        acc_N = (correct.sum(1) / mask.sum(1)).double()
+        worst = acc_N.sort().values[:max(1, len(acc_N) // 10)]
+        return {"acc_local_mean": float(acc_N.mean()), "acc_local_min": float(acc_N.min()),
+                "acc_local_std": float(acc_N.std(unbiased=False)), "acc_local_worst10": float(worst.mean())}
 
 
 def make_evaluator(built, attacks: bool = True) -> Evaluator:

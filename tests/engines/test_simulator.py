@@ -44,3 +44,17 @@ def test_local_test_split_metric():
 def test_divergence_is_reported():
     with pytest.raises(FloatingPointError, match="lower algorithm.lr"):
         simulate(build(tiny_config(num_rounds=50, algorithm={"lr": 1e30})))
+
+
+def test_personalization_metrics_see_what_the_global_test_set_hides():
+    """Local-only training on two classes per node: each model is good on its own distribution (its held-out
+    split) and poor on the global test set; min <= worst 10% <= mean, and nodes differ (std > 0)."""
+    cfg = tiny_config(num_rounds=60, eval_every=60, data={"partition": "shards", "classes_per_node": 2,
+                                                           "local_test_fraction": 0.25},
+                      algorithm={"name": "local"})
+    last = simulate(build(cfg))[-1]
+    assert last["acc_local_mean"] > 0.8 > 0.3 > last["acc_mean"]
+    assert last["acc_local_min"] <= last["acc_local_worst10"] <= last["acc_local_mean"]
+    assert last["acc_local_std"] > 0.0
+    plain = simulate(build(tiny_config(num_rounds=2, eval_every=2)))[-1]
+    assert all(math.isnan(plain[k]) for k in ("acc_local_min", "acc_local_std", "acc_local_worst10"))
