@@ -150,7 +150,8 @@ def build_threat(cfg: ExperimentConfig, adjacency: sp.csr_array):
     if th.collusion == "neighbors":
         seen *= (as_csr(adjacency)[np.flatnonzero(byz)].toarray() > 0)
     seen /= np.maximum(seen.sum(1, keepdims=True), 1.0)
-    threat = Threat(torch.from_numpy(np.flatnonzero(byz)), th.attack.build(), torch.from_numpy(seen).float(),
+    threat = Threat(torch.from_numpy(np.flatnonzero(byz)), th.attack.build(cfg.num_nodes, cfg.num_byzantine),
+                    torch.from_numpy(seen).float(),
                     th.sybil, torch.Generator().manual_seed(ctx.seed("threat")))
     return honest_N, threat, None
 

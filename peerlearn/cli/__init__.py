@@ -108,7 +108,8 @@ def make_parser() -> argparse.ArgumentParser:
     mat = sub.add_parser("matrix", help="run every attack x defence pair; a table and a heatmap")
     mat.add_argument("config")
     mat.add_argument("--attacks", nargs="+", default=["gaussian", "sign_flip", "alie", "ipm", "large_norm", "dmpa",
-                                                         "label_flip", "backdoor"])
+                                                         "label_flip", "backdoor"],
+                     help="attacks, each optionally with its own threat keys: alie:z=auto or gaussian:sigma=3")
     mat.add_argument("--defenses", nargs="+", default=["gossip", "median", "trimmed_mean", "krum",
                                                           "geometric_median", "centered_clipping", "nna"],
                      help="aggregators, each optionally with its own algorithm keys: bulyan:f=1 or "

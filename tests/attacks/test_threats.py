@@ -232,3 +232,30 @@ def test_foolsgold_needs_a_common_initial_model():
 
     with pytest.raises(ConfigError, match="model.same_init: foolsgold"):
         parse_config({"algorithm": {"aggregator": "foolsgold"}, "model": {"same_init": False}})
+
+
+def test_alie_auto_z_is_the_papers_z_max_from_n_and_f():
+    """Baruch et al. (NeurIPS 2019): s = floor(n/2 + 1) - f supporters needed, z = Phi^-1((n - s) / n)."""
+    from scipy.stats import norm
+
+    from peerlearn.attacks.model_poisoning import alie_z
+    from peerlearn.build import build
+    from tests.conftest import tiny_config
+
+    assert alie_z(64, 10) == pytest.approx(0.3601, abs=1e-4)  # the robustness docs' setting
+    assert alie_z(16, 2) == pytest.approx(norm.ppf(9 / 16))
+    assert alie_z(64, 20) > alie_z(64, 10) > alie_z(64, 2)  # more attackers: they may go further out
+    b = build(tiny_config(threat={"attack": "alie", "num_byzantine": 3, "z": "auto"}))
+    assert b.threat.attack.keywords["z"] == pytest.approx(alie_z(16, 3))
+    fixed = build(tiny_config(threat={"attack": "alie", "num_byzantine": 3, "z": 0.7}))
+    assert fixed.threat.attack.keywords["z"] == 0.7
+
+
+def test_matrix_cells_take_an_attacks_own_keys():
+    from peerlearn.config import ConfigError
+    from peerlearn.report.matrix import parse_defense
+
+    assert parse_defense("alie:z=auto", "attack", "--attacks") == {"attack": "alie", "z": "auto"}
+    assert parse_defense("gaussian:sigma=3") == {"aggregator": "gaussian", "sigma": 3}
+    with pytest.raises(ConfigError, match="--attacks alie:z"):
+        parse_defense("alie:z", "attack", "--attacks")
