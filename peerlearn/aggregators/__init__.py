@@ -10,8 +10,10 @@ from peerlearn.aggregators.robust import (bulyan, centered_clipping, coordinate_
                                           nearest_neighbor_mean, trimmed_mean)
 from peerlearn.aggregators.sybil import foolsgold
 from peerlearn.aggregators.aligned import align, aligned_mean
+from peerlearn.aggregators.loss_delta import loss_delta_mean, loss_delta_scores
 from peerlearn.aggregators.variance_correction import layer_variances, restore_variance, variance_corrected
 
-__all__ = ["AGGREGATORS", "AggregatorSpec", "align", "aligned_mean", "bulyan", "centered_clipping", "coordinate_median", "foolsgold", "geometric_median", "krum", "masked_mean", "mean",
+__all__ = ["AGGREGATORS", "AggregatorSpec", "align", "aligned_mean", "bulyan", "centered_clipping", "coordinate_median", "foolsgold", "geometric_median", "krum", "loss_delta_mean", "loss_delta_scores",
+           "masked_mean", "mean",
            "layer_variances", "multi_krum", "nearest_neighbor_mean", "restore_variance", "trimmed_mean",
            "variance_corrected"]

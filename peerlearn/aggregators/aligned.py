@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from peerlearn.aggregators.mean import masked_mean
 from peerlearn.types import Tensor
 
 
@@ -109,9 +110,7 @@ def aligned_mean(x_NKP: Tensor, valid_NK: Tensor, layout: list[tuple[int, int]],
     n, k, p = x_NKP.shape
     ref = x_NKP[:, :1].expand(n, k - 1, p).reshape(-1, p)
     aligned = align(ref, x_NKP[:, 1:].reshape(-1, p), layout, inputs_TD).reshape(n, k - 1, p)
-    stacked = torch.cat([x_NKP[:, :1], aligned], 1)
-    w = valid_NK.to(x_NKP.dtype)
-    return torch.einsum("nk,nkp->np", w, stacked) / w.sum(1, keepdim=True)
+    return masked_mean(torch.cat([x_NKP[:, :1], aligned], 1), valid_NK)
 
 
 # ---------------------------------------------------------------------------------------------

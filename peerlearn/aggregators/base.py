@@ -17,6 +17,11 @@ class AggregatorSpec(Spec):
     min_inputs: ClassVar[str | None] = None  # key of aggregators.robust.MIN_INPUTS: checked against the graph
 
     def build(self, ctx: BuildContext) -> Callable | None:
+        self.check_inputs(ctx)
+        return self.rule()
+
+    def check_inputs(self, ctx: BuildContext) -> None:
+        """Every node of the graph gives this rule enough inputs to tolerate its f (robust rules)."""
         if self.min_inputs is not None:
             from peerlearn.topology.graphs import degrees
 
@@ -25,7 +30,6 @@ class AggregatorSpec(Spec):
             if error:
                 field, _, message = error.partition(": ")
                 raise config_error(field, message)
-        return self.rule()
 
     def rule(self, **extra) -> Callable:
         """``rule(x_NKP, valid_NK)`` with this spec's fields (and ``extra``) bound."""
