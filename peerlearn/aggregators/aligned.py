@@ -30,24 +30,14 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from peerlearn.aggregators.mean import masked_mean
+from peerlearn.models.dense import layer_views
 from peerlearn.types import Tensor
-
-
-def _layers(x_RP: Tensor, layout: list[tuple[int, int]]) -> list[tuple[Tensor, Tensor]]:
-    """Views ``(W [R, out, in], b [R, out])`` of each Linear layer of the flat rows (weight, then bias)."""
-    out, start = [], 0
-    for fan_in, fan_out in layout:
-        w = x_RP[:, start:start + fan_in * fan_out].reshape(-1, fan_out, fan_in)
-        start += fan_in * fan_out
-        out.append((w, x_RP[:, start:start + fan_out]))
-        start += fan_out
-    return out
 
 
 def hidden_activations(x_RP: Tensor, layout: list[tuple[int, int]], inputs_TD: Tensor) -> list[Tensor]:
     """Post-ReLU activations ``[R, T, H_l]`` of every hidden layer of every row's network."""
     acts, a = [], inputs_TD.to(x_RP.dtype).expand(x_RP.shape[0], -1, -1)
-    for w, b in _layers(x_RP, layout)[:-1]:
+    for w, b in layer_views(x_RP, layout)[:-1]:
         a = torch.relu(torch.baddbmm(b.unsqueeze(1), a, w.transpose(1, 2)))
         acts.append(a)
     return acts
@@ -69,7 +59,7 @@ def matching_permutations(ref_RP: Tensor, other_RP: Tensor, layout: list[tuple[i
 
     The cost is the activations' correlation; a 1e-9 share of the cosine between the units' incoming weights
     (the previous layer already matched) only breaks ties, so units dead on the batch still pair up."""
-    perms, ref_layers, other_layers = [], _layers(ref_RP, layout), _layers(other_RP, layout)
+    perms, ref_layers, other_layers = [], layer_views(ref_RP, layout), layer_views(other_RP, layout)
     acts = zip(hidden_activations(ref_RP, layout, inputs_TD), hidden_activations(other_RP, layout, inputs_TD))
     for l, (z_ref, z_oth) in enumerate(acts):
         w_oth, b_oth = other_layers[l]
@@ -85,7 +75,7 @@ def matching_permutations(ref_RP: Tensor, other_RP: Tensor, layout: list[tuple[i
 def permute_hidden(x_RP: Tensor, layout: list[tuple[int, int]], perms: list[Tensor]) -> Tensor:
     """A copy of ``x_RP`` with hidden layer ``l``'s units reordered by ``perms[l]`` (the same function)."""
     out = x_RP.clone()
-    src, dst = _layers(x_RP, layout), _layers(out, layout)
+    src, dst = layer_views(x_RP, layout), layer_views(out, layout)
     rows = torch.arange(x_RP.shape[0])[:, None]
     for l, perm in enumerate(perms):
         w, b = src[l]
@@ -116,11 +106,11 @@ def aligned_mean(x_NKP: Tensor, valid_NK: Tensor, layout: list[tuple[int, int]],
 # ---------------------------------------------------------------------------------------------
 # Spec (algorithm.aggregator: dimat)
 # ---------------------------------------------------------------------------------------------
-from typing import ClassVar, Literal  # noqa: E402
+from typing import Literal  # noqa: E402
 
 from pydantic import Field  # noqa: E402
 
-from peerlearn.aggregators.base import AGGREGATORS, AggregatorSpec  # noqa: E402
+from peerlearn.aggregators.base import AGGREGATORS, AggregatorSpec, training_sample  # noqa: E402
 from peerlearn.spec import config_error  # noqa: E402
 
 
@@ -132,7 +122,6 @@ class DimatSpec(AggregatorSpec):
     name: Literal["dimat"] = "dimat"
     align_samples: int = Field(256, ge=2, le=100_000, description="training inputs (a seeded sample, the same at "
                                                                   "every node) whose activations are matched")
-    factory: ClassVar = staticmethod(aligned_mean)
 
     def build(self, ctx):
         from peerlearn.models.dense import dense_layout
@@ -142,7 +131,5 @@ class DimatSpec(AggregatorSpec):
         if layout is None or not ds.x_train.is_floating_point():
             raise config_error("algorithm.aggregator", f"dimat aligns the hidden units of dense ReLU networks "
                                                        f"(logreg, mlp); model {ctx.config.model.name} is not one")
-        g = torch.Generator().manual_seed(ctx.seed("dimat"))
-        idx = torch.randperm(len(ds.x_train), generator=g)[:self.align_samples]
-        inputs = ds.x_train[idx].reshape(len(idx), -1).float()
-        return functools.partial(aligned_mean, layout=layout, inputs_TD=inputs)
+        inputs, _ = training_sample(ctx, "dimat", self.align_samples)
+        return functools.partial(aligned_mean, layout=layout, inputs_TD=inputs.reshape(len(inputs), -1).float())

@@ -7,6 +7,8 @@ from __future__ import annotations
 import functools
 from typing import Callable, ClassVar
 
+import torch
+
 from peerlearn.spec import BuildContext, Registry, Spec, config_error
 
 
@@ -34,6 +36,14 @@ class AggregatorSpec(Spec):
     def rule(self, **extra) -> Callable:
         """``rule(x_NKP, valid_NK)`` with this spec's fields (and ``extra``) bound."""
         return functools.partial(type(self).factory, **self.kwargs(), **extra)
+
+
+def training_sample(ctx: BuildContext, stream: str, count: int):
+    """``(x, y)``: a seeded sample of ``count`` training samples (at most all), the same at every node: the batch
+    rules score or align models on instead of each node's own data."""
+    x, y = ctx.dataset.x_train, ctx.dataset.y_train
+    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(ctx.seed(stream)))[:count]
+    return x[idx], y[idx]
 
 
 # fewest inputs (own model included) each rule needs to tolerate f Byzantine ones

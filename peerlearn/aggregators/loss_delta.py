@@ -24,8 +24,6 @@ from __future__ import annotations
 
 from typing import Callable
 
-import torch
-
 from peerlearn.aggregators.mean import masked_mean
 from peerlearn.types import Tensor
 
@@ -64,7 +62,7 @@ from typing import ClassVar, Literal  # noqa: E402
 
 from pydantic import Field  # noqa: E402
 
-from peerlearn.aggregators.base import AGGREGATORS  # noqa: E402
+from peerlearn.aggregators.base import AGGREGATORS, training_sample  # noqa: E402
 from peerlearn.aggregators.robust import _Tolerant  # noqa: E402
 
 
@@ -81,9 +79,6 @@ class LossDeltaSpec(_Tolerant):
 
     def build(self, ctx):
         self.check_inputs(ctx)  # the graph gives every node more than f inputs
-        ds = ctx.dataset
-        g = torch.Generator().manual_seed(ctx.seed("loss_delta"))
-        idx = torch.randperm(len(ds.x_train), generator=g)[:self.score_samples]
-        batch = (ds.x_train[idx], ds.y_train[idx])
+        batch = training_sample(ctx, "loss_delta", self.score_samples)
         return functools.partial(loss_delta_mean, probe_loss=ctx.probe_loss_fn, batch=batch, f=self.f,
                                  step=self.step)

@@ -39,16 +39,16 @@ from peerlearn.types import Tensor
 
 
 def chebyshev_omega(lam: float, t: int) -> float:
-    """``omega_t`` of the recursion above for spectral bound ``lam`` (rounds count from 1)."""
+    """``omega_t`` of the recursion above for spectral bound ``lam`` (rounds count from 1), in closed form:
+    ``omega_t = 2 T_{t-1}(1/lam) / (lam T_t(1/lam))`` with ``T_t(x) = cosh(t a)``, ``a = acosh(1/lam)``, written
+    with ``exp(-2 t a)`` so that no cosh overflows; O(1) in ``t``."""
     if not 0.0 <= lam < 1.0:
         raise ValueError(f"algorithm.acceleration_lambda must be in [0, 1), got {lam}")
-    omega = 1.0
-    for k in range(1, t):
-        new = 2.0 / (2.0 - lam * lam) if k == 1 else 1.0 / (1.0 - lam * lam * omega / 4.0)
-        if new == omega:  # converged (geometrically) to 2 / (1 + sqrt(1 - lam^2))
-            break
-        omega = new
-    return omega
+    if t <= 1 or lam == 0.0:
+        return 1.0
+    a = math.acosh(1.0 / lam)
+    ratio = math.exp(-a) * (1.0 + math.exp(-2.0 * (t - 1) * a)) / (1.0 + math.exp(-2.0 * t * a))  # T_{t-1} / T_t
+    return 2.0 * ratio / lam
 
 
 def stationary_rate(lam: float) -> float:

@@ -54,14 +54,26 @@ def dense_layout(module: nn.Module) -> list[tuple[int, int]] | None:
     return shapes
 
 
-def make_dense_grad_fn(layout: list[tuple[int, int]]) -> GradFn:
-    """Batched ``(params_RP, (x_RB..., y_RB)) -> (loss_R, grads_RP)`` for the dense network ``layout``
-    (parameters in ``named_parameters`` order: each layer's weight ``[out, in]``, then its bias)."""
-    offsets = []
-    start = 0
+def layer_offsets(layout: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``(weight start, bias start)`` of each Linear layer in the flat parameters (``named_parameters`` order:
+    each layer's weight ``[out, in]``, then its bias)."""
+    offsets, start = [], 0
     for fan_in, fan_out in layout:
         offsets.append((start, start + fan_in * fan_out))
         start += fan_in * fan_out + fan_out
+    return offsets
+
+
+def layer_views(params_RP: Tensor, layout: list[tuple[int, int]]) -> list[tuple[Tensor, Tensor]]:
+    """Views ``(W [R, out, in], b [R, out])`` of each Linear layer of every row's flat parameters."""
+    return [(params_RP[:, w0:b0].view(-1, fan_out, fan_in), params_RP[:, b0:b0 + fan_out])
+            for (fan_in, fan_out), (w0, b0) in zip(layout, layer_offsets(layout))]
+
+
+def make_dense_grad_fn(layout: list[tuple[int, int]]) -> GradFn:
+    """Batched ``(params_RP, (x_RB..., y_RB)) -> (loss_R, grads_RP)`` for the dense network ``layout``
+    (parameters in :func:`layer_offsets` order)."""
+    offsets = layer_offsets(layout)
 
     def grad_fn(params_RP: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
         x, y = batch

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def parse_defense(spec: str, selector: str = "aggregator", flag: str = "--defenses") -> dict:
+def parse_member(spec: str, selector: str = "aggregator", flag: str = "--defenses") -> dict:
     """``"bulyan:f=1,tau=0.5"`` -> ``{"aggregator": "bulyan", "f": 1, "tau": 0.5}`` (algorithm keys); with
     ``selector="attack"``, ``"alie:z=auto"`` -> ``{"attack": "alie", "z": "auto"}`` (threat keys)."""
     import yaml
@@ -37,7 +37,7 @@ def run_matrix(base: dict, attacks: list[str], defenses: list[str], out_dir: Pat
     ``base_cfg`` (the validated ``base``) lets a cell drop the keys of the base's own aggregator and attack.
     ``"none"`` is the no-attack row: the same Byzantine nodes behave honestly, so every row
     measures the same honest set. A defence is an aggregator name, optionally with its own
-    algorithm keys (:func:`parse_defense`); an attack likewise with its threat keys (``alie:z=auto``).
+    algorithm keys (:func:`parse_member`); an attack likewise with its threat keys (``alie:z=auto``).
 
     The dataset is loaded once and shared by all runs. Writes ``matrix.csv`` (a row per pair,
     appended as each finishes) and ``matrix.png`` (heatmaps of honest mean and min accuracy).
@@ -55,8 +55,8 @@ def run_matrix(base: dict, attacks: list[str], defenses: list[str], out_dir: Pat
             if base_cfg is not None:  # a cell names its own attack and aggregator: drop the base's keys of theirs
                 threat = without_member_keys(threat, base_cfg.threat.attack)
                 algorithm = without_member_keys(algorithm, getattr(base_cfg.algorithm, "aggregator", None))
-            threat.update({"attack": None} if attack == "none" else parse_defense(attack, "attack", "--attacks"))
-            algorithm.update(parse_defense(defense))
+            threat.update({"attack": None} if attack == "none" else parse_member(attack, "attack", "--attacks"))
+            algorithm.update(parse_member(defense))
             configs[attack, defense] = parse_config({**base, "threat": threat, "algorithm": algorithm})
     dataset = build_dataset(next(iter(configs.values())))
     built = {key: build(cfg, dataset) for key, cfg in configs.items()}

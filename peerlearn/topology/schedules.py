@@ -12,6 +12,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Sequence
 
 import numpy as np
@@ -78,17 +79,12 @@ def resampled_schedule(make_graph: Callable[[int], sp.csr_array], mixing: Callab
     """A new random graph every ``every`` rounds: ``make_graph(period_seed)`` then ``mixing`` (e.g. epidemic
     learning with a fresh random regular graph per round; ``every > 1``: a slowly time-varying network).
     Rounds ``1..every`` share the first draw, and so on; the last draw is kept, not rebuilt."""
-    last: dict[int, sp.csr_array] = {}
 
-    def schedule(round_: int) -> sp.csr_array:
-        period = (round_ - 1) // every
-        if period not in last:
-            period_seed = int(np.random.SeedSequence([seed, period + 1]).generate_state(1)[0])
-            last.clear()
-            last[period] = mixing(make_graph(period_seed))
-        return last[period]
+    @functools.lru_cache(maxsize=1)
+    def draw(period: int) -> sp.csr_array:
+        return mixing(make_graph(int(np.random.SeedSequence([seed, period + 1]).generate_state(1)[0])))
 
-    return schedule
+    return lambda round_: draw((round_ - 1) // every)
 
 
 def sampled_clients_schedule(num_nodes: int, fraction: float, seed: int = 0) -> Schedule:

@@ -45,6 +45,10 @@ def test_chebyshev_omega_tends_to_the_optimal_heavy_ball_weight():
     lam = 0.9
     assert chebyshev_omega(lam, 1) == 1.0
     assert chebyshev_omega(lam, 2) == pytest.approx(2 / (2 - lam ** 2))
+    omega = 2 / (2 - lam ** 2)
+    for t in range(3, 60):  # the closed form is the recursion omega_{t+1} = 1 / (1 - lam^2 omega_t / 4)
+        omega = 1 / (1 - lam ** 2 * omega / 4)
+        assert chebyshev_omega(lam, t) == pytest.approx(omega, rel=1e-12), t
     assert chebyshev_omega(lam, 5000) == pytest.approx(2 / (1 + math.sqrt(1 - lam ** 2)), rel=1e-12)
     assert math.sqrt(chebyshev_omega(lam, 5000) - 1) == pytest.approx(stationary_rate(lam), rel=1e-9)
     with pytest.raises(ValueError, match="acceleration_lambda"):

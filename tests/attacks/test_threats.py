@@ -253,9 +253,9 @@ def test_alie_auto_z_is_the_papers_z_max_from_n_and_f():
 
 def test_matrix_cells_take_an_attacks_own_keys():
     from peerlearn.config import ConfigError
-    from peerlearn.report.matrix import parse_defense
+    from peerlearn.report.matrix import parse_member
 
-    assert parse_defense("alie:z=auto", "attack", "--attacks") == {"attack": "alie", "z": "auto"}
-    assert parse_defense("gaussian:sigma=3") == {"aggregator": "gaussian", "sigma": 3}
+    assert parse_member("alie:z=auto", "attack", "--attacks") == {"attack": "alie", "z": "auto"}
+    assert parse_member("gaussian:sigma=3") == {"aggregator": "gaussian", "sigma": 3}
     with pytest.raises(ConfigError, match="--attacks alie:z"):
-        parse_defense("alie:z", "attack", "--attacks")
+        parse_member("alie:z", "attack", "--attacks")
