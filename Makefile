@@ -42,19 +42,28 @@ data: $(SHAKESPEARE)/.done
 demo: venv
 	$(BIN)/peerlearn run configs/quickstart.yaml --out runs/quickstart --overwrite
 
-## The test suite (what CI runs first): everything but the experiment-level checks.
+## Test workers (pytest-xdist): one per core, at most 4; each file runs whole in one worker, so a file's
+## expensive fixtures are made once (loadgroup's xdist_group is ignored by xdist 3.8 under pytest 9).
+WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
+PYTEST  := $(BIN)/python -m pytest -q --durations=15 -n $(WORKERS) --dist loadfile
+
+## The test suite (what CI runs first): everything but the experiment-level checks. ~5 min on 2 cores.
 test: venv data
-	$(BIN)/python -m pytest -q --durations=15
+	$(PYTEST)
+
+## The inner loop: no process-spawning or multi-second tests (no distributed, no sweeps). ~1 min.
+test-fast: venv
+	$(PYTEST) -m "not slow and not integration"
 
 ## Longer experiment checks (acceptance numbers).
 test-slow: venv data
-	$(BIN)/python -m pytest -q -m slow --durations=15
+	$(PYTEST) -m slow
 
 ## The goldens as another CPU computes them: ATen's portable kernels, MKL and oneDNN held to AVX2.
 ## Off the recording platform the goldens compare floats to a stated tolerance (tests/golden_compare.py).
 test-goldens-other-kernels: venv data
 	ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 \
-	  $(BIN)/python -m pytest -q tests/test_goldens.py
+	  $(PYTEST) --dist load tests/test_goldens.py
 
 bench: venv
 	$(BIN)/python benchmarks/bench_engine.py

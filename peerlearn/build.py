@@ -226,15 +226,31 @@ def _meta_model(cfg: ExperimentConfig, ds: Dataset) -> FlatModel | None:
         return None
 
 
-def _meta_parts(cfg: ExperimentConfig, ds: Dataset) -> dict[str, int] | None:
-    flat = _meta_model(cfg, ds)
+REAL_FORWARD_MAX_PARAMS = 2**22
+"""Up to this many parameters, activations are counted on a real one-sample forward pass instead of the
+meta device: a meta ``addmm`` imports ``torch._dynamo`` (1.3 s of every small run's start-up), while
+building a model this small costs milliseconds. Both count the same output sizes."""
+
+
+def _activation_numel(cfg: ExperimentConfig, ds: Dataset, meta: FlatModel) -> int:
+    if meta.num_params <= REAL_FORWARD_MAX_PARAMS:
+        with torch.random.fork_rng(devices=[]):  # the global generator is left as it was
+            try:
+                real = FlatModel(cfg.model.build(ds.input_shape, ds.num_classes))
+                return real.activation_numel(ds.input_shape, ds.x_train.dtype)
+            except Exception:  # counted on the meta device below
+                pass
+    try:
+        return meta.activation_numel(ds.input_shape, ds.x_train.dtype)
+    except Exception:  # a forward pass that needs real values: count its parameters' worth
+        return meta.num_params
+
+
+def _meta_parts(cfg: ExperimentConfig, ds: Dataset, flat: FlatModel | None = None) -> dict[str, int] | None:
+    flat = flat or _meta_model(cfg, ds)
     if flat is None:
         return None
-    try:
-        act = flat.activation_numel(ds.input_shape, ds.x_train.dtype)
-    except Exception:  # a forward pass that needs real values: count its parameters' worth
-        act = flat.num_params
-    return memory_parts(cfg, ds, flat.num_params, act)
+    return memory_parts(cfg, ds, flat.num_params, _activation_numel(cfg, ds, flat))
 
 
 def estimate_memory_bytes(cfg: ExperimentConfig) -> int:
@@ -260,7 +276,7 @@ def check_model_fits(cfg: ExperimentConfig, ds: Dataset) -> None:
         return
     num_params = flat.num_params
     check_fits(4.0 * num_params, f"{cfg.model.name} with {num_params:,} parameters", "model")
-    parts = _meta_parts(cfg, ds)
+    parts = _meta_parts(cfg, ds, flat)
     detail = ", ".join(f"{k} {v / 2**30:.1f}" for k, v in parts.items() if v >= 0.05 * 2**30)
     check_fits(sum(parts.values()), f"{cfg.num_nodes:,} nodes x {num_params:,} parameters ({model_copies(cfg)} float32 copies "
                f"of every node's model, the data and a round's batches; GiB: {detail})", "num_nodes")

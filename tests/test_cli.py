@@ -71,6 +71,7 @@ def test_list_shows_every_component(capsys):
     assert "degree=4" in out and "alpha=1.0" in out  # each member's own keys with their defaults
 
 
+@pytest.mark.integration
 def test_compare_writes_table_and_plot(config_file, tmp_path, capsys):
     for graph in ("ring", "complete"):
         assert cli.main(["run", str(config_file), "--set", f"topology.graph={graph}",

@@ -29,6 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 GOLDENS = Path(__file__).parent / "goldens" / "metrics.json"
 SHORT = ["num_rounds=4", "eval_every=2", "data.test_samples=300"]
 SMALL = SHORT + ["num_nodes=16"]
+# shipped configs whose rounds are long: fewer inner steps, the same code path (the GRU's 20 AdamW steps
+# a round took 24 s of the suite)
+CONFIG_SETS = {"shakespeare": ["algorithm.num_local_steps=3"]}
 
 # in-process cases on the quickstart config (16 nodes): name -> --set overrides
 EXTRA = {
@@ -90,7 +93,8 @@ EXTRA = {
 
 
 def _cases() -> dict[str, tuple[str, list[str]]]:
-    cases = {f"config:{p.stem}": (str(p), SHORT) for p in sorted((ROOT / "configs").glob("*.yaml"))}
+    cases = {f"config:{p.stem}": (str(p), SHORT + CONFIG_SETS.get(p.stem, []))
+             for p in sorted((ROOT / "configs").glob("*.yaml"))}
     cases.update({name: (str(ROOT / "configs" / "quickstart.yaml"), SMALL + sets) for name, sets in EXTRA.items()})
     return cases
 
@@ -144,7 +148,12 @@ def _check(case: str, got: list[dict], want: list[dict], recorded_platform: dict
     assert result.ok, result.message(case) + hint
 
 
-@pytest.mark.parametrize("case", sorted(_cases()))
+# seconds each: in make test, not in make test-fast
+HEAVY = {"config:fashion_mnist_cnn", "config:shakespeare"}
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.integration) if c in HEAVY else c
+                                  for c in sorted(_cases())])
 def test_golden_metrics(case):
     goldens = _goldens()
     config, sets = _cases()[case]
@@ -156,6 +165,7 @@ def test_golden_metrics(case):
     _check(case, _rows(config, sets), goldens["cases"][case], goldens.get("platform"))
 
 
+@pytest.mark.integration
 def test_golden_distributed_matches_recorded(tmp_path):
     """Two real ranks (gloo on 127.0.0.1) give the recorded rows of the distributed run."""
     goldens = _goldens()

@@ -173,6 +173,7 @@ def test_an_interrupted_run_still_resumes_to_the_same_rows(interrupted_run):
     assert [r["round"] for r in read_run(interrupted_run)[1]] == [0, 5, 10, 15, 20]
 
 
+@pytest.mark.integration
 def test_a_run_that_cannot_fit_stops_before_any_work_with_its_estimate(tmp_path):
     """Under a 3 GiB address-space limit (``ulimit -v``), 64 nodes of a 4.3M-parameter MLP (6.6 GiB of
     model copies) are refused with one line naming num_nodes and the estimate by part; nothing is written."""

@@ -113,6 +113,7 @@ def test_a_plugin_that_fails_to_import_is_one_line_naming_it(tmp_path, capsys):
     assert "'no_such_plugin_module' failed to import: ModuleNotFoundError" in err and "\n" not in err
 
 
+@pytest.mark.integration
 def test_peerlearn_plugins_environment_variable(tmp_path):
     """A fresh process: the environment variable alone makes the plugin's names valid."""
     config = tmp_path / "c.yaml"
@@ -127,6 +128,7 @@ def test_peerlearn_plugins_environment_variable(tmp_path):
     assert done.returncode == 2 and "data.dataset: unknown dataset 'moons'" in done.stderr
 
 
+@pytest.mark.integration
 def test_the_distributed_engine_runs_a_user_algorithm_as_the_simulator_does(plugin_config, tmp_path):
     """Two real ranks (gloo on 127.0.0.1) give the simulator's rows for the user's algorithm and model."""
     from peerlearn.build import build
@@ -148,6 +150,7 @@ def test_the_distributed_engine_runs_a_user_algorithm_as_the_simulator_does(plug
             assert d[key] == pytest.approx(want, rel=1e-5, abs=1e-6, nan_ok=True), (key, d["round"])
 
 
+@pytest.mark.integration
 def test_an_installed_package_registers_through_the_entry_point_group(tmp_path):
     """A real installed distribution (a .dist-info on the path) with a ``peerlearn.plugins`` entry point:
     a fresh process finds its members without naming any module."""

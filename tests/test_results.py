@@ -119,6 +119,7 @@ def test_report_html_is_self_contained(finished_run):
     assert f"{torch.__version__}" in page
 
 
+@pytest.mark.integration
 def test_progress_off_a_terminal_is_one_line_per_evaluation(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(SMALL))

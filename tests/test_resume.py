@@ -66,6 +66,7 @@ def _read(path):
         return [{k: v for k, v in r.items() if k not in TIMINGS} for r in csv.DictReader(f)]
 
 
+@pytest.mark.slow  # three 300-round runs in processes
 def test_cli_resume_after_sigkill_writes_an_identical_metrics_csv(tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump({

@@ -16,6 +16,8 @@ import yaml
 from peerlearn import cli, results
 from peerlearn.sweep import parse_grid, parse_seeds
 
+pytestmark = pytest.mark.integration  # sweeps run their cells in worker processes
+
 TINY = {"num_nodes": 8, "num_rounds": 10, "eval_every": 5, "model": {"hidden": [8]},
         "algorithm": {"lr": 0.2, "batch_size": 8}}
 
@@ -110,6 +112,7 @@ def test_compare_on_a_sweep_draws_bands_grouped_by_a_key(two_by_two, tmp_path, c
     assert cli.main(["compare", str(out), "--group-by", "nope", "--out", str(tmp_path / "x.png")]) == 2
 
 
+@pytest.mark.slow  # eight 40-round cells
 def test_an_interrupted_sweep_finishes_only_what_was_left(tmp_path):
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump({**TINY, "num_rounds": 40}))

@@ -52,6 +52,7 @@ def test_permuted_copies_align_back_to_the_original_exactly():
     assert not torch.allclose(x_NKP.mean(1), x, atol=1e-3)
 
 
+@pytest.mark.integration
 def test_merging_independently_trained_models_beats_raw_averaging():
     """Four MLPs trained alone from different initialisations, merged once: aligned mean vs plain mean."""
     cfg = tiny_config(num_nodes=4, data={"partition": "iid"}, model={"hidden": [64], "same_init": False},

@@ -61,6 +61,7 @@ def _quadratic_fixed_point(participation_N, steps_N, rounds=3000, **kwargs):
     return float((x[0] - c.mean(0)).norm())  # distance to the optimum of the average objective
 
 
+@pytest.mark.integration
 def test_normalising_by_the_work_removes_the_objective_inconsistency_of_plain_averaging():
     """Workers whose effort differs (1 or 10 local steps, tied to their objective): plain averaging settles at a
     step-weighted point, AFA near the true optimum (Yang et al., ICML 2022; FedNova's inconsistency)."""

@@ -66,6 +66,7 @@ def test_fashion_mnist_missing_folder_names_the_routes(tmp_path):
         datasets.load_fashion_mnist(path=str(tmp_path))
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(not Path(datasets.FASHION_MNIST_DIRS[0]).is_dir(), reason="dataset-fashion-mnist not installed")
 def test_fashion_mnist_debian_package():
     d = datasets.load_fashion_mnist()

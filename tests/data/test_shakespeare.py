@@ -179,6 +179,7 @@ def test_config_errors_for_tokens_and_natural_groups(tmp_path, sections, message
         build(tiny_config(num_nodes=4, **base))
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("model", [{"name": "gru", "hidden": [16]},
                                    {"name": "transformer", "d_model": 16, "heads": 2, "layers": 1}])
 def test_char_model_learns_the_roles_letters_and_is_seeded(tmp_path, model):

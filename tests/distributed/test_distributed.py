@@ -19,6 +19,8 @@ from peerlearn.topology import barabasi_albert_graph, metropolis_hastings_weight
 from peerlearn.topology.directed import column_stochastic_weights, directed_exponential_graph
 from peerlearn.engines.run import TIMINGS
 
+pytestmark = pytest.mark.integration  # real ranks in separate processes
+
 TIMEOUT_S = 120
 
 
@@ -230,6 +232,7 @@ def test_when_rank_0_dies_the_others_stop_and_the_rows_stay(tmp_path):
     assert [int(r["round"]) for r in _metrics_rows(tmp_path / "run")] == [0, 4]
 
 
+@pytest.mark.slow  # waits out a liveness timeout
 def test_sigkill_mid_run_leaves_the_others_training(tmp_path):
     """The acceptance test: 4 ranks on 127.0.0.1, one killed from outside with SIGKILL mid-run; the
     other three finish within the timeout plus a few seconds, the metrics show the departure, and no

@@ -28,6 +28,8 @@ import torch
 import yaml
 from peerlearn.engines.run import TIMINGS
 
+pytestmark = pytest.mark.integration  # real ranks in network namespaces
+
 TIMEOUT_S = 150
 SUBNET = "10.231.7"  # only inside the namespaces: nothing on the host's own network changes
 

@@ -51,6 +51,7 @@ def _disagreement_operator(plan, W0, n, samples):
     return float(np.abs(np.linalg.eigvals(M / samples)).max())
 
 
+@pytest.mark.slow  # acceptance-size: 13 s a case
 @pytest.mark.parametrize("p", [0.2, 0.5])
 def test_link_failures_slow_ring_consensus_as_the_expected_spectral_gap_predicts(p):
     n, rounds, runs = 10, 30, 300
