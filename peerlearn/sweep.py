@@ -201,6 +201,29 @@ def _status_of(run_dir: Path) -> str | None:
     return "interrupted" if (run_dir / "checkpoint.pt").is_file() else None
 
 
+def removable_run_dir(out: Path, rel: Any) -> Path | None:
+    """The folder ``rel`` (from a manifest: data, not trusted) if a sweep in ``out`` may delete it: a relative
+    path inside ``out``, reached through no symlink, holding the marker every run folder gets; else None."""
+    from peerlearn.report.run_dir import RUN_MARKER
+
+    if not isinstance(rel, str) or not rel.strip():
+        return None
+    parts = Path(rel).parts
+    if Path(rel).is_absolute() or not parts or ".." in parts:
+        return None
+    path = Path(out)
+    for part in parts:
+        path = path / part
+        if path.is_symlink():
+            return None
+    try:
+        path.resolve(strict=True).relative_to(Path(out).resolve(strict=True))
+    except (OSError, ValueError):
+        return None
+    marker = path / RUN_MARKER
+    return path if path.is_dir() and marker.is_file() and not marker.is_symlink() else None
+
+
 class Sweep:
     """Runs the cells of a sweep in ``out`` with ``workers`` processes; ``on_done(cell, done, total)`` per cell."""
 
@@ -260,8 +283,17 @@ class Sweep:
         which keep their checkpoints, and raises KeyboardInterrupt after the manifest is saved."""
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "logs").mkdir(exist_ok=True)
-        for rel in self.replaced:  # the replaced sweep's run folders (only those its manifest lists)
-            shutil.rmtree(self.out / rel, ignore_errors=True)
+        left = []
+        for rel in self.replaced:  # the replaced sweep's run folders: only those it listed, made and holds
+            path = removable_run_dir(self.out, rel)
+            if path is not None:
+                shutil.rmtree(path, ignore_errors=True)
+            elif (self.out / str(rel)).exists() or Path(str(rel)).is_absolute():
+                left.append(str(rel))
+        if left:
+            print(f"note: the replaced sweep.json named {len(left)} folder(s) outside --out, behind a symlink or "
+                  f"not made by peerlearn; left alone: {', '.join(left[:3])}{', ...' if len(left) > 3 else ''}",
+                  file=sys.stderr)
         self.replaced = []
         todo = self.refresh()
         done = len(self.cells) - len(todo)

@@ -65,6 +65,8 @@ def choose_run_dir(out: str | None, name: str, overwrite: bool = False) -> Path:
 
 
 CHECKPOINT = "checkpoint.pt"
+RUN_MARKER = ".peerlearn-run"
+"""Written into every run folder when it is made: a sweep's ``--overwrite`` deletes only folders holding it."""
 
 
 class RunWriter:
@@ -79,6 +81,9 @@ class RunWriter:
         self.checkpoint_every = checkpoint_every
         self._checkpointed = int(rows[-1]["round"]) if rows else None  # round of the checkpoint on disk
         self.path.mkdir(parents=True, exist_ok=True)
+        marker = self.path / RUN_MARKER
+        if not marker.is_symlink():
+            marker.write_text("a peerlearn run folder\n")
         for stale in ("metrics.csv", "summary.json", FINAL_MODEL, "report.html") + \
                 ((CHECKPOINT,) if rows is None else ()):
             (self.path / stale).unlink(missing_ok=True)
@@ -115,14 +120,14 @@ class RunWriter:
 
         With ``checkpoint_every = k > 0`` only snapshots at least k rounds after the last one saved
         are written (snapshots come at evaluated rounds; the first one is always written)."""
-        import torch
+        from peerlearn.report import snapshot_io
 
         round_ = int(snapshot["round"])
         if self.checkpoint_every and self._checkpointed is not None and round_ - self._checkpointed < self.checkpoint_every:
             return
         self._checkpointed = round_
         tmp = self.path / (CHECKPOINT + ".tmp")
-        torch.save({**snapshot, "config": self.config}, tmp)  # the config it belongs to: --resume checks it
+        snapshot_io.save({**snapshot, "config": self.config}, tmp)  # the config it belongs to: --resume checks it
         tmp.replace(self.path / CHECKPOINT)
 
     def save_model(self, params_NP, honest_N, input_shape: tuple, num_classes: int) -> None:
@@ -173,7 +178,7 @@ class RunWriter:
 
 def load_checkpoint(path: str | Path) -> tuple[dict, dict]:
     """``(config dict, snapshot)`` of an interrupted run directory, for ``peerlearn run --resume``."""
-    import torch
+    from peerlearn.report import snapshot_io
 
     path = Path(path)
     ckpt, config = path / CHECKPOINT, path / "config.yaml"
@@ -189,11 +194,14 @@ def load_checkpoint(path: str | Path) -> tuple[dict, dict]:
             from None
     if not isinstance(data, dict):
         raise FileNotFoundError(f"--resume {path}: config.yaml does not hold a config (a mapping of keys)")
-    try:  # our own file, written by RunWriter.checkpoint: it holds NamedTuple states, hence weights_only=False
-        snapshot = torch.load(ckpt, weights_only=False)
-    except Exception as err:  # truncated, empty, random or foreign: torch raises many kinds
-        raise FileNotFoundError(f"--resume {path}: checkpoint.pt is unreadable ({type(err).__name__}); the rows in "
-                                "metrics.csv are kept; start a new run to go on") from None
+    try:  # data only (weights_only): a run folder from elsewhere must not run code when resumed
+        snapshot = snapshot_io.load(ckpt)
+    except snapshot_io.SnapshotError as err:
+        raise FileNotFoundError(f"--resume {path}: checkpoint.pt: {err}; the rows in metrics.csv are kept; start a "
+                                "new run to go on") from None
+    except Exception as err:  # truncated, empty, random, foreign or a pickle naming code: torch raises many kinds
+        raise FileNotFoundError(f"--resume {path}: checkpoint.pt is unreadable as data ({type(err).__name__}); the "
+                                "rows in metrics.csv are kept; start a new run to go on") from None
     missing = [k for k in SNAPSHOT_KEYS if not isinstance(snapshot, dict) or k not in snapshot]
     if missing:
         raise FileNotFoundError(f"--resume {path}: checkpoint.pt is not a peerlearn checkpoint (no "

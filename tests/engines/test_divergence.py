@@ -108,7 +108,7 @@ def test_a_resumed_run_keeps_the_reference_of_the_first_part(tmp_path, monkeypat
                       "algorithm: {name: dsgd, lr: 0.1, batch_size: 8}\n")
     interrupt_after(monkeypatch, 2)
     assert cli.main(["run", str(config), "--out", str(tmp_path / "run"), "--quiet"]) == 130
-    import torch
+    from peerlearn.report import snapshot_io
 
-    saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    saved = snapshot_io.load(tmp_path / "run" / "checkpoint.pt")
     assert saved["divergence"]["first_loss"] == pytest.approx(2.3, rel=0.2)

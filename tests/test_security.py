@@ -1,0 +1,159 @@
+"""Security battery (issue 36): a run folder from elsewhere is data. Each test plants what an attacker
+could and checks that nothing runs and the user gets one line."""
+
+from __future__ import annotations
+
+import pickle
+from typing import NamedTuple
+
+import numpy as np
+import pytest
+import torch
+
+from peerlearn import cli
+from peerlearn.report import snapshot_io
+from tests.conftest import interrupt_after
+
+QUICK = "configs/quickstart.yaml"
+SMALL = ["--set", "num_rounds=20", "--set", "eval_every=5", "--set", "num_nodes=8"]
+
+
+class _Boom:
+    """Unpickling this runs code: it writes a marker file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.fixture
+def interrupted_run(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    restore = interrupt_after(monkeypatch, 10)
+    assert cli.main(["run", QUICK, *SMALL, "--out", str(out), "--quiet"]) == 130
+    restore()
+    return out
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("how", ["torch.save", "plain pickle", "inside a real snapshot"])
+def test_resume_of_a_crafted_checkpoint_runs_nothing(interrupted_run, tmp_path, how, capsys):
+    """H2: ``--resume`` used to unpickle checkpoint.pt with weights_only=False: a planted object ran code."""
+    marker = tmp_path / "pwned"
+    ckpt = interrupted_run / "checkpoint.pt"
+    rows_before = (interrupted_run / "metrics.csv").read_text()
+    if how == "torch.save":
+        torch.save({"round": 10, "params_NP": _Boom(marker)}, ckpt)
+    elif how == "plain pickle":
+        ckpt.write_bytes(pickle.dumps({"round": 10, "x": _Boom(marker)}))
+    else:  # a valid snapshot file whose payload carries the object
+        torch.save({"format": snapshot_io.FORMAT, "snapshot": {"round": 10, "rows": _Boom(marker)}}, ckpt)
+    capsys.readouterr()
+    code = cli.main(["run", "--resume", str(interrupted_run), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert not marker.exists(), "unpickling the checkpoint ran code"
+    assert code == 2 and len(err.splitlines()) == 1 and "checkpoint.pt" in err, err
+    assert (interrupted_run / "metrics.csv").read_text() == rows_before
+
+
+def test_a_snapshot_names_no_class_and_round_trips(tmp_path):
+    """What is written holds no global a weights-only unpickler would have to admit, and reads back equal."""
+
+    class Inner(NamedTuple):
+        m: torch.Tensor
+        steps: int
+
+    import sys
+    import types
+
+    module = types.ModuleType("peerlearn_test_states")
+    module.Inner = Inner
+    Inner.__module__, Inner.__qualname__ = module.__name__, "Inner"
+    sys.modules[module.__name__] = module
+    try:
+        snap = {"round": 7, "params_NP": torch.randn(3, 4), "state": (Inner(torch.ones(2), 3), None),
+                "sampler": {"perm": np.arange(5, dtype=np.int64), "seed": np.uint32(9), "name": np.str_("x"), "f": np.float64(2.5),
+                            "rng": {"state": 2**100 + 1, "inc": 5}},
+                "rows": [{"round": 0, "acc_mean": 0.5, "epsilon": float("nan")}]}
+        path = tmp_path / "c.pt"
+        snapshot_io.save(snap, path)
+        assert torch.serialization.get_unsafe_globals_in_checkpoint(path) == []
+        back = snapshot_io.load(path)
+        assert type(back["state"][0]) is Inner and back["state"][0].steps == 3
+        assert torch.equal(back["state"][0].m, torch.ones(2)) and back["state"][1] is None
+        assert torch.equal(back["params_NP"], snap["params_NP"])
+        perm = back["sampler"]["perm"]
+        assert isinstance(perm, np.ndarray) and perm.dtype == np.int64 and (perm == np.arange(5)).all()
+        assert back["sampler"]["seed"] == 9 and back["sampler"]["seed"].dtype == np.uint32
+        assert back["sampler"]["rng"]["state"] == 2**100 + 1 and back["sampler"]["name"] == "x"
+        assert back["sampler"]["f"] == 2.5 and back["sampler"]["f"].dtype == np.float64
+        assert np.isnan(back["rows"][0]["epsilon"])
+    finally:
+        del sys.modules[module.__name__]
+
+
+def test_a_snapshot_naming_a_class_that_is_not_loaded_imports_nothing(tmp_path):
+    """A file's word never imports a module: ``os.path`` is loaded but not a NamedTuple, and a module that
+    is not loaded is not imported."""
+    path = tmp_path / "c.pt"
+    for name in ("os.system", "peerlearn_no_such_module.State", "collections.OrderedDict"):
+        torch.save({"format": snapshot_io.FORMAT, "snapshot": {"s": {"__namedtuple__": name, "fields": {}}}}, path)
+        with pytest.raises(snapshot_io.SnapshotError, match="not a loaded NamedTuple"):
+            snapshot_io.load(path)
+    import sys
+
+    assert "peerlearn_no_such_module" not in sys.modules
+
+
+def test_writing_a_state_that_is_not_data_names_where_it_is(tmp_path):
+    with pytest.raises(snapshot_io.SnapshotError, match=r"snapshot\.state\[1\]: a builtins\.object"):
+        snapshot_io.save({"state": (1, object())}, tmp_path / "c.pt")
+
+    class Local(NamedTuple):
+        x: int
+
+    with pytest.raises(snapshot_io.SnapshotError, match="defined inside a function"):
+        snapshot_io.save({"state": Local(1)}, tmp_path / "c.pt")
+
+
+def test_sweep_overwrite_deletes_only_run_folders_it_made_inside_its_folder(tmp_path, capsys):
+    """H3: ``sweep --overwrite`` removed every ``dir`` an old sweep.json named: absolute paths, ``..`` and a
+    symlink each deleted a folder outside the sweep."""
+    import json
+
+    from peerlearn.report.run_dir import RUN_MARKER
+    from peerlearn.sweep import Sweep
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("precious")
+    (outside / RUN_MARKER).write_text("forged")  # a marker alone does not make a folder deletable
+    out = tmp_path / "sweep"
+    (out / "old" / "seed0").mkdir(parents=True)
+    (out / "old" / "seed0" / RUN_MARKER).write_text("a peerlearn run folder\n")
+    (out / "notes").mkdir()
+    (out / "notes" / "mine.txt").write_text("mine")
+    (out / "link").symlink_to(outside, target_is_directory=True)
+    (out / "linked").mkdir()
+    (out / "linked" / "run").symlink_to(outside, target_is_directory=True)
+    cells = [{"dir": d} for d in (str(outside), "../outside", "link", "linked/run", "notes", "old/seed0", ".")]
+    (out / "sweep.json").write_text(json.dumps({"definition": {"old": True}, "cells": cells}))
+    sweep = Sweep(out, cells=[], definition={"new": True}, workers=1, threads=1)
+    sweep.check_out(overwrite=True)
+    sweep.run()
+    assert (outside / "keep").read_text() == "precious"
+    assert (out / "notes" / "mine.txt").read_text() == "mine" and (out / "link").is_symlink()
+    assert (out / "linked" / "run").is_symlink() and (out / "sweep.json").is_file()
+    assert not (out / "old" / "seed0").exists()  # the one folder the old sweep made: replaced
+    note = capsys.readouterr().err
+    assert "left alone" in note and len(note.strip().splitlines()) == 1
+
+
+def test_every_run_folder_carries_the_marker(tmp_path):
+    from peerlearn.report.run_dir import RUN_MARKER
+
+    out = tmp_path / "run"
+    assert cli.main(["run", QUICK, *SMALL, "--out", str(out), "--quiet"]) == 0
+    assert (out / RUN_MARKER).is_file()
