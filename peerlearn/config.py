@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, SerializeAsAny, ValidationError
+from pydantic import Field, SerializeAsAny, ValidationError, field_validator
 
 from peerlearn.algorithms.base import ALGORITHMS, AlgorithmSpec
 from peerlearn.attacks.base import ThreatSpec
@@ -44,7 +44,8 @@ ENTRY_POINT_GROUP = "peerlearn.plugins"
 class ExperimentConfig(Spec):
     """A whole run: its size and seed, and one spec per section."""
 
-    name: str | None = Field(None, description="run name (default: the config file's name)")
+    name: str | None = Field(None, description="run name (default: the config file's name): a plain folder name, "
+                             "the run is written to runs/NAME")
     seed: int = Field(0, ge=0, lt=2**32, description="seed of every random choice in the run")
     num_nodes: int = Field(16, ge=1, le=1_000_000, description="number of nodes")
     num_rounds: int = Field(100, ge=1, description="communication rounds")
@@ -56,6 +57,17 @@ class ExperimentConfig(Spec):
     checkpoint_every: int = Field(0, ge=0, description="write checkpoint.pt (for --resume) at evaluated rounds at "
                                   "least this many rounds apart (0: at every evaluation; it holds every node's "
                                   "model, so large runs want fewer)")
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str | None) -> str | None:
+        """A name becomes a folder under runs/ and a title: no path, no control characters."""
+        if v is not None and (not v.strip() or v in (".", "..") or len(v) > 200 or any(c in v for c in "/\\")
+                              or any(ord(c) < 32 or ord(c) == 127 for c in v)):
+            raise ValueError("a plain folder name: no '/' or '\\', no control characters, not '.' or '..', at most "
+                             "200 characters")
+        return v
+
     threads: int | None = Field(None, ge=1, le=4096, description="intra-op threads (default: OMP_NUM_THREADS if set, "
                                 "else the idle cores by the load average; recorded in summary.json)")
     save_model: bool = Field(True, description="write final_model.pt: every node's final model and the honest nodes' "

@@ -109,10 +109,14 @@ def load_summary(paths):
     return pd.DataFrame.from_records(records)
 
 
-def load_model(run_dir, node: int | str = "average"):
+def load_model(run_dir, node: int | str = "average", trust_plugins: bool = False):
     """The model a run ended with, as a ``torch.nn.Module`` in eval mode: ``node="average"`` (default) the
     honest nodes' average, an integer the model of that node. Reads ``final_model.pt`` (written at the end
-    of every completed run unless ``save_model: false``) and the run's ``config.yaml`` (its model and plugins)."""
+    of every completed run unless ``save_model: false``) as data.
+
+    A run whose config names ``plugins:`` needs them to rebuild its model, and a plugin is code (resolved
+    in the run folder): they are imported only with ``trust_plugins=True``, for a run folder you trust;
+    otherwise a ValueError names them."""
     import torch
 
     from peerlearn.config import parse_config
@@ -123,7 +127,14 @@ def load_model(run_dir, node: int | str = "average"):
     saved = torch.load(path, weights_only=True)
     if saved.get("format") != MODEL_FORMAT:
         raise ValueError(f"{path}: not a peerlearn final model (format {saved.get('format')!r})")
-    cfg = parse_config(saved["config"], base_dir=Path(run_dir).resolve())
+    config = saved.get("config")
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: holds no config mapping")
+    plugins = config.get("plugins") or []
+    if plugins and not trust_plugins:
+        raise ValueError(f"{run_dir}: its config names plugins {plugins}, which are code that would run here; pass "
+                         "trust_plugins=True only for a run folder you trust")
+    cfg = parse_config(config, base_dir=Path(run_dir).resolve())
     module = cfg.model.build(tuple(saved["input_shape"]), saved["num_classes"])
     if node == "average":
         vector = saved["average"]

@@ -157,3 +157,89 @@ def test_every_run_folder_carries_the_marker(tmp_path):
     out = tmp_path / "run"
     assert cli.main(["run", QUICK, *SMALL, "--out", str(out), "--quiet"]) == 0
     assert (out / RUN_MARKER).is_file()
+
+
+def test_loading_a_downloaded_model_imports_no_plugin_beside_it(tmp_path):
+    """M1: ``results.load_model`` imported the ``plugins:`` named in final_model.pt, resolved in the run folder:
+    a ``helpers.py`` beside a downloaded model ran on load."""
+    import sys
+
+    from peerlearn import results
+
+    run = tmp_path / "downloaded"
+    assert cli.main(["run", QUICK, *SMALL, "--out", str(run), "--quiet"]) == 0
+    saved = torch.load(run / "final_model.pt", weights_only=True)
+    saved["config"]["plugins"] = ["helpers.py"]
+    torch.save(saved, run / "final_model.pt")
+    marker = tmp_path / "pwned"
+    (run / "helpers.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    with pytest.raises(ValueError, match=r"names plugins \['helpers.py'\].*trust_plugins=True"):
+        results.load_model(run)
+    assert not marker.exists() and "helpers" not in sys.modules
+    assert isinstance(results.load_model(tmp_path / "downloaded", trust_plugins=True), torch.nn.Module)
+    assert marker.exists()  # said so: the plugin is code, and it ran
+
+
+@pytest.mark.parametrize("name", ["/tmp/elsewhere", "../up", "a/b", "tab\there", ".."])
+def test_a_run_name_is_a_plain_folder_name(name, tmp_path, capsys):
+    """L: ``name: /abs/path`` wrote outside runs/; control characters reached the terminal."""
+    config = tmp_path / "c.yaml"
+    config.write_text(f"name: {name!r}\nnum_nodes: 8\nnum_rounds: 2\n".replace("'", '"'))
+    code = cli.main(["validate", str(config)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "name" in err and "plain folder name" in err, err
+
+
+def test_markup_and_mathtext_in_a_run_name_are_shown_as_text(tmp_path, capsys, monkeypatch):
+    """L: a name with rich markup or ``$...$`` crashed the summary or the plots after the run."""
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "c.yaml"
+    config.write_text('name: "odd [bold]x[red] $x_{ $ name"\nnum_nodes: 8\nnum_rounds: 4\neval_every: 2\n')
+    assert cli.main(["run", str(config)]) == 0
+    assert "odd [bold]x[red] $x_{ $ name" in capsys.readouterr().out
+    run = tmp_path / "runs" / "odd [bold]x[red] $x_{ $ name"
+    assert (run / "accuracy.png").is_file() and (run / "summary.json").is_file()
+
+
+def test_the_traceback_file_is_a_fresh_private_file(tmp_path, monkeypatch, capsys):
+    """L: the traceback file had a predictable name in /tmp and followed a planted symlink."""
+    import os
+    import re
+    import stat
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    code = cli._internal_error(RuntimeError("boom"))
+    err = capsys.readouterr().err
+    path = re.search(r"traceback saved to (\S+)", err).group(1)
+    assert code != 0 and os.path.dirname(path) == str(tmp_path)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600 and "RuntimeError: boom" in open(path).read()
+
+
+def _forged_batch(path, dtype_name: bytes, flags: int):
+    """A CIFAR-layout batch whose array's dtype is renamed and whose dtype state flags are rewritten."""
+    import re
+
+    arr = np.full((2, 1), 0x4141414141414141, dtype=np.int64)
+    buf = pickle.dumps({b"data": arr, b"labels": [1, 2]}, protocol=2)
+    buf = buf.replace(b"X\x02\x00\x00\x00i8", b"X\x02\x00\x00\x00" + dtype_name)
+    buf = re.sub(rb"J\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00t", b"J\xff\xff\xff\xffJ\xff\xff\xff\xffK" + bytes([flags]) + b"t",
+                 buf)
+    path.write_bytes(buf)
+
+
+@pytest.mark.parametrize("dtype_name, flags, message", [(b"O8", 63, "dtype 'O8'"), (b"i8", 63, "forged state"),
+                                                       (b"i8", 0, "b'data' must be N x 3072 bytes")])
+def test_a_cifar_batch_never_hands_numpy_a_dtype_from_the_file(tmp_path, dtype_name, flags, message):
+    """M2: the CIFAR unpickler admitted ``numpy.dtype`` with its BUILD state: a forged dtype made numpy read
+    an object pointer from raw bytes. Now the file's dtype is a name checked against integer types, its
+    state against numpy's canonical one, and the array is rebuilt from bytes by peerlearn."""
+    from pathlib import Path
+
+    from peerlearn.data.images import _read_batch
+
+    path = tmp_path / "data_batch_1"
+    _forged_batch(path, dtype_name, flags)
+    with pytest.raises(ValueError, match=message) as err:
+        _read_batch(Path(path), b"labels")
+    assert "\n" not in str(err.value)

@@ -127,10 +127,11 @@ def _internal_error(err: BaseException) -> int:
     import tempfile
     import traceback
 
-    path = Path(tempfile.gettempdir()) / f"peerlearn-traceback-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
-    try:
-        path.write_text("".join(traceback.format_exception(err)))
-        where = f"traceback saved to {path}"
+    try:  # a fresh file of our own (mode 0600, never a name planted before us, no symlink followed)
+        fd, name = tempfile.mkstemp(prefix=f"peerlearn-traceback-{time.strftime('%Y%m%d-%H%M%S')}-", suffix=".txt")
+        with os.fdopen(fd, "w") as f:
+            f.write("".join(traceback.format_exception(err)))
+        where = f"traceback saved to {name}"
     except OSError:
         where = "the traceback could not be saved"
     detail = str(err).splitlines()[0] if str(err) else ""

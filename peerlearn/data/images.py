@@ -3,8 +3,9 @@ images with one subfolder per class (the ImageFolder layout).
 
 - **CIFAR** (``data.dataset: cifar10`` or ``cifar100``, ``data.path`` the extracted
   ``cifar-10-batches-py`` or ``cifar-100-python`` folder): 50,000 + 10,000 colour 32x32 images. The
-  batches are pickles by design; they are read with an unpickler that only admits the few numpy types
-  the batches hold, so a foreign pickle cannot run code. Inputs are normalised per channel with the
+  batches are pickles by design; they are read with an unpickler that admits only dicts, lists, bytes,
+  numbers and integer arrays, and rebuilds each array itself from its raw bytes (numpy's unpickling
+  functions never run, so neither a foreign pickle nor a forged dtype can run code or crash the process). Inputs are normalised per channel with the
   training set's mean and standard deviation (the usual normalisation: for the real CIFAR-10 these
   are the familiar (0.491, 0.482, 0.447) and (0.247, 0.243, 0.262)). CIFAR-100 uses its 100 fine labels.
 - **image_folder** (``data.path`` holding ``train/<class>/*`` and ``test/<class>/*``, or only class
@@ -33,23 +34,109 @@ _CIFAR = {"cifar10": ("cifar-10-batches-py", [f"data_batch_{k}" for k in range(1
           "cifar100": ("cifar-100-python", ["train"], ["test"], b"fine_labels", 100)}
 
 
-class _BatchUnpickler(pickle.Unpickler):
-    """Only what CIFAR's batches hold: dicts, lists, bytes, strings, numbers and numpy arrays."""
+_INT_DTYPES = ("u1", "u2", "u4", "u8", "i1", "i2", "i4", "i8")  # pixels are bytes, labels integers
 
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-               ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+
+class _DType:
+    """Stands in for ``numpy.dtype`` while a batch is unpickled: numpy never sees a dtype state from the file
+    (a forged one can make numpy read a pointer out of raw bytes). Only integer dtypes in numpy's own
+    canonical state are admitted."""
+
+    def __init__(self, name, align=False, copy=True):
+        if not isinstance(name, str) or name not in _INT_DTYPES:
+            raise pickle.UnpicklingError(f"holds a numpy dtype {name!r}, which a CIFAR batch never does")
+        self.name, self.dtype = name, None
+
+    def __setstate__(self, state):
+        canonical = list(np.dtype(self.name).__reduce__()[2])
+        if not isinstance(state, tuple) or len(state) != len(canonical) or state[1] not in ("<", ">", "|", "=") \
+                or list(state[:1]) + list(state[2:]) != canonical[:1] + canonical[2:]:
+            raise pickle.UnpicklingError(f"holds a numpy dtype {self.name!r} in a forged state")
+        byteorder = state[1] if state[1] in "<>" else "="
+        self.dtype = np.dtype(self.name).newbyteorder(byteorder)
+
+
+class _Array:
+    """Stands in for ``numpy.ndarray`` while unpickling: built by :func:`np.frombuffer` from the raw bytes
+    once the shape, a :class:`_DType` and the byte count agree."""
+
+    def __init__(self):
+        self.array = None
+
+    def __setstate__(self, state):
+        if not isinstance(state, tuple) or len(state) != 5:
+            raise pickle.UnpicklingError("holds an array in an unknown layout")
+        _, shape, dtype, fortran, raw = state
+        if isinstance(raw, str):
+            raw = raw.encode("latin1")
+        if not (isinstance(shape, tuple) and len(shape) <= 4 and all(type(s) is int and s >= 0 for s in shape)
+                and isinstance(dtype, _DType) and dtype.dtype is not None and isinstance(raw, bytes)):
+            raise pickle.UnpicklingError("holds an array in an unknown layout")
+        if len(raw) != int(np.prod(shape, dtype=np.int64)) * dtype.dtype.itemsize:
+            raise pickle.UnpicklingError(f"holds an array of shape {shape} with {len(raw)} bytes")
+        self.array = np.frombuffer(raw, dtype=dtype.dtype).reshape(shape, order="F" if fortran else "C").copy()
+
+
+_NDARRAY = object()  # what the file's ``numpy.ndarray`` becomes: only an argument of _reconstruct
+
+
+def _reconstruct(cls, shape, typecode):
+    if cls is not _NDARRAY:
+        raise pickle.UnpicklingError("holds an array of an unknown class")
+    return _Array()
+
+
+def _scalar(dtype, raw):
+    if not isinstance(dtype, _DType) or dtype.dtype is None or not isinstance(raw, (bytes, str)):
+        raise pickle.UnpicklingError("holds a numpy scalar in an unknown layout")
+    raw = raw.encode("latin1") if isinstance(raw, str) else raw
+    if len(raw) != dtype.dtype.itemsize:
+        raise pickle.UnpicklingError("holds a numpy scalar of the wrong size")
+    return np.frombuffer(raw, dtype=dtype.dtype)[0]
+
+
+def _latin1(text, encoding):
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError("holds an encoded string other than latin-1")
+    return text.encode("latin1")
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Only what CIFAR's batches hold: dicts, lists, bytes, strings, numbers and integer arrays, each array
+    rebuilt by peerlearn from its raw bytes (numpy's own unpickling functions are never called)."""
+
+    SAFE = {("numpy.core.multiarray", "_reconstruct"): _reconstruct, ("numpy._core.multiarray", "_reconstruct"):
+            _reconstruct, ("numpy", "ndarray"): _NDARRAY, ("numpy", "dtype"): _DType,
+            ("numpy.core.multiarray", "scalar"): _scalar, ("numpy._core.multiarray", "scalar"): _scalar,
+            ("_codecs", "encode"): _latin1}
 
     def find_class(self, module: str, name: str):
-        if (module, name) in self.ALLOWED:
-            return super().find_class(module, name)
+        if (module, name) in self.SAFE:
+            return self.SAFE[(module, name)]
         raise pickle.UnpicklingError(f"holds a {module}.{name}, which a CIFAR batch never does")
+
+
+def _arrays(obj):
+    """The unpickled batch with every stand-in replaced by its array (refusing any left half-built)."""
+    if isinstance(obj, _Array):
+        if obj.array is None:
+            raise pickle.UnpicklingError("holds an array without its data")
+        return obj.array
+    if isinstance(obj, (_DType, _Array)) or obj is _NDARRAY:
+        raise pickle.UnpicklingError("holds a numpy type where data belongs")
+    if isinstance(obj, dict):
+        return {k: _arrays(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_arrays(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_arrays(v) for v in obj)
+    return obj
 
 
 def _read_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
     try:
         with open(path, "rb") as f:
-            batch = _BatchUnpickler(f, encoding="bytes").load()
+            batch = _arrays(_BatchUnpickler(f, encoding="bytes").load())
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError) as err:
         raise ValueError(f"data.path: {path} is not a CIFAR python batch ({str(err).splitlines()[0] or type(err).__name__})") \
             from None

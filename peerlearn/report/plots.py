@@ -22,8 +22,14 @@ def _acc_vs_mb(rows: list[dict], metric: str = "acc_mean") -> tuple[list[float],
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
+def _plain(text: str) -> str:
+    """A user's text as a matplotlib title: ``$`` would start mathtext (and fail on unbalanced input)."""
+    return str(text).replace("$", r"\$")
+
+
 def plot_run(rows: list[dict], out_dir: Path, title: str = "") -> list[Path]:
     """``accuracy.png`` (vs round), ``accuracy_vs_bytes.png`` and ``consensus.png``."""
+    title = _plain(title)
     out_dir = Path(out_dir)
     rounds = _col(rows, "round")
     written = []
@@ -134,7 +140,7 @@ def plot_bands(df, group: str, out_paths: list[Path], metric: str = "acc_mean", 
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8, title="mean ± 1 std over runs", title_fontsize=8)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(_plain(title))
     fig.tight_layout()
     written = []
     for path in out_paths:

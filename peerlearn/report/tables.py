@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from rich.markup import escape
 from rich.table import Table
 
 
@@ -25,10 +26,10 @@ _TABLE_COLUMNS = [("rounds", "round", "int"), ("acc mean", "acc_mean", "acc"), (
 
 def _summary_table(title: str, runs: dict[str, dict]) -> Table:
     """Metrics as rows, runs as columns: stays readable in an 80-column terminal."""
-    table = Table(title=title)
+    table = Table(title=escape(title))  # names are the user's text, not rich markup
     table.add_column("metric (final round)")
     for name in runs:
-        table.add_column(name, justify="right")
+        table.add_column(escape(str(name)), justify="right")
     for header, key, kind in _TABLE_COLUMNS:
         if kind == "split":  # where simulated time went, per node on average
             table.add_row(header, *(" / ".join(_fmt(final.get(k, math.nan), "s") for k in
