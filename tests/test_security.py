@@ -243,3 +243,44 @@ def test_a_cifar_batch_never_hands_numpy_a_dtype_from_the_file(tmp_path, dtype_n
     with pytest.raises(ValueError, match=message) as err:
         _read_batch(Path(path), b"labels")
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(__import__("shutil").which("ss") is None, reason="needs ss (iproute2)")
+def test_a_one_machine_distributed_run_listens_on_loopback_only(tmp_path):
+    """H1 (first part): with ``--nproc`` the launch's store listened on every interface (TCPStore binds
+    ``*`` when given a port): anyone who reached it could join the run. Every listening socket of the
+    launcher and its ranks must be on 127.0.0.1."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    config = tmp_path / "c.yaml"
+    config.write_text("num_nodes: 8\nnum_rounds: 100000\neval_every: 1000\nmodel: {name: mlp, hidden: [8]}\n"
+                      "algorithm: {name: dsgd, lr: 0.1, batch_size: 8}\n")
+    proc = subprocess.Popen([sys.executable, "-m", "peerlearn", "run", str(config), "--engine", "distributed",
+                             "--nproc", "2", "--out", str(tmp_path / "run"), "--quiet", "--timeout-s", "20"],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline, listening = time.monotonic() + 120, {}
+        while time.monotonic() < deadline and proc.poll() is None:
+            pids = set(subprocess.run(["ps", "-o", "pid=", "-s", str(proc.pid)], capture_output=True,
+                                      text=True).stdout.split())
+            listening = {}
+            for line in subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout.splitlines():
+                owners = set(re.findall(r"pid=(\d+)", line))
+                if owners & pids:
+                    listening[line.split()[3]] = owners & pids
+            ranks = len(pids) >= 3  # the launcher and both ranks are up
+            if ranks and len(listening) >= 2 and (tmp_path / "run" / "metrics.csv").exists():
+                break  # the store and gloo's listeners are up and the ranks have started training
+            time.sleep(0.5)
+        assert listening, "no listening socket of the run was found"
+        assert all(addr.startswith("127.0.0.1:") for addr in listening), listening
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import os
 import signal
+import socket
 import subprocess
 import sys
 
@@ -25,7 +26,14 @@ def launch_local(worker_argv: list[str], nproc: int, grace_s: float = 10.0) -> i
     Returns rank 0's exit code (rank 0 writes the run: 0 when the run completed, even without some
     ranks), or the first failure's code when rank 0 was killed.
     """
-    store = dist.TCPStore("127.0.0.1", 0, None, True, datetime.timedelta(seconds=60), wait_for_workers=False)
+    # TCPStore given only a port listens on every interface, where anyone who reaches it can read and write
+    # every key: hand it a socket already bound to the loopback interface instead
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(128)
+    port = listener.getsockname()[1]
+    store = dist.TCPStore("127.0.0.1", port, None, True, datetime.timedelta(seconds=60), wait_for_workers=False,
+                          master_listen_fd=listener.detach())  # the store owns the socket from here
     threads = max(1, (os.cpu_count() or 1) // nproc)
     base = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(store.port), "WORLD_SIZE": str(nproc),
             "LOCAL_WORLD_SIZE": str(nproc), "TORCHELASTIC_USE_AGENT_STORE": "True",
