@@ -1,6 +1,8 @@
 """``peerlearn sweep``: seeds x grid in worker processes, summary.csv, resuming an interrupted sweep,
 failing cells, declared sweeps with variants, and compare with bands."""
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -22,9 +24,13 @@ TINY = {"num_nodes": 8, "num_rounds": 10, "eval_every": 5, "model": {"hidden": [
         "algorithm": {"lr": 0.2, "batch_size": 8}}
 
 
-def _sweep(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "peerlearn", "sweep", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+def _sweep(*args):
+    """``peerlearn sweep`` in this process (its cells still run as processes of their own: a sweep's
+    parent is only the scheduler, and a process of its own would add 3 s of imports to each call)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(["sweep", *map(str, args)])
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="module")
