@@ -57,7 +57,7 @@ test-fast: venv
 
 ## Longer experiment checks (acceptance numbers).
 test-slow: venv data
-	$(PYTEST) -m slow
+	$(PYTEST) --dist load -m slow  # no shared fixtures here: spread test by test
 
 ## The goldens as another CPU computes them: ATen's portable kernels, MKL and oneDNN held to AVX2.
 ## Off the recording platform the goldens compare floats to a stated tolerance (tests/golden_compare.py).
