@@ -35,6 +35,22 @@ def tiny_config(**sections):
     return parse_config(base)
 
 
+QUICK = "configs/quickstart.yaml"
+SMALL = ["--set", "num_rounds=20", "--set", "eval_every=5", "--set", "num_nodes=8"]  # a quick CLI run
+
+
+@pytest.fixture
+def interrupted_run(tmp_path, monkeypatch):
+    """A quickstart run stopped like a Ctrl-C after round 10: its folder holds rows and a checkpoint."""
+    from peerlearn import cli
+
+    out = tmp_path / "run"
+    restore = interrupt_after(monkeypatch, 10)
+    assert cli.main(["run", QUICK, *SMALL, "--out", str(out), "--quiet"]) == 130
+    restore()
+    return out
+
+
 def interrupt_after(monkeypatch, round_: int):
     """Make the next ``peerlearn run`` stop like a Ctrl-C right after the row of ``round_`` is written
     (before its checkpoint); returns a function that undoes it."""

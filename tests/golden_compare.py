@@ -12,6 +12,7 @@ differs from the recording one in a way :func:`platform` cannot see.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import platform as _platform
@@ -69,13 +70,19 @@ def _openblas() -> str:
 
 def platform() -> dict[str, str]:
     """What decides the float rounding of a run here: library versions and the kernels they dispatch."""
+    return dict(_platform_once())
+
+
+@functools.lru_cache(maxsize=None)
+def _platform_once() -> tuple[tuple[str, str], ...]:
+    """Read once per process: every golden case asks, and none of it changes while tests run."""
     import numpy
     import torch
 
     config = torch.__config__.show()
     mkl = re.search(r"Math Kernel Library Version ([\w.\-]+)", config)
     onednn = re.search(r"MKL-DNN (v[\w.]+)", config)
-    return {
+    return tuple({
         "torch": torch.__version__,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "machine": _platform.machine(),
@@ -86,7 +93,7 @@ def platform() -> dict[str, str]:
         "numpy": numpy.__version__,
         "numpy_blas": _openblas(),
         "kernel_env": " ".join(f"{k}={os.environ[k]}" for k in _KERNEL_ENV if k in os.environ) or "none",
-    }
+    }.items())
 
 
 def platform_differences(recorded: dict[str, str] | None) -> list[str]:

@@ -13,6 +13,7 @@ Record again (only for a change that is *meant* to change numbers, and say so in
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -127,7 +128,9 @@ def _data_missing(config: str) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=1)
 def _goldens() -> dict:
+    """The recorded file, parsed once per process (every case reads it; no test changes it)."""
     return json.loads(GOLDENS.read_text())
 
 

@@ -11,10 +11,7 @@ import yaml
 
 from peerlearn import cli
 from peerlearn.report import read_run
-from tests.conftest import interrupt_after
-
-QUICK = "configs/quickstart.yaml"
-SMALL = ["--set", "num_rounds=20", "--set", "eval_every=5", "--set", "num_nodes=8"]
+from tests.conftest import QUICK, SMALL
 
 
 def _one_line_error(capsys, code, expected_code=2) -> str:
@@ -35,15 +32,6 @@ def test_a_users_folder_is_never_overwritten(tmp_path, capsys):
     afile.write_text("x")
     err = _one_line_error(capsys, cli.main(["run", QUICK, *SMALL, "--out", str(afile / "sub"), "--quiet"]))
     assert "is a file, not a folder" in err and afile.read_text() == "x"
-
-
-@pytest.fixture
-def interrupted_run(tmp_path, monkeypatch):
-    out = tmp_path / "run"
-    restore = interrupt_after(monkeypatch, 10)
-    assert cli.main(["run", QUICK, *SMALL, "--out", str(out), "--quiet"]) == 130
-    restore()
-    return out
 
 
 @pytest.mark.parametrize("damage", ["truncated", "empty", "random", "foreign"])

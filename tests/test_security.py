@@ -12,10 +12,7 @@ import torch
 
 from peerlearn import cli
 from peerlearn.report import snapshot_io
-from tests.conftest import interrupt_after
-
-QUICK = "configs/quickstart.yaml"
-SMALL = ["--set", "num_rounds=20", "--set", "eval_every=5", "--set", "num_nodes=8"]
+from tests.conftest import QUICK, SMALL
 
 
 class _Boom:
@@ -26,15 +23,6 @@ class _Boom:
 
     def __reduce__(self):
         return (open, (str(self.marker), "w"))
-
-
-@pytest.fixture
-def interrupted_run(tmp_path, monkeypatch):
-    out = tmp_path / "run"
-    restore = interrupt_after(monkeypatch, 10)
-    assert cli.main(["run", QUICK, *SMALL, "--out", str(out), "--quiet"]) == 130
-    restore()
-    return out
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")

@@ -5,8 +5,8 @@ images with one subfolder per class (the ImageFolder layout).
   ``cifar-10-batches-py`` or ``cifar-100-python`` folder): 50,000 + 10,000 colour 32x32 images. The
   batches are pickles by design; they are read with an unpickler that admits only dicts, lists, bytes,
   numbers and integer arrays, and rebuilds each array itself from its raw bytes (numpy's unpickling
-  functions never run, so neither a foreign pickle nor a forged dtype can run code or crash the process). Inputs are normalised per channel with the
-  training set's mean and standard deviation (the usual normalisation: for the real CIFAR-10 these
+  functions never run, so neither a foreign pickle nor a forged dtype can run code or crash the
+  process). Inputs are normalised per channel with the training set's mean and standard deviation (the usual normalisation: for the real CIFAR-10 these
   are the familiar (0.491, 0.482, 0.447) and (0.247, 0.243, 0.262)). CIFAR-100 uses its 100 fine labels.
 - **image_folder** (``data.path`` holding ``train/<class>/*`` and ``test/<class>/*``, or only class
   folders, then split by ``test_fraction``): PNG, JPEG, BMP or GIF files decoded with Pillow, converted to
