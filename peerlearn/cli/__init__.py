@@ -39,13 +39,18 @@ def make_parser() -> argparse.ArgumentParser:
                      "OMP_NUM_THREADS, else the idle cores)")
     run.add_argument("--engine", choices=["simulator", "distributed"], default="simulator",
                      help="simulator: all nodes in this process (default); distributed: real processes, each "
-                          "hosting a block of the nodes (start them with --nproc N, or with torchrun)")
+                          "hosting a block of the nodes (start them with --nproc N, or by hand on each machine)")
     run.add_argument("--nproc", type=int, metavar="N", help="distributed: start N ranks on this machine (a rank "
                      "that dies leaves the others training; torchrun would stop them all)")
     run.add_argument("--timeout-s", type=float, default=60.0, help="distributed: how long a silent peer or a "
                      "blocked exchange is waited for before the survivors go on without it (default 60)")
     run.add_argument("--startup-timeout-s", type=float, default=300.0, help="distributed: how long the ranks wait "
                      "for each other to start and connect (default 300)")
+    run.add_argument("--secret-file", metavar="FILE", help="distributed, launched by hand: the file holding the "
+                     "secret every rank shares (default: PEERLEARN_SECRET_FILE, else PEERLEARN_SECRET); a rank joins "
+                     "only by proving it (docs/security.md)")
+    run.add_argument("--insecure", action="store_true", help="distributed, launched by hand: run without a secret "
+                     "(anyone who reaches MASTER_ADDR:MASTER_PORT can join): only where every process is yours")
     run.set_defaults(func=cmd_run)
 
     val = sub.add_parser("validate", help="check a config without running it")

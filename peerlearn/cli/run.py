@@ -94,8 +94,9 @@ def cmd_run(args) -> int:
 
 
 def _run_distributed(args) -> int:
-    """One rank of a distributed run (launched by ``--nproc N`` or torchrun): rank 0 writes the run
-    directory (and shows the progress); every rank logs to ``logs/rank<r>.log`` in it."""
+    """One rank of a distributed run (launched by ``--nproc N``, by hand or by torchrun): it joins the run
+    (rank 0 admits the others: :mod:`peerlearn.engines.join`); rank 0 writes the run directory (and shows
+    the progress); every rank logs to ``logs/rank<r>.log`` in it."""
     from peerlearn.config import ConfigError, load_config, to_dict
     from peerlearn.build import build
     from peerlearn.engines import distributed
@@ -120,11 +121,33 @@ def _run_distributed(args) -> int:
         argv += [a for s in args.set for a in ("--set", s)] + (["--out", args.out] if args.out else [])
         argv += ["--overwrite"] * args.overwrite + ["--quiet"] * args.quiet
         return launch_local(argv, args.nproc, grace_s=args.timeout_s + 10.0)
-    membership = distributed.join_from_env(args.timeout_s, args.startup_timeout_s)
-    rank, world = membership.rank, len(membership.members)
+    from peerlearn.engines.join import read_secret
+
+    rank, world = distributed.launch_environment()
+    for warning in (distributed.elastic_warning(),
+                    "warning: --insecure: nothing authenticates this run's ranks: anyone who reaches MASTER_ADDR:"
+                    "MASTER_PORT can join it, read its models and replace them" if args.insecure else None):
+        if warning:
+            err_console.print(warning, markup=False, highlight=False, soft_wrap=True)
+    secret = read_secret(args.secret_file, args.insecure)  # before any work: a missing secret is one line
+    cfg = load_config(args.config, args.set)  # every rank checks the same config: all fail alike
+    distributed.check_config(cfg, world)
+    log_lines: list[str] = []  # the doorkeeper's lines, for rank 0's log once it is open
+    log_file: list = []
+
+    def door(message: str) -> None:  # rank 0 names every refused join, even with --quiet
+        err_console.print(f"rank 0: {message}", markup=False, highlight=False, soft_wrap=True)
+        if log_file and not log_file[0].closed:
+            print(f"[{time.strftime('%H:%M:%S')}] {message}", file=log_file[0], flush=True)
+        else:
+            log_lines.append(f"[{time.strftime('%H:%M:%S')}] {message}")
+
     try:
-        cfg = load_config(args.config, args.set)  # every rank checks the same config: all fail alike
-        distributed.check_config(cfg, world)
+        membership = distributed.join_from_env(to_dict(cfg), secret, args.timeout_s, args.startup_timeout_s, door)
+    except RunStopped as err:
+        err_console.print(f"error: rank {rank}: {err}", markup=False, highlight=False, soft_wrap=True)
+        return 1
+    try:
         compute = compute_setup(cfg)
         writer, chosen = None, None
         if rank == 0:
@@ -142,6 +165,10 @@ def _run_distributed(args) -> int:
         allocator_for(built, compute)
         (out_dir / "logs").mkdir(parents=True, exist_ok=True)
         with open(out_dir / "logs" / f"rank{rank}.log", "w") as log:
+            for line in log_lines:
+                print(line, file=log, flush=True)
+            log_file.append(log)
+
             def say(message: str) -> None:
                 print(f"[{time.strftime('%H:%M:%S')}] {message}", file=log, flush=True)
                 if rank == 0 and not args.quiet:
@@ -190,7 +217,11 @@ def _run_distributed(args) -> int:
                                              f"{cfg.num_nodes} nodes on {world} ranks", {cfg.name: summary["final"]}))
                 console.print(f"results: {out_dir}/", markup=False)
         return 0
+    except RunStopped as err:  # before the rounds: e.g. a value in the store failed its tag
+        err_console.print(f"error: rank {rank}: {err}", markup=False, highlight=False, soft_wrap=True)
+        return 1
     finally:
+        log_file.clear()
         membership.close()
 
 

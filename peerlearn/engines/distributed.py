@@ -261,12 +261,49 @@ def check_config(cfg, world: int) -> None:
         raise ConfigError(f"config error: num_nodes: {world} ranks need at least {world} nodes, got {cfg.num_nodes}")
 
 
-def join_from_env(timeout_s: float = 60.0, startup_timeout_s: float = 300.0) -> Membership:
-    """Join the launch that ``torchrun`` (or ``peerlearn run --nproc``) describes in the environment: reaching
-    the store and forming the first group wait up to ``startup_timeout_s``, everything after ``timeout_s``."""
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ or "MASTER_PORT" not in os.environ:
-        raise ConfigError("config error: --engine distributed: launch with --nproc N (one machine) or torchrun, e.g. "
-                          "torchrun --standalone --nproc-per-node 4 -m peerlearn run CONFIG --engine distributed")
-    store = connect_store(max(timeout_s, startup_timeout_s))
-    return Membership(store, int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), timeout_s,
-                      startup_timeout_s=startup_timeout_s)
+LAUNCH_HELP = ("launch with --nproc N (one machine), or start every rank by hand with RANK, WORLD_SIZE, "
+               "MASTER_ADDR, MASTER_PORT and a shared PEERLEARN_SECRET (see the README)")
+
+
+def launch_environment() -> tuple[int, int]:
+    """(rank, world size) from the ``torch.distributed`` environment; a ConfigError saying how to launch."""
+    if any(k not in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_PORT")):
+        raise ConfigError(f"config error: --engine distributed: {LAUNCH_HELP}")
+    try:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        int(os.environ["MASTER_PORT"])
+    except ValueError:
+        raise ConfigError("config error: RANK, WORLD_SIZE and MASTER_PORT must be integers") from None
+    if not 0 <= rank < world:
+        raise ConfigError(f"config error: RANK: between 0 and WORLD_SIZE - 1 = {world - 1}, got {rank}")
+    return rank, world
+
+
+def elastic_warning() -> str | None:
+    """The warning for ranks started by torchrun's elastic agent, whose c10d rendezvous unpickles what its
+    store holds (anyone who reaches that port runs code on every machine); None otherwise."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ or os.environ.get("LOCAL_RANK", "0") != "0":
+        return None
+    return ("warning: started by torchrun: its elastic rendezvous unpickles what its store holds, so anyone who "
+            "reaches its port can run code on this machine; launch with --nproc N on one machine, or by hand "
+            "across machines (README, docs/security.md)")
+
+
+def join_from_env(cfg_dict: dict, secret: bytes, timeout_s: float = 60.0, startup_timeout_s: float = 300.0,
+                  say: Callable[[str], None] = lambda message: None) -> Membership:
+    """Join the launch that ``peerlearn run --nproc`` (or a launch by hand, or torchrun) describes in the
+    environment, through :mod:`peerlearn.engines.join`: rank 0 admits the ranks that prove ``secret`` and
+    run the same config (``say`` gets a line for each one it refuses). Reaching the store, joining and
+    forming the first group wait up to ``startup_timeout_s``, everything after ``timeout_s``."""
+    from peerlearn import __version__
+    from peerlearn.engines.join import config_digest, join
+
+    rank, world = launch_environment()
+    try:
+        store = connect_store(max(timeout_s, startup_timeout_s))
+    except (OSError, RuntimeError) as err:  # the port is taken (rank 0), or nobody listens there (the others)
+        where = f"{os.environ.get('MASTER_ADDR', '127.0.0.1')}:{os.environ['MASTER_PORT']}"
+        raise RunStopped(f"the launch's store at {where}: {str(err).strip().splitlines()[0][:300]}") from None
+    expect = {"world": world, "version": __version__, "config": config_digest(cfg_dict)}
+    session, keeper = join(store, rank, world, secret, expect, startup_timeout_s, say)
+    return Membership(session, rank, world, timeout_s, startup_timeout_s=startup_timeout_s, keeper=keeper)

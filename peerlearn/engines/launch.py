@@ -3,7 +3,8 @@
 ``torchrun`` stops every worker as soon as one fails (and restarts them all if allowed): right for
 data-parallel jobs, wrong for decentralized learning, where a peer that dies is part of the
 experiment. :func:`launch_local` hosts the launch's key-value store (which the survivors need to
-agree on who is left), starts ``nproc`` ranks with the ``torch.distributed`` environment
+agree on who is left) on 127.0.0.1 only, draws the launch's secret (``PEERLEARN_SECRET``, which its
+ranks join with: :mod:`peerlearn.engines.join`), starts ``nproc`` ranks with the ``torch.distributed`` environment
 (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``), waits for all of them, and says which
 ones died. Interrupting the launcher interrupts every rank; no rank outlives it.
 """
@@ -12,12 +13,12 @@ from __future__ import annotations
 
 import datetime
 import os
+import secrets
 import signal
-import socket
 import subprocess
 import sys
 
-import torch.distributed as dist
+from peerlearn.engines.membership import loopback_store
 
 
 def launch_local(worker_argv: list[str], nproc: int, grace_s: float = 10.0) -> int:
@@ -26,17 +27,12 @@ def launch_local(worker_argv: list[str], nproc: int, grace_s: float = 10.0) -> i
     Returns rank 0's exit code (rank 0 writes the run: 0 when the run completed, even without some
     ranks), or the first failure's code when rank 0 was killed.
     """
-    # TCPStore given only a port listens on every interface, where anyone who reaches it can read and write
-    # every key: hand it a socket already bound to the loopback interface instead
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(128)
-    port = listener.getsockname()[1]
-    store = dist.TCPStore("127.0.0.1", port, None, True, datetime.timedelta(seconds=60), wait_for_workers=False,
-                          master_listen_fd=listener.detach())  # the store owns the socket from here
+    store = loopback_store(0, datetime.timedelta(seconds=60))
     threads = max(1, (os.cpu_count() or 1) // nproc)
-    base = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(store.port), "WORLD_SIZE": str(nproc),
+    environ = {k: v for k, v in os.environ.items() if k not in ("PEERLEARN_SECRET", "PEERLEARN_SECRET_FILE")}
+    base = {**environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(store.port), "WORLD_SIZE": str(nproc),
             "LOCAL_WORLD_SIZE": str(nproc), "TORCHELASTIC_USE_AGENT_STORE": "True",
+            "PEERLEARN_SECRET": secrets.token_hex(32),  # a fresh secret per launch: its ranks, and nobody else
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads))}
     procs = [subprocess.Popen([sys.executable, "-m", "peerlearn", *worker_argv],
                               env={**base, "RANK": str(r), "LOCAL_RANK": str(r)}) for r in range(nproc)]

@@ -8,7 +8,7 @@ launch's key-value store (the ``torchrun`` agent's, or ``peerlearn run --nproc``
 
 1. the rank reports the last round it completed under ``rec/<generation>/<rank>``;
 2. it waits until every member has reported or is dead: a member is dead when its heartbeat
-   counter (``hb/<rank>``, bumped by a thread every ``timeout/5`` s) has not moved for ``timeout``;
+   counter (``hb/<rank>``, raised by a thread every ``timeout/5`` s) has not grown for ``timeout``;
 3. it proposes (members that reported, the smallest completed round) with ``compare_set`` on
    ``dec/<generation>``: the first proposal wins and every rank adopts it, so all agree;
 4. the members build a fresh gloo group under a new store prefix, and the engine rolls back to the
@@ -27,6 +27,7 @@ References:
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import json
 import os
 import re
@@ -67,6 +68,8 @@ class Group:
         opts._timeout, opts._devices = connect, gloo_devices()
         try:
             self.pg = dist.ProcessGroupGloo(dist.PrefixStore(f"pg{generation}/", store), self.rank, self.size, opts)
+        except RunStopped:  # a value in the store failed its tag (peerlearn.engines.join): not a peer failure
+            raise
         except RuntimeError as err:  # a member died (or never came) before connecting
             raise PeerFailure(_first_sentence(str(err))) from err
 
@@ -131,12 +134,37 @@ def _first_sentence(message: str) -> str:
 def connect_store(timeout_s: float):
     """The launch's key-value store, from the ``torch.distributed`` environment (``MASTER_ADDR``,
     ``MASTER_PORT``): a client of the launcher's store (torchrun's agent, or ``peerlearn run --nproc``);
-    rank 0 hosts it when the launcher does not (plain ``env://`` launches)."""
+    rank 0 hosts it when the launcher does not (plain ``env://`` launches), on the loopback interface
+    only when ``MASTER_ADDR`` is a loopback address (else on every interface: the other machines must
+    reach it)."""
     agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    return dist.TCPStore(os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ["MASTER_PORT"]),
-                         world, not agent and rank == 0, datetime.timedelta(seconds=timeout_s),
-                         wait_for_workers=False)
+    host, port = os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ["MASTER_PORT"])
+    timeout = datetime.timedelta(seconds=timeout_s)
+    if not agent and rank == 0 and _is_loopback(host):
+        return loopback_store(port, timeout)
+    return dist.TCPStore(host, port, world, not agent and rank == 0, timeout, wait_for_workers=False)
+
+
+def loopback_store(port: int, timeout: datetime.timedelta):
+    """A TCPStore server that listens on 127.0.0.1 only (``port`` 0: any free one). Given only a port, a
+    TCPStore listens on every interface, where anyone who reaches it reads and writes every key: it is
+    handed a socket already bound to the loopback interface instead."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", port))
+    listener.listen(128)
+    port = listener.getsockname()[1]
+    return dist.TCPStore("127.0.0.1", port, None, True, timeout, wait_for_workers=False,
+                         master_listen_fd=listener.detach())  # the store owns the socket from here
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return all(ipaddress.ip_address(info[4][0]).is_loopback
+                   for info in socket.getaddrinfo(host, None, socket.AF_INET))
+    except (OSError, ValueError):
+        return False
 
 
 class Membership:
@@ -148,31 +176,47 @@ class Membership:
         timeout_s: how long a silent peer or a blocked operation is waited for.
         startup_timeout_s: how long the first group waits for every rank to arrive (at least ``timeout_s``):
             ranks start at different times and load their data first.
+        keeper: on rank 0, the :class:`~peerlearn.engines.join.Doorkeeper` that admitted the ranks.
     """
 
     def __init__(self, store, rank: int, world: int, timeout_s: float, prefix: str = "peerlearn",
-                 startup_timeout_s: float = 0.0):
+                 startup_timeout_s: float = 0.0, keeper=None):
         self.store = dist.PrefixStore(f"{prefix}/", store)
+        self.base = store  # a store written in Python lives only while Python holds it: the prefix store does not
+        self.keeper = keeper  # rank 0's doorkeeper (peerlearn.engines.join), closed with the membership
         self.rank, self.timeout_s = rank, float(timeout_s)
         self.startup_timeout_s = max(float(startup_timeout_s), self.timeout_s)
         self.members = list(range(world))
         self.generation = 0
         self._stop = threading.Event()
         self._interval = min(1.0, self.timeout_s / 5)
-        self.store.add(f"hb/{rank}", 1)
+        self._beats = 1
+        self.store.set(f"hb/{rank}", "1")  # a counter that only grows: an old value replayed is no beat
         self._beat = threading.Thread(target=self._heartbeat, name="peerlearn-heartbeat", daemon=True)
         self._beat.start()
         self._old_groups: list[Group] = []  # failed groups stay referenced: tearing one down can block
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(self._interval):
+            self._beats += 1
             try:
-                self.store.add(f"hb/{self.rank}", 1)
+                self.store.set(f"hb/{self.rank}", str(self._beats))
             except Exception:  # the store is gone (the launch is ending): nothing left to tell
                 return
 
     def close(self) -> None:
         self._stop.set()
+        if self.keeper is not None:
+            self.keeper.close()
+
+    def _beats_of(self, member: int, last: int) -> int:
+        """``member``'s heartbeat count; ``last`` when it never beat or its value fails its tag."""
+        try:
+            if self.store.check([f"hb/{member}"]):
+                return max(last, int(self.store.get(f"hb/{member}")))
+        except (RunStopped, ValueError):  # not this run's value: it proves nothing
+            pass
+        return last
 
     def group(self) -> Group:
         """A gloo group over the current members (built collectively by all of them; the first one waits
@@ -208,7 +252,7 @@ class Membership:
                 if self.store.check([f"rec/{g}/{m}"]):
                     reported[m] = int(self.store.get(f"rec/{g}/{m}"))
                     continue
-                beats, now = int(self.store.add(f"hb/{m}", 0)), time.monotonic()
+                beats, now = self._beats_of(m, seen[m][0] if m in seen else 0), time.monotonic()
                 if m not in seen or seen[m][0] != beats:
                     seen[m] = (beats, now)
                 elif now - seen[m][1] >= self.timeout_s:

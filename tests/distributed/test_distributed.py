@@ -1,5 +1,5 @@
 """The distributed engine on real gloo process groups over 127.0.0.1: its Comm against SimComm, and whole
-runs (torchrun, 4 ranks) against the simulator. Every process is bounded by a timeout and joined."""
+runs (--nproc 4) against the simulator. Every process is bounded by a timeout and joined."""
 
 import csv
 import os
@@ -90,11 +90,7 @@ def test_distcomm_primitives_equal_simcomm_on_uneven_blocks(tmp_path):
         torch.testing.assert_close(got["bytes"], sim.bytes_sent_N[rows])
 
 
-def _torchrun(config: Path, out: Path, world: int = 4):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}",
-           "-m", "peerlearn", "run", str(config), "--engine", "distributed", "--out", str(out), "--quiet"]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+SECRET = "test-secret-0123456789abcdef"
 
 
 def _rows(path: Path):
@@ -116,8 +112,8 @@ def test_four_ranks_reproduce_the_simulator(tmp_path, algorithm, graph):
         "name": "q", "seed": 0, "num_nodes": 16, "num_rounds": 12, "eval_every": 4,
         "topology": {"graph": graph}, "data": {"dataset": "digits", "partition": "dirichlet", "alpha": 1.0},
         "model": {"name": "mlp", "hidden": [16]}, "algorithm": {"lr": 0.1, "batch_size": 8, **algorithm}}))
-    done = _torchrun(config, tmp_path / "dist")
-    assert done.returncode == 0, done.stderr[-3000:]
+    code, _, err = _finish(_launch(config, tmp_path / "dist"), TIMEOUT_S)
+    assert code == 0, err[-3000:]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", "peerlearn", "run", str(config), "--out", str(tmp_path / "sim"), "--quiet"],
                    env=env, check=True, timeout=TIMEOUT_S)
@@ -131,12 +127,39 @@ def test_four_ranks_reproduce_the_simulator(tmp_path, algorithm, graph):
     assert logs == ["rank0.log", "rank1.log", "rank2.log", "rank3.log"]
 
 
+def _by_hand(config: Path, out: Path, world: int, *extra: str, ranks=None, port: int | None = None, **env) -> list:
+    """The ``ranks`` (default: all) started by hand, without a launcher: RANK, WORLD_SIZE, MASTER_ADDR/PORT and
+    the shared secret in their environment."""
+    port = port or _free_port()
+    return [subprocess.Popen([sys.executable, "-m", "peerlearn", "run", str(config), "--engine", "distributed",
+                              "--out", str(out), "--quiet", *extra],
+                             env={**os.environ, "OMP_NUM_THREADS": "1", "RANK": str(rank), "WORLD_SIZE": str(world),
+                                  "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "PEERLEARN_SECRET": SECRET,
+                                  **env},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+            for rank in (range(world) if ranks is None else ranks)]
+
+
 def test_unsupported_configs_fail_on_every_rank_with_one_line(tmp_path):
     config = tmp_path / "bad.yaml"
     config.write_text(yaml.safe_dump({"num_nodes": 8, "num_rounds": 2, "algorithm": {"name": "fedavg"}}))
-    done = _torchrun(config, tmp_path / "out", world=2)
-    assert done.returncode != 0
-    assert "config error: algorithm.name: the distributed engine runs" in done.stderr
+    results = [_finish(p, TIMEOUT_S) for p in _by_hand(config, tmp_path / "out", 2)]
+    for code, _, err in results:
+        assert code == 2 and err.count("\n") == 1, err
+        assert "config error: algorithm.name: the distributed engine runs" in err, err
+
+
+def test_torchrun_is_warned_against(monkeypatch):
+    """torchrun still starts ranks, but its elastic rendezvous unpickles what its store holds (C1)."""
+    from peerlearn.engines.distributed import elastic_warning
+
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    assert elastic_warning() is None  # --nproc and launches by hand
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "x")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert "its elastic rendezvous unpickles what its store holds" in elastic_warning()
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert elastic_warning() is None  # once per machine
 
 
 def test_without_torchrun_the_engine_says_how_to_launch(tmp_path):
@@ -145,7 +168,7 @@ def test_without_torchrun_the_engine_says_how_to_launch(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
     done = subprocess.run([sys.executable, "-m", "peerlearn", "run", str(config), "--engine", "distributed"],
                           env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
-    assert done.returncode == 2 and "launch with --nproc N (one machine) or torchrun" in done.stderr
+    assert done.returncode == 2 and "launch with --nproc N (one machine), or start every rank by hand" in done.stderr
 
 
 def _config(tmp_path: Path, **over) -> Path:
@@ -367,16 +390,9 @@ def test_a_rank_that_starts_late_is_waited_for_with_the_startup_timeout(tmp_path
     import time
 
     config, port = _config(tmp_path, num_rounds=4), _free_port()
-    procs = []
-    for rank in range(2):
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "RANK": str(rank), "WORLD_SIZE": "2",
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-        procs.append(subprocess.Popen([sys.executable, "-m", "peerlearn", "run", str(config), "--engine",
-                                       "distributed", "--out", str(tmp_path / "run"), "--quiet", "--timeout-s", "1"],
-                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                      start_new_session=True))
-        if rank == 0:
-            time.sleep(4)  # four timeouts before the second rank even starts
+    procs = _by_hand(config, tmp_path / "run", 2, "--timeout-s", "1", ranks=[0], port=port)
+    time.sleep(4)  # four timeouts before the second rank even starts
+    procs += _by_hand(config, tmp_path / "run", 2, "--timeout-s", "1", ranks=[1], port=port)
     results = [_finish(p, TIMEOUT_S) for p in procs]
     assert [code for code, _, _ in results] == [0, 0], [err[-2000:] for _, _, err in results]
     assert [int(r["round"]) for r in _metrics_rows(tmp_path / "run")] == [0, 4]

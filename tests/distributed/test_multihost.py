@@ -1,11 +1,11 @@
 """A real multi-host run on one machine: two network namespaces joined by a veth pair, each with its own
 address and no other network, one rank per namespace (issue 19).
 
-* the documented multi-machine ``torchrun`` form (c10d rendezvous on the first host) reproduces the
-  simulator's metrics across the namespaces;
-* launched without an agent (each rank started by hand, as on machines without torchrun), the rank in one
-  namespace is killed mid-run and the other finishes the run, with the simulator's metrics for those
-  nodes crashing at that round.
+* the documented multi-machine form (each rank started by hand with the shared secret) reproduces the
+  simulator's metrics across the namespaces, while outsiders with a wrong secret or none are refused
+  (issue 36);
+* the rank in one namespace is killed mid-run and the other finishes the run, with the simulator's
+  metrics for those nodes crashing at that round.
 
 Skipped, with the reason, where namespaces cannot be created (not root, no ``ip``, no netns support).
 Every process runs under a timeout inside its namespace and is killed at the end; the namespaces are
@@ -108,22 +108,50 @@ def _assert_rows_match(dist_rows: list[dict], sim_rows: list[dict], skip=lambda 
             assert float(d[key]) == pytest.approx(float(value), rel=1e-4, abs=1e-6, nan_ok=True), (s["round"], key)
 
 
-def test_torchrun_across_two_hosts_reproduces_the_simulator(hosts, tmp_path):
-    """The README's multi-machine command, one rank per namespace: c10d rendezvous at the first host's
-    address, each agent advertising its own (``--local-addr``), and the same metrics as the simulator."""
+SECRET = "multihost-test-secret-0123456789"
+
+
+def _rank_argv(config: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "peerlearn", "run", str(config), "--engine", "distributed", "--out", str(out),
+            "--quiet", *extra]
+
+
+def test_two_hosts_with_the_secret_reproduce_the_simulator_and_outsiders_are_refused(hosts, tmp_path):
+    """Issue 36's acceptance: one rank per namespace, started by hand with the shared secret, reproduces the
+    simulator; two outsiders on the second host (a wrong secret, and none) try to join as rank 1 before the
+    real rank 1 does: each is refused with one line, rank 0 names each refused join in one line, and the run
+    finishes with the simulator's metrics."""
     config, out = _config(tmp_path), tmp_path / "dist"
-    procs = []
-    for i, (ns, addr) in enumerate(hosts):
-        argv = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
-                "--rdzv-backend", "c10d",
-                "--rdzv-endpoint", f"{hosts[0][1]}:29400", "--rdzv-id", "peerlearn-test",
-                "--rdzv-conf", f"is_host={'true' if i == 0 else 'false'}", "--local-addr", addr,
-                "-m", "peerlearn", "run", str(config), "--engine", "distributed", "--out", str(out), "--quiet",
-                "--timeout-s", "20"]
-        procs.append(_start(ns, argv, {}, tmp_path / f"host{i}.log"))
-    codes = _wait_all(procs)
-    logs = "\n".join((tmp_path / f"host{i}.log").read_text()[-2000:] for i in range(2))
-    assert codes == [0, 0], logs
+    env = {"WORLD_SIZE": "2", "MASTER_ADDR": hosts[0][1], "MASTER_PORT": "29411"}
+    (ns0, _), (ns1, _) = hosts
+    rank0 = _start(ns0, _rank_argv(config, out, "--timeout-s", "20"), {**env, "RANK": "0", "PEERLEARN_SECRET": SECRET},
+                   tmp_path / "rank0.log")
+    procs = [rank0]
+    try:
+        outsiders = [_start(ns1, _rank_argv(config, out), {**env, "RANK": "1", "PEERLEARN_SECRET": "x" * 32},
+                            tmp_path / "wrong.log"),
+                     _start(ns1, _rank_argv(config, out, "--insecure"), {**env, "RANK": "1"}, tmp_path / "none.log")]
+        procs += outsiders
+        assert [p.wait(TIMEOUT_S) for p in outsiders] == [1, 1]
+        procs.append(_start(ns1, _rank_argv(config, out, "--timeout-s", "20"),
+                            {**env, "RANK": "1", "PEERLEARN_SECRET": SECRET}, tmp_path / "rank1.log"))
+    finally:
+        codes = _wait_all(procs)
+    logs = {name: (tmp_path / f"{name}.log").read_text() for name in ("rank0", "rank1", "wrong", "none")}
+    assert codes == [0, 1, 1, 0], logs
+    # the last line (torch may warn before it that a namespace has no host name for its address)
+    assert logs["wrong"].strip().splitlines()[-1] == (
+        "error: rank 1: rank 0 refused this rank: its proof of the secret is wrong (another PEERLEARN_SECRET, or a "
+        "forged request) (its challenge was not signed with this rank's secret either)"), logs["wrong"]
+    assert logs["none"].strip().splitlines()[-1] == (
+        "error: rank 1: rank 0 refused this rank: it presented no proof of the run's secret (started without it, "
+        "or with --insecure)"), logs["none"]
+    refused = [line for line in logs["rank0"].splitlines() if "refused a join" in line]
+    assert len(refused) == 2, logs["rank0"]
+    assert sorted("wrong" if "proof of the secret is wrong" in line else "none" if "presented no proof" in line
+                  else line for line in refused) == ["none", "wrong"], refused
+    assert all(line.startswith("rank 0: refused a join as rank 1 (host ") for line in refused), refused
+    assert "Traceback" not in "".join(logs.values()), logs
     assert json.loads((out / "summary.json").read_text())["status"] == "completed"
     subprocess.run([sys.executable, "-m", "peerlearn", "run", str(config), "--out", str(tmp_path / "sim"), "--quiet"],
                    env={**os.environ, "OMP_NUM_THREADS": "1"}, check=True, timeout=TIMEOUT_S)
@@ -131,6 +159,7 @@ def test_torchrun_across_two_hosts_reproduces_the_simulator(hosts, tmp_path):
     ranks = sorted((out / "logs").iterdir())
     assert [p.name for p in ranks] == ["rank0.log", "rank1.log"]
     assert all("finished 12 rounds" in p.read_text() for p in ranks)
+    assert (out / "logs" / "rank0.log").read_text().count("refused a join") == 2  # and in rank 0's log
 
 
 def test_killing_the_rank_on_one_host_leaves_the_other_training(hosts, tmp_path):
@@ -146,7 +175,7 @@ def test_killing_the_rank_on_one_host_leaves_the_other_training(hosts, tmp_path)
     procs = []
     for rank, (ns, _) in enumerate(hosts):
         env = {"RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": hosts[0][1], "MASTER_PORT": "29410",
-               "PEERLEARN_KILL": "1:5"}
+               "PEERLEARN_KILL": "1:5", "PEERLEARN_SECRET": SECRET}
         argv = [sys.executable, "-m", "peerlearn", "run", str(config), "--engine", "distributed", "--out", str(out),
                 "--quiet", "--timeout-s", "3"]
         procs.append(_start(ns, argv, env, tmp_path / f"host{rank}.log"))
