@@ -257,6 +257,7 @@ def estimate_memory_bytes(cfg: ExperimentConfig) -> int:
     """:func:`run_memory_bytes` before building the run: the dataset is loaded, no node model is allocated
     (for planning many runs). A data problem is a ConfigError, as in :func:`build`."""
     try:
+        check_config_fits(cfg)
         ds = build_dataset(cfg)
     except ValueError as err:
         raise _as_config_error(err) from None
@@ -266,6 +267,23 @@ def estimate_memory_bytes(cfg: ExperimentConfig) -> int:
         flat = FlatModel(module)
         parts = memory_parts(cfg, ds, flat.num_params, flat.activation_numel(ds.input_shape, ds.x_train.dtype))
     return sum(parts.values())
+
+
+FAULT_TIMELINE_BYTES = 3
+"""Peak bytes per (round, node) of the faults' alive timeline: the boolean timeline and two temporaries."""
+
+
+def check_config_fits(cfg: ExperimentConfig) -> None:
+    """Refuse, before anything is built, what grows with the config's sizes alone: a random graph's edges
+    (:attr:`GraphSpec.bytes_per_edge`) and the faults' timeline, ``(num_rounds + 1) x num_nodes``."""
+    n, graph = cfg.num_nodes, cfg.topology.graph
+    edges = graph.expected_edges(n)
+    if edges is not None:
+        check_fits(edges * graph.bytes_per_edge, f"{graph.name} on {n:,} nodes (about {edges:,.0f} edges)",
+                   "topology.graph")
+    if cfg.faults.active:
+        check_fits(FAULT_TIMELINE_BYTES * (cfg.num_rounds + 1) * n,
+                   f"the faults' timeline of {cfg.num_rounds + 1:,} rounds x {n:,} nodes", "faults")
 
 
 def check_model_fits(cfg: ExperimentConfig, ds: Dataset) -> None:
@@ -293,6 +311,7 @@ def build(cfg: ExperimentConfig, dataset: Dataset | None = None) -> Built:
     ``dataset`` reuses an already loaded dataset (e.g. across the runs of ``peerlearn matrix``).
     """
     try:
+        check_config_fits(cfg)
         ds = build_dataset(cfg) if dataset is None else dataset
         if cfg.algorithm.batch_size > len(ds.y_train):
             raise config_error("algorithm.batch_size", f"{cfg.algorithm.batch_size} is more than the "

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from peerlearn.paths import inside
 from peerlearn.report.run_dir import FINAL_MODEL, MODEL_FORMAT, flatten_config, read_summary
 
 SWEEP_FILE = "sweep.json"
@@ -39,9 +40,9 @@ def run_dirs(paths) -> list[Path]:
         for match in map(Path, matches):
             if (match / "metrics.csv").is_file():
                 found.append(match)
-            elif (match / SWEEP_FILE).is_file():
-                cells = json.loads((match / SWEEP_FILE).read_text())["cells"]
-                found += [match / c["dir"] for c in cells if (match / c["dir"] / "metrics.csv").is_file()]
+            elif (match / SWEEP_FILE).is_file():  # its cells' folders, only those inside it (the file is data)
+                found += [path for path in (inside(match, c.get("dir")) for c in _manifest_cells(match))
+                          if path is not None and (path / "metrics.csv").is_file()]
             elif match.is_dir():
                 below = sorted(p.parent for p in match.rglob("metrics.csv"))
                 if not below:
@@ -52,6 +53,18 @@ def run_dirs(paths) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
+def _manifest_cells(folder: Path) -> list[dict]:
+    """The cells a sweep folder's ``sweep.json`` lists (entries that are not mappings are skipped); a
+    FileNotFoundError naming the file when it is not a sweep manifest."""
+    try:
+        cells = json.loads((folder / SWEEP_FILE).read_text())["cells"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise FileNotFoundError(f"{folder / SWEEP_FILE}: not a peerlearn sweep manifest") from None
+    if not isinstance(cells, list):
+        raise FileNotFoundError(f"{folder / SWEEP_FILE}: not a peerlearn sweep manifest")
+    return [c for c in cells if isinstance(c, dict)]
+
+
 def _sweep_labels(run: Path, manifests: dict[Path, dict]) -> dict:
     """``cell``, ``label`` and ``variant`` of a run inside a sweep directory (its parents hold sweep.json);
     ``manifests`` keeps each manifest read once per call of :func:`load` or :func:`load_summary`."""
@@ -59,9 +72,8 @@ def _sweep_labels(run: Path, manifests: dict[Path, dict]) -> dict:
         manifest = parent / SWEEP_FILE
         if manifest.is_file():
             if parent not in manifests:
-                manifests[parent] = {c["dir"]: {"cell": c["cell"], "label": c.get("label") or c["cell"],
-                                                "variant": c.get("variant")}
-                                     for c in json.loads(manifest.read_text())["cells"]}
+                manifests[parent] = {c.get("dir"): {"cell": c.get("cell"), "label": c.get("label") or c.get("cell"),
+                                                    "variant": c.get("variant")} for c in _manifest_cells(parent)}
             return manifests[parent].get(run.relative_to(parent).as_posix(), {})
     return {}
 

@@ -39,12 +39,15 @@ from typing import Any, Callable, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from peerlearn.paths import drop_links, inside
 from peerlearn.spec import ConfigError, format_error
 
 SWEEP_FILE = "sweep.json"
 FINAL_METRICS = ("acc_mean", "acc_min", "acc_max", "acc_avg_model", "acc_alive_mean", "attack_success", "loss_mean",
                  "consensus_distance", "bytes_sent_per_node", "sim_time_s", "epsilon", "round", "wall_time_s")
 DONE = ("completed", "diverged")  # a re-run leaves these; interrupted ones resume, failed ones run again
+MAX_SEEDS = 10_000
+"""Seeds one sweep may run: more is a typo (``0-1000000000``), not an experiment, and would be listed first."""
 
 
 class Variant(BaseModel):
@@ -60,7 +63,7 @@ class SweepSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     title: str | None = Field(None, description="title of the figure and table")
-    seeds: list[int] = Field([0], min_length=1, description="seeds each cell runs with")
+    seeds: list[int] = Field([0], min_length=1, max_length=MAX_SEEDS, description="seeds each cell runs with")
     grid: dict[str, list[Any]] = Field({}, description="key -> values; the sweep runs their cartesian product")
     variants: dict[str, Variant] = Field({}, description="named methods compared (each x grid x seeds)")
     workers: int | None = Field(None, ge=1, le=256, description="runs at once (default: the cores and memory allow)")
@@ -112,14 +115,18 @@ def parse_grid(items: list[str]) -> dict[str, list[Any]]:
 
 
 def parse_seeds(text: str) -> list[int]:
-    """``"0,1,2"`` or ``"0-4"`` -> seeds."""
+    """``"0,1,2"`` or ``"0-4"`` -> seeds (at most :data:`MAX_SEEDS`, counted before any list is made)."""
     try:
-        seeds = []
+        ranges = []
         for part in text.split(","):
             lo, sep, hi = part.partition("-")
-            seeds += list(range(int(lo), int(hi) + 1)) if sep else [int(part)]
+            ranges.append(range(int(lo), int(hi) + 1) if sep else range(int(part), int(part) + 1))
     except ValueError:
         raise ConfigError(f"config error: --seeds {text!r}: integers, e.g. --seeds 0,1,2 or --seeds 0-4") from None
+    count = sum(len(r) for r in ranges)
+    if count > MAX_SEEDS:
+        raise ConfigError(f"config error: --seeds {text[:40]!r}: {count:,} seeds; a sweep runs at most {MAX_SEEDS:,}")
+    seeds = [seed for r in ranges for seed in r]
     if not seeds or min(seeds) < 0:
         raise ConfigError(f"config error: --seeds {text!r}: at least one seed, none negative")
     return list(dict.fromkeys(seeds))
@@ -203,22 +210,12 @@ def _status_of(run_dir: Path) -> str | None:
 
 def removable_run_dir(out: Path, rel: Any) -> Path | None:
     """The folder ``rel`` (from a manifest: data, not trusted) if a sweep in ``out`` may delete it: a relative
-    path inside ``out``, reached through no symlink, holding the marker every run folder gets; else None."""
+    path inside ``out``, reached through no symlink (:func:`peerlearn.paths.inside`), holding the marker every
+    run folder gets; else None."""
     from peerlearn.report.run_dir import RUN_MARKER
 
-    if not isinstance(rel, str) or not rel.strip():
-        return None
-    parts = Path(rel).parts
-    if Path(rel).is_absolute() or not parts or ".." in parts:
-        return None
-    path = Path(out)
-    for part in parts:
-        path = path / part
-        if path.is_symlink():
-            return None
-    try:
-        path.resolve(strict=True).relative_to(Path(out).resolve(strict=True))
-    except (OSError, ValueError):
+    path = inside(out, rel)
+    if path is None:
         return None
     marker = path / RUN_MARKER
     return path if path.is_dir() and marker.is_file() and not marker.is_symlink() else None
@@ -295,6 +292,7 @@ class Sweep:
                   f"not made by peerlearn; left alone: {', '.join(left[:3])}{', ...' if len(left) > 3 else ''}",
                   file=sys.stderr)
         self.replaced = []
+        drop_links(self.out)  # nothing is written through a link planted in the folder
         todo = self.refresh()
         done = len(self.cells) - len(todo)
         self._save()

@@ -10,6 +10,14 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 from peerlearn.config import parse_config, switch_member
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _owner_key(tmp_path_factory):
+    """The key that signs a run's plugins (peerlearn.report.ownership) lives in the test session's folder, not
+    in the home directory; processes the tests start inherit it."""
+    os.environ["PEERLEARN_OWNER_KEY"] = str(tmp_path_factory.mktemp("owner") / "owner.key")
+    yield
+
+
 @pytest.fixture(autouse=True)
 def _deterministic_threads():
     # fixed thread count: the same seed must give the same numbers on every machine; the global

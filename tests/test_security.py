@@ -4,6 +4,7 @@ could and checks that nothing runs and the user gets one line."""
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -132,8 +133,11 @@ def test_sweep_overwrite_deletes_only_run_folders_it_made_inside_its_folder(tmp_
     sweep.check_out(overwrite=True)
     sweep.run()
     assert (outside / "keep").read_text() == "precious"
-    assert (out / "notes" / "mine.txt").read_text() == "mine" and (out / "link").is_symlink()
-    assert (out / "linked" / "run").is_symlink() and (out / "sweep.json").is_file()
+    assert (out / "notes" / "mine.txt").read_text() == "mine" and (out / "sweep.json").is_file()
+    # the links were never followed: the folder they point to is whole; the links themselves are gone (L1:
+    # nothing is written through a link in a folder peerlearn reuses)
+    assert sorted(p.name for p in outside.iterdir()) == [RUN_MARKER, "keep"]
+    assert not (out / "link").is_symlink() and not (out / "linked" / "run").is_symlink()
     assert not (out / "old" / "seed0").exists()  # the one folder the old sweep made: replaced
     note = capsys.readouterr().err
     assert "left alone" in note and len(note.strip().splitlines()) == 1
@@ -272,3 +276,161 @@ def test_a_one_machine_distributed_run_listens_on_loopback_only(tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
+
+
+def _plugin_run(tmp_path, monkeypatch):
+    """A run made with the example plugin, stopped after round 10 (its folder signed with this account's key)."""
+    import shutil
+
+    from tests.conftest import interrupt_after
+
+    plugin_dir = Path(__file__).resolve().parents[1] / "examples" / "plugin"
+    shutil.copy(plugin_dir / "my_parts.py", tmp_path / "my_parts.py")
+    shutil.copy(plugin_dir / "plugin.yaml", tmp_path / "plugin.yaml")
+    out = tmp_path / "run"
+    restore = interrupt_after(monkeypatch, 10)
+    assert cli.main(["run", str(tmp_path / "plugin.yaml"), "--out", str(out), "--quiet", "--set", "num_rounds=20",
+                     "--set", "eval_every=10"]) == 130
+    restore()
+    return out
+
+
+def test_resume_imports_plugins_only_from_a_run_folder_you_signed(tmp_path, monkeypatch, capsys):
+    """M1: ``--resume`` imported the plugins a run folder's config names. Now only a folder that carries this
+    account's signature of them (as their files are now) imports them without --trust-plugins."""
+    out = _plugin_run(tmp_path, monkeypatch)
+    snapshot = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+
+    def fresh_copy():
+        for name, data in snapshot.items():
+            (out / name).write_bytes(data)
+
+    monkeypatch.setenv("PEERLEARN_OWNER_KEY", str(tmp_path / "someone-else.key"))  # another account
+    capsys.readouterr()
+    assert cli.main(["run", "--resume", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "--resume" in err and "does not carry your signature" in err and "--trust-plugins" in err, err
+    assert err.count("\n") == 1
+    assert cli.main(["run", "--resume", str(out), "--quiet", "--trust-plugins"]) == 0  # your word
+    assert cli.main(["run", "--trust-plugins", QUICK]) == 2  # only means something with --resume
+
+
+def test_an_edited_plugin_or_a_crafted_folder_is_not_imported_on_resume(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    out = _plugin_run(tmp_path, monkeypatch)
+    ran = tmp_path / "ran"
+    plugin = Path(yaml.safe_load((out / "config.yaml").read_text())["plugins"][0])
+    plugin.write_text(plugin.read_text() + f"\nopen({str(ran)!r}, 'w').close()\n")  # changed since the run
+    assert cli.main(["run", "--resume", str(out), "--quiet"]) == 2
+    assert not ran.exists()
+    assert "a plugin file changed since" in capsys.readouterr().err
+
+    # a folder from elsewhere: a real interrupted run whose config names a plugin shipped beside it, with the
+    # marker of a signed run copied in
+    other = tmp_path / "downloaded"
+    other.mkdir()
+    for name in ("checkpoint.pt", "metrics.csv", ".peerlearn-run"):
+        (other / name).write_bytes((out / name).read_bytes())
+    (other / "evil.py").write_text(f"open({str(ran)!r}, 'w').close()\n")
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    config["plugins"] = [str(other / "evil.py")]
+    (other / "config.yaml").write_text(yaml.safe_dump(config))
+    assert cli.main(["run", "--resume", str(other), "--quiet"]) == 2
+    assert not ran.exists()
+
+
+M3_CASES = {  # issue 36, M3: each asked for far more than any machine has, and was built before any check
+    "faults": ("num_nodes: 20000\nnum_rounds: 1000000\nfaults: {crash_fraction: 0.1}\nmodel: {name: logreg}\n",
+               "faults: the faults' timeline of 1,000,001 rounds x 20,000 nodes needs about"),
+    "erdos_renyi": ("num_nodes: 20000\ntopology: {graph: erdos_renyi, p: 1.0}\nmodel: {name: logreg}\n",
+                    "topology.graph: erdos_renyi on 20,000 nodes (about 199,990,000 edges) needs about"),
+    "mnist1d": ("data: {dataset: mnist1d, num_samples: 100000000}\n",
+                "data.num_samples: 100,000,000 generated samples"),
+}
+
+
+@pytest.mark.integration
+def test_sizes_that_grow_with_the_config_are_refused_before_any_work(tmp_path):
+    """M3 under a 3 GiB address-space limit (``ulimit -v``): a faults timeline of rounds x nodes, a dense random
+    graph and a generated dataset's sample count are each one line naming the field, exit 2, in seconds."""
+    import os
+    import resource
+    import subprocess
+    import sys
+
+    for name, (text, _) in M3_CASES.items():
+        (tmp_path / f"{name}.yaml").write_text(text)
+    script = ("import sys; from peerlearn import cli\n"
+              f"for name in {list(M3_CASES)!r}:\n"
+              f"    code = cli.main(['run', {str(tmp_path)!r} + '/' + name + '.yaml', '--out', {str(tmp_path)!r} + "
+              "'/out-' + name, '--quiet'])\n"
+              "    print(name, code, file=sys.stderr, flush=True)\n")
+    limit = 3 * 2**30
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)),
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 0 and len(lines) == 2 * len(M3_CASES), proc.stderr
+    for (name, (_, message)), (error, done) in zip(M3_CASES.items(), zip(lines[::2], lines[1::2])):
+        assert done == f"{name} 2", (name, proc.stderr)
+        assert error.startswith(f"config error: {message}") and "GiB available" in error, (name, error)
+        assert not (tmp_path / f"out-{name}").exists()
+
+
+def test_a_huge_seed_list_is_refused_before_it_is_made():
+    from peerlearn.config import ConfigError
+    from peerlearn.sweep import MAX_SEEDS, parse_seeds
+
+    with pytest.raises(ConfigError, match=r"--seeds '0-1000000000': 1,000,000,001 seeds; a sweep runs at most"):
+        parse_seeds("0-1000000000")
+    assert len(parse_seeds(f"0-{MAX_SEEDS - 1}")) == MAX_SEEDS
+
+
+def test_nothing_is_written_through_a_link_planted_in_a_reused_folder(tmp_path, interrupted_run):
+    """L1: ``--out DIR --overwrite`` wrote through symlinks planted in DIR (config.yaml -> a user's file, logs ->
+    a folder elsewhere); ``--resume`` of a folder from elsewhere likewise. The targets stay as they were."""
+    victim, victim_dir = tmp_path / "victim.txt", tmp_path / "victim_dir"
+    victim.write_text("the user's file\n")
+    victim_dir.mkdir()
+    out = tmp_path / "reused"
+    out.mkdir()
+    for name in ("config.yaml", "metrics.csv", "summary.json", "report.html", "final_model.pt", "checkpoint.pt.tmp",
+                 ".peerlearn-run"):
+        (out / name).symlink_to(victim)
+    (out / "plots").symlink_to(victim_dir)
+    assert cli.main(["run", QUICK, *SMALL, "--out", str(out), "--overwrite", "--quiet"]) == 0
+    assert victim.read_text() == "the user's file\n" and list(victim_dir.iterdir()) == []
+    assert not any(p.is_symlink() for p in out.rglob("*"))
+    assert (out / "metrics.csv").stat().st_size > 0
+
+    (interrupted_run / "config.yaml").rename(interrupted_run / "config.real")
+    (interrupted_run / "config.real").rename(tmp_path / "config.yaml")  # a link to a config that resumes
+    (interrupted_run / "config.yaml").symlink_to(tmp_path / "config.yaml")
+    before = (tmp_path / "config.yaml").read_bytes()
+    (interrupted_run / "summary.json").unlink(missing_ok=True)
+    (interrupted_run / "summary.json").symlink_to(victim)
+    assert cli.main(["run", "--resume", str(interrupted_run), "--quiet"]) == 0
+    assert victim.read_text() == "the user's file\n" and (tmp_path / "config.yaml").read_bytes() == before
+
+
+def test_compare_and_results_read_only_the_runs_inside_a_sweep_folder(tmp_path, capsys):
+    """L4: ``compare`` and ``results`` followed ``sweep.json`` entries out of the sweep folder (absolute paths,
+    ``..``, a symlink). A sweep.json is data: only the run folders inside it are read."""
+    import json
+    import shutil
+
+    from peerlearn.results import run_dirs
+
+    run = tmp_path / "elsewhere" / "private-run"
+    assert cli.main(["run", QUICK, *SMALL, "--out", str(run), "--quiet"]) == 0
+    sweep = tmp_path / "downloaded-sweep"
+    (sweep / "cells").mkdir(parents=True)
+    shutil.copytree(run, sweep / "cells" / "a")
+    (sweep / "cells" / "link").symlink_to(run)
+    entries = ["cells/a", str(run), "../elsewhere/private-run", "cells/link", 7, None]
+    (sweep / "sweep.json").write_text(json.dumps({"cells": [{"dir": d, "cell": "c"} for d in entries] + ["junk"]}))
+    assert run_dirs([sweep]) == [sweep / "cells" / "a"]
+    (sweep / "sweep.json").write_text("[1, 2]")
+    with pytest.raises(FileNotFoundError, match="not a peerlearn sweep manifest"):
+        run_dirs([sweep])

@@ -30,6 +30,9 @@ def make_parser() -> argparse.ArgumentParser:
     run.add_argument("config", nargs="?", help="experiment YAML file")
     run.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR from its last "
                      "checkpoint (written at every evaluation)")
+    run.add_argument("--trust-plugins", action="store_true", help="with --resume: import the plugins the run's "
+                     "config names even though the folder does not carry your signature of them (a run from "
+                     "elsewhere, or a plugin changed since): plugins are code, read them first")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config key, e.g. --set algorithm.lr=0.05 (repeatable)")
     run.add_argument("--out", help="results directory (default: runs/<name>, made unique)")

@@ -21,6 +21,8 @@ def cmd_run(args) -> int:
     from peerlearn.report import RunWriter, choose_run_dir
     from peerlearn.report.run_dir import config_changes, load_checkpoint
 
+    if args.trust_plugins and not args.resume:
+        raise ConfigError("config error: --trust-plugins: only with --resume DIR (a config you give is yours)")
     if args.threads is not None:
         if args.resume:
             raise ConfigError("config error: --threads: a resumed run uses the threads of its config")
@@ -33,6 +35,7 @@ def cmd_run(args) -> int:
             raise ConfigError("config error: --resume DIR: continues the run in DIR with its own config; "
                               "give no config file, --set or --out")
         data, resume = load_checkpoint(args.resume)
+        _check_plugins_are_yours(args.resume, data, args.trust_plugins)  # before anything imports them
         data, dropped = prune_unread(data)
         if dropped:  # a run directory written before keys belonged to members
             err_console.print(f"note: {args.resume}/config.yaml holds keys its parts do not read (written by an "
@@ -91,6 +94,23 @@ def cmd_run(args) -> int:
         console.print(f"results: {out_dir}/ (report.html, metrics.csv, summary.json, final_model.pt, plots)",
                       markup=False)
     return EXIT_CODE.get(status, 1)
+
+
+def _check_plugins_are_yours(run_dir: str, data: dict, trusted: bool) -> None:
+    """A resumed run imports its config's plugins (code) only when the folder holds your signature of them,
+    or you said --trust-plugins; otherwise one line naming them, before anything is imported."""
+    from peerlearn.config import ConfigError
+    from peerlearn.report.ownership import signed_by_you
+    from peerlearn.report.run_dir import RUN_MARKER
+
+    plugins = data.get("plugins") or []
+    if not isinstance(plugins, list):
+        plugins = [plugins]
+    if plugins and not trusted and not signed_by_you(Path(run_dir) / RUN_MARKER, plugins):
+        raise ConfigError(f"config error: --resume {run_dir}: its config names plugins "
+                          f"({', '.join(map(str, plugins))}), which are code, and the folder does not carry your "
+                          "signature of them (a run from elsewhere, or a plugin file changed since): read them, "
+                          "then pass --trust-plugins")
 
 
 def _run_distributed(args) -> int:

@@ -194,6 +194,11 @@ class Mnist1dSpec(DatasetSpec):
     num_samples: int | None = Field(None, ge=10, description="samples to generate (default 5000)")
 
     def build(self, ctx):
+        from peerlearn.resources import check_fits
+
+        n = self.num_samples or 5000
+        check_fits(2048.0 * n, f"{n:,} generated samples (about 1.7 KB each at the generator's peak)",
+                   "data.num_samples")
         extra = {} if self.num_samples is None else {"num_samples": self.num_samples}
         return load_mnist1d(seed=ctx.config.seed, **extra)
 

@@ -12,6 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from peerlearn.paths import drop_links  # noqa: E402
+
 
 def parse_member(spec: str, selector: str = "aggregator", flag: str = "--defenses") -> dict:
     """``"bulyan:f=1,tau=0.5"`` -> ``{"aggregator": "bulyan", "f": 1, "tau": 0.5}`` (algorithm keys); with
@@ -61,6 +63,7 @@ def run_matrix(base: dict, attacks: list[str], defenses: list[str], out_dir: Pat
     dataset = build_dataset(next(iter(configs.values())))
     built = {key: build(cfg, dataset) for key, cfg in configs.items()}
     out_dir.mkdir(parents=True, exist_ok=True)  # only once every pair is valid and built
+    drop_links(out_dir)  # nothing is written through a link planted in a reused folder
     rows = []
     with open(out_dir / "matrix.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["attack", "defense", "acc_mean", "acc_min", "attack_success",

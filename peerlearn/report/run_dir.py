@@ -10,6 +10,8 @@ from pathlib import Path
 import yaml
 
 from peerlearn.engines.run import COLUMNS
+from peerlearn.paths import drop_links
+from peerlearn.report.ownership import marker_text
 
 
 RUN_FILES = ("config.yaml", "metrics.csv", "summary.json", "checkpoint.pt", "checkpoint.pt.tmp", "metrics.csv.tmp",
@@ -66,7 +68,8 @@ def choose_run_dir(out: str | None, name: str, overwrite: bool = False) -> Path:
 
 CHECKPOINT = "checkpoint.pt"
 RUN_MARKER = ".peerlearn-run"
-"""Written into every run folder when it is made: a sweep's ``--overwrite`` deletes only folders holding it."""
+"""Written into every run folder when it is made: a sweep's ``--overwrite`` deletes only folders holding it, and
+``--resume`` imports a run's plugins only when it holds your signature of them (:mod:`.ownership`)."""
 
 
 class RunWriter:
@@ -81,9 +84,9 @@ class RunWriter:
         self.checkpoint_every = checkpoint_every
         self._checkpointed = int(rows[-1]["round"]) if rows else None  # round of the checkpoint on disk
         self.path.mkdir(parents=True, exist_ok=True)
-        marker = self.path / RUN_MARKER
-        if not marker.is_symlink():
-            marker.write_text("a peerlearn run folder\n")
+        drop_links(self.path)  # a reused folder (--overwrite, --resume) may hold planted links
+        # the plugins a resume may import again, signed with your key
+        (self.path / RUN_MARKER).write_text(marker_text(config.get("plugins") or []))
         for stale in ("metrics.csv", "summary.json", FINAL_MODEL, "report.html") + \
                 ((CHECKPOINT,) if rows is None else ()):
             (self.path / stale).unlink(missing_ok=True)

@@ -102,6 +102,9 @@ class RandomRegularSpec(GraphSpec):
     factory: ClassVar = staticmethod(random_regular_graph)
     capabilities: ClassVar = _RANDOM
 
+    def expected_edges(self, num_nodes: int) -> float:
+        return num_nodes * self.degree / 2
+
     def check(self, cfg) -> None:
         n = cfg.num_nodes
         if self.degree >= n or (n * self.degree) % 2:
@@ -118,6 +121,9 @@ class ErdosRenyiSpec(GraphSpec):
     factory: ClassVar = staticmethod(erdos_renyi_graph)
     capabilities: ClassVar = _RANDOM
 
+    def expected_edges(self, num_nodes: int) -> float:
+        return self.p * num_nodes * (num_nodes - 1) / 2
+
 
 @GRAPHS.register
 class WattsStrogatzSpec(GraphSpec):
@@ -128,6 +134,9 @@ class WattsStrogatzSpec(GraphSpec):
     p: float = Field(0.1, ge=0.0, le=1.0, description="rewiring probability")
     factory: ClassVar = staticmethod(watts_strogatz_graph)
     capabilities: ClassVar = _RANDOM
+
+    def expected_edges(self, num_nodes: int) -> float:
+        return num_nodes * self.k / 2
 
     def check(self, cfg) -> None:
         if self.k >= cfg.num_nodes:
@@ -142,6 +151,9 @@ class BarabasiAlbertSpec(GraphSpec):
     m: int = Field(2, ge=1, description="edges of each new node")
     factory: ClassVar = staticmethod(barabasi_albert_graph)
     capabilities: ClassVar = _RANDOM
+
+    def expected_edges(self, num_nodes: int) -> float:
+        return num_nodes * self.m
 
     def check(self, cfg) -> None:
         if self.m >= cfg.num_nodes:
