@@ -7,7 +7,8 @@ from pathlib import Path
 
 from rich.table import Table
 
-from peerlearn.cli.common import compute_setup, console
+from peerlearn.cli.common import console
+from peerlearn.runner import compute_setup
 from peerlearn.report.tables import _fmt, _summary_table
 
 

@@ -7,19 +7,17 @@ import signal
 import time
 from pathlib import Path
 
-from peerlearn.cli.common import EXIT_CODE, allocator_for, compute_setup, console, err_console
-from peerlearn.report.sinks import RunSinks
+from peerlearn import runner
+from peerlearn.cli.common import console, err_console
 from peerlearn.report.tables import _summary_table
 
 
 def cmd_run(args) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from peerlearn.config import ConfigError, load_config, parse_config, prune_unread, to_dict
-    from peerlearn.build import build
+    from peerlearn.config import ConfigError, load_config
     from peerlearn.engines import simulate
-    from peerlearn.report import RunWriter, choose_run_dir
-    from peerlearn.report.run_dir import config_changes, load_checkpoint
+    from peerlearn.report import choose_run_dir
 
     if args.trust_plugins and not args.resume:
         raise ConfigError("config error: --trust-plugins: only with --resume DIR (a config you give is yours)")
@@ -34,44 +32,24 @@ def cmd_run(args) -> int:
         if args.config or args.set or args.out:
             raise ConfigError("config error: --resume DIR: continues the run in DIR with its own config; "
                               "give no config file, --set or --out")
-        data, resume = load_checkpoint(args.resume)
-        _check_plugins_are_yours(args.resume, data, args.trust_plugins)  # before anything imports them
-        data, dropped = prune_unread(data)
-        if dropped:  # a run directory written before keys belonged to members
-            err_console.print(f"note: {args.resume}/config.yaml holds keys its parts do not read (written by an "
-                              f"earlier peerlearn); ignored: {', '.join(dropped)}", markup=False, highlight=False,
-                              soft_wrap=True)
-        cfg, out_dir = parse_config(data), Path(args.resume)
-        if "config" in resume:  # a section added to peerlearn since the checkpoint counts as its defaults
-            saved = {**{k: v for k, v in to_dict(parse_config({})).items() if k not in resume["config"]},
-                     **resume["config"]}
-            changed = config_changes(saved, to_dict(cfg))
-        else:
-            changed = []
-        if changed:  # one run, one config: an edited config.yaml would mix two
-            raise ConfigError(f"config error: --resume {args.resume}: config.yaml differs from the one the checkpoint "
-                              f"was written with: {', '.join(changed)}; restore it, or start a new run")
+        cfg, resume = runner.load_resume(args.resume, args.trust_plugins, note=lambda line: err_console.print(
+            f"note: {line}", markup=False, highlight=False, soft_wrap=True))
+        out_dir = Path(args.resume)
     elif args.config is None:
         raise ConfigError("config error: peerlearn run needs a config file (or --resume DIR)")
     else:
         cfg = load_config(args.config, args.set)
         out_dir = choose_run_dir(args.out, cfg.name, args.overwrite)
-    compute = compute_setup(cfg)
-    built = build(cfg)  # every config error surfaces here, before the run directory is written
-    allocator_for(built, compute)
+    compute, built = runner.start(cfg)  # every config error surfaces here, before the run directory is written
     if args.config and _declares_sweep(args.config):
         err_console.print(f"note: {args.config} declares a sweep: this runs its base config once "
                           f"(peerlearn sweep {args.config} runs the sweep)", markup=False, highlight=False,
                           soft_wrap=True)
-    writer = RunWriter(out_dir, to_dict(cfg), rows=None if resume is None else resume["rows"],
-                       checkpoint_every=cfg.checkpoint_every)
     terminal = console.is_terminal
-    sinks = RunSinks(cfg, writer, lines=not terminal and not args.quiet,
-                   first_round=0 if resume is None else resume["round"])
+    folder = runner.RunFolder(cfg, out_dir, resume=resume, lines=not terminal and not args.quiet)
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console,
                         disable=args.quiet or not terminal)
-    status = "completed"
     with progress:
         task = progress.add_task(cfg.name, total=cfg.num_rounds, status="",
                                  completed=0 if resume is None else resume["round"])
@@ -79,38 +57,19 @@ def cmd_run(args) -> int:
         def on_round(round_: int, last: dict) -> None:
             progress.update(task, completed=round_, status=f"acc {last['acc_mean']:.3f}")
 
-        try:
-            simulate(built, on_eval=sinks, on_round=on_round, on_checkpoint=writer.checkpoint,
-                     on_finish=sinks.save_model(built), resume=resume)
-        except KeyboardInterrupt:
-            status = "interrupted"
-        except FloatingPointError as err:
-            status = "diverged"
-            err_console.print(f"error: {err}", markup=False, soft_wrap=True)
-    summary = sinks.finish(status, compute)
+        def say(status: str, err: BaseException) -> None:
+            if status == "diverged":
+                err_console.print(f"error: {err}", markup=False, soft_wrap=True)
+
+        status = runner.outcome(lambda: simulate(built, on_round=on_round, resume=resume, **folder.callbacks(built)),
+                                say)
+    summary = folder.finish(status, compute)
     if not args.quiet:
         console.print(_summary_table(f"{cfg.name}: {cfg.algorithm.name} on {cfg.topology.graph.name}, "
                                      f"{cfg.num_nodes} nodes, {cfg.data.dataset.name}", {cfg.name: summary["final"]}))
         console.print(f"results: {out_dir}/ (report.html, metrics.csv, summary.json, final_model.pt, plots)",
                       markup=False)
-    return EXIT_CODE.get(status, 1)
-
-
-def _check_plugins_are_yours(run_dir: str, data: dict, trusted: bool) -> None:
-    """A resumed run imports its config's plugins (code) only when the folder holds your signature of them,
-    or you said --trust-plugins; otherwise one line naming them, before anything is imported."""
-    from peerlearn.config import ConfigError
-    from peerlearn.report.ownership import signed_by_you
-    from peerlearn.report.run_dir import RUN_MARKER
-
-    plugins = data.get("plugins") or []
-    if not isinstance(plugins, list):
-        plugins = [plugins]
-    if plugins and not trusted and not signed_by_you(Path(run_dir) / RUN_MARKER, plugins):
-        raise ConfigError(f"config error: --resume {run_dir}: its config names plugins "
-                          f"({', '.join(map(str, plugins))}), which are code, and the folder does not carry your "
-                          "signature of them (a run from elsewhere, or a plugin file changed since): read them, "
-                          "then pass --trust-plugins")
+    return runner.EXIT_CODE.get(status, 1)
 
 
 def _run_distributed(args) -> int:
@@ -118,10 +77,9 @@ def _run_distributed(args) -> int:
     (rank 0 admits the others: :mod:`peerlearn.engines.join`); rank 0 writes the run directory (and shows
     the progress); every rank logs to ``logs/rank<r>.log`` in it."""
     from peerlearn.config import ConfigError, load_config, to_dict
-    from peerlearn.build import build
     from peerlearn.engines import distributed
     from peerlearn.engines.membership import RunStopped
-    from peerlearn.report import RunWriter, choose_run_dir
+    from peerlearn.report import choose_run_dir
 
     if args.resume:
         raise ConfigError("config error: --resume: not available with --engine distributed yet")
@@ -168,21 +126,18 @@ def _run_distributed(args) -> int:
         err_console.print(f"error: rank {rank}: {err}", markup=False, highlight=False, soft_wrap=True)
         return 1
     try:
-        compute = compute_setup(cfg)
-        writer, chosen = None, None
+        chosen = None
         if rank == 0:
             try:
-                out_dir = choose_run_dir(args.out, cfg.name, args.overwrite)
-                writer = RunWriter(out_dir, to_dict(cfg))
-                chosen = str(out_dir)
+                chosen = str(choose_run_dir(args.out, cfg.name, args.overwrite))
             except (FileExistsError, FileNotFoundError) as err:
                 chosen = f"error: {err}"
         chosen = membership.share("out_dir", chosen)
         if chosen.startswith("error: "):
             raise FileExistsError(chosen.removeprefix("error: "))
         out_dir = Path(chosen)
-        built = build(cfg)
-        allocator_for(built, compute)
+        compute, built = runner.start(cfg)
+        folder = runner.RunFolder(cfg, out_dir) if rank == 0 else None  # rank 0 writes the run
         (out_dir / "logs").mkdir(parents=True, exist_ok=True)
         with open(out_dir / "logs" / f"rank{rank}.log", "w") as log:
             for line in log_lines:
@@ -201,42 +156,33 @@ def _run_distributed(args) -> int:
                 if not args.quiet and round_ % max(1, cfg.num_rounds // 20) == 0:
                     console.print(f"round {round_}/{cfg.num_rounds}: acc {last['acc_mean']:.3f}", markup=False)
 
+            def stopped(status: str, err: BaseException) -> None:  # every rank says in one line why it stopped
+                if status == "interrupted":  # Ctrl-C reaches every rank: each says where it stopped
+                    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher forwards it again: finish writing
+                    where = getattr(err, "completed", None)
+                    line = "interrupted" + ("" if where is None else f" after round {where}")
+                    say(line)
+                    err_console.print(f"rank {rank}: {line}", markup=False, highlight=False, soft_wrap=True)
+                    return
+                say(f"stopped: {err}")
+                if status == "stopped" or rank == 0:  # the divergence rule: every rank sees the same loss
+                    who = f"rank {rank}: " if status == "stopped" else ""
+                    err_console.print(f"error: {who}{err}", markup=False, highlight=False, soft_wrap=True)
+
             started = time.perf_counter()
-            status = "completed"
-            sinks = RunSinks(cfg, writer, lines=False) if writer is not None else None
-            try:
-                distributed.simulate_distributed(built, membership, on_eval=sinks, on_finish=sinks.save_model(built)
-                                                 if sinks else None, on_round=on_round if rank == 0 else None, log=say)
-            except RunStopped as err:
-                say(f"stopped: {err}")
-                err_console.print(f"error: rank {rank}: {err}", markup=False, highlight=False, soft_wrap=True)
-                status = "stopped"
-            except KeyboardInterrupt as err:  # Ctrl-C reaches every rank: each says where it stopped
-                signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher forwards it again: finish writing
-                where = getattr(err, "completed", None)
-                line = "interrupted" + ("" if where is None else f" after round {where}")
-                say(line)
-                err_console.print(f"rank {rank}: {line}", markup=False, highlight=False, soft_wrap=True)
-                status = "interrupted"
-            except FloatingPointError as err:  # the divergence rule: every rank sees the same reduced loss
-                say(f"stopped: {err}")
-                if rank == 0:
-                    err_console.print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
-                status = "diverged"
-            else:
+            callbacks = folder.callbacks(built, checkpoints=False) if folder is not None else {}
+            status = runner.outcome(lambda: distributed.simulate_distributed(
+                built, membership, on_round=on_round if rank == 0 else None, log=say, **callbacks), stopped)
+            if status == "completed":
                 say(f"finished {cfg.num_rounds} rounds in {time.perf_counter() - started:.1f} s "
                     f"with ranks {membership.members}")
-        if writer is not None and status != "completed":
-            sinks.finish(status, compute)  # the rows written so far stay; summary.json says why the run ended
-        if status != "completed":
-            return EXIT_CODE.get(status, 1)
-        if writer is not None:
-            summary = sinks.finish("completed", compute)
-            if not args.quiet:
+        if folder is not None:  # the rows written so far stay; summary.json says how the run ended
+            summary = folder.finish(status, compute)
+            if status == "completed" and not args.quiet:
                 console.print(_summary_table(f"{cfg.name}: {cfg.algorithm.name} on {cfg.topology.graph.name}, "
                                              f"{cfg.num_nodes} nodes on {world} ranks", {cfg.name: summary["final"]}))
                 console.print(f"results: {out_dir}/", markup=False)
-        return 0
+        return runner.EXIT_CODE.get(status, 1)
     except RunStopped as err:  # before the rounds: e.g. a value in the store failed its tag
         err_console.print(f"error: rank {rank}: {err}", markup=False, highlight=False, soft_wrap=True)
         return 1

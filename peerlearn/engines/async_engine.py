@@ -27,7 +27,6 @@ References:
 
 from __future__ import annotations
 
-import time
 from typing import Callable
 
 import numpy as np
@@ -35,7 +34,8 @@ import torch
 
 from peerlearn.divergence import watch_run
 from peerlearn.engines.async_net import AsyncNet
-from peerlearn.engines.run import evaluation_row, is_evaluation_round, make_evaluator, restore, round_network, step_means
+from peerlearn.engines.loop import RunRows
+from peerlearn.engines.run import is_evaluation_round, make_evaluator, restore, round_network
 from peerlearn.rng import stream_seed
 from peerlearn.types import Tensor
 
@@ -55,8 +55,7 @@ def simulate_async(built, on_eval: Callable[[dict], None] | None = None,
     cfg, algo = built.config, built.algorithm
     clock = built.clock()
     net = AsyncNet(built.W, seed=stream_seed(cfg.seed, "async_net"))
-    evaluate = make_evaluator(built)
-    watch = watch_run(built, attacked=built.attack_test is not None)
+    book = RunRows(built, make_evaluator(built), watch_run(built, attacked=built.attack_test is not None), on_eval)
     params_NP = built.params_NP.clone()
     state = algo.init(params_NP)
     n = cfg.num_nodes
@@ -68,39 +67,25 @@ def simulate_async(built, on_eval: Callable[[dict], None] | None = None,
     due_N = net.rng.uniform(0.0, period, n) if algo.timer else np.zeros(n)
     faults = built.faults
     alive_N = torch.ones(n, dtype=torch.bool) if faults is None else torch.from_numpy(faults.alive(0).copy())
-    rows: list[dict] = []
-    losses: list[float] = []
-    extra: dict[str, list[float]] = {}
-    start = time.perf_counter()
 
     def record(round_: int) -> None:
         clock.t_N[alive_N.numpy()] = round_ * round_s
-        row = evaluation_row(round_, evaluate, params_NP, None if faults is None else alive_N, losses,
-                             built.honest_N, net.bytes_sent_total, n, time.perf_counter() - start, clock.metrics(),
-                             watch)
-        row.update(step_means(extra))
-        losses.clear()
-        extra.clear()
-        rows.append(row)
-        if on_eval is not None:
-            on_eval(row)
+        book.record(round_, params_NP, None if faults is None else alive_N, net.bytes_sent_total, clock.metrics())
         if on_checkpoint is not None:
-            on_checkpoint({"round": round_, "params_NP": params_NP, "state": state, "rows": rows,
-                           "sampler": built.batches.state_dict(), "net": net.state_dict(),
-                           "clock": clock.state_dict(), "due_N": due_N.copy(), "wall_time_s": row["wall_time_s"],
-                           "divergence": watch.state_dict()})
+            on_checkpoint({"round": round_, "params_NP": params_NP, "state": state, "sampler": built.batches.state_dict(),
+                           "net": net.state_dict(), "clock": clock.state_dict(), "due_N": due_N.copy(),
+                           **book.checkpoint()})
 
     if resume is None:
         first = 1
         record(0)
     else:
-        first, params_NP, state, rows[:], alive = restore(built, resume)
+        first, params_NP, state, _, alive = restore(built, resume)
+        book.resume(resume)
         alive_N = alive if alive is not None else alive_N
         net.load_state_dict(resume["net"])
         clock.load_state_dict(resume["clock"])
         due_N = resume["due_N"].copy()
-        start -= resume["wall_time_s"]
-        watch.load_state_dict(resume.get("divergence"))
     drawn = built.batches.drawn_N
     for round_ in range(first, cfg.num_rounds + 1):
         round_start = (round_ - 1) * round_s
@@ -129,15 +114,11 @@ def simulate_async(built, on_eval: Callable[[dict], None] | None = None,
             clock.comm_N += comm
             fired = np.setdiff1d(wakers, net.take_deferred())
             due_N[fired] += np.maximum(period, compute[fired] + comm[fired])
-            losses.append(metrics["loss"])
-            for key, value in metrics.items():
-                if key != "loss":
-                    extra.setdefault(key, []).append(value)
-            watch.step(round_, metrics["loss"], nan_means_idle=True)
+            book.step(round_, metrics, nan_means_idle=True)
         if is_evaluation_round(cfg, round_):
             record(round_)
         if on_round is not None:
-            on_round(round_, rows[-1])
+            on_round(round_, book.rows[-1])
     if on_finish is not None:
         on_finish(params_NP)
-    return rows
+    return book.rows

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -36,7 +35,8 @@ from torch.utils._pytree import tree_map
 from peerlearn.divergence import watch_run
 from peerlearn.engines.dist_comm import DistComm, RowBatches, node_blocks  # noqa: F401 (re-exported)
 from peerlearn.engines.membership import Membership, PeerFailure, RunStopped, connect_store
-from peerlearn.engines.run import _clone, evaluation_row, is_evaluation_round, make_evaluator, step_means
+from peerlearn.engines.loop import RunRows
+from peerlearn.engines.run import _clone, is_evaluation_round, make_evaluator
 from peerlearn.spec import ConfigError
 from peerlearn.types import Tensor
 
@@ -49,8 +49,7 @@ class _Snapshot:
     sampler: dict
     bytes_N: Tensor
     clock: dict | None
-    losses: list
-    extra: dict
+    kept: tuple  # the step metrics since the last row (RunRows.since_last_row)
 
 
 def simulate_distributed(built, membership: Membership, on_eval: Callable[[dict], None] | None = None,
@@ -77,40 +76,30 @@ def simulate_distributed(built, membership: Membership, on_eval: Callable[[dict]
     rows = comm.rows
     batches = RowBatches(built.batches, rows)
     lead = membership.rank == 0
-    evaluate = make_evaluator(built, attacks=False) if lead else None
+    # every rank applies the divergence watch to the reduced loss; rank 0 also to the models, and keeps the rows
+    book = RunRows(built, make_evaluator(built, attacks=False) if lead else None, watch_run(built, attacked=False),
+                   on_eval)
     clock = built.clock() if lead and built.clock is not None else None
-    watch = watch_run(built, attacked=False)  # every rank applies it to the reduced loss; rank 0 to the models
     known_NP = built.params_NP.clone() if lead else None  # the models rank 0 last saw (departed nodes keep theirs)
     params_RP = built.params_NP[rows].clone()
     state = built.algorithm.init(params_RP)
     bytes_N = torch.zeros(n, dtype=torch.float64)  # every node's bytes, from the per-round reduction
-    result: list[dict] = []
-    losses: list[float] = []
-    extra: dict[str, list[float]] = {}  # the steps' other metrics since the last row (rank 0)
     departure_N = np.full(n, num_rounds + 1)  # the first round each node is gone
     network = _Network(built, departure_N)
     snapshots: dict[int, _Snapshot] = {}
-    start = time.perf_counter()
 
     def capture(round_: int) -> None:
         snapshots[round_] = _Snapshot(params_RP.clone(), tree_map(_clone, state), built.batches.state_dict(),
-                                      bytes_N.clone(), None if clock is None else clock.state_dict(), list(losses),
-                                      {k: list(v) for k, v in extra.items()})
+                                      bytes_N.clone(), None if clock is None else clock.state_dict(),
+                                      book.since_last_row())
         snapshots.pop(round_ - 2, None)  # ranks are at most one round apart: two snapshots suffice
 
     def record(round_: int) -> None:
         everyone, ids = comm.gather_rows(params_RP)
-        if not lead or (result and result[-1]["round"] >= round_):
+        if not lead or (book.rows and book.rows[-1]["round"] >= round_):
             return
         known_NP[ids] = everyone
-        row = evaluation_row(round_, evaluate, known_NP, comm.alive_N, losses, built.honest_N, float(bytes_N.sum()),
-                             n, time.perf_counter() - start, clock.metrics() if clock is not None else {}, watch)
-        row.update(step_means(extra))
-        losses.clear()
-        extra.clear()
-        result.append(row)
-        if on_eval is not None:
-            on_eval(row)
+        book.record(round_, known_NP, comm.alive_N, float(bytes_N.sum()), clock.metrics() if clock is not None else {})
 
     die_at = _planned_death(membership.rank)
     completed, round_ = 0, 0
@@ -135,13 +124,9 @@ def simulate_distributed(built, membership: Membership, on_eval: Callable[[dict]
                     delta[2 * n:] = torch.tensor([float(metrics[k]) * len(rows) for k in keys], dtype=torch.float64)
                     comm.group.all_reduce(delta)
                     means = (delta[2 * n:] / comm.num_alive).tolist()
-                    loss = means[0]
-                    watch.step(round_, loss)
+                    book.step(round_, dict(zip(keys, means)), keep=lead)
                     bytes_N += delta[n:2 * n]
                     if lead:
-                        losses.append(loss)
-                        for key, value in zip(keys[1:], means[1:]):
-                            extra.setdefault(key, []).append(value)
                         if clock is not None:
                             clock.advance(delta[:n].numpy(), delta[n:2 * n].numpy(), comm.W, comm.collective_calls > calls0,
                                           0.0, None if comm.alive_N is None else comm.alive_N.numpy())
@@ -150,7 +135,7 @@ def simulate_distributed(built, membership: Membership, on_eval: Callable[[dict]
                     if is_evaluation_round(cfg, round_):
                         record(round_)
                     if lead and on_round is not None:
-                        on_round(round_, result[-1])
+                        on_round(round_, book.rows[-1])
                 else:
                     everyone, ids = comm.gather_rows(params_RP)
                     if lead:
@@ -173,9 +158,7 @@ def simulate_distributed(built, membership: Membership, on_eval: Callable[[dict]
                         params_RP, state = snap.params_RP.clone(), tree_map(_clone, snap.state)
                         built.batches.load_state_dict(snap.sampler)
                         bytes_N = snap.bytes_N.clone()
-                        losses[:] = snap.losses
-                        extra.clear()
-                        extra.update({k: list(v) for k, v in snap.extra.items()})
+                        book.roll_back(snap.kept)
                         if clock is not None:
                             clock.load_state_dict(snap.clock)
                         completed, round_ = back_to, back_to + 1
@@ -194,7 +177,7 @@ def simulate_distributed(built, membership: Membership, on_eval: Callable[[dict]
     except KeyboardInterrupt as err:  # Ctrl-C: say where this rank stopped (the caller prints one line)
         err.completed = completed
         raise
-    return result
+    return book.rows
 
 
 def _planned_death(rank: int) -> int | None:

@@ -8,7 +8,6 @@ so an interrupted run keeps every row it computed.
 from __future__ import annotations
 
 import math
-import time
 from typing import Callable
 
 import numpy as np
@@ -18,8 +17,8 @@ from torch.utils._pytree import tree_map
 
 from peerlearn.divergence import watch_run
 from peerlearn.engines.comm import SimComm
-from peerlearn.engines.run import (_clone, evaluation_row, is_evaluation_round, make_evaluator, restore, round_network,
-                                   step_means)
+from peerlearn.engines.loop import RunRows
+from peerlearn.engines.run import _clone, is_evaluation_round, make_evaluator, restore, round_network
 from peerlearn.rows import freeze_rows
 from peerlearn.types import AsyncAlgorithm, Tensor
 
@@ -43,46 +42,31 @@ def simulate(built, on_eval: Callable[[dict], None] | None = None,
     cfg = built.config
     comm = SimComm(built.W)
     comm.set_threat(built.threat)
-    watch = watch_run(built, attacked=built.threat is not None or built.attack_test is not None)
-    evaluate = make_evaluator(built)
+    book = RunRows(built, make_evaluator(built),
+                   watch_run(built, attacked=built.threat is not None or built.attack_test is not None), on_eval)
     params_NP = built.params_NP.clone()
     state = built.algorithm.init(params_NP)
-    rows: list[dict] = []
-    losses: list[float] = []
-    extra: dict[str, list[float]] = {}  # the steps' other metrics since the last row
     faults = built.faults
     alive_N = None if faults is None else torch.from_numpy(faults.alive(0).copy())
     clock = built.clock() if built.clock is not None else None
-    start = time.perf_counter()
 
     def record(round_: int) -> None:
-        row = evaluation_row(round_, evaluate, params_NP, alive_N, losses, built.honest_N, comm.bytes_sent_total,
-                             cfg.num_nodes, time.perf_counter() - start,
-                             clock.metrics() if clock is not None else {}, watch)
-        row.update(step_means(extra))
-        if built.algorithm.report is not None:
-            row.update(built.algorithm.report(state))
-        losses.clear()
-        extra.clear()
-        rows.append(row)
-        if on_eval is not None:
-            on_eval(row)
+        book.record(round_, params_NP, alive_N, comm.bytes_sent_total, clock.metrics() if clock is not None else {},
+                    built.algorithm.report(state) if built.algorithm.report is not None else None)
         if on_checkpoint is not None:
-            on_checkpoint({"round": round_, "params_NP": params_NP, "state": state, "rows": rows,
-                           "sampler": built.batches.state_dict(), "comm": comm.state_dict(),
-                           "clock": None if clock is None else clock.state_dict(),
-                           "wall_time_s": row["wall_time_s"], "divergence": watch.state_dict()})
+            on_checkpoint({"round": round_, "params_NP": params_NP, "state": state, "sampler": built.batches.state_dict(),
+                           "comm": comm.state_dict(), "clock": None if clock is None else clock.state_dict(),
+                           **book.checkpoint()})
 
     if resume is None:
         first = 1
         record(0)
     else:
-        first, params_NP, state, rows[:], alive_N = restore(built, resume)
+        first, params_NP, state, _, alive_N = restore(built, resume)
+        book.resume(resume)
         comm.load_state_dict(resume["comm"])
         if clock is not None and resume.get("clock") is not None:
             clock.load_state_dict(resume["clock"])
-        start -= resume["wall_time_s"]
-        watch.load_state_dict(resume.get("divergence"))
     for round_ in range(first, cfg.num_rounds + 1):
         W, rf, params_NP, copied = round_network(built, round_, params_NP)
         if W is not None:
@@ -111,16 +95,11 @@ def simulate(built, on_eval: Callable[[dict], None] | None = None,
             clock.advance((built.batches.drawn_N - drawn0).numpy().astype(np.float64),
                           (comm.bytes_sent_N - bytes0).numpy(), comm.W, comm.collective_calls > calls0,
                           comm.bytes_sent_server - server0, None if alive_N is None else alive_N.numpy())
-        losses.append(step_metrics["loss"])
-        for key, value in step_metrics.items():
-            if key != "loss":
-                extra.setdefault(key, []).append(value)
-        if not silent:
-            watch.step(round_, step_metrics["loss"])
+        book.step(round_, step_metrics, watch=not silent)
         if is_evaluation_round(cfg, round_):
             record(round_)
         if on_round is not None:
-            on_round(round_, rows[-1])
+            on_round(round_, book.rows[-1])
     if on_finish is not None:
         on_finish(params_NP)
-    return rows
+    return book.rows
