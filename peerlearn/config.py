@@ -10,6 +10,7 @@ keys, defaults and bounds are declared by its spec beside its code (:mod:`peerle
 
 from __future__ import annotations
 
+import copy
 import importlib
 import importlib.util
 import os
@@ -237,15 +238,16 @@ def _section(key: str, raw: Any) -> Spec:
 
 
 def parse_config(data: dict | None, overrides: list[str] = (), base_dir: Path | None = None) -> ExperimentConfig:
-    """Validate a config mapping (plus ``--set`` overrides): plugins first, then every section, then
-    the rules between families."""
-    data = apply_overrides(dict(data or {}), list(overrides))
-    if not isinstance(data.get("plugins", []), list):
-        raise config_error("plugins", f"a list of module names or .py paths, got {data['plugins']!r}")
-    if data.get("plugins"):
-        data["plugins"] = load_plugins(data["plugins"], base_dir)
-    else:
-        load_plugins()
+    """Validate a config mapping (plus ``--set`` overrides): plugins first (those the overrides leave in
+    force), then the overrides (so that they can name the plugins' members), every section, and the
+    rules between families."""
+    in_force = apply_overrides(copy.deepcopy(dict(data or {})), list(overrides)).get("plugins", [])
+    if not isinstance(in_force, list):
+        raise config_error("plugins", f"a list of module names or .py paths, got {in_force!r}")
+    resolved = load_plugins(in_force, base_dir)
+    data = apply_overrides(copy.deepcopy(dict(data or {})), list(overrides))  # now with their members known
+    if in_force:
+        data["plugins"] = resolved
     allowed = ExperimentConfig.model_fields
     for key in data:
         if key not in allowed:

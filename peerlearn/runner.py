@@ -66,11 +66,13 @@ def load_resume(run_dir: str, trust_plugins: bool = False, note: Callable[[str],
     read as data; its plugins imported only when the folder carries your signature of them or
     ``trust_plugins``; a config.yaml edited since the checkpoint refused, naming the changed keys. ``note``
     gets a line when the config holds keys this peerlearn no longer reads (they are ignored)."""
-    from peerlearn.config import ConfigError, parse_config, prune_unread, to_dict
+    from peerlearn.config import ConfigError, load_plugins, parse_config, prune_unread, to_dict
     from peerlearn.report.run_dir import config_changes, load_checkpoint
 
     data, resume = load_checkpoint(run_dir)
     _check_plugins_are_yours(run_dir, data, trust_plugins)  # before anything imports them
+    plugins = data.get("plugins")
+    load_plugins(plugins if isinstance(plugins, list) else [])  # their members' keys are read keys
     data, dropped = prune_unread(data)
     if dropped:  # a run directory written before keys belonged to members
         note(f"{run_dir}/config.yaml holds keys its parts do not read (written by an earlier peerlearn); ignored: "

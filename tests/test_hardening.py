@@ -183,3 +183,22 @@ def test_a_run_that_cannot_fit_stops_before_any_work_with_its_estimate(tmp_path)
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert "num_nodes: 64 nodes x 4,349,962 parameters" in lines[0] and "5 float32 copies" in lines[0] and "models 5.2" in lines[0], lines[0]
     assert "GiB available" in lines[0] and not out.exists()
+
+
+@pytest.mark.parametrize("quiet", [True, False], ids=["quiet", "table"])
+def test_an_interrupted_run_says_what_it_kept_and_how_to_go_on(tmp_path, monkeypatch, capsys, quiet):
+    """Issue 38 (4): an interrupted run printed the final table and listed final_model.pt (not written), said
+    nothing with --quiet, and never said how to continue; a stale checkpoint.pt.tmp stayed behind."""
+    from tests.conftest import interrupt_after
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.pt.tmp").write_bytes(b"left by a kill mid-write")
+    restore = interrupt_after(monkeypatch, 10)
+    assert cli.main(["run", QUICK, *SMALL, "--out", str(out), "--overwrite"] + ["--quiet"] * quiet) == 130
+    restore()
+    captured = capsys.readouterr()
+    assert captured.err.strip().splitlines()[-1] == (
+        f"interrupted: {out}/ keeps the rows to round 10; continue from round 5 with: peerlearn run --resume {out}")
+    assert "final_model.pt" not in captured.out + captured.err and "metric (final round)" not in captured.out
+    assert not (out / "checkpoint.pt.tmp").exists() and (out / "checkpoint.pt").is_file()

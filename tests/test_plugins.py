@@ -172,3 +172,35 @@ def test_an_installed_package_registers_through_the_entry_point_group(tmp_path):
                           timeout=120, cwd=tmp_path)
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert "the installed plugin 'acme' (acme_parts_missing) failed to import: ModuleNotFoundError" in done.stderr
+
+
+def test_resume_keeps_the_keys_of_a_plugin_member_inside_a_built_in_one(plugin_config, tmp_path, monkeypatch, capsys):
+    """Issue 38 (1): a built-in algorithm (dsgd) with a plugin aggregator and its own key (drop=2): --resume pruned
+    ``algorithm.drop`` as unread before the plugin was loaded, then refused the config as changed (and said it
+    was written by an earlier peerlearn)."""
+    config = yaml.safe_load(plugin_config.read_text())
+    config["algorithm"] = {"name": "dsgd", "lr": 0.2, "batch_size": 16, "aggregator": "distance_filter", "drop": 2}
+    plugin_config.write_text(yaml.safe_dump(config))
+    out = tmp_path / "run"
+    restore = interrupt_after(monkeypatch, 10)
+    assert cli.main(["run", str(plugin_config), "--out", str(out), "--quiet", *SHORT]) == 130
+    restore()
+    # a fresh process, as a user resumes (this one has the plugin loaded already)
+    done = subprocess.run([sys.executable, "-m", "peerlearn", "run", "--resume", str(out), "--quiet"],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    assert "earlier peerlearn" not in done.stderr
+    assert yaml.safe_load((out / "config.yaml").read_text())["algorithm"]["drop"] == 2
+    assert [r["round"] for r in read_run(out)[1]] == [0, 10, 20]
+
+
+def test_set_can_switch_to_a_plugin_member_in_a_fresh_process(plugin_config, tmp_path):
+    """Issue 38 (2): ``--set model.name=<plugin model>`` on a config naming the plugin kept the old member's keys
+    (``model.hidden: not a key of model residual_mlp``): overrides were applied before the plugins loaded."""
+    config = tmp_path / "mine.yaml"
+    config.write_text(yaml.safe_dump({"plugins": ["my_parts.py"], "num_nodes": 8, "num_rounds": 2,
+                                      "model": {"name": "mlp", "hidden": [16]}}))
+    done = subprocess.run([sys.executable, "-m", "peerlearn", "validate", str(config), "--quick", "--set",
+                           "model.name=residual_mlp", "--set", "model.width=8"], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr

@@ -64,11 +64,16 @@ def cmd_run(args) -> int:
         status = runner.outcome(lambda: simulate(built, on_round=on_round, resume=resume, **folder.callbacks(built)),
                                 say)
     summary = folder.finish(status, compute)
-    if not args.quiet:
+    if status == "interrupted":  # even with --quiet: what was kept, and how to go on
+        saved = folder.writer.checkpointed_round
+        err_console.print(f"interrupted: {out_dir}/ keeps the rows to round {summary['rounds_completed']}; " + (
+            f"continue from round {saved} with: peerlearn run --resume {out_dir}" if saved is not None else
+            "no checkpoint was written yet: run it again"), markup=False, highlight=False, soft_wrap=True)
+    elif not args.quiet:
         console.print(_summary_table(f"{cfg.name}: {cfg.algorithm.name} on {cfg.topology.graph.name}, "
                                      f"{cfg.num_nodes} nodes, {cfg.data.dataset.name}", {cfg.name: summary["final"]}))
-        console.print(f"results: {out_dir}/ (report.html, metrics.csv, summary.json, final_model.pt, plots)",
-                      markup=False)
+        written = ["report.html", "metrics.csv", "summary.json"] + ["final_model.pt"] * (out_dir / "final_model.pt").is_file()
+        console.print(f"results: {out_dir}/ ({', '.join(written)}, plots)", markup=False)
     return runner.EXIT_CODE.get(status, 1)
 
 

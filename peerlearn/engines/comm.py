@@ -59,6 +59,21 @@ class Threat(NamedTuple):
     generator: torch.Generator
 
 
+def poison(threat: Threat | None, x_NP: Tensor) -> Tensor:
+    """The messages as received: Byzantine rows replaced by the attack (honest rows untouched); ``x_NP``
+    itself when nobody attacks. Every engine applies it to all N messages, so the attack's random draws
+    and what it sees are the same wherever it runs."""
+    t = threat
+    if t is None or len(t.byzantine_idx) == 0:
+        return x_NP
+    msg = t.attack(x_NP[t.byzantine_idx], HonestView(x_NP, t.view_BN), t.generator)
+    if t.sybil:
+        msg = msg[:1].expand_as(msg)
+    out = x_NP.clone()
+    out[t.byzantine_idx] = msg.to(x_NP.dtype)
+    return out
+
+
 class SimComm:
     """Communication over a mixing matrix ``W_NN`` (set per round with :meth:`set_topology`).
 
@@ -144,16 +159,7 @@ class SimComm:
         self.threat = threat
 
     def _poison(self, x_NP: Tensor) -> Tensor:
-        """The messages as received: Byzantine rows replaced by the attack (honest rows untouched)."""
-        t = self.threat
-        if t is None or len(t.byzantine_idx) == 0:
-            return x_NP
-        msg = t.attack(x_NP[t.byzantine_idx], HonestView(x_NP, t.view_BN), t.generator)
-        if t.sybil:
-            msg = msg[:1].expand_as(msg)
-        out = x_NP.clone()
-        out[t.byzantine_idx] = msg.to(x_NP.dtype)
-        return out
+        return poison(self.threat, x_NP)
 
     # -- accounting ---------------------------------------------------------------------------
     @staticmethod

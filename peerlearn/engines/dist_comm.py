@@ -17,7 +17,7 @@ import scipy.sparse as sp
 import torch
 
 from peerlearn.aggregators.mean import mean
-from peerlearn.engines.comm import SimComm, padded_neighbours, torch_csr
+from peerlearn.engines.comm import SimComm, padded_neighbours, poison, torch_csr
 from peerlearn.engines.membership import Group
 from peerlearn.topology.clique import as_csr
 from peerlearn.types import Tensor
@@ -52,6 +52,7 @@ class DistComm:
 
     def __init__(self, blocks: list[Tensor], group: Group):
         self.blocks = blocks
+        self.threat = None
         self.num_global = sum(len(b) for b in blocks)
         self.rows = blocks[group.launch_rank]
         self.num_nodes = len(self.rows)
@@ -102,7 +103,7 @@ class DistComm:
         self._lap = torch_csr(sp.csr_array((lap.data, at[lap.indices], lap.indptr), shape=(hi - lo, len(union))))
         self._union = (len(union), torch.from_numpy(at[need]), torch.from_numpy(at[lo:hi]))
         self._diag_R1 = torch.from_numpy(np.asarray(W.diagonal()[lo:hi], dtype=np.float32).reshape(-1, 1))
-        self._num_need = len(need)
+        self._num_need, self._need = len(need), torch.from_numpy(need)
         me = self.group.rank
         self._recv = {}  # member -> positions (in need) of the rows it sends us, in global-id order
         self._own = (torch.from_numpy(np.flatnonzero(owner[need] == me)),
@@ -126,6 +127,25 @@ class DistComm:
         k = int(degree.max()) if self.num_global else 0
         self._nbr_RK, self._valid_RK = padded_neighbours(local.indptr, local.indices, k, np.zeros(hi - lo))
 
+    # -- attacks at the message boundary ------------------------------------------------------------
+    def set_threat(self, threat) -> None:
+        """The simulator's :class:`~peerlearn.engines.comm.Threat`, applied to the messages as the simulator
+        does: the adversary sees every honest message it may see (``view_BN``), so each gossip step first
+        gathers every rank's rows (the adversary's omniscience: simulation machinery, not counted as bytes),
+        and every rank computes the same attack with the same generator; each rank then takes the messages
+        its nodes receive. After a rank has left, its nodes' messages are zeros to the adversary (they are
+        linked to nobody)."""
+        self.threat = threat if threat is not None and len(threat.byzantine_idx) else None
+
+    def _poisoned(self, x_RP: Tensor) -> Tensor | None:
+        """With a model attack, the messages this rank's nodes receive (in global-id order), else None."""
+        if self.threat is None:
+            return None
+        rows, ids = self.gather_rows(x_RP)
+        full = rows.new_zeros(self.num_global, *rows.shape[1:])
+        full[ids] = rows
+        return poison(self.threat, full)[self._need]
+
     # -- exchange ---------------------------------------------------------------------------------
     def _exchange(self, x_RP: Tensor) -> Tensor:
         """The rows this rank's nodes receive (one per needed sender, in global-id order)."""
@@ -147,6 +167,10 @@ class DistComm:
     # -- primitives (SimComm's, on this rank's rows) ------------------------------------------------
     def mix(self, x_RP: Tensor, message_bytes=None) -> Tensor:
         self._count_neighbour_send(x_RP, message_bytes)
+        poisoned = self._poisoned(x_RP)
+        if poisoned is not None:  # x + A m - diag(A 1) x, as the simulator with an attack
+            out = torch.addmm(x_RP, self._off.to(x_RP.dtype), poisoned)
+            return out.addcmul_(self._rowsum_R1.to(x_RP.dtype), x_RP, value=-1.0)
         received = self._exchange(x_RP)
         size, from_need, from_own = self._union
         rows = x_RP.new_empty(size, x_RP.shape[1])
@@ -155,12 +179,14 @@ class DistComm:
 
     def push(self, x_RP: Tensor, message_bytes=None) -> Tensor:
         self._count_neighbour_send(x_RP, message_bytes)
-        received = self._exchange(x_RP)
+        received = self._poisoned(x_RP)
+        received = self._exchange(x_RP) if received is None else received
         return torch.addmm(self._diag_R1.to(x_RP.dtype) * x_RP, self._off.to(x_RP.dtype), received)
 
     def gather(self, x_RP: Tensor, include_self: bool = True, message_bytes=None) -> tuple[Tensor, Tensor]:
         self._count_neighbour_send(x_RP, message_bytes)
-        received = self._exchange(x_RP)
+        received = self._poisoned(x_RP)
+        received = self._exchange(x_RP) if received is None else received
         if received.shape[0] == 0:  # no neighbours anywhere: only padding
             received = torch.zeros(1, x_RP.shape[1], dtype=x_RP.dtype)
         rows, valid = received[self._nbr_RK], self._valid_RK

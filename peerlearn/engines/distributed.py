@@ -73,12 +73,13 @@ def simulate_distributed(built, membership: Membership, on_eval: Callable[[dict]
     say = log or (lambda message: None)
     blocks = node_blocks(n, len(membership.members))
     comm = DistComm(blocks, membership.group())
+    comm.set_threat(built.threat)  # model attacks; a data attack is in the batches every rank draws
     rows = comm.rows
     batches = RowBatches(built.batches, rows)
     lead = membership.rank == 0
     # every rank applies the divergence watch to the reduced loss; rank 0 also to the models, and keeps the rows
-    book = RunRows(built, make_evaluator(built, attacks=False) if lead else None, watch_run(built, attacked=False),
-                   on_eval)
+    attacked = built.threat is not None or built.attack_test is not None
+    book = RunRows(built, make_evaluator(built) if lead else None, watch_run(built, attacked=attacked), on_eval)
     clock = built.clock() if lead and built.clock is not None else None
     known_NP = built.params_NP.clone() if lead else None  # the models rank 0 last saw (departed nodes keep theirs)
     params_RP = built.params_NP[rows].clone()
@@ -234,7 +235,7 @@ def check_config(cfg, world: int) -> None:
         runs = [name for name, c in ALGORITHMS.items() if "distributed" in c.capabilities.engines]
         raise ConfigError(f"config error: algorithm.name: the distributed engine runs {', '.join(runs)}; "
                           f"got {a.name} (use the simulator)")
-    for field, on in (("threat.attack", cfg.threat.attack is not None), ("faults", cfg.faults.active),
+    for field, on in (("faults", cfg.faults.active),
                       ("privacy.clip", cfg.privacy.active),
                       ("algorithm.server_period", a.uses_server),
                       ("algorithm.final_merge", a.final_merge_enabled)):

@@ -87,7 +87,7 @@ class RunWriter:
         drop_links(self.path)  # a reused folder (--overwrite, --resume) may hold planted links
         # the plugins a resume may import again, signed with your key
         (self.path / RUN_MARKER).write_text(marker_text(config.get("plugins") or []))
-        for stale in ("metrics.csv", "summary.json", FINAL_MODEL, "report.html") + \
+        for stale in ("metrics.csv", "summary.json", FINAL_MODEL, "report.html", CHECKPOINT + ".tmp", "metrics.csv.tmp") + \
                 ((CHECKPOINT,) if rows is None else ()):
             (self.path / stale).unlink(missing_ok=True)
         (self.path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
@@ -97,6 +97,11 @@ class RunWriter:
         self._open("w")
         for row in rows or ():
             self.append(row)
+
+    @property
+    def checkpointed_round(self) -> int | None:
+        """The round of the checkpoint on disk (None: none written)."""
+        return self._checkpointed
 
     def _open(self, mode: str) -> None:
         self._file = open(self.path / "metrics.csv", mode, newline="")

@@ -117,14 +117,39 @@ def test_four_ranks_reproduce_the_simulator(tmp_path, algorithm, graph):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", "peerlearn", "run", str(config), "--out", str(tmp_path / "sim"), "--quiet"],
                    env=env, check=True, timeout=TIMEOUT_S)
-    dist_rows, sim_rows = _rows(tmp_path / "dist"), _rows(tmp_path / "sim")
-    assert [r["round"] for r in dist_rows] == ["0", "4", "8", "12"]
-    for d, s in zip(dist_rows, sim_rows, strict=True):
-        for key in s:
-            if s[key] != d[key]:  # only float rounding may differ (all-reduce summation order)
-                assert float(d[key]) == pytest.approx(float(s[key]), rel=1e-4, abs=1e-6), key
+    _assert_same_rows(_rows(tmp_path / "dist"), _rows(tmp_path / "sim"))
     logs = sorted(p.name for p in (tmp_path / "dist" / "logs").iterdir())
     assert logs == ["rank0.log", "rank1.log", "rank2.log", "rank3.log"]
+
+
+def _assert_same_rows(dist_rows: list[dict], sim_rows: list[dict]) -> None:
+    assert [r["round"] for r in dist_rows] == ["0", "4", "8", "12"]
+    for d, s in zip(dist_rows, sim_rows, strict=True):
+        assert d.keys() == s.keys()
+        for key in s:
+            if s[key] != d[key]:  # only float rounding may differ (all-reduce summation order)
+                assert float(d[key]) == pytest.approx(float(s[key]), rel=1e-4, abs=1e-6, nan_ok=True), key
+
+
+@pytest.mark.parametrize("threat, algorithm", [
+    ({"attack": "gaussian", "sigma": 1.0}, {"aggregator": "trimmed_mean", "f": 1}),
+    pytest.param({"attack": "alie", "z": "auto"}, {}, marks=pytest.mark.slow),
+    pytest.param({"attack": "label_flip"}, {}, marks=pytest.mark.slow),
+], ids=["gaussian-trimmed-mean", "alie", "label-flip"])
+def test_two_ranks_under_attack_give_the_simulators_rows(tmp_path, threat, algorithm):
+    """Issue 37's parity for threats: model attacks (with a robust aggregator, or plain gossip) and a data
+    attack on 2 real ranks give the simulator's rows, attack_success included; 2 of 8 nodes are Byzantine."""
+    config = _config(tmp_path, num_nodes=8, threat={"num_byzantine": 2, **threat},
+                     algorithm={"name": "dsgd", "lr": 0.1, "batch_size": 8, **algorithm})
+    code, _, err = _finish(_launch(config, tmp_path / "dist", nproc=2), TIMEOUT_S)
+    assert code == 0, err[-3000:]
+    subprocess.run([sys.executable, "-m", "peerlearn", "run", str(config), "--out", str(tmp_path / "sim"), "--quiet"],
+                   env={**os.environ, "OMP_NUM_THREADS": "1"}, check=True, timeout=TIMEOUT_S)
+    dist_rows, sim_rows = _rows(tmp_path / "dist"), _rows(tmp_path / "sim")
+    _assert_same_rows(dist_rows, sim_rows)
+    assert {r["alive_nodes"] for r in dist_rows} == {"6"}  # the honest nodes are evaluated, as in the simulator
+    if threat["attack"] == "label_flip":
+        assert all(r["attack_success"] != "nan" for r in dist_rows)
 
 
 def _by_hand(config: Path, out: Path, world: int, *extra: str, ranks=None, port: int | None = None, **env) -> list:
