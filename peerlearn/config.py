@@ -59,6 +59,12 @@ class ExperimentConfig(Spec):
                                   "least this many rounds apart (0: at every evaluation; it holds every node's "
                                   "model, so large runs want fewer)")
 
+    @field_validator("tracking", mode="before")
+    @classmethod
+    def _one_tracker(cls, v):
+        """``tracking: tensorboard`` means ``[tensorboard]``."""
+        return [v] if isinstance(v, str) else v
+
     @field_validator("name")
     @classmethod
     def _plain_name(cls, v: str | None) -> str | None:
@@ -105,6 +111,7 @@ _DEFAULT_MEMBER = {"model": "mlp", "algorithm": "dsgd"}
 # Plugins: user modules that register members before validation
 # ---------------------------------------------------------------------------------------------
 _LOADED: dict[str, object] = {}
+_PROVENANCE: dict[str, dict] = {}
 
 
 def _resolve(spec: str, base_dir: Path | None) -> str:
@@ -147,7 +154,37 @@ def _import_plugin(spec: str, base_dir: Path | None) -> str:
         raise ConfigError(f"config error: plugins: {spec!r} failed to import: {type(err).__name__}"
                           f"{': ' + detail if detail else ''}") from None
     _LOADED[spec] = module
+    _PROVENANCE[spec] = _provenance(spec, module)
     return spec
+
+
+def _provenance(spec: str, module) -> dict:
+    """Where a plugin's code came from: its file and the file's SHA-256, and the version of the package that
+    installed it when there is one."""
+    import hashlib
+    from importlib.metadata import PackageNotFoundError, packages_distributions, version
+
+    record = {"plugin": spec}
+    path = getattr(module, "__file__", None)
+    if path:
+        record["file"] = str(path)
+        try:
+            record["sha256"] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        except OSError:
+            pass
+    top = getattr(module, "__name__", "").split(".")[0]
+    for dist in packages_distributions().get(top, [])[:1]:
+        try:
+            record["package"], record["version"] = dist, version(dist)
+        except PackageNotFoundError:
+            pass
+    return record
+
+
+def plugin_provenance() -> list[dict]:
+    """Every plugin this process has imported (config ``plugins:``, ``PEERLEARN_PLUGINS``, installed entry
+    points) with its file hash or package version: what code made a run (summary.json)."""
+    return list(_PROVENANCE.values())
 
 
 def load_plugins(names: list[str] = (), base_dir: Path | None = None) -> list[str]:
@@ -160,6 +197,9 @@ def load_plugins(names: list[str] = (), base_dir: Path | None = None) -> list[st
         if f"entry-point:{ep.name}" not in _LOADED:
             try:
                 _LOADED[f"entry-point:{ep.name}"] = ep.load()
+                _PROVENANCE[f"entry-point:{ep.name}"] = {
+                    "plugin": ep.name, "entry_point": ep.value, "package": ep.dist.name if ep.dist else None,
+                    "version": ep.dist.version if ep.dist else None}
             except Exception as err:
                 raise ConfigError(f"config error: plugins: the installed plugin {ep.name!r} ({ep.value}) failed "
                                   f"to import: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"

@@ -109,3 +109,18 @@ def test_set_switches_members_and_drops_only_the_old_members_keys(tmp_path):
     assert cfg.algorithm.name == "fedavg" and cfg.algorithm.lr == 0.05 and cfg.algorithm.fraction == 0.5
     with pytest.raises(ConfigError, match="algorithm.outer_lr: not a key of algorithm fedavg"):
         load_config(path, ["algorithm.name=fedavg", "algorithm.outer_lr=0.5"])
+
+
+def test_one_tracker_may_be_named_without_a_list():
+    """Issue 38 (8): ``tracking: tensorboard`` was refused (a list was required)."""
+    import importlib.util
+
+    from peerlearn.config import ConfigError, parse_config
+
+    if importlib.util.find_spec("tensorboard") is not None:
+        assert parse_config({"tracking": "tensorboard"}).tracking == ["tensorboard"]
+    else:  # accepted as the tracker's name: what stops it now is the missing extra, named
+        with pytest.raises(ConfigError, match=r"tracking: tensorboard needs its extra"):
+            parse_config({"tracking": "tensorboard"})
+    with pytest.raises(ConfigError, match="tracking"):
+        parse_config({"tracking": "tensorbored"})

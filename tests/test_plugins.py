@@ -20,6 +20,7 @@ from peerlearn.report import read_run
 from tests.conftest import interrupt_after
 
 PLUGIN_DIR = Path(__file__).resolve().parents[1] / "examples" / "plugin"
+QUICK_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
 SHORT = ["--set", "num_rounds=20", "--set", "eval_every=10"]
 
 
@@ -42,6 +43,12 @@ def test_a_run_made_of_user_parts_learns_and_records_their_metric(plugin_config,
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["model"] == {"name": "residual_mlp", "same_init": True, "grad_strategy": "auto", "width": 32}
     assert Path(saved["plugins"][0]).is_absolute()  # the plugin is found again from anywhere
+    # issue 38 (6): summary.json says what code made the run: the plugin's file and its hash
+    import hashlib
+
+    plugins = json.loads((out / "summary.json").read_text())["environment"]["plugins"]
+    mine = [p for p in plugins if p["plugin"] == saved["plugins"][0]]
+    assert mine and mine[0]["sha256"] == hashlib.sha256(Path(saved["plugins"][0]).read_bytes()).hexdigest()
 
 
 def test_resume_finds_the_plugin_from_another_directory(plugin_config, tmp_path, monkeypatch):
@@ -167,6 +174,13 @@ def test_an_installed_package_registers_through_the_entry_point_group(tmp_path):
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "distance_filter" in {e["name"] for e in json.loads(done.stdout)}
+    # issue 38 (6): a run records the installed plugin it imported, with its package's version
+    done = subprocess.run([sys.executable, "-m", "peerlearn", "run", str(Path(QUICK_CONFIG).resolve()), "--set",
+                           "num_rounds=2", "--set", "num_nodes=4", "--out", str(tmp_path / "run"), "--quiet"], env=env,
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    plugins = json.loads((tmp_path / "run" / "summary.json").read_text())["environment"]["plugins"]
+    assert {"plugin": "acme", "entry_point": "acme_parts", "package": "acme-parts", "version": "0.1"} in plugins
     (info / "entry_points.txt").write_text("[peerlearn.plugins]\nacme = acme_parts_missing\n")
     done = subprocess.run([sys.executable, "-m", "peerlearn", "list"], env=env, capture_output=True, text=True,
                           timeout=120, cwd=tmp_path)

@@ -176,3 +176,25 @@ def test_report_html_renders_its_plots_in_headless_chromium(finished_run, tmp_pa
     # matplotlib's first line colour (31, 119, 180) is drawn only by the embedded accuracy plot
     blue = ((abs(pixels[..., 0] - 31) < 8) & (abs(pixels[..., 1] - 119) < 8) & (abs(pixels[..., 2] - 180) < 8)).sum()
     assert blue > 200
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="the tensorboard extra is not installed")
+def test_tensorboard_after_resume_holds_each_round_once(tmp_path, monkeypatch):
+    """Issue 38 (5): a resumed run logged the rolled-back rounds to TensorBoard a second time."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from tests.conftest import interrupt_after
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({**SMALL, "tracking": ["tensorboard"]}))
+    out = tmp_path / "run"
+    restore = interrupt_after(monkeypatch, 10)  # rows 0, 5, 10 logged; the checkpoint is round 5's
+    assert cli.main(["run", str(config), "--out", str(out), "--quiet"]) == 130
+    restore()
+    assert cli.main(["run", "--resume", str(out), "--quiet"]) == 0
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    logged = [(e.step, e.value) for e in events.Scalars("acc_mean")]
+    assert [s for s, _ in logged] == [int(r["round"]) for r in rows] == [0, 5, 10, 15, 20]
+    assert [v for _, v in logged] == pytest.approx([float(r["acc_mean"]) for r in rows], rel=1e-6)

@@ -157,8 +157,12 @@ def _run_distributed(args) -> int:
             rows_here = distributed.node_blocks(cfg.num_nodes, world)[rank]
             say(f"rank {rank}/{world}, pid {os.getpid()}: nodes {int(rows_here[0])}..{int(rows_here[-1])}")
 
-            def on_round(round_: int, last: dict) -> None:
-                if not args.quiet and round_ % max(1, cfg.num_rounds // 20) == 0:
+            shown = [0]
+
+            def on_round(round_: int, last: dict) -> None:  # a line per fresh row, about 20 in a run
+                due = round_ - shown[0] >= max(1, cfg.num_rounds // 20) or round_ == cfg.num_rounds
+                if not args.quiet and int(last["round"]) == round_ and due:
+                    shown[0] = round_
                     console.print(f"round {round_}/{cfg.num_rounds}: acc {last['acc_mean']:.3f}", markup=False)
 
             def stopped(status: str, err: BaseException) -> None:  # every rank says in one line why it stopped

@@ -14,10 +14,11 @@ def environment() -> dict:
     import torch
 
     from peerlearn import __version__
+    from peerlearn.config import plugin_provenance
 
     return {"peerlearn": __version__, "torch": torch.__version__, "python": platform.python_version(),
             "platform": platform.platform(terse=True), "device": "cpu", "hostname": platform.node(),
-            "started": time.strftime("%Y-%m-%d %H:%M:%S %z")}
+            "started": time.strftime("%Y-%m-%d %H:%M:%S %z"), "plugins": plugin_provenance()}
 
 
 class RunSinks:
@@ -29,7 +30,7 @@ class RunSinks:
         from peerlearn.report.trackers import Trackers
 
         self.cfg, self.writer, self.lines = cfg, writer, lines
-        self.trackers = Trackers(cfg.tracking, writer.path, writer.config)
+        self.trackers = Trackers(cfg.tracking, writer.path, writer.config, first_round)
         self.first_round, self.started = first_round, time.perf_counter()
 
     def __call__(self, row: dict) -> None:

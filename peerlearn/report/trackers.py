@@ -43,10 +43,12 @@ def _numbers(row: dict) -> dict[str, float]:
 class TensorBoardTracker:
     """Scalars per evaluated round into ``<run>/tensorboard`` (``tensorboard --logdir <run>``)."""
 
-    def __init__(self, run_dir: Path, config: dict):
+    def __init__(self, run_dir: Path, config: dict, first_round: int = 0):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+        # a resumed run goes on after its checkpoint's round: what was logged after it is rolled back
+        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"),
+                                    purge_step=first_round + 1 if first_round else None)
         self.writer.add_text("config", "\n".join(f"    {k}: {v}" for k, v in flatten_config(config).items()))
 
     def log(self, row: dict) -> None:
@@ -63,7 +65,7 @@ class TensorBoardTracker:
 class WandbTracker:
     """An offline W&B run in ``<run>/wandb`` (``wandb sync <run>/wandb/offline-run-*`` uploads it)."""
 
-    def __init__(self, run_dir: Path, config: dict):
+    def __init__(self, run_dir: Path, config: dict, first_round: int = 0):
         import wandb
 
         self.wandb = wandb
@@ -82,7 +84,7 @@ class WandbTracker:
 class MlflowTracker:
     """An MLflow run in the local file store ``<run>/mlruns`` (``mlflow ui --backend-store-uri <run>/mlruns``)."""
 
-    def __init__(self, run_dir: Path, config: dict):
+    def __init__(self, run_dir: Path, config: dict, first_round: int = 0):
         if "MLFLOW_TRACKING_URI" not in os.environ:  # MLflow 3 refuses a file store unless asked (a database
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # store needs SQLAlchemy, not in skinny)
         import mlflow
@@ -108,9 +110,10 @@ TRACKERS = {"tensorboard": TensorBoardTracker, "wandb": WandbTracker, "mlflow": 
 class Trackers:
     """Every tracker a config names, fed the same rows."""
 
-    def __init__(self, names: list[str], run_dir: Path, config: dict):
+    def __init__(self, names: list[str], run_dir: Path, config: dict, first_round: int = 0):
+        """``first_round``: the checkpoint's round of a resumed run (TensorBoard drops what it logged after)."""
         check_trackers(names)
-        self.open = [TRACKERS[n](run_dir, config) for n in dict.fromkeys(names)]
+        self.open = [TRACKERS[n](run_dir, config, first_round) for n in dict.fromkeys(names)]
 
     def log(self, row: dict) -> None:
         for tracker in self.open:

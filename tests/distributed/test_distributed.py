@@ -141,7 +141,7 @@ def test_two_ranks_under_attack_give_the_simulators_rows(tmp_path, threat, algor
     attack on 2 real ranks give the simulator's rows, attack_success included; 2 of 8 nodes are Byzantine."""
     config = _config(tmp_path, num_nodes=8, threat={"num_byzantine": 2, **threat},
                      algorithm={"name": "dsgd", "lr": 0.1, "batch_size": 8, **algorithm})
-    code, _, err = _finish(_launch(config, tmp_path / "dist", nproc=2), TIMEOUT_S)
+    code, out, err = _finish(_launch(config, tmp_path / "dist", nproc=2, quiet=False), TIMEOUT_S)
     assert code == 0, err[-3000:]
     subprocess.run([sys.executable, "-m", "peerlearn", "run", str(config), "--out", str(tmp_path / "sim"), "--quiet"],
                    env={**os.environ, "OMP_NUM_THREADS": "1"}, check=True, timeout=TIMEOUT_S)
@@ -150,6 +150,9 @@ def test_two_ranks_under_attack_give_the_simulators_rows(tmp_path, threat, algor
     assert {r["alive_nodes"] for r in dist_rows} == {"6"}  # the honest nodes are evaluated, as in the simulator
     if threat["attack"] == "label_flip":
         assert all(r["attack_success"] != "nan" for r in dist_rows)
+    # issue 38 (8): progress lines only for fresh rows, never a stale accuracy
+    shown = [line for line in out.splitlines() if line.startswith("round ")]
+    assert shown == [f"round {r['round']}/12: acc {float(r['acc_mean']):.3f}" for r in dist_rows[1:]], out
 
 
 def _by_hand(config: Path, out: Path, world: int, *extra: str, ranks=None, port: int | None = None, **env) -> list:
@@ -207,12 +210,13 @@ def _config(tmp_path: Path, **over) -> Path:
     return path
 
 
-def _launch(config: Path, out: Path, *extra: str, kill: str | None = None, nproc: int = 4, **popen):
+def _launch(config: Path, out: Path, *extra: str, kill: str | None = None, nproc: int = 4, quiet: bool = True,
+            **popen):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if kill:
         env["PEERLEARN_KILL"] = kill
     cmd = [sys.executable, "-m", "peerlearn", "run", str(config), "--engine", "distributed", "--nproc", str(nproc),
-           "--out", str(out), "--quiet", *extra]
+           "--out", str(out), *["--quiet"] * quiet, *extra]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True, **popen)
 
