@@ -229,10 +229,11 @@ class Sweep:
         self.workers, self.threads = workers, threads
         self.manifest = self.out / SWEEP_FILE
         self.replaced: list[str] = []  # run folders of a different sweep that --overwrite replaces
+        self.grown = False  # the folder holds this sweep with fewer cells (check_out)
 
     def check_out(self, overwrite: bool) -> None:
-        """``out`` must be empty, or hold this same sweep (then it resumes); another sweep or a user's files
-        are refused."""
+        """``out`` must be empty, or hold this same sweep (then it resumes) or this sweep with fewer cells
+        (then only the new ones run); another sweep or a user's files are refused."""
         if not self.out.exists():
             return
         if not self.out.is_dir():
@@ -242,7 +243,9 @@ class Sweep:
                 old = json.loads(self.manifest.read_text())
             except json.JSONDecodeError:
                 old = {}
-            if old.get("definition") != self.definition:
+            if old.get("definition") != self.definition and self._grows(old):
+                self.grown = True  # more seeds or grid values: only the new cells run
+            elif old.get("definition") != self.definition:
                 if not overwrite:
                     raise FileExistsError(f"--out {self.out}: holds a different sweep (another config, grid or "
                                           "seeds); choose another folder, or pass --overwrite to run this one there")
@@ -251,6 +254,16 @@ class Sweep:
         elif any(self.out.iterdir()) and not overwrite:
             raise FileExistsError(f"--out {self.out}: holds files that are not a peerlearn sweep; choose another "
                                   "folder or pass --overwrite")
+
+    def _grows(self, old: dict) -> bool:
+        """Whether this sweep is the old one (a manifest: data) with cells added: every old run is one of
+        this sweep's, with the same config file and overrides (more seeds, more values of a grid key)."""
+        cells = old.get("cells")
+        if not isinstance(cells, list) or not cells:
+            return False
+        mine = {(c.dir, c.config, tuple(c.overrides)) for c in self.cells}
+        return all(isinstance(c, dict) and (c.get("dir"), c.get("config"), tuple(c.get("overrides") or ())) in mine
+                   for c in cells)
 
     def refresh(self) -> list[Cell]:
         """Each cell's status from what is on disk (a cell killed with the sweep resumes); the cells left to run."""

@@ -218,3 +218,68 @@ def test_set_can_switch_to_a_plugin_member_in_a_fresh_process(plugin_config, tmp
                            "model.name=residual_mlp", "--set", "model.width=8"], capture_output=True, text=True,
                           timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr
+
+
+BAD_AGGREGATORS = '''
+from typing import ClassVar, Literal
+
+from peerlearn.aggregators import AGGREGATORS, AggregatorSpec
+
+
+def keeps_every_input(x_NKP, valid_NK):
+    return x_NKP  # [N, K, P], not [N, P]
+
+
+def divides_by_zero_length(x_NKP, valid_NK):
+    raise ValueError("no inputs to average")
+
+
+@AGGREGATORS.register
+class KeepsEveryInputSpec(AggregatorSpec):
+    """A wrong rule (test)."""
+
+    name: Literal["keeps_every_input"] = "keeps_every_input"
+    factory: ClassVar = staticmethod(keeps_every_input)
+
+
+@AGGREGATORS.register
+class RaisesSpec(AggregatorSpec):
+    """A failing rule (test)."""
+
+    name: Literal["raises_at_once"] = "raises_at_once"
+    factory: ClassVar = staticmethod(divides_by_zero_length)
+'''
+
+
+@pytest.mark.parametrize("name, message", [
+    ("keeps_every_input", "algorithm.aggregator: keeps_every_input must return [N, P] floats (here [2, "),
+    ("raises_at_once", "algorithm.aggregator: raises_at_once failed on a probe of 2 nodes x 4 models x "),
+])
+def test_a_plugin_aggregator_of_the_wrong_shape_is_one_line_at_build(tmp_path, capsys, name, message):
+    """Issue 38 (7): a plugin aggregator returning [N, K, P] ended in a reshape error deep in models/dense.py that
+    named no plugin, with no summary.json. Now the build probes a plugin's rule and names it, before any work."""
+    (tmp_path / "bad_parts.py").write_text(BAD_AGGREGATORS)
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"plugins": ["bad_parts.py"], "num_nodes": 8, "num_rounds": 2,
+                                      "topology": {"graph": "torus"}, "model": {"name": "mlp", "hidden": [8]},
+                                      "algorithm": {"name": "dsgd", "aggregator": name}}))
+    assert cli.main(["run", str(config), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"config error: {message}") and err.count("\n") == 1, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_example_plugin_passes_the_conformance_battery_plugin_authors_run(tmp_path):
+    """Issue 38 (7): ``peerlearn.testing`` gives plugin authors the battery peerlearn runs on its own members."""
+    from peerlearn import testing
+    from peerlearn.config import load_plugins
+
+    load_plugins([str(PLUGIN_DIR / "my_parts.py")])
+    moons = {"dataset": "moons", "num_samples": 400, "partition": "iid"}
+    for family, name, config in [("aggregator", "distance_filter", None),
+                                 ("algorithm", "clipped_dsgd", None),
+                                 ("model", "residual_mlp", None),
+                                 ("dataset", "moons", testing.config_naming("dataset", "moons", data=moons))]:
+        testing.check_member(family, name, config, tmp_path)
+    with pytest.raises(AssertionError, match="is not registered"):
+        testing.check_round_trip("aggregator", "no_such_rule")

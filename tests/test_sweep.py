@@ -222,3 +222,25 @@ def test_the_planning_estimate_equals_the_built_runs_memory():
     for extra in ([], ["model.name=cnn"]):  # dense and image models, digits (installed everywhere)
         cfg = load_config(root / "configs" / "quickstart.yaml", ["num_nodes=32", *extra])
         assert estimate_memory_bytes(cfg) == run_memory_bytes(build(cfg))
+
+
+@pytest.mark.slow  # five cells in two sweeps
+def test_a_sweep_grows_by_seeds_and_grid_values_running_only_the_new_cells(tmp_path):
+    """Issue 38 (3): adding a seed or a grid value to a finished sweep was refused as a different sweep, and
+    --overwrite threw its finished runs away. The grown sweep runs only its new cells."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "num_rounds": 5}))
+    out = tmp_path / "out"
+    first = _sweep(config, "--seeds", "0", "--grid", "algorithm.lr=0.2", "--workers", "2", "--out", out)
+    assert first.returncode == 0, first.stderr
+    kept = out / "algorithm.lr=0.2" / "seed0" / "metrics.csv"
+    before = kept.stat().st_mtime_ns
+    grown = _sweep(config, "--seeds", "0,1", "--grid", "algorithm.lr=0.2,0.1", "--workers", "2", "--out", out)
+    assert grown.returncode == 0, grown.stderr
+    assert "1 done before, 3 left" in grown.stdout and "grows" in grown.stdout
+    assert kept.stat().st_mtime_ns == before  # the finished run was not run again
+    summary = pd.read_csv(out / "summary.csv")
+    assert summary["completed"].tolist() == [2, 2]  # two cells, two seeds each
+    # a sweep that is not a superset (a seed dropped, other settings) is still another sweep
+    other = _sweep(config, "--seeds", "0", "--grid", "algorithm.lr=0.2", "--set", "num_rounds=6", "--out", out)
+    assert other.returncode == 2 and "holds a different sweep" in other.stderr

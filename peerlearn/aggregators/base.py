@@ -38,6 +38,32 @@ class AggregatorSpec(Spec):
         return functools.partial(type(self).factory, **self.kwargs(), **extra)
 
 
+def probe_rule(spec: AggregatorSpec, rule: Callable, ctx: BuildContext) -> None:
+    """Run a plugin's rule once on two nodes' worth of the run's own shapes (each node receiving as many models
+    as the best-connected node of the graph, the initial model plus small noise) and refuse, with one line
+    naming the member, an error or a result that is not ``[N, P]`` floats: found at build time, not as a
+    reshape error deep in a round. peerlearn's own rules are tested instead, and are not run here."""
+    from peerlearn.topology.graphs import degrees
+
+    if type(spec).__module__.startswith("peerlearn.") or rule is None or ctx.reference_P is None:
+        return
+    num_params, inputs = int(ctx.reference_P.numel()), int(degrees(ctx.adjacency).max()) + 1
+    with torch.random.fork_rng(devices=[]):  # the run's random streams stay as they were
+        torch.manual_seed(0)
+        x = ctx.reference_P.reshape(1, 1, -1).expand(2, inputs, num_params) + 0.01 * torch.randn(2, inputs, num_params)
+        valid = torch.ones(2, inputs, dtype=torch.bool)
+        try:
+            out = rule(x.contiguous(), valid)
+        except Exception as err:
+            detail = str(err).splitlines()[0] if str(err) else ""
+            raise config_error("algorithm.aggregator", f"{spec.name} failed on a probe of 2 nodes x {inputs} models x "
+                               f"{num_params} parameters: {type(err).__name__}{': ' + detail if detail else ''}") from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_params) or not out.is_floating_point():
+        got = f"shape {tuple(out.shape)} ({out.dtype})" if isinstance(out, torch.Tensor) else type(out).__name__
+        raise config_error("algorithm.aggregator", f"{spec.name} must return [N, P] floats (here [2, {num_params}]) "
+                           f"from x_NKP [2, {inputs}, {num_params}]; it returned {got} (docs/extending.md)")
+
+
 def training_sample(ctx: BuildContext, stream: str, count: int):
     """``(x, y)``: a seeded sample of ``count`` training samples (at most all), the same at every node: the batch
     rules score or align models on instead of each node's own data."""

@@ -236,7 +236,11 @@ class DsgdSpec(LocalSteps, Synchronous, ServerRounds):
     def build(self, ctx):
         from peerlearn.aggregators.variance_correction import variance_corrected
 
-        combine = gossip_combine(self.aggregator.build(ctx), self.gossip_steps)
+        from peerlearn.aggregators.base import probe_rule
+
+        rule = self.aggregator.build(ctx)
+        probe_rule(self.aggregator, rule, ctx)  # a plugin's rule: its output shape, before any round
+        combine = gossip_combine(rule, self.gossip_steps)
         if self.variance_correction:
             combine = variance_corrected(combine, ctx.layer_slices)
         communicate = None

@@ -52,6 +52,7 @@ def _run_sweep(args, spec, out: Path):
     left = sweep.refresh()
     if not args.quiet:
         resumed = "" if len(left) == len(cells) else f"; {len(cells) - len(left)} done before, {len(left)} left"
+        resumed += " (the sweep in that folder grows: only its new runs and any unfinished ones run)" * sweep.grown
         console.print(f"sweep: {len(cells)} runs ({len({c.cell for c in cells})} cells x {len(spec.seeds)} seeds) "
                       f"into {out}/, {workers} at a time with {threads} thread{'s' * (threads > 1)} each{resumed}",
                       markup=False, highlight=False, soft_wrap=True)
