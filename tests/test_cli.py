@@ -142,3 +142,14 @@ def test_choose_threads_counts_only_idle_cores(monkeypatch):
     assert resources.choose_threads(3)[0] == 3
     monkeypatch.setenv("OMP_NUM_THREADS", "5")
     assert resources.choose_threads()[0] == 5
+
+
+def test_compare_labels_runs_of_the_same_name_alike(tmp_path):
+    """Issue 38 (8): two runs named seed0 were labelled ``seed0`` and a full path; both get the shortest path
+    that tells them apart."""
+    from peerlearn.cli.reports import run_labels
+
+    a, b, c = tmp_path / "lr=0.1" / "seed0", tmp_path / "lr=0.2" / "seed0", tmp_path / "other"
+    assert run_labels([str(a), str(b), str(c)]) == ["lr=0.1/seed0", "lr=0.2/seed0", "other"]
+    assert run_labels([str(tmp_path / "x" / "s" / "seed0"), str(tmp_path / "y" / "s" / "seed0")]) == [
+        "x/s/seed0", "y/s/seed0"]

@@ -33,9 +33,8 @@ def cmd_compare(args) -> int:
     if args.group_by or any((Path(p) / "sweep.json").is_file() for p in args.runs):
         return _compare_bands(args)
     runs, finals = {}, {}
-    for path in args.runs:
+    for path, label in zip(args.runs, run_labels(args.runs)):
         summary, rows = read_run(path)
-        label = Path(path).name if Path(path).name not in runs else str(path)
         runs[label], finals[label] = rows, summary.get("final", rows[-1] if rows else {})
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -55,6 +54,21 @@ def cmd_compare(args) -> int:
         console.print(table)
     console.print(f"plot: {out}", markup=False)
     return 0
+
+
+def run_labels(paths: list[str]) -> list[str]:
+    """A label per run folder: its name, or as many of its last path components as make it unique among the
+    others (``lr=0.1/seed0`` and ``lr=0.2/seed0``, never one ``seed0`` and one full path)."""
+    parts = [Path(p).resolve().parts for p in paths]
+    depth = [1] * len(paths)
+    while True:
+        labels = ["/".join(pp[-d:]) for pp, d in zip(parts, depth)]
+        clash = {label for label in labels if labels.count(label) > 1}
+        grow = [i for i, label in enumerate(labels) if label in clash and depth[i] < len(parts[i])]
+        if not grow:
+            return labels
+        for i in grow:
+            depth[i] += 1
 
 
 def _compare_bands(args) -> int:
