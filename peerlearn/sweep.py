@@ -29,7 +29,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -67,6 +66,11 @@ class SweepSpec(BaseModel):
     grid: dict[str, list[Any]] = Field({}, description="key -> values; the sweep runs their cartesian product")
     variants: dict[str, Variant] = Field({}, description="named methods compared (each x grid x seeds)")
     workers: int | None = Field(None, ge=1, le=256, description="runs at once (default: the cores and memory allow)")
+    launcher: Literal["local", "ray", "slurm"] = Field(
+        "local", description="where the runs execute: processes here, Ray tasks (RAY_ADDRESS, else a local "
+                             "cluster), or Slurm jobs through submitit (peerlearn[ray], peerlearn[slurm])")
+    slurm: dict[str, Any] = Field({}, description="slurm launcher: partition, minutes (per run, default 60), cpus "
+                                                  "(default: the threads per run), gpus")
     target: float | None = Field(None, description="report rounds and MB per node until target_metric reaches this")
     target_metric: str = Field("acc_mean", description="metric of target and of the figure")
     x: Literal["round", "sim_time_s", "epsilon"] = Field(
@@ -224,9 +228,11 @@ def removable_run_dir(out: Path, rel: Any) -> Path | None:
 class Sweep:
     """Runs the cells of a sweep in ``out`` with ``workers`` processes; ``on_done(cell, done, total)`` per cell."""
 
-    def __init__(self, out: Path, cells: list[Cell], definition: dict, workers: int, threads: int):
+    def __init__(self, out: Path, cells: list[Cell], definition: dict, workers: int, threads: int,
+                 launcher: str = "local", slurm: dict | None = None):
         self.out, self.cells, self.definition = Path(out), cells, definition
         self.workers, self.threads = workers, threads
+        self.launcher, self.slurm = launcher, slurm or {}  # where the cells run (peerlearn.launchers)
         self.manifest = self.out / SWEEP_FILE
         self.replaced: list[str] = []  # run folders of a different sweep that --overwrite replaces
         self.grown = False  # the folder holds this sweep with fewer cells (check_out)
@@ -309,42 +315,36 @@ class Sweep:
         todo = self.refresh()
         done = len(self.cells) - len(todo)
         self._save()
-        env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "PYTHONUNBUFFERED": "1"}
-        running: dict[subprocess.Popen, tuple[Cell, float, Any]] = {}
+        from peerlearn.launchers import make_launcher
+
+        env = {"OMP_NUM_THREADS": str(self.threads), "PYTHONUNBUFFERED": "1"}
+        running: dict[Any, tuple[Cell, float]] = {}  # job -> (cell, started)
+        launcher = make_launcher(self.launcher, self.out, self.threads, self.slurm) if todo else None
         previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
         try:
             while todo or running:
                 while todo and len(running) < self.workers:
                     cell = todo.pop(0)
-                    log = open(self._log(cell), "a")
-                    proc = subprocess.Popen(self._command(cell), stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, env=env)
+                    job = launcher.start(self._command(cell), self._log(cell), env)
                     cell.status = "running"
-                    running[proc] = (cell, time.perf_counter(), log)
-                finished = [p for p in running if p.poll() is not None]
+                    running[job] = (cell, time.perf_counter())
+                finished = [(job, code) for job in running if (code := job.poll()) is not None]
                 if not finished:
                     time.sleep(0.1)
                     continue
-                for proc in finished:
-                    cell, started, log = running.pop(proc)
-                    log.close()
-                    self._record(cell, proc.returncode, time.perf_counter() - started)
+                for job, code in finished:
+                    cell, started = running.pop(job)
+                    self._record(cell, code, time.perf_counter() - started)
                     done += 1
                     self._save()
                     if on_done is not None:
                         on_done(cell, done, len(self.cells))
         except KeyboardInterrupt:
-            for proc in running:  # each run saves its rows and checkpoint on SIGINT
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGINT)
+            for job in running:  # each run saves its rows and checkpoint on SIGINT
+                job.interrupt()
             deadline = time.monotonic() + 60
-            for proc, (cell, started, log) in running.items():
-                try:
-                    proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-                log.close()
+            for job, (cell, started) in running.items():
+                job.wait(max(0.1, deadline - time.monotonic()))
                 cell.status = _status_of(self.out / cell.dir) or "interrupted"
                 if cell.status == "completed":
                     cell.error = None
@@ -352,6 +352,8 @@ class Sweep:
             raise
         finally:
             signal.signal(signal.SIGTERM, previous)
+            if launcher is not None:
+                launcher.close()
         return self.cells
 
     def _record(self, cell: Cell, code: int, seconds: float) -> None:

@@ -244,3 +244,28 @@ def test_a_sweep_grows_by_seeds_and_grid_values_running_only_the_new_cells(tmp_p
     # a sweep that is not a superset (a seed dropped, other settings) is still another sweep
     other = _sweep(config, "--seeds", "0", "--grid", "algorithm.lr=0.2", "--set", "num_rounds=6", "--out", out)
     assert other.returncode == 2 and "holds a different sweep" in other.stderr
+
+
+@pytest.mark.slow  # a local Ray cluster and submitit jobs: 8 cells
+@pytest.mark.parametrize("launcher", ["ray", "slurm"])
+def test_the_launchers_give_the_local_pools_summary_and_skip_what_is_done(two_by_two, tmp_path, launcher):
+    """Issue 38: the same sweep through a Ray cluster started on 127.0.0.1 for the sweep, and through submitit
+    (its local executor here: no Slurm on this machine), gives the local pool's summary.csv (wall times
+    aside); run again, it skips every completed cell."""
+    config, local_out, _ = two_by_two
+    out = tmp_path / launcher
+    args = (config, "--seeds", "0,1", "--grid", "algorithm.lr=0.05,0.2", "--workers", "2", "--target", "0.2",
+            "--out", out, "--launcher", launcher)
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    done = subprocess.run([sys.executable, "-m", "peerlearn", "sweep", *map(str, args)], capture_output=True,
+                          text=True, timeout=600, env=env, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert {"ray": "as Ray tasks", "slurm": "as submitit jobs on this machine"}[launcher] in done.stdout
+    timing = [c for c in pd.read_csv(out / "summary.csv").columns if "wall_time" in c or "eval_time" in c]
+    pd.testing.assert_frame_equal(pd.read_csv(out / "summary.csv").drop(columns=timing),
+                                  pd.read_csv(local_out / "summary.csv").drop(columns=timing))
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/seed*/metrics.csv")}
+    again = subprocess.run([sys.executable, "-m", "peerlearn", "sweep", *map(str, args)], capture_output=True,
+                           text=True, timeout=600, env=env, stdin=subprocess.DEVNULL)
+    assert again.returncode == 0 and "4 done before, 0 left" in again.stdout, again.stderr + again.stdout
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/seed*/metrics.csv")} == stamps

@@ -99,6 +99,9 @@ def make_parser() -> argparse.ArgumentParser:
     swp.add_argument("--target", type=float, help="also report rounds and MB until the accuracy reaches this")
     swp.add_argument("--group-by", metavar="KEY", help="the figure's curves: one per cell (default) or per value of "
                      "this grid or config key, pooling the rest")
+    swp.add_argument("--launcher", choices=["local", "ray", "slurm"], help="where the runs execute (default: the "
+                     "sweep section's, else local processes): Ray tasks (RAY_ADDRESS, else a local cluster) or Slurm "
+                     "jobs through submitit; extras peerlearn[ray], peerlearn[slurm]")
     swp.add_argument("--out", help="sweep directory (default: runs/<config name>-sweep; the same sweep there resumes)")
     swp.add_argument("--overwrite", action="store_true", help="run into --out even if it holds something else")
     swp.add_argument("--quiet", action="store_true")

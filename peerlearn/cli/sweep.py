@@ -35,7 +35,7 @@ def _run_sweep(args, spec, out: Path):
         updates["seeds"] = parse_seeds(args.seeds)
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"config error: --workers: at least 1, got {args.workers}")
-    for key in ("workers", "target"):
+    for key in ("workers", "target", "launcher"):
         if getattr(args, key, None) is not None:
             updates[key] = getattr(args, key)
     spec = spec.model_copy(update=updates)
@@ -47,12 +47,18 @@ def _run_sweep(args, spec, out: Path):
         workers, threads = spec.workers, max(1, choose_threads(None)[0] // spec.workers)
     else:
         workers, threads = default_workers(cells)
-    sweep = Sweep(out, cells, definition, workers, threads)
+    sweep = Sweep(out, cells, definition, workers, threads, launcher=spec.launcher, slurm=spec.slurm)
     sweep.check_out(args.overwrite)
     left = sweep.refresh()
     if not args.quiet:
         resumed = "" if len(left) == len(cells) else f"; {len(cells) - len(left)} done before, {len(left)} left"
         resumed += " (the sweep in that folder grows: only its new runs and any unfinished ones run)" * sweep.grown
+        if spec.launcher != "local":
+            import shutil
+
+            where = {"ray": "as Ray tasks", "slurm": "as Slurm jobs (submitit)" if shutil.which("sbatch") else
+                     "as submitit jobs on this machine (no Slurm here: sbatch not found)"}[spec.launcher]
+            resumed += f"; {where}"
         console.print(f"sweep: {len(cells)} runs ({len({c.cell for c in cells})} cells x {len(spec.seeds)} seeds) "
                       f"into {out}/, {workers} at a time with {threads} thread{'s' * (threads > 1)} each{resumed}",
                       markup=False, highlight=False, soft_wrap=True)
