@@ -109,8 +109,9 @@ def test_fuzzed_configs_run_or_are_one_line(seed, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_fuzzed_configs_500(tmp_path, capsys):
-    for seed in range(1000, 1500):
+@pytest.mark.parametrize("first", [1000, 1250], ids=["500-a", "500-b"])  # two halves: xdist spreads them
+def test_fuzzed_configs_500(tmp_path, capsys, first):
+    for seed in range(first, first + 250):
         run_case(seed, tmp_path, capsys, heavy=False)
 
 

@@ -229,7 +229,8 @@ def test_a_sweep_grows_by_seeds_and_grid_values_running_only_the_new_cells(tmp_p
     """Issue 38 (3): adding a seed or a grid value to a finished sweep was refused as a different sweep, and
     --overwrite threw its finished runs away. The grown sweep runs only its new cells."""
     config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump({**TINY, "num_rounds": 5}))
+    # synthetic data: no scikit-learn import in each run's process
+    config.write_text(yaml.safe_dump({**TINY, "num_rounds": 5, "data": {"dataset": "synthetic"}}))
     out = tmp_path / "out"
     first = _sweep(config, "--seeds", "0", "--grid", "algorithm.lr=0.2", "--workers", "2", "--out", out)
     assert first.returncode == 0, first.stderr
@@ -246,26 +247,29 @@ def test_a_sweep_grows_by_seeds_and_grid_values_running_only_the_new_cells(tmp_p
     assert other.returncode == 2 and "holds a different sweep" in other.stderr
 
 
-@pytest.mark.slow  # a local Ray cluster and submitit jobs: 8 cells
-@pytest.mark.parametrize("launcher", ["ray", "slurm"])
-def test_the_launchers_give_the_local_pools_summary_and_skip_what_is_done(two_by_two, tmp_path, launcher):
+@pytest.mark.slow  # a local Ray cluster and submitit jobs
+def test_the_launchers_give_the_local_pools_summary_and_skip_what_is_done(tmp_path):
     """Issue 38: the same sweep through a Ray cluster started on 127.0.0.1 for the sweep, and through submitit
     (its local executor here: no Slurm on this machine), gives the local pool's summary.csv (wall times
     aside); run again, it skips every completed cell."""
-    config, local_out, _ = two_by_two
-    out = tmp_path / launcher
-    args = (config, "--seeds", "0,1", "--grid", "algorithm.lr=0.05,0.2", "--workers", "2", "--target", "0.2",
-            "--out", out, "--launcher", launcher)
-    env = {**os.environ, "RAY_ADDRESS": ""}
-    done = subprocess.run([sys.executable, "-m", "peerlearn", "sweep", *map(str, args)], capture_output=True,
-                          text=True, timeout=600, env=env, stdin=subprocess.DEVNULL)
-    assert done.returncode == 0, done.stderr + done.stdout
-    assert {"ray": "as Ray tasks", "slurm": "as submitit jobs on this machine"}[launcher] in done.stdout
-    timing = [c for c in pd.read_csv(out / "summary.csv").columns if "wall_time" in c or "eval_time" in c]
-    pd.testing.assert_frame_equal(pd.read_csv(out / "summary.csv").drop(columns=timing),
-                                  pd.read_csv(local_out / "summary.csv").drop(columns=timing))
-    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/seed*/metrics.csv")}
-    again = subprocess.run([sys.executable, "-m", "peerlearn", "sweep", *map(str, args)], capture_output=True,
-                           text=True, timeout=600, env=env, stdin=subprocess.DEVNULL)
-    assert again.returncode == 0 and "4 done before, 0 left" in again.stdout, again.stderr + again.stdout
-    assert {p: p.stat().st_mtime_ns for p in out.glob("*/seed*/metrics.csv")} == stamps
+    config = tmp_path / "tiny.yaml"
+    # synthetic data: no scikit-learn import in each run's process
+    config.write_text(yaml.safe_dump({**TINY, "num_rounds": 5, "data": {"dataset": "synthetic"}}))
+    summaries = {}
+    for launcher in ("local", "ray", "slurm"):
+        out = tmp_path / launcher
+        args = [sys.executable, "-m", "peerlearn", "sweep", str(config), "--seeds", "0,1", "--workers", "2",
+                "--out", str(out), "--launcher", launcher]
+        env = {**os.environ, "RAY_ADDRESS": ""}
+        done = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env, stdin=subprocess.DEVNULL)
+        assert done.returncode == 0, done.stderr + done.stdout
+        if launcher != "local":
+            assert {"ray": "as Ray tasks", "slurm": "as submitit jobs on this machine"}[launcher] in done.stdout
+            stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/seed*/metrics.csv")}
+            again = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env, stdin=subprocess.DEVNULL)
+            assert again.returncode == 0 and "2 done before, 0 left" in again.stdout, again.stderr + again.stdout
+            assert {p: p.stat().st_mtime_ns for p in out.glob("*/seed*/metrics.csv")} == stamps and len(stamps) == 2
+        summary = pd.read_csv(out / "summary.csv")
+        summaries[launcher] = summary.drop(columns=[c for c in summary.columns if "wall_time" in c or "eval_time" in c])
+    pd.testing.assert_frame_equal(summaries["ray"], summaries["local"])
+    pd.testing.assert_frame_equal(summaries["slurm"], summaries["local"])
