@@ -110,8 +110,9 @@ class DivergenceWatch:
                                f"{self.factor:g})")
 
 
-def watch_run(built, attacked: bool) -> DivergenceWatch:
-    """The rule for ``built`` (from :func:`peerlearn.build.build`), inactive under attack: the reference loss is
+def watch_run(built) -> DivergenceWatch:
+    """The rule for ``built`` (from :func:`peerlearn.build.build`), inactive under attack (a model attack on the
+    messages or a data attack: a run the attacker ruins is the result, not a bug): the reference loss is
     the initial models' training loss (a few honest nodes' models on the first training samples: a run
     whose first round already explodes is caught), the scale is the initial honest models' norm."""
     import torch
@@ -122,6 +123,7 @@ def watch_run(built, attacked: bool) -> DivergenceWatch:
     x = ds.x_train
     scale = float(x.abs().max()) if x.is_floating_point() and x.numel() else 0.0
     initial_NP = built.params_NP[built.honest_N]
+    attacked = built.threat is not None or built.attack_test is not None
     watch = DivergenceWatch(built.config, initial_NP, scale, active=not attacked)
     if watch.active and len(initial_NP):
         loss = make_loss_fn(built.flat)

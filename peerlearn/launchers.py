@@ -31,13 +31,18 @@ from peerlearn.spec import ConfigError
 LAUNCHERS = ("local", "ray", "slurm")
 
 
+def _spawn(cmd: list[str], log, extra_env: dict) -> subprocess.Popen:
+    """``cmd`` writing to the open file ``log``, with ``extra_env`` over this process's environment."""
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            env={**os.environ, **extra_env})
+
+
 def run_command(cmd: list[str], log_path: str, extra_env: dict) -> int:
     """Run ``cmd`` with its output appended to ``log_path`` and ``extra_env`` over the worker's environment;
     its exit code. Interrupted (Ctrl-C, a cancelled task or job), it passes SIGINT on and waits for the run
     to save its rows and checkpoint (at most a minute)."""
     with open(log_path, "a") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env={**os.environ, **extra_env})
+        proc = _spawn(cmd, log, extra_env)
         try:
             return proc.wait()
         except KeyboardInterrupt:
@@ -52,8 +57,7 @@ def run_command(cmd: list[str], log_path: str, extra_env: dict) -> int:
 class LocalJob:
     def __init__(self, cmd: list[str], log_path: Path, extra_env: dict):
         self.log = open(log_path, "a")
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     env={**os.environ, **extra_env})
+        self.proc = _spawn(cmd, self.log, extra_env)
 
     def poll(self) -> int | None:
         code = self.proc.poll()
@@ -150,7 +154,7 @@ class Slurm:
             import submitit
         except ImportError:
             raise ConfigError("config error: --launcher slurm: needs submitit: pip install 'peerlearn[slurm]'") from None
-        self.here = shutil.which("sbatch") is None
+        self.here = not _has_slurm()
         self.executor = submitit.AutoExecutor(folder=str(folder), cluster="local" if self.here else "slurm")
         params = {"timeout_min": int(settings.get("minutes", 60)), "cpus_per_task": int(settings.get("cpus", threads))}
         if not self.here:
@@ -164,6 +168,17 @@ class Slurm:
 
     def close(self) -> None:
         pass
+
+
+def _has_slurm() -> bool:
+    return shutil.which("sbatch") is not None
+
+
+def where(name: str) -> str:
+    """Where launcher ``name`` runs the cells, in words (for the sweep's first line)."""
+    if name == "slurm" and not _has_slurm():
+        return "as submitit jobs on this machine (no Slurm here: sbatch not found)"
+    return {"local": "as processes on this machine", "ray": "as Ray tasks", "slurm": "as Slurm jobs (submitit)"}[name]
 
 
 def make_launcher(name: str, out: Path, threads: int, slurm: dict | None = None):

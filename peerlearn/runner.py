@@ -70,9 +70,10 @@ def load_resume(run_dir: str, trust_plugins: bool = False, note: Callable[[str],
     from peerlearn.report.run_dir import config_changes, load_checkpoint
 
     data, resume = load_checkpoint(run_dir)
-    _check_plugins_are_yours(run_dir, data, trust_plugins)  # before anything imports them
-    plugins = data.get("plugins")
-    load_plugins(plugins if isinstance(plugins, list) else [])  # their members' keys are read keys
+    plugins = data.get("plugins") or []
+    listed = isinstance(plugins, list)  # a lone name is checked, not loaded: parse_config refuses it below
+    _check_plugins_are_yours(run_dir, plugins if listed else [plugins], trust_plugins)  # before any import
+    load_plugins(plugins if listed else [])  # their members' keys are read keys
     data, dropped = prune_unread(data)
     if dropped:  # a run directory written before keys belonged to members
         note(f"{run_dir}/config.yaml holds keys its parts do not read (written by an earlier peerlearn); ignored: "
@@ -89,16 +90,13 @@ def load_resume(run_dir: str, trust_plugins: bool = False, note: Callable[[str],
     return cfg, resume
 
 
-def _check_plugins_are_yours(run_dir: str, data: dict, trusted: bool) -> None:
+def _check_plugins_are_yours(run_dir: str, plugins: list, trusted: bool) -> None:
     """A resumed run imports its config's plugins (code) only when the folder holds your signature of them,
     or you said --trust-plugins; otherwise one line naming them, before anything is imported."""
     from peerlearn.config import ConfigError
     from peerlearn.report.ownership import signed_by_you
     from peerlearn.report.run_dir import RUN_MARKER
 
-    plugins = data.get("plugins") or []
-    if not isinstance(plugins, list):
-        plugins = [plugins]
     if plugins and not trusted and not signed_by_you(Path(run_dir) / RUN_MARKER, plugins):
         raise ConfigError(f"config error: --resume {run_dir}: its config names plugins "
                           f"({', '.join(map(str, plugins))}), which are code, and the folder does not carry your "

@@ -249,13 +249,14 @@ class Sweep:
                 old = json.loads(self.manifest.read_text())
             except json.JSONDecodeError:
                 old = {}
-            if old.get("definition") != self.definition and self._grows(old):
+            if old.get("definition") == self.definition:
+                pass  # this sweep: it resumes
+            elif self._grows(old):
                 self.grown = True  # more seeds or grid values: only the new cells run
-            elif old.get("definition") != self.definition:
-                if not overwrite:
-                    raise FileExistsError(f"--out {self.out}: holds a different sweep (another config, grid or "
-                                          "seeds); choose another folder, or pass --overwrite to run this one there")
-                # its runs were made with other settings: none of them may count as done for this sweep
+            elif not overwrite:
+                raise FileExistsError(f"--out {self.out}: holds a different sweep (another config, grid or "
+                                      "seeds); choose another folder, or pass --overwrite to run this one there")
+            else:  # its runs were made with other settings: none of them may count as done for this sweep
                 self.replaced = [c["dir"] for c in old.get("cells", []) if isinstance(c, dict) and "dir" in c]
         elif any(self.out.iterdir()) and not overwrite:
             raise FileExistsError(f"--out {self.out}: holds files that are not a peerlearn sweep; choose another "

@@ -54,11 +54,9 @@ def _run_sweep(args, spec, out: Path):
         resumed = "" if len(left) == len(cells) else f"; {len(cells) - len(left)} done before, {len(left)} left"
         resumed += " (the sweep in that folder grows: only its new runs and any unfinished ones run)" * sweep.grown
         if spec.launcher != "local":
-            import shutil
+            from peerlearn.launchers import where
 
-            where = {"ray": "as Ray tasks", "slurm": "as Slurm jobs (submitit)" if shutil.which("sbatch") else
-                     "as submitit jobs on this machine (no Slurm here: sbatch not found)"}[spec.launcher]
-            resumed += f"; {where}"
+            resumed += f"; {where(spec.launcher)}"
         console.print(f"sweep: {len(cells)} runs ({len({c.cell for c in cells})} cells x {len(spec.seeds)} seeds) "
                       f"into {out}/, {workers} at a time with {threads} thread{'s' * (threads > 1)} each{resumed}",
                       markup=False, highlight=False, soft_wrap=True)

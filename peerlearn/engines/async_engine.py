@@ -55,7 +55,7 @@ def simulate_async(built, on_eval: Callable[[dict], None] | None = None,
     cfg, algo = built.config, built.algorithm
     clock = built.clock()
     net = AsyncNet(built.W, seed=stream_seed(cfg.seed, "async_net"))
-    book = RunRows(built, make_evaluator(built), watch_run(built, attacked=built.attack_test is not None), on_eval)
+    book = RunRows(built, make_evaluator(built), watch_run(built), on_eval)
     params_NP = built.params_NP.clone()
     state = algo.init(params_NP)
     n = cfg.num_nodes

@@ -177,16 +177,19 @@ class DistComm:
         rows[from_need], rows[from_own] = received, x_RP
         return torch.addmm(x_RP, self._lap.to(x_RP.dtype), rows)
 
+    def _received(self, x_RP: Tensor) -> Tensor:
+        """The messages this rank's nodes receive: poisoned under a model attack, else exchanged."""
+        poisoned = self._poisoned(x_RP)
+        return self._exchange(x_RP) if poisoned is None else poisoned
+
     def push(self, x_RP: Tensor, message_bytes=None) -> Tensor:
         self._count_neighbour_send(x_RP, message_bytes)
-        received = self._poisoned(x_RP)
-        received = self._exchange(x_RP) if received is None else received
+        received = self._received(x_RP)
         return torch.addmm(self._diag_R1.to(x_RP.dtype) * x_RP, self._off.to(x_RP.dtype), received)
 
     def gather(self, x_RP: Tensor, include_self: bool = True, message_bytes=None) -> tuple[Tensor, Tensor]:
         self._count_neighbour_send(x_RP, message_bytes)
-        received = self._poisoned(x_RP)
-        received = self._exchange(x_RP) if received is None else received
+        received = self._received(x_RP)
         if received.shape[0] == 0:  # no neighbours anywhere: only padding
             received = torch.zeros(1, x_RP.shape[1], dtype=x_RP.dtype)
         rows, valid = received[self._nbr_RK], self._valid_RK

@@ -78,8 +78,7 @@ def simulate_distributed(built, membership: Membership, on_eval: Callable[[dict]
     batches = RowBatches(built.batches, rows)
     lead = membership.rank == 0
     # every rank applies the divergence watch to the reduced loss; rank 0 also to the models, and keeps the rows
-    attacked = built.threat is not None or built.attack_test is not None
-    book = RunRows(built, make_evaluator(built) if lead else None, watch_run(built, attacked=attacked), on_eval)
+    book = RunRows(built, make_evaluator(built) if lead else None, watch_run(built), on_eval)
     clock = built.clock() if lead and built.clock is not None else None
     known_NP = built.params_NP.clone() if lead else None  # the models rank 0 last saw (departed nodes keep theirs)
     params_RP = built.params_NP[rows].clone()

@@ -47,6 +47,7 @@ import secrets
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch.distributed as dist
@@ -58,6 +59,7 @@ JOIN = "peerlearn/join/"
 TAG = 32  # bytes of HMAC-SHA256 appended to every value of a session
 MIN_SECRET = 16  # characters: a guessable secret protects nothing
 MAX_REFUSAL_LINES = 20  # rank 0 names the first refused joins; a flood of them is counted, not printed
+GENERATE = "generate one with `python -c 'import secrets; print(secrets.token_hex(16))'`"
 
 
 class TamperedValue(RunStopped):
@@ -90,7 +92,7 @@ def read_secret(secret_file: str | None, insecure: bool, environ=os.environ) -> 
         raise ConfigError("config error: PEERLEARN_SECRET: a secret file is given too; use one of them")
     if path:
         try:
-            value = open(path, encoding="utf-8").read().strip()
+            value = Path(path).read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as err:
             raise ConfigError(f"config error: --secret-file: cannot read {path}: {err}") from None
         source = f"the secret file {path}"
@@ -98,12 +100,10 @@ def read_secret(secret_file: str | None, insecure: bool, environ=os.environ) -> 
         source = "PEERLEARN_SECRET"
     if not value:
         raise ConfigError("config error: PEERLEARN_SECRET: a run launched by hand or by torchrun needs a secret "
-                          "shared by its ranks (PEERLEARN_SECRET or --secret-file; generate one with `python -c "
-                          "'import secrets; print(secrets.token_hex(16))'`), or --insecure on a network where every "
-                          "process is yours (docs/security.md)")
+                          f"shared by its ranks (PEERLEARN_SECRET or --secret-file; {GENERATE}), or --insecure on a "
+                          "network where every process is yours (docs/security.md)")
     if len(value) < MIN_SECRET:
-        raise ConfigError(f"config error: {source}: at least {MIN_SECRET} characters, got {len(value)} (generate one "
-                          "with `python -c 'import secrets; print(secrets.token_hex(16))'`)")
+        raise ConfigError(f"config error: {source}: at least {MIN_SECRET} characters, got {len(value)} ({GENERATE})")
     return value.encode()
 
 
@@ -170,6 +170,13 @@ class SessionStore(dist.Store):
         return self.inner.set_timeout(timeout)
 
 
+def _join_proof(secret: bytes, challenge: bytes, ticket: int, rank, request: dict, nonce: str) -> str:
+    """What a joining rank sends and rank 0 recomputes: the secret over this run's challenge, the ticket, the
+    rank, what it runs (world size, version, config hash) and its own nonce."""
+    return _mac(secret, "join", challenge, ticket, rank, request.get("world"), request.get("version"),
+                request.get("config"), nonce).hex()
+
+
 def _verdict_tag(secret: bytes, challenge: bytes, ticket: int, nonce: str, admitted: bool, reason: str) -> str:
     return _mac(secret, "verdict", challenge, ticket, nonce, admitted, reason).hex()
 
@@ -226,9 +233,8 @@ class Doorkeeper:
         elif not req.get("proof"):
             return "it presented no proof of the run's secret (started without it, or with --insecure)"
         else:
-            expected = _mac(self.secret, "join", self.challenge, ticket, rank, req.get("world"), req.get("version"),
-                            req.get("config"), nonce).hex()
-            if not hmac.compare_digest(str(req["proof"]), expected):
+            if not hmac.compare_digest(str(req["proof"]), _join_proof(self.secret, self.challenge, ticket, rank, req,
+                                                                      nonce)):
                 return "its proof of the secret is wrong (another PEERLEARN_SECRET, or a forged request)"
         for field, what in (("world", "world size (WORLD_SIZE)"), ("version", "peerlearn version"),
                             ("config", "config (the resolved YAML and --set)")):
@@ -283,51 +289,48 @@ def request_join(store, rank: int, secret: bytes, expect: dict, timeout_s: float
     """A joining rank's side: answer rank 0's challenge and wait for its verdict. Returns the challenge
     (the session's) when admitted; raises :class:`JoinRefused` with rank 0's reason otherwise."""
     deadline = time.monotonic() + timeout_s
-    challenge, signed = None, False
-    while challenge is None:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise JoinRefused(f"rank 0 published no challenge within {timeout_s:g} s (--startup-timeout-s)")
-        try:
-            store.wait([JOIN + "challenge"], datetime.timedelta(seconds=min(left, 5.0)))
-        except RuntimeError:  # not there yet
-            continue
-        try:
-            published = json.loads(store.get(JOIN + "challenge"))
-            challenge = bytes.fromhex(published["challenge"])
-            signed = hmac.compare_digest(bytes.fromhex(published["tag"]), _mac(secret, "challenge", challenge))
-        except (ValueError, KeyError, TypeError):
-            raise JoinRefused("rank 0's challenge could not be read (the store was tampered with)") from None
+    raw = _await(store, JOIN + "challenge", deadline,
+                 f"rank 0 published no challenge within {timeout_s:g} s (--startup-timeout-s)")
+    try:
+        published = json.loads(raw)
+        challenge = bytes.fromhex(published["challenge"])
+        signed = hmac.compare_digest(bytes.fromhex(published["tag"]), _mac(secret, "challenge", challenge))
+    except (ValueError, KeyError, TypeError):
+        raise JoinRefused("rank 0's challenge could not be read (the store was tampered with)") from None
     # answered even when this secret cannot verify the challenge: rank 0 then names the refused join
     nonce = secrets.token_hex(16)
     ticket = int(store.add(JOIN + "tickets", 1)) - 1
-    proof = _mac(secret, "join", challenge, ticket, rank, expect["world"], expect["version"], expect["config"],
-                 nonce).hex() if secret else None
+    proof = _join_proof(secret, challenge, ticket, rank, expect, nonce) if secret else None
     store.set(JOIN + f"req/{ticket}", json.dumps({
         "rank": rank, "nonce": nonce, "challenge": challenge.hex(), "proof": proof, "host": socket.gethostname(),
         "pid": os.getpid(), **expect}))
-    key = JOIN + f"verdict/{ticket}"
+    raw = _await(store, JOIN + f"verdict/{ticket}", deadline,
+                 f"rank 0 did not answer this rank's join within {timeout_s:g} s (--startup-timeout-s)")
+    try:
+        verdict = json.loads(raw)
+        admitted, reason = bool(verdict["admitted"]), str(verdict["reason"])
+    except (ValueError, KeyError, TypeError):
+        raise JoinRefused("rank 0's answer to this rank's join could not be read") from None
+    if not admitted:
+        hint = "" if signed or not secret else " (its challenge was not signed with this rank's secret either)"
+        raise JoinRefused(f"rank 0 refused this rank: {reason}{hint}")
+    if not hmac.compare_digest(str(verdict.get("tag")), _verdict_tag(secret, challenge, ticket, nonce, True, "")):
+        raise JoinRefused("an admission without rank 0's tag answered this rank's join: the ranks' secrets differ, "
+                          "or the store was tampered with")
+    return challenge
+
+
+def _await(store, key: str, deadline: float, late: str) -> bytes:
+    """The value of ``key`` once it is in the store; :class:`JoinRefused` with ``late`` at the deadline."""
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
-            raise JoinRefused(f"rank 0 did not answer this rank's join within {timeout_s:g} s (--startup-timeout-s)")
+            raise JoinRefused(late)
         try:
             store.wait([key], datetime.timedelta(seconds=min(left, 5.0)))
-        except RuntimeError:
+        except RuntimeError:  # not there yet
             continue
-        try:
-            verdict = json.loads(store.get(key))
-            admitted, reason = bool(verdict["admitted"]), str(verdict["reason"])
-        except (ValueError, KeyError, TypeError):
-            raise JoinRefused("rank 0's answer to this rank's join could not be read") from None
-        if not admitted:
-            hint = "" if signed or not secret else " (its challenge was not signed with this rank's secret either)"
-            raise JoinRefused(f"rank 0 refused this rank: {reason}{hint}")
-        if hmac.compare_digest(str(verdict.get("tag")),
-                               _verdict_tag(secret, challenge, ticket, nonce, True, "")):
-            return challenge
-        raise JoinRefused("an admission without rank 0's tag answered this rank's join: the ranks' secrets differ, "
-                          "or the store was tampered with")
+        return store.get(key)
 
 
 def join(store, rank: int, world: int, secret: bytes, expect: dict, timeout_s: float,

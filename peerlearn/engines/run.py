@@ -98,12 +98,12 @@ class Evaluator:
                 "acc_local_std": float(acc_N.std(unbiased=False)), "acc_local_worst10": float(worst.mean())}
 
 
-def make_evaluator(built, attacks: bool = True) -> Evaluator:
+def make_evaluator(built) -> Evaluator:
     """The run's :class:`Evaluator` (every engine): test data, local splits, honest nodes, the data attack's
-    test set (``attacks``) and the seeded subset of evaluated nodes (``eval_nodes``)."""
+    test set and the seeded subset of evaluated nodes (``eval_nodes``)."""
     ds = built.dataset
     return Evaluator(built.flat, ds.x_test, ds.y_test, ds.x_train, ds.y_train, built.local_test_parts,
-                     built.honest_N, built.attack_test if attacks else None, nodes_N=built.eval_N)
+                     built.honest_N, built.attack_test, nodes_N=built.eval_N)
 
 
 def is_evaluation_round(cfg, round_: int) -> bool:

@@ -42,8 +42,7 @@ def simulate(built, on_eval: Callable[[dict], None] | None = None,
     cfg = built.config
     comm = SimComm(built.W)
     comm.set_threat(built.threat)
-    book = RunRows(built, make_evaluator(built),
-                   watch_run(built, attacked=built.threat is not None or built.attack_test is not None), on_eval)
+    book = RunRows(built, make_evaluator(built), watch_run(built), on_eval)
     params_NP = built.params_NP.clone()
     state = built.algorithm.init(params_NP)
     faults = built.faults
