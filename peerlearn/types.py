@@ -44,10 +44,16 @@ class BatchStream(Protocol):
 class Comm(Protocol):
     """How messages travel. The simulator and the distributed engine each implement it.
 
-    Every method counts the bytes it sends, per sender, from what is actually sent.
+    Every method counts the bytes it sends, per sender, from what is actually sent. An algorithm holds
+    ``num_nodes`` rows: every node in the simulator, a rank's own nodes on the distributed engine, whose
+    global ids are ``node_ids`` (None: all ``num_global`` nodes, in order). What is drawn for every node
+    (noise, samples) is drawn for all ``num_global`` and indexed by ``node_ids``, so a rank's rows get the
+    simulator's numbers.
     """
 
     num_nodes: int
+    num_global: int
+    node_ids: Tensor | None
 
     def mix(self, x_NP: Tensor) -> Tensor: ...
 
@@ -67,7 +73,8 @@ class Algorithm(NamedTuple):
     ``init(params_NP) -> state``;
     ``step(state, params_NP, batches, grad_fn, comm) -> (params_NP, state, metrics)``;
     ``report(state) -> metrics`` (optional): metrics too costly for every round (e.g. the privacy spent),
-    computed by the engine at evaluation rows only.
+    computed by the engine at evaluation rows only; on the distributed engine each rank reports over its
+    own nodes and the row holds the largest value (a report is a worst case over nodes, or the same on all).
     """
 
     init: Callable[[Tensor], Any]

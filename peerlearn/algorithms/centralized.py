@@ -31,7 +31,7 @@ def centralized(optimizer: Transform, num_local_steps: int = 1, weights_N: Tenso
         opt_state, loss_total = state.opt_state, 0.0
         for _ in range(num_local_steps):
             loss_N, grads_NP = grad_fn(params_NP, batches.next())
-            mean_grad_P = comm.all_reduce_mean(grads_NP, weights_N)
+            mean_grad_P = comm.all_reduce_mean(grads_NP, None if weights_N is None else comm.own(weights_N))
             updates_NP, opt_state = optimizer.update(mean_grad_P.expand_as(grads_NP), opt_state, params_NP)
             params_NP = params_NP + updates_NP
             loss_total += float(loss_N.mean())
@@ -47,7 +47,7 @@ from typing import ClassVar, Literal  # noqa: E402
 
 from pydantic import Field  # noqa: E402
 
-from peerlearn.algorithms.base import ALGORITHMS, Capabilities, LocalSteps, Synchronous, weights  # noqa: E402
+from peerlearn.algorithms.base import ALGORITHMS, SYNC, Capabilities, LocalSteps, Synchronous, weights  # noqa: E402
 
 
 @ALGORITHMS.register
@@ -57,7 +57,7 @@ class CentralizedSpec(LocalSteps, Synchronous):
     name: Literal["centralized"] = "centralized"
     weighting: Literal["data_size", "uniform"] = Field("data_size", description="weight nodes by their data size "
                                                                                 "or equally")
-    capabilities: ClassVar = Capabilities(global_model=True)
+    capabilities: ClassVar = Capabilities(engines=SYNC, global_model=True)
 
     def build(self, ctx):
         return centralized(self.transform(), self.num_local_steps, weights(self, ctx))

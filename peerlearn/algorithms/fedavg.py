@@ -50,15 +50,16 @@ def fedavg(optimizer: Transform, num_local_steps: int = 1, fraction: float = 1.0
         return FedAvgState(0)
 
     def step(state, params_NP, batches, grad_fn, comm):
-        rows = sample_clients(params_NP.shape[0], fraction, seed, state.round)
-        start_RP = params_NP[rows]
+        sampled = sample_clients(comm.num_global, fraction, seed, state.round)
+        at, rows = comm.mine(sampled)  # the sampled clients held here (all of them in the simulator)
+        start_RP = params_NP[at]
         trained_RP, _, loss_R = local_steps(start_RP, optimizer.init(start_RP), optimizer, batches, grad_fn,
-                                            num_local_steps, rows)
+                                            num_local_steps, at)
         weights = None if data_sizes_N is None else data_sizes_N[rows]
         global_P = comm.server_average(trained_RP, rows, weights)
         out = params_NP if global_P is None else global_P.expand_as(params_NP).clone()  # None: no client was up
         return out, FedAvgState(state.round + 1), {
-            "loss": float(loss_R.mean()), "clients": float(len(rows))}
+            "loss": comm.node_mean(loss_R), "clients": float(len(sampled))}
 
     return Algorithm(init, step)
 
@@ -70,7 +71,7 @@ from typing import ClassVar, Literal  # noqa: E402
 
 from pydantic import Field  # noqa: E402
 
-from peerlearn.algorithms.base import ALGORITHMS, Capabilities, LocalSteps, Synchronous, weights  # noqa: E402
+from peerlearn.algorithms.base import ALGORITHMS, SYNC, Capabilities, LocalSteps, Synchronous, weights  # noqa: E402
 
 
 @ALGORITHMS.register
@@ -81,7 +82,7 @@ class FedAvgSpec(LocalSteps, Synchronous):
     fraction: float = Field(1.0, gt=0.0, le=1.0, description="fraction of clients sampled per round")
     weighting: Literal["data_size", "uniform"] = Field("data_size", description="weight nodes by their data size "
                                                                                 "or equally")
-    capabilities: ClassVar = Capabilities(global_model=True)
+    capabilities: ClassVar = Capabilities(engines=SYNC, global_model=True)
 
     def build(self, ctx):
         return fedavg(self.transform(), self.num_local_steps, self.fraction, weights(self, ctx),

@@ -22,6 +22,8 @@ def local_steps(params_RP: Tensor, opt_state, optimizer: Transform, batches: Bat
     loss_sum = torch.zeros(params_RP.shape[0], dtype=torch.float64)
     for step in range(num_steps):
         batch = batches.next(rows)
+        if params_RP.shape[0] == 0:  # a rank holding none of ``rows``: the sampler's streams still advance
+            continue
         loss_R, grads_RP = grad_fn(params_RP, batch)
         if sam_rho:
             ascent = grads_RP * (sam_rho / grads_RP.norm(dim=1, keepdim=True).clamp_min(1e-12))

@@ -48,20 +48,21 @@ def modest(optimizer: Transform, num_local_steps: int = 5, sample_size: int = 10
         return ModestState(0)
 
     def step(state, params_NP, batches, grad_fn, comm):
-        n, k = params_NP.shape[0], state.round + 1
+        n, k = comm.num_global, state.round + 1
         size = min(sample_size, n)
-        rows = modest_sample(n, size, seed, k)
+        at, rows = comm.mine(modest_sample(n, size, seed, k))  # the participants held here (all in the simulator)
         nxt = modest_sample(n, size, seed, k + 1)
-        trained, _, loss = local_steps(params_NP[rows], optimizer.init(params_NP[rows]), optimizer, batches,
-                                       grad_fn, num_local_steps, rows)
+        trained, _, loss = local_steps(params_NP[at], optimizer.init(params_NP[at]), optimizer, batches,
+                                       grad_fn, num_local_steps, at)
         aggregators = nxt[:num_aggregators]
         average = comm.multicast_mean(trained, rows, aggregators)
         params_NP = params_NP.clone()
         if average is not None:  # None: every sampled node was down, nothing reached the aggregators
-            forwarded = comm.multicast_mean(average.expand(len(aggregators), -1), aggregators, nxt)
+            senders = comm.mine(aggregators)[1]
+            forwarded = comm.multicast_mean(average.expand(len(senders), -1), senders, nxt)
             if forwarded is not None:  # None: every aggregator was down; the next sample keeps its models
-                params_NP[nxt] = forwarded
-        return params_NP, ModestState(k), {"loss": float(loss.mean())}
+                params_NP[comm.mine(nxt)[0]] = forwarded
+        return params_NP, ModestState(k), {"loss": comm.node_mean(loss)}
 
     return Algorithm(init, step)
 
@@ -74,7 +75,7 @@ from typing import ClassVar, Literal  # noqa: E402
 
 from pydantic import Field  # noqa: E402
 
-from peerlearn.algorithms.base import ALGORITHMS, Capabilities, LocalSteps, Synchronous, config_error  # noqa: E402
+from peerlearn.algorithms.base import ALGORITHMS, SYNC, Capabilities, LocalSteps, Synchronous, config_error  # noqa: E402
 
 
 @ALGORITHMS.register
@@ -84,7 +85,7 @@ class ModestSpec(LocalSteps, Synchronous):
     name: Literal["modest"] = "modest"
     sample_size: int = Field(10, ge=1, description="nodes sampled per round (s)")
     num_aggregators: int = Field(1, ge=1, description="aggregators per round (a), among the sampled")
-    capabilities: ClassVar = Capabilities(global_model=True)
+    capabilities: ClassVar = Capabilities(engines=SYNC, global_model=True)
 
     def check(self, cfg) -> None:
         super().check(cfg)

@@ -38,13 +38,14 @@ def with_server_rounds(algorithm: Algorithm, period: int, fraction: float, broad
         params_NP, inner, metrics = algorithm.step(state.inner, params_NP, batches, grad_fn, comm)
         round_ = state.round + 1
         if round_ % period == 0:
-            n = params_NP.shape[0]
-            rows = sample_clients(n, fraction, seed, round_)
-            to = rows if broadcast == "sampled" else torch.arange(n)
-            average = comm.server_average(params_NP[rows], rows, broadcast_to=to)
+            n = comm.num_global
+            sampled = sample_clients(n, fraction, seed, round_)
+            to = sampled if broadcast == "sampled" else torch.arange(n)
+            at, rows = comm.mine(sampled)  # the sampled nodes held here (all of them in the simulator)
+            average = comm.server_average(params_NP[at], rows, broadcast_to=to)
             if average is not None:  # None: every sampled node was down
                 params_NP = params_NP.clone()
-                params_NP[to] = average
+                params_NP[comm.mine(to)[0]] = average
         return params_NP, SemiState(inner, round_), metrics
 
     report = None if algorithm.report is None else (lambda state: algorithm.report(state.inner))

@@ -35,7 +35,7 @@ import torch
 from peerlearn.divergence import watch_run
 from peerlearn.engines.async_net import AsyncNet
 from peerlearn.engines.loop import RunRows
-from peerlearn.engines.run import is_evaluation_round, make_evaluator, restore, round_network
+from peerlearn.engines.run import is_evaluation_round, make_evaluator, rejoin, restore, round_network
 from peerlearn.rng import stream_seed
 from peerlearn.types import Tensor
 
@@ -89,7 +89,8 @@ def simulate_async(built, on_eval: Callable[[dict], None] | None = None,
     drawn = built.batches.drawn_N
     for round_ in range(first, cfg.num_rounds + 1):
         round_start = (round_ - 1) * round_s
-        W, rf, params_NP, _ = round_network(built, round_, params_NP)
+        W, rf, copied = round_network(built, round_)
+        params_NP = rejoin(params_NP, copied)
         if W is not None:
             net.set_topology(W)
         if rf is not None:

@@ -86,6 +86,8 @@ class SimComm:
         if W is None and num_nodes is None:
             raise ValueError("SimComm needs a mixing matrix or num_nodes")
         self.num_nodes = int(W.shape[0] if W is not None else num_nodes)
+        self.num_global = self.num_nodes
+        self.node_ids = None  # the rows an algorithm holds are every node, in order (a rank holds its own)
         self.bytes_sent_N = torch.zeros(self.num_nodes, dtype=torch.float64)
         self.bytes_sent_server = 0.0
         self.W = None
@@ -153,6 +155,20 @@ class SimComm:
 
     def _up(self, idx: Tensor) -> Tensor:
         return idx if self.alive_N is None else idx[self.alive_N[idx]]
+
+    # -- the rows held here (every node; a distributed rank holds its own) ------------------------
+    def mine(self, ids: Tensor) -> tuple[Tensor, Tensor]:
+        """Of the global node ids ``ids``, those whose rows are held here: (their positions in the rows, their
+        ids). An algorithm that samples nodes samples all ``num_global`` and steps the ones it holds."""
+        return ids, ids
+
+    def own(self, x_N: Tensor) -> Tensor:
+        """The entries of the held rows in a per-node tensor over all ``num_global`` nodes."""
+        return x_N
+
+    def node_mean(self, values_K: Tensor) -> float:
+        """The mean of a per-node metric over every node that computed one (every rank's, distributed)."""
+        return float(values_K.mean())
 
     # -- attacks at the message boundary ---------------------------------------------------------
     def set_threat(self, threat: Threat | None) -> None:

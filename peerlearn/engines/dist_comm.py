@@ -55,6 +55,7 @@ class DistComm:
         self.threat = None
         self.num_global = sum(len(b) for b in blocks)
         self.rows = blocks[group.launch_rank]
+        self.node_ids = self.rows  # the global ids of the rows an algorithm holds here
         self.num_nodes = len(self.rows)
         self.bytes_sent_N = torch.zeros(self.num_nodes, dtype=torch.float64)
         self.bytes_sent_server = 0.0
@@ -67,15 +68,23 @@ class DistComm:
         self.host_N = torch.full((self.num_global,), -1, dtype=torch.int64)  # member hosting each node
         for q, launch_rank in enumerate(group.members):
             self.host_N[self.blocks[launch_rank]] = q
-        alive = self.host_N >= 0
+        self.hosted_N = self.host_N >= 0
+        self.num_hosted = int(self.hosted_N.sum())  # the nodes the members step (their metrics' count)
+        self.set_alive(None)
+        self.W = self._planned = None  # re-plan the exchanges at the next set_topology
+
+    def set_alive(self, alive_N: Tensor | None) -> None:
+        """The nodes that are up this round (global mask; None: all), within the members' nodes: the
+        simulator's :meth:`~peerlearn.engines.comm.SimComm.set_alive`. Down nodes send nothing."""
+        alive = self.hosted_N if alive_N is None else alive_N & self.hosted_N
         self.alive_N = None if bool(alive.all()) else alive
         self.num_alive = int(alive.sum())
-        self.W = None  # re-plan the exchanges at the next set_topology
+        self._up_R = alive[self.rows]  # this rank's nodes that are up
 
     # -- topology ---------------------------------------------------------------------------
     def set_topology(self, W: sp.csr_array) -> None:
         """Use the global mixing matrix ``W`` (the same on every rank) and plan the round's exchanges."""
-        if W is self.W or W is getattr(self, "_planned", None):
+        if W is self.W or W is self._planned:
             return
         self._planned = W  # a clique is materialised once per new W, not every round
         W = as_csr(W)
@@ -207,30 +216,89 @@ class DistComm:
         parts = self.group.all_gather(padded)
         return torch.cat([p[:len(b)] for p, b in zip(parts, blocks)]), torch.cat(blocks)
 
+    def _alive_rows(self, x_RP: Tensor) -> tuple[Tensor, Tensor]:
+        """Every member's rows of the nodes that are up, in global order, and their node ids."""
+        rows, ids = self.gather_rows(x_RP)
+        if self.alive_N is None:
+            return rows, ids
+        up = self.alive_N[ids]
+        return rows[up], ids[up]
+
     def all_gather(self, x_RP: Tensor, message_bytes=None) -> tuple[Tensor, Tensor]:
         self.collective_calls += 1
         sizes = torch.as_tensor(self.message_bytes(x_RP) if message_bytes is None else message_bytes,
-                                dtype=torch.float64).expand(self.num_nodes)
-        total = self.group.all_reduce(torch.stack([sizes.sum(), torch.tensor(float(self.num_nodes),
-                                                                             dtype=torch.float64)]))
-        self.bytes_sent_N += (self.num_alive - 1) * float(total[0] / total[1])
-        return self.gather_rows(x_RP)
+                                dtype=torch.float64).expand(self.num_nodes)[self._up_R]
+        total = self.group.all_reduce(torch.stack([sizes.sum(), torch.tensor(float(len(sizes)), dtype=torch.float64)]))
+        if float(total[1]):
+            self.bytes_sent_N[self._up_R] += (self.num_alive - 1) * float(total[0] / total[1])
+        return self._alive_rows(x_RP)
 
     def all_reduce_mean(self, x_RP: Tensor, weights_N: Tensor | None = None, message_bytes=None) -> Tensor:
         """The mean of every live node's row (weights: this rank's nodes' weights), as ``x_P``, the same on all ranks."""
         if message_bytes is not None:
             sent, _ = self.all_gather(x_RP, message_bytes)
-            return mean(sent, weights_K=None if weights_N is None else self.gather_rows(weights_N[:, None])[0][:, 0])
+            return mean(sent, weights_K=None if weights_N is None else self._alive_rows(weights_N[:, None])[0][:, 0])
         self.collective_calls += 1
-        n = self.num_alive
-        self.bytes_sent_N += 2.0 * (n - 1) / n * self.message_bytes(x_RP)
+        n, up = self.num_alive, self._up_R
+        self.bytes_sent_N[up] += 2.0 * (n - 1) / max(n, 1) * self.message_bytes(x_RP)
         if weights_N is None:  # the rows' own dtype on the wire: the count of live nodes is known
-            return self.group.all_reduce(x_RP.sum(0)).div_(n)
-        w = weights_N.double()
+            return self.group.all_reduce((x_RP if self.alive_N is None else x_RP[up]).sum(0)).div_(n)
+        w = weights_N.double() * up
         total = self.group.all_reduce(torch.cat([(w[:, None] * x_RP.double()).sum(0), w.sum()[None]]))
         return (total[:-1] / total[-1]).to(x_RP.dtype)
 
-    def server_average(self, *args, **kwargs):
-        raise NotImplementedError("server-based algorithms are not run by the distributed engine")
+    # -- the rows held here ----------------------------------------------------------------------
+    def mine(self, ids: Tensor) -> tuple[Tensor, Tensor]:
+        """Of the global node ids ``ids``, this rank's: (their positions in its rows, their ids)."""
+        lo = int(self.rows[0])
+        ids = ids[(ids >= lo) & (ids < lo + self.num_nodes)]
+        return ids - lo, ids
 
-    multicast_mean = server_average
+    def own(self, x_N: Tensor) -> Tensor:
+        return x_N[self.rows]
+
+    def node_mean(self, values_K: Tensor) -> float:
+        """The mean of a per-node metric over every rank's ``values_K`` (a rank may hold none)."""
+        total = self.group.all_reduce(torch.stack([values_K.double().sum(), torch.tensor(float(len(values_K)),
+                                                                                          dtype=torch.float64)]))
+        return float(total[0] / total[1]) if float(total[1]) else float("nan")
+
+    def _up(self, ids: Tensor) -> Tensor:
+        return torch.ones(len(ids), dtype=torch.bool) if self.alive_N is None else self.alive_N[ids]
+
+    def _global_mean(self, x_KP: Tensor, weights_K: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+        """The (weighted) mean of every rank's rows ``x_KP`` (a rank may give none), or None when none gave any."""
+        w = torch.ones(len(x_KP), dtype=torch.float64) if weights_K is None else weights_K.double()
+        total = self.group.all_reduce(torch.cat([(w[:, None] * x_KP.double()).sum(0), w.sum()[None],
+                                                 torch.tensor([float(len(x_KP))], dtype=torch.float64)]))
+        if not float(total[-1]):
+            return None
+        return (total[:-2] / total[-2]).to(dtype)
+
+    def server_average(self, x_KP: Tensor, rows: Tensor, weights_R: Tensor | None = None,
+                       broadcast_to: Tensor | None = None) -> Tensor | None:
+        """The simulator's server average with this rank's senders ``rows`` (global ids, from :meth:`mine`) and
+        their rows; ``broadcast_to`` as in the simulator (global ids; default the senders). The server is
+        the group's all-reduce; its bytes are counted by the rank hosting each receiver."""
+        self.collective_calls += 1
+        up = self._up(rows)
+        x_KP, rows = x_KP[up], rows[up]
+        weights_R = None if weights_R is None else weights_R[up]
+        receivers = rows if broadcast_to is None else self.mine(broadcast_to)[1]
+        size = self.message_bytes(x_KP)
+        self.bytes_sent_N.index_add_(0, self.mine(rows)[0], torch.full((len(rows),), float(size), dtype=torch.float64))
+        average = self._global_mean(x_KP, weights_R, x_KP.dtype)
+        if average is not None:  # None: every sender was down, the server had nothing to send
+            self.bytes_sent_server += float(size * int(self._up(receivers).sum()))
+        return average
+
+    def multicast_mean(self, x_KP: Tensor, senders: Tensor, receivers: Tensor) -> Tensor | None:
+        """The simulator's multicast with this rank's ``senders`` (global ids) and their rows; ``receivers``
+        global ids (every rank passes them all)."""
+        self.collective_calls += 1
+        up = self._up(senders)
+        x_KP, senders = x_KP[up], senders[up]
+        receivers = receivers[self._up(receivers)]
+        others = len(receivers) - torch.isin(senders, receivers).to(torch.float64)
+        self.bytes_sent_N.index_add_(0, self.mine(senders)[0], others * self.message_bytes(x_KP))
+        return self._global_mean(x_KP, None, x_KP.dtype)

@@ -23,6 +23,7 @@ References:
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 from dataclasses import dataclass
@@ -36,7 +37,8 @@ from peerlearn.divergence import watch_run
 from peerlearn.engines.dist_comm import DistComm, RowBatches, node_blocks  # noqa: F401 (re-exported)
 from peerlearn.engines.membership import Membership, PeerFailure, RunStopped, connect_store
 from peerlearn.engines.loop import RunRows
-from peerlearn.engines.run import _clone, is_evaluation_round, make_evaluator
+from peerlearn.engines.run import _clone, departed_faults, is_evaluation_round, make_evaluator, round_network
+from peerlearn.rows import freeze_rows
 from peerlearn.spec import ConfigError
 from peerlearn.types import Tensor
 
@@ -48,8 +50,141 @@ class _Snapshot:
     state: object
     sampler: dict
     bytes_N: Tensor
+    server_bytes: float
     clock: dict | None
     kept: tuple  # the step metrics since the last row (RunRows.since_last_row)
+
+
+class _Rank:
+    """One rank's share of a run: its nodes' rows and state, the round's network, the rows (rank 0)."""
+
+    def __init__(self, built, membership: Membership, on_eval):
+        cfg = built.config
+        self.built, self.num_rounds, n = built, cfg.num_rounds, cfg.num_nodes
+        self.blocks = node_blocks(n, len(membership.members))
+        self.comm = DistComm(self.blocks, membership.group())
+        self.comm.set_threat(built.threat)  # model attacks; a data attack is in the batches every rank draws
+        self.rows = self.comm.rows
+        self.batches = RowBatches(built.batches, self.rows)
+        self.lead = membership.rank == 0
+        # every rank applies the divergence watch to the reduced loss; rank 0 also to the models, and keeps the rows
+        self.book = RunRows(built, make_evaluator(built) if self.lead else None, watch_run(built), on_eval)
+        self.clock = built.clock() if self.lead and built.clock is not None else None
+        self.known_NP = built.params_NP.clone() if self.lead else None  # the models rank 0 last saw
+        self.params_RP = built.params_NP[self.rows].clone()
+        self.state = built.algorithm.init(self.params_RP)
+        self.bytes_N = torch.zeros(n, dtype=torch.float64)  # every node's bytes, from the per-round reduction
+        self.server_bytes = 0.0  # a server's bytes (server averages), likewise
+        self.departure_N = np.full(n, cfg.num_rounds + 1)  # the first round each node's rank is gone
+        self.faults = built.faults
+        self.alive_N = None if self.faults is None else torch.from_numpy(self.faults.alive(0).copy())
+        self.comm.set_topology(built.W)
+        self.comm.set_alive(self.alive_N)
+        self.snapshots: dict[int, _Snapshot] = {}
+
+    def capture(self, round_: int) -> None:
+        self.snapshots[round_] = _Snapshot(self.params_RP.clone(), tree_map(_clone, self.state),
+                                           self.built.batches.state_dict(), self.bytes_N.clone(), self.server_bytes,
+                                           None if self.clock is None else self.clock.state_dict(),
+                                           self.book.since_last_row())
+        self.snapshots.pop(round_ - 2, None)  # ranks are at most one round apart: two snapshots suffice
+
+    def roll_back(self, round_: int) -> None:
+        snap = self.snapshots[round_]
+        self.params_RP, self.state = snap.params_RP.clone(), tree_map(_clone, snap.state)
+        self.built.batches.load_state_dict(snap.sampler)
+        self.bytes_N, self.server_bytes = snap.bytes_N.clone(), snap.server_bytes
+        self.book.roll_back(snap.kept)
+        if self.clock is not None:
+            self.clock.load_state_dict(snap.clock)
+        self.alive_N = None if self.faults is None else torch.from_numpy(self.faults.alive(round_).copy())
+        self.comm.set_alive(self.alive_N)
+
+    def everyone(self) -> Tensor | None:
+        """Every node's model on rank 0 (departed nodes as it last saw them), None elsewhere."""
+        models, ids = self.comm.gather_rows(self.params_RP)
+        if self.lead:
+            self.known_NP[ids] = models
+        return self.known_NP
+
+    def record(self, round_: int) -> None:
+        report = self.built.algorithm.report
+        more = None if report is None else _largest(report(self.state), self.comm.group)
+        everyone = self.everyone()
+        if not self.lead or (self.book.rows and self.book.rows[-1]["round"] >= round_):
+            return
+        self.book.record(round_, everyone, self.comm.alive_N, float(self.bytes_N.sum()) + self.server_bytes,
+                         self.clock.metrics() if self.clock is not None else {}, more)
+
+    def depart(self, departed: list[int], back_to: int, group) -> None:
+        """Ranks ``departed`` left after round ``back_to``: their nodes are down from the next round."""
+        for q in departed:
+            self.departure_N[self.blocks[q].numpy()] = back_to + 1
+        self.faults = departed_faults(self.built, self.departure_N)
+        self.comm.set_group(group)
+        self.comm.set_alive(self.alive_N)
+
+    def set_network(self, round_: int) -> None:
+        """The round's topology and alive nodes; nodes coming back copy a neighbour's model (wherever it is)."""
+        W, rf, copies = round_network(self.built, round_, self.faults)
+        self.comm.set_topology(W if W is not None else self.built.W)
+        if rf is not None:
+            self.alive_N = rf.alive_N
+            self.comm.set_alive(rf.alive_N)
+            if len(copies[0]):
+                models, ids = self.comm.gather_rows(self.params_RP)
+                everyone = self.built.params_NP.new_zeros(self.built.config.num_nodes, models.shape[1])
+                everyone[ids] = models
+                here = np.isin(copies[0], self.rows.numpy())
+                self.params_RP = self.params_RP.clone()
+                self.params_RP[torch.from_numpy(copies[0][here]) - self.rows[0]] = everyone[torch.from_numpy(copies[1][here])]
+                if self.clock is not None:  # the copy's time comes with it
+                    self.clock.sync(*copies)
+
+    def advance(self, round_: int) -> None:
+        """One round: the algorithm's step on this rank's rows (down nodes frozen), the final merge after the
+        last one, and one reduction for the metrics, the bytes and the clock."""
+        built, comm, n = self.built, self.comm, self.built.config.num_nodes
+        alive = comm.alive_N
+        silent = alive is not None and not bool(alive.any())
+        down_R = None if alive is None else ~alive[self.rows]
+        drawn0, bytes0, calls0 = built.batches.drawn_N.clone(), comm.bytes_sent_N.clone(), comm.collective_calls
+        server0 = comm.bytes_sent_server
+        metrics = {"loss": math.nan}
+        if not silent:  # the whole network is down: nothing happens this round
+            before = (self.params_RP.clone(), tree_map(_clone, self.state)) if down_R is not None else None
+            self.params_RP, self.state, metrics = built.algorithm.step(self.state, self.params_RP, self.batches,
+                                                                       built.grad_fn, comm)
+            if before is not None:  # a down node neither trains nor communicates: its rows stay as they were
+                self.params_RP = freeze_rows(self.params_RP, before[0], down_R)
+                self.state = freeze_rows(self.state, before[1], down_R)
+            if round_ == self.num_rounds and built.final_merge:  # one global average, then evaluate
+                merged = comm.all_reduce_mean(self.params_RP).expand_as(self.params_RP)
+                self.params_RP = merged.clone() if down_R is None else torch.where(down_R[:, None], self.params_RP, merged)
+        # one reduction per round: what the clock needs (per-node compute and bytes, the server's bytes) and
+        # the step's metrics (loss first; every rank returns the same keys, each a mean over its nodes or the
+        # same value on every rank: either way the mean weighted by the nodes is the simulator's)
+        keys = ["loss", *sorted(k for k in metrics if k != "loss")]
+        delta = torch.zeros(2 * n + 1 + len(keys), dtype=torch.float64)
+        delta[self.rows] = (built.batches.drawn_N - drawn0)[self.rows].double()
+        delta[n + self.rows] = comm.bytes_sent_N - bytes0
+        delta[2 * n] = comm.bytes_sent_server - server0
+        delta[2 * n + 1:] = torch.tensor([float(metrics[k]) * len(self.rows) for k in keys], dtype=torch.float64)
+        comm.group.all_reduce(delta)
+        self.book.step(round_, dict(zip(keys, (delta[2 * n + 1:] / comm.num_hosted).tolist())), keep=self.lead,
+                       watch=not silent)
+        self.bytes_N += delta[n:2 * n]
+        self.server_bytes += float(delta[2 * n])
+        if self.clock is not None:
+            self.clock.advance(delta[:n].numpy(), delta[n:2 * n].numpy(), comm.W, comm.collective_calls > calls0,
+                               float(delta[2 * n]), None if alive is None else alive.numpy())
+
+
+def _largest(report: dict, group) -> dict:
+    """Each value of a rank's ``report`` at its largest over the ranks (every rank reports the same keys)."""
+    keys = sorted(report)
+    mine = torch.tensor([float(report[k]) for k in keys], dtype=torch.float64)
+    return dict(zip(keys, torch.stack(group.all_gather(mine)).max(0).values.tolist()))
 
 
 def simulate_distributed(built, membership: Membership, on_eval: Callable[[dict], None] | None = None,
@@ -60,124 +195,75 @@ def simulate_distributed(built, membership: Membership, on_eval: Callable[[dict]
 
     Rank 0 evaluates, keeps the simulated clock and returns the rows (other ranks return an empty
     list); the callbacks are called on rank 0 only; ``on_finish`` gets every node's final model.
-    When ranks die, the survivors agree on the last round they all completed, roll back to it, and
-    go on without the departed ranks' nodes (:mod:`peerlearn.engines.membership`): from the next
-    round those nodes are down, exactly as a crash in the simulator's fault model (their links are
-    removed and the weights recomputed with the run's mixing rule). Their models stay in the
-    evaluation as rank 0 last saw them; ``alive_nodes`` and ``acc_alive_mean`` show the departure.
+    The run's faults are the simulator's (the same nodes down, the same links lost, returning nodes
+    copying the same neighbour). When ranks die, the survivors agree on the last round they all
+    completed, roll back to it, and go on without the departed ranks' nodes
+    (:mod:`peerlearn.engines.membership`): from the next round those nodes are down, exactly as a crash
+    in the simulator's fault model. Their models stay in the evaluation as rank 0 last saw them;
+    ``alive_nodes`` and ``acc_alive_mean`` show the departure.
     """
-    cfg = built.config
-    n, num_rounds = cfg.num_nodes, cfg.num_rounds
-    if len(membership.members) > n:
-        raise ValueError(f"{len(membership.members)} ranks for {n} nodes: every rank needs at least one node")
-    say = log or (lambda message: None)
-    blocks = node_blocks(n, len(membership.members))
-    comm = DistComm(blocks, membership.group())
-    comm.set_threat(built.threat)  # model attacks; a data attack is in the batches every rank draws
-    rows = comm.rows
-    batches = RowBatches(built.batches, rows)
-    lead = membership.rank == 0
-    # every rank applies the divergence watch to the reduced loss; rank 0 also to the models, and keeps the rows
-    book = RunRows(built, make_evaluator(built) if lead else None, watch_run(built), on_eval)
-    clock = built.clock() if lead and built.clock is not None else None
-    known_NP = built.params_NP.clone() if lead else None  # the models rank 0 last saw (departed nodes keep theirs)
-    params_RP = built.params_NP[rows].clone()
-    state = built.algorithm.init(params_RP)
-    bytes_N = torch.zeros(n, dtype=torch.float64)  # every node's bytes, from the per-round reduction
-    departure_N = np.full(n, num_rounds + 1)  # the first round each node is gone
-    network = _Network(built, departure_N)
-    snapshots: dict[int, _Snapshot] = {}
-
-    def capture(round_: int) -> None:
-        snapshots[round_] = _Snapshot(params_RP.clone(), tree_map(_clone, state), built.batches.state_dict(),
-                                      bytes_N.clone(), None if clock is None else clock.state_dict(),
-                                      book.since_last_row())
-        snapshots.pop(round_ - 2, None)  # ranks are at most one round apart: two snapshots suffice
-
-    def record(round_: int) -> None:
-        everyone, ids = comm.gather_rows(params_RP)
-        if not lead or (book.rows and book.rows[-1]["round"] >= round_):
-            return
-        known_NP[ids] = everyone
-        book.record(round_, known_NP, comm.alive_N, float(bytes_N.sum()), clock.metrics() if clock is not None else {})
-
+    if len(membership.members) > built.config.num_nodes:
+        raise ValueError(f"{len(membership.members)} ranks for {built.config.num_nodes} nodes: every rank needs "
+                         "at least one node")
+    me = _Rank(built, membership, on_eval)
     die_at = _planned_death(membership.rank)
     completed, round_ = 0, 0
-    capture(0)
+    me.capture(0)
     try:
-        while round_ <= num_rounds + 1:
+        while round_ <= built.config.num_rounds + 1:
             try:
                 if round_ == 0:
-                    record(0)
-                elif round_ <= num_rounds:
+                    me.record(0)
+                elif round_ <= built.config.num_rounds:
                     if round_ == die_at:  # fault injection: a real crash, at a chosen point
                         os.kill(os.getpid(), signal.SIGKILL)
-                    comm.set_topology(network.at(round_))
-                    drawn0, bytes0, calls0 = built.batches.drawn_N.clone(), comm.bytes_sent_N.clone(), comm.collective_calls
-                    params_RP, state, metrics = built.algorithm.step(state, params_RP, batches, built.grad_fn, comm)
-                    # one reduction per round: the step's metrics (loss first; every rank returns the same keys),
-                    # and what the clock needs (per-node compute and bytes)
-                    keys = ["loss", *sorted(k for k in metrics if k != "loss")]
-                    delta = torch.zeros(2 * n + len(keys), dtype=torch.float64)
-                    delta[rows] = (built.batches.drawn_N - drawn0)[rows].double()
-                    delta[n + rows] = comm.bytes_sent_N - bytes0
-                    delta[2 * n:] = torch.tensor([float(metrics[k]) * len(rows) for k in keys], dtype=torch.float64)
-                    comm.group.all_reduce(delta)
-                    means = (delta[2 * n:] / comm.num_alive).tolist()
-                    book.step(round_, dict(zip(keys, means)), keep=lead)
-                    bytes_N += delta[n:2 * n]
-                    if lead:
-                        if clock is not None:
-                            clock.advance(delta[:n].numpy(), delta[n:2 * n].numpy(), comm.W, comm.collective_calls > calls0,
-                                          0.0, None if comm.alive_N is None else comm.alive_N.numpy())
+                    me.set_network(round_)
+                    me.advance(round_)
                     completed = round_
-                    capture(round_)
-                    if is_evaluation_round(cfg, round_):
-                        record(round_)
-                    if lead and on_round is not None:
-                        on_round(round_, book.rows[-1])
+                    me.capture(round_)
+                    if is_evaluation_round(built.config, round_):
+                        me.record(round_)
+                    if me.lead and on_round is not None:
+                        on_round(round_, me.book.rows[-1])
                 else:
-                    everyone, ids = comm.gather_rows(params_RP)
-                    if lead:
-                        known_NP[ids] = everyone
-                        if on_finish is not None:
-                            on_finish(known_NP)
+                    everyone = me.everyone()
+                    if me.lead and on_finish is not None:
+                        on_finish(everyone)
                 round_ += 1
             except PeerFailure as failure:
-                while failure is not None:  # a second death during the recovery: recover again
-                    say(f"round {round_}: {failure}; waiting for the survivors (timeout {membership.timeout_s:g} s)")
-                    try:
-                        members, departed, back_to = membership.recover(completed, comm.group)
-                        if 0 in departed:
-                            raise RunStopped(f"rank 0, which evaluates and writes the run, left at round {back_to + 1}; "
-                                               "the run directory keeps every row written before")
-                        for q in departed:
-                            departure_N[blocks[q].numpy()] = back_to + 1
-                        network = _Network(built, departure_N)
-                        snap = snapshots[back_to]
-                        params_RP, state = snap.params_RP.clone(), tree_map(_clone, snap.state)
-                        built.batches.load_state_dict(snap.sampler)
-                        bytes_N = snap.bytes_N.clone()
-                        book.roll_back(snap.kept)
-                        if clock is not None:
-                            clock.load_state_dict(snap.clock)
-                        completed, round_ = back_to, back_to + 1
-                        comm.set_group(membership.group())
-                        if departed:
-                            say(f"ranks {departed} left (nodes {_ranges(departed, blocks)}); {len(members)} ranks go on "
-                                f"from round {round_}")
-                        else:
-                            say(f"no rank left: one was busier than the timeout ({membership.timeout_s:g} s, e.g. "
-                                f"evaluating); the group was rebuilt and goes on from round {round_} (raise --timeout-s)")
-                        if is_evaluation_round(cfg, back_to):
-                            record(back_to)  # its row may be missing (the failure hit the evaluation)
-                        failure = None
-                    except PeerFailure as again:
-                        failure = again
+                completed = _recover(me, membership, failure, round_, completed, log or (lambda message: None))
+                round_ = completed + 1
     except KeyboardInterrupt as err:  # Ctrl-C: say where this rank stopped (the caller prints one line)
         err.completed = completed
         raise
-    return book.rows
+    return me.book.rows
+
+
+def _recover(me: _Rank, membership: Membership, failure: PeerFailure | None, round_: int, completed: int,
+             say) -> int:
+    """After ``failure``: agree with the survivors on the last round all completed, roll back to it and go
+    on without the departed ranks (a second death during the recovery: recover again); returns that round."""
+    while failure is not None:
+        say(f"round {round_}: {failure}; waiting for the survivors (timeout {membership.timeout_s:g} s)")
+        try:
+            members, departed, back_to = membership.recover(completed, me.comm.group)
+            if 0 in departed:
+                raise RunStopped(f"rank 0, which evaluates and writes the run, left at round {back_to + 1}; "
+                                 "the run directory keeps every row written before")
+            me.depart(departed, back_to, membership.group())
+            me.roll_back(back_to)
+            if departed:
+                say(f"ranks {departed} left (nodes {_ranges(departed, me.blocks)}); {len(members)} ranks go on "
+                    f"from round {back_to + 1}")
+            else:
+                say(f"no rank left: one was busier than the timeout ({membership.timeout_s:g} s, e.g. "
+                    f"evaluating); the group was rebuilt and goes on from round {back_to + 1} (raise --timeout-s)")
+            if is_evaluation_round(me.built.config, back_to):
+                me.record(back_to)  # its row may be missing (the failure hit the evaluation)
+            failure = None
+        except PeerFailure as again:
+            failure = again
+    return back_to
 
 
 def _planned_death(rank: int) -> int | None:
@@ -194,33 +280,6 @@ def _planned_death(rank: int) -> int | None:
     return deaths.get(rank)
 
 
-class _Network:
-    """Each round's global mixing matrix: the schedule's (or the static one), without the links of
-    nodes that have left, re-weighted by the run's mixing rule as the simulator's crash faults are
-    (Metropolis-Hastings when the rule is ``uniform``, which needs a regular graph)."""
-
-    def __init__(self, built, departure_N: np.ndarray):
-        from peerlearn.topology.mixing import metropolis_hastings_weights
-        from peerlearn.world.faults import FaultPlan
-
-        self.built, self.cache = built, (None, None)
-        self.plan = None
-        if (departure_N <= built.config.num_rounds).any():
-            rounds = np.arange(built.config.num_rounds + 1)[:, None]
-            # weights that need a regular graph (uniform) fall back to Metropolis-Hastings: a departure breaks it
-            regular = built.config.topology.mixing.capabilities.regular_only
-            self.plan = FaultPlan(rounds < departure_N[None, :],
-                                  metropolis_hastings_weights if regular else built.mixing)
-
-    def at(self, round_: int):
-        base = self.built.schedule(round_) if self.built.schedule is not None else self.built.W
-        if self.plan is None:
-            return base
-        if self.cache[0] is not base:  # a static topology is re-weighted once, not every round
-            self.cache = (base, self.plan.at(round_, base).W)
-        return self.cache[1]
-
-
 def _ranges(ranks: list[int], blocks: list[Tensor]) -> str:
     return ", ".join(f"{int(blocks[q][0])}..{int(blocks[q][-1])}" for q in ranks)
 
@@ -230,16 +289,13 @@ def check_config(cfg, world: int) -> None:
     from peerlearn.algorithms.base import ALGORITHMS
 
     a = cfg.algorithm
+    if a.capabilities.asynchronous:
+        raise ConfigError(f"config error: algorithm.name: {a.name} is asynchronous: on real processes it needs the "
+                          "peer-to-peer engine, which is not built yet (use the simulator)")
     if "distributed" not in a.capabilities.engines:
         runs = [name for name, c in ALGORITHMS.items() if "distributed" in c.capabilities.engines]
         raise ConfigError(f"config error: algorithm.name: the distributed engine runs {', '.join(runs)}; "
                           f"got {a.name} (use the simulator)")
-    for field, on in (("faults", cfg.faults.active),
-                      ("privacy.clip", cfg.privacy.active),
-                      ("algorithm.server_period", a.uses_server),
-                      ("algorithm.final_merge", a.final_merge_enabled)):
-        if on:
-            raise ConfigError(f"config error: {field}: not available with --engine distributed yet (use the simulator)")
     if world > cfg.num_nodes:
         raise ConfigError(f"config error: num_nodes: {world} ranks need at least {world} nodes, got {cfg.num_nodes}")
 

@@ -13,7 +13,7 @@ from peerlearn.divergence import DivergenceWatch
 from peerlearn.metrics import consensus_distance, summarize
 from peerlearn.models.functional import FlatModel, predicted_matches
 from peerlearn.types import Tensor
-from peerlearn.world.faults import RoundFaults
+from peerlearn.world.faults import FaultPlan, RoundFaults
 
 # Columns of metrics.csv, in order (a stable contract: later issues add columns at the end).
 COLUMNS = ["round", "acc_mean", "acc_min", "acc_max", "acc_std", "acc_avg_model", "acc_local_mean",
@@ -136,19 +136,43 @@ def restore(built, resume: dict) -> tuple[int, Tensor, object, list[dict], Tenso
     return resume["round"] + 1, resume["params_NP"].clone(), resume["state"], list(resume["rows"]), alive_N
 
 
-def round_network(built, round_: int, params_NP: Tensor) -> tuple[object, RoundFaults | None, Tensor, tuple]:
-    """The round's mixing matrix after the schedule and the faults (None: unchanged), the round's
-    faults (None without any), ``params_NP`` with each node that comes back copying an alive
-    neighbour's model (``faults.rejoin``), and those copies as index arrays ``(dst, src)``."""
+def round_network(built, round_: int, faults: FaultPlan | None = None) -> tuple[object, RoundFaults | None, tuple]:
+    """The round's mixing matrix after the schedule and ``faults`` (default the run's; None: unchanged),
+    the round's faults (None without any), and the models that nodes coming back copy from an alive
+    neighbour (``faults.rejoin``) as index arrays ``(dst, src)`` (:func:`rejoin`). Every engine's one
+    network builder: the distributed engine passes the run's faults with the departed ranks' nodes down."""
+    faults = built.faults if faults is None else faults
     base_W = built.schedule(round_) if built.schedule is not None else None
-    if built.faults is None:
-        return base_W, None, params_NP, ()
-    rf = built.faults.at(round_, base_W if base_W is not None else built.W)
-    dst, src = built.faults.rejoin_sources(rf.joined, built.adjacency, rf.alive_N.numpy(), round_)
-    if len(dst):
-        params_NP = params_NP.clone()
-        params_NP[torch.from_numpy(dst)] = params_NP[torch.from_numpy(src)]
-    return rf.W, rf, params_NP, (dst, src)
+    if faults is None:
+        return base_W, None, ()
+    rf = faults.at(round_, base_W if base_W is not None else built.W)
+    return rf.W, rf, faults.rejoin_sources(rf.joined, built.adjacency, rf.alive_N.numpy(), round_)
+
+
+def rejoin(params_NP: Tensor, copies: tuple) -> Tensor:
+    """``params_NP`` with each returning node ``dst`` holding its neighbour ``src``'s model (a copy)."""
+    if not copies or not len(copies[0]):
+        return params_NP
+    dst, src = (torch.from_numpy(c) for c in copies)
+    params_NP = params_NP.clone()
+    params_NP[dst] = params_NP[src]
+    return params_NP
+
+
+def departed_faults(built, departure_N: np.ndarray) -> FaultPlan | None:
+    """The run's faults with each node down from its ``departure_N`` round on (its rank left a distributed
+    run), as a crash in the simulator's fault model: its links are removed and the weights recomputed
+    with the run's rule (Metropolis-Hastings when the rule needs a regular graph, which a departure breaks)."""
+    from peerlearn.topology.mixing import metropolis_hastings_weights
+
+    rounds = np.arange(built.config.num_rounds + 1)[:, None]
+    gone_TN = rounds >= departure_N[None, :]
+    if not gone_TN.any():
+        return built.faults
+    if built.faults is not None:
+        return built.faults.with_departures(gone_TN)
+    regular = built.config.topology.mixing.capabilities.regular_only
+    return FaultPlan(~gone_TN, metropolis_hastings_weights if regular else built.mixing)
 
 
 def _clone(x):

@@ -18,7 +18,7 @@ from torch.utils._pytree import tree_map
 from peerlearn.divergence import watch_run
 from peerlearn.engines.comm import SimComm
 from peerlearn.engines.loop import RunRows
-from peerlearn.engines.run import _clone, is_evaluation_round, make_evaluator, restore, round_network
+from peerlearn.engines.run import _clone, is_evaluation_round, make_evaluator, rejoin, restore, round_network
 from peerlearn.rows import freeze_rows
 from peerlearn.types import AsyncAlgorithm, Tensor
 
@@ -67,7 +67,8 @@ def simulate(built, on_eval: Callable[[dict], None] | None = None,
         if clock is not None and resume.get("clock") is not None:
             clock.load_state_dict(resume["clock"])
     for round_ in range(first, cfg.num_rounds + 1):
-        W, rf, params_NP, copied = round_network(built, round_, params_NP)
+        W, rf, copied = round_network(built, round_)
+        params_NP = rejoin(params_NP, copied)
         if W is not None:
             comm.set_topology(W)
         if rf is not None:

@@ -139,16 +139,17 @@ def gaussian_messages(clip: float, noise_multiplier: float, pairwise_multiplier:
         return PrivacyState(0, torch.zeros(params_NP.shape[0], len(orders()), dtype=torch.float64))
 
     def privatize(update_NP, state, comm):
-        n, p = update_NP.shape
+        n, p = comm.num_global, update_NP.shape[1]
         edges, rdp_NA = round_graph(comm.W, n)
+        mine = (lambda x: x) if comm.node_ids is None else (lambda x: x[comm.node_ids])  # noise for every node, ours kept
         g = step_generator(seed, state.calls)
         u = update_NP / lr
         u = u * (clip / u.norm(dim=1, keepdim=True).clamp_min(clip))  # norm min(||u||, C)
         if noise_multiplier:
-            u = u + torch.randn(n, p, generator=g, dtype=u.dtype) * (noise_multiplier * clip)
+            u = u + mine(torch.randn(n, p, generator=g, dtype=u.dtype)) * (noise_multiplier * clip)
         if pairwise_multiplier:
-            u = u + pairwise_noise(edges, n, p, pairwise_multiplier * clip, g, u.dtype)
-        return u * lr, PrivacyState(state.calls + 1, state.rdp_NA + rdp_NA)
+            u = u + mine(pairwise_noise(edges, n, p, pairwise_multiplier * clip, g, u.dtype))
+        return u * lr, PrivacyState(state.calls + 1, state.rdp_NA + mine(rdp_NA))
 
     def epsilon(state):
         return epsilons(state.rdp_NA.numpy(), delta)

@@ -25,6 +25,7 @@ References:
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Callable
 
@@ -104,6 +105,7 @@ class FaultPlan:
         self.link_failure, self.message_loss = link_failure, message_loss
         self.groups_N, self.partition_rounds = groups_N, partition_rounds
         self.rejoin, self.seed = rejoin, seed
+        self._cache = (None, None, None)  # (base W, (alive set, partitioned), mixed W): see _mixed
 
     def alive(self, round_: int) -> np.ndarray:
         return self.alive_TN[min(round_, len(self.alive_TN) - 1)]
@@ -139,13 +141,29 @@ class FaultPlan:
 
     def at(self, round_: int, base_W: sp.csr_array) -> RoundFaults:
         """The round's alive mask and mixing matrix, from the fault-free ``base_W`` of that round."""
-        adj = self.surviving_adjacency(base_W, round_)
-        W = self.mixing(adj)
+        W = self._mixed(base_W, round_)
         if self.message_loss > 0:
             W = self._lose_messages(W, round_)
         alive = self.alive(round_)
         before = self.alive(round_ - 1) if round_ > 0 else alive
         return RoundFaults(torch.from_numpy(alive.copy()), W, np.flatnonzero(alive & ~before))
+
+    def with_departures(self, gone_TN: np.ndarray) -> FaultPlan:
+        """This plan with the nodes of ``gone_TN`` down as well (ranks that left a distributed run)."""
+        plan = copy.copy(self)
+        plan.alive_TN, plan._cache = self.alive_TN & ~gone_TN[:len(self.alive_TN)], (None, None, None)
+        return plan
+
+    def _mixed(self, base_W, round_: int):
+        """The mixing rule on the surviving graph; without link failures, the same matrix (the same object:
+        an engine plans its exchanges once) while the base, the alive set and the partition stay."""
+        start, end = self.partition_rounds
+        key = (self.alive(round_).tobytes(), self.groups_N is not None and start <= round_ < end)
+        if self.link_failure == 0 and self._cache[0] is base_W and self._cache[1] == key:
+            return self._cache[2]
+        W = self.mixing(self.surviving_adjacency(base_W, round_))
+        self._cache = (base_W, key, W)
+        return W
 
     def _lose_messages(self, W: sp.csr_array | Clique, round_: int) -> sp.csr_array:
         coo = sp.coo_array(as_csr(W))
