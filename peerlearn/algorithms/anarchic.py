@@ -58,34 +58,35 @@ def anarchic(optimizer: Transform, participation_N: Tensor, steps_N: Tensor, ser
         return AnarchicState(0, params_NP.clone(), memory, seen)
 
     def step(state, params_NP, batches, grad_fn, comm):
-        n = params_NP.shape[0]
+        n = comm.num_global
         joined = torch.rand(n, generator=step_generator(seed, state.round), dtype=torch.float64) < participation_N
         if comm.alive_N is not None:  # a worker that is down does not join
             joined &= comm.alive_N
-        rows = torch.nonzero(joined).flatten()
+        sampled = torch.nonzero(joined).flatten()
         global_P = params_NP[0]
-        info = {"loss": float("nan"), "clients": float(len(rows))}
-        if len(rows) == 0:
+        info = {"loss": float("nan"), "clients": float(len(sampled))}
+        if len(sampled) == 0:
             return params_NP, state._replace(round=state.round + 1), info
+        at, rows = comm.mine(sampled)  # the workers that joined, held here (all of them in the simulator)
         update_RP = torch.empty(len(rows), params_NP.shape[1], dtype=params_NP.dtype)
         loss_R = torch.empty(len(rows), dtype=torch.float64)
         k_R = steps_N[rows]
-        for k in torch.unique(k_R).tolist():  # workers with the same effort train together
+        for k in torch.unique(steps_N[sampled]).tolist():  # workers with the same effort train together
             sel = torch.nonzero(k_R == k).flatten()
-            group = rows[sel]
+            group = at[sel]
             start_GP = state.downloaded_NP[group]
             trained, _, loss = local_steps(start_GP, optimizer.init(start_GP), optimizer, batches, grad_fn, k, group)
             update_RP[sel] = (trained - start_GP) / k if normalize else trained - start_GP
             loss_R[sel] = loss
         downloaded, latest, seen = state.downloaded_NP, state.latest_NP, state.seen_N
         if reuse_updates:
-            latest[rows], seen[rows] = update_RP, True  # the server's memory (its own, not sent again)
+            latest[at], seen[at] = update_RP, True  # the server's memory (its own, not sent again)
         mean_P = comm.server_average(update_RP, rows)
         if reuse_updates:
-            mean_P = latest[seen].mean(0, keepdim=True)
+            mean_P = comm.rows_mean(latest[seen])
         new_P = global_P + server_lr * mean_P.reshape(-1)
-        downloaded[rows] = new_P  # the workers that joined download the new model
-        info["loss"] = float(loss_R.mean())
+        downloaded[at] = new_P  # the workers that joined download the new model
+        info["loss"] = comm.node_mean(loss_R)
         return new_P.expand_as(params_NP).clone(), AnarchicState(state.round + 1, downloaded, latest, seen), info
 
     return Algorithm(init, step)
@@ -98,7 +99,7 @@ from typing import ClassVar, Literal  # noqa: E402
 
 from pydantic import Field  # noqa: E402
 
-from peerlearn.algorithms.base import ALGORITHMS, Capabilities, LocalSteps, config_error  # noqa: E402
+from peerlearn.algorithms.base import ALGORITHMS, SYNC, Capabilities, LocalSteps, config_error  # noqa: E402
 
 
 @ALGORITHMS.register
@@ -118,7 +119,7 @@ class AnarchicSpec(LocalSteps):
                                   "in [steps_min, num_local_steps] (default: num_local_steps for all)")
     normalize: bool = Field(True, description="divide each update by its number of local steps (false: plain "
                                               "averaging, FedAvg under the same anarchy)")
-    capabilities: ClassVar = Capabilities(global_model=True)
+    capabilities: ClassVar = Capabilities(engines=SYNC, global_model=True)
 
     def check(self, cfg) -> None:
         super().check(cfg)

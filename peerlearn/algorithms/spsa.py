@@ -49,9 +49,15 @@ def directional_derivatives(loss_fn: Callable, params_NP: Tensor, z_NMP: Tensor,
     return (losses[:, :m] - losses[:, m:]) / (2 * eps), losses.mean(1)
 
 
-def quantize(p: Tensor, scale: float, generator: torch.Generator) -> Tensor:
-    """``p`` clipped to ``[-scale, scale]`` and stochastically rounded to ``2 LEVELS + 1`` levels (one byte)."""
-    return stochastic_round((p / scale).clamp(-1.0, 1.0) * LEVELS, generator) * (scale / LEVELS)
+def quantize(p: Tensor, scale: float, generator: torch.Generator, comm=None) -> Tensor:
+    """``p`` clipped to ``[-scale, scale]`` and stochastically rounded to ``2 LEVELS + 1`` levels (one byte);
+    with ``comm``, ``p`` holds its rows and the rounding is drawn for every node (a rank keeps its own)."""
+    r = (p / scale).clamp(-1.0, 1.0) * LEVELS
+    if comm is None or comm.node_ids is None:
+        return stochastic_round(r, generator) * (scale / LEVELS)
+    u = comm.own(torch.rand(comm.num_global, *r.shape[1:], generator=generator, dtype=r.dtype))
+    low = r.floor()
+    return (low + (u < r - low).to(r.dtype)) * (scale / LEVELS)
 
 
 def spsa(optimizer: Transform, loss_fn: Callable, num_perturbations: int = 1, eps: float = 1e-3,
@@ -70,12 +76,12 @@ def spsa(optimizer: Transform, loss_fn: Callable, num_perturbations: int = 1, ep
 
     def step(state, params_NP, batches, grad_fn, comm):
         round_ = state.round + 1
-        n, num_params = params_NP.shape
+        n, num_params = comm.num_global, params_NP.shape[1]
         shared = step_generator(seed, round_)  # every node can regenerate these
         z = torch.randn(n, num_perturbations, num_params, generator=shared, dtype=params_NP.dtype)
-        p, loss = directional_derivatives(loss_fn, params_NP, z, batches.next(), eps)
+        p, loss = directional_derivatives(loss_fn, params_NP, comm.own(z), batches.next(), eps)
         own = step_generator(seed, round_ + 500_000_009)  # each node's rounding
-        p = quantize(p, state.scale, own)
+        p = quantize(p, state.scale, own, comm)
         received, senders = comm.all_gather(p, message_bytes=num_perturbations)  # m bytes to every peer
         if len(senders) == 0:
             return params_NP, SpsaState(state.opt_state, round_, state.scale), {"loss": float("nan")}
@@ -95,7 +101,7 @@ from typing import ClassVar, Literal  # noqa: E402
 
 from pydantic import Field  # noqa: E402
 
-from peerlearn.algorithms.base import ALGORITHMS, Capabilities, Optimized, Synchronous  # noqa: E402
+from peerlearn.algorithms.base import ALGORITHMS, SYNC, Capabilities, Optimized, Synchronous  # noqa: E402
 
 
 @ALGORITHMS.register
@@ -106,7 +112,7 @@ class SpsaSpec(Optimized, Synchronous):
     spsa_perturbations: int = Field(1, ge=1, le=10_000, description="random directions per node and round (one byte sent "
                                     "to every peer for each)")
     spsa_epsilon: float = Field(1e-3, gt=0.0, description="probe distance of the two-point estimate")
-    capabilities: ClassVar = Capabilities(global_model=True)
+    capabilities: ClassVar = Capabilities(engines=SYNC, global_model=True)
 
     def build(self, ctx):
         return spsa(self.transform(), ctx.probe_loss_fn, self.spsa_perturbations, self.spsa_epsilon,

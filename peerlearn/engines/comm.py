@@ -170,6 +170,11 @@ class SimComm:
         """The mean of a per-node metric over every node that computed one (every rank's, distributed)."""
         return float(values_K.mean())
 
+    def rows_mean(self, x_KP: Tensor) -> Tensor:
+        """The mean of rows held for some nodes (every rank's, distributed), as ``x_P``: bookkeeping that sends
+        nothing, such as a server's memory of the last update of each worker."""
+        return x_KP.mean(0)
+
     # -- attacks at the message boundary ---------------------------------------------------------
     def set_threat(self, threat: Threat | None) -> None:
         self.threat = threat

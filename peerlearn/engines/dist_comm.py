@@ -263,6 +263,9 @@ class DistComm:
                                                                                           dtype=torch.float64)]))
         return float(total[0] / total[1]) if float(total[1]) else float("nan")
 
+    def rows_mean(self, x_KP: Tensor) -> Tensor:
+        return self._global_mean(x_KP, None, x_KP.dtype)
+
     def _up(self, ids: Tensor) -> Tensor:
         return torch.ones(len(ids), dtype=torch.bool) if self.alive_N is None else self.alive_N[ids]
 

@@ -181,11 +181,14 @@ def test_two_ranks_with_faults_privacy_and_a_final_merge_give_the_simulators_row
     pytest.param({"name": "modest", "sample_size": 4, "num_aggregators": 2}, {"churn_leave": 0.1, "churn_join": 0.5},
                  marks=pytest.mark.slow),
     pytest.param({"name": "centralized", "weighting": "data_size"}, {}, marks=pytest.mark.slow),
-], ids=["fedavg-crash", "server-rounds", "modest-churn", "centralized"])
+    ({"name": "anarchic", "variant": "cs", "participation_min": 0.3, "participation_max": 0.9, "steps_min": 1,
+      "num_local_steps": 3}, {}),
+    ({"name": "spsa", "spsa_perturbations": 2}, {"crash_fraction": 0.25, "crash_round": 2, "recover_round": 7}),
+], ids=["fedavg-crash", "server-rounds", "modest-churn", "centralized", "anarchic-cs", "spsa-crash"])
 def test_two_ranks_run_the_server_and_sampling_algorithms_as_the_simulator(tmp_path, algorithm, faults):
     """Issue 37: FedAvg (sampled clients, data-size weights), semi-decentralized server rounds, MoDeST's
-    multicasts and all-reduce SGD on 2 real ranks, some under faults: the simulator's rows, bytes included
-    (the server's too)."""
+    multicasts, all-reduce SGD, anarchic participation with the server's memory and SPSA's shared directions
+    on 2 real ranks, some under faults: the simulator's rows, bytes included (the server's too)."""
     config = _config(tmp_path, num_nodes=8, faults=faults, algorithm={"lr": 0.1, "batch_size": 8, **algorithm})
     code, _, err = _finish(_launch(config, tmp_path / "dist", nproc=2), TIMEOUT_S)
     assert code == 0, err[-3000:]
