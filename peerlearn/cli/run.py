@@ -86,21 +86,29 @@ def _run_distributed(args) -> int:
     from peerlearn.engines.membership import RunStopped
     from peerlearn.report import choose_run_dir
 
-    if args.resume:
-        raise ConfigError("config error: --resume: not available with --engine distributed yet")
-    if args.config is None:
-        raise ConfigError("config error: peerlearn run needs a config file")
+    if args.resume and (args.config or args.set or args.out):
+        raise ConfigError("config error: --resume DIR: continues the run in DIR with its own config; "
+                          "give no config file, --set or --out")
+    if args.config is None and not args.resume:
+        raise ConfigError("config error: peerlearn run needs a config file (or --resume DIR)")
+
+    def config():  # the run's config, and the checkpoint it resumes from (every rank reads the same folder)
+        if not args.resume:
+            return load_config(args.config, args.set), None
+        return runner.load_resume(args.resume, args.trust_plugins, note=lambda line: err_console.print(
+            f"note: {line}", markup=False, highlight=False, soft_wrap=True) if "RANK" not in os.environ else None)
     for flag, value in (("--timeout-s", args.timeout_s), ("--startup-timeout-s", args.startup_timeout_s)):
         if not 0 < value < 1e6:
             raise ConfigError(f"config error: {flag}: a positive number of seconds below 1e6, got {value}")
     if args.nproc is not None and "RANK" not in os.environ:  # the launcher: check, then start the ranks
         if args.nproc < 1:
             raise ConfigError(f"config error: --nproc: at least 1 rank, got {args.nproc}")
-        distributed.check_config(load_config(args.config, args.set), args.nproc)
+        distributed.check_config(config()[0], args.nproc)
         from peerlearn.engines.launch import launch_local
 
-        argv = ["run", args.config, "--engine", "distributed", "--timeout-s", str(args.timeout_s),
-                "--startup-timeout-s", str(args.startup_timeout_s)]
+        argv = ["run", *([args.config] if args.config else ["--resume", args.resume]), "--engine", "distributed",
+                "--timeout-s", str(args.timeout_s), "--startup-timeout-s", str(args.startup_timeout_s)]
+        argv += ["--trust-plugins"] * args.trust_plugins
         argv += [a for s in args.set for a in ("--set", s)] + (["--out", args.out] if args.out else [])
         argv += ["--overwrite"] * args.overwrite + ["--quiet"] * args.quiet
         return launch_local(argv, args.nproc, grace_s=args.timeout_s + 10.0)
@@ -113,7 +121,7 @@ def _run_distributed(args) -> int:
         if warning:
             err_console.print(warning, markup=False, highlight=False, soft_wrap=True)
     secret = read_secret(args.secret_file, args.insecure)  # before any work: a missing secret is one line
-    cfg = load_config(args.config, args.set)  # every rank checks the same config: all fail alike
+    cfg, resume = config()  # every rank checks the same config: all fail alike
     distributed.check_config(cfg, world)
     log_lines: list[str] = []  # the doorkeeper's lines, for rank 0's log once it is open
     log_file: list = []
@@ -131,20 +139,20 @@ def _run_distributed(args) -> int:
         err_console.print(f"error: rank {rank}: {err}", markup=False, highlight=False, soft_wrap=True)
         return 1
     try:
-        chosen = None
-        if rank == 0:
+        chosen = args.resume
+        if rank == 0 and not args.resume:
             try:
                 chosen = str(choose_run_dir(args.out, cfg.name, args.overwrite))
             except (FileExistsError, FileNotFoundError) as err:
                 chosen = f"error: {err}"
-        chosen = membership.share("out_dir", chosen)
+        chosen = chosen if args.resume else membership.share("out_dir", chosen)
         if chosen.startswith("error: "):
             raise FileExistsError(chosen.removeprefix("error: "))
         out_dir = Path(chosen)
         compute, built = runner.start(cfg)
-        folder = runner.RunFolder(cfg, out_dir) if rank == 0 else None  # rank 0 writes the run
+        folder = runner.RunFolder(cfg, out_dir, resume=resume) if rank == 0 else None  # rank 0 writes the run
         (out_dir / "logs").mkdir(parents=True, exist_ok=True)
-        with open(out_dir / "logs" / f"rank{rank}.log", "w") as log:
+        with open(out_dir / "logs" / f"rank{rank}.log", "a" if resume else "w") as log:
             for line in log_lines:
                 print(line, file=log, flush=True)
             log_file.append(log)
@@ -179,14 +187,20 @@ def _run_distributed(args) -> int:
                     err_console.print(f"error: {who}{err}", markup=False, highlight=False, soft_wrap=True)
 
             started = time.perf_counter()
-            callbacks = folder.callbacks(built, checkpoints=False) if folder is not None else {}
+            callbacks = folder.callbacks(built) if folder is not None else {}
             status = runner.outcome(lambda: distributed.simulate_distributed(
-                built, membership, on_round=on_round if rank == 0 else None, log=say, **callbacks), stopped)
+                built, membership, on_round=on_round if rank == 0 else None, log=say, checkpoints=True,
+                resume=resume, **callbacks), stopped)
             if status == "completed":
                 say(f"finished {cfg.num_rounds} rounds in {time.perf_counter() - started:.1f} s "
                     f"with ranks {membership.members}")
         if folder is not None:  # the rows written so far stay; summary.json says how the run ended
             summary = folder.finish(status, compute)
+            saved = folder.writer.checkpointed_round
+            if status == "interrupted" and saved is not None:  # even with --quiet: how to go on
+                err_console.print(f"interrupted: continue from round {saved} with: peerlearn run --resume {out_dir} "
+                                  "--engine distributed (and --nproc N, or the ranks started by hand)",
+                                  markup=False, highlight=False, soft_wrap=True)
             if status == "completed" and not args.quiet:
                 console.print(_summary_table(f"{cfg.name}: {cfg.algorithm.name} on {cfg.topology.graph.name}, "
                                              f"{cfg.num_nodes} nodes on {world} ranks", {cfg.name: summary["final"]}))

@@ -58,7 +58,7 @@ class _Snapshot:
 class _Rank:
     """One rank's share of a run: its nodes' rows and state, the round's network, the rows (rank 0)."""
 
-    def __init__(self, built, membership: Membership, on_eval):
+    def __init__(self, built, membership: Membership, on_eval, on_checkpoint=None, checkpoints: bool = False):
         cfg = built.config
         self.built, self.num_rounds, n = built, cfg.num_rounds, cfg.num_nodes
         self.blocks = node_blocks(n, len(membership.members))
@@ -81,6 +81,50 @@ class _Rank:
         self.comm.set_topology(built.W)
         self.comm.set_alive(self.alive_N)
         self.snapshots: dict[int, _Snapshot] = {}
+        self.on_checkpoint, self.checkpoints = on_checkpoint, checkpoints
+
+    def resume(self, snap: dict) -> int:
+        """Continue from a checkpoint of the whole run (the simulator's, or one written by :meth:`checkpoint`,
+        on any number of ranks): this rank takes its nodes' rows of it; returns its round."""
+        built, n = self.built, self.built.config.num_nodes
+        built.batches.load_state_dict(snap["sampler"])
+        self.params_RP = snap["params_NP"][self.rows].clone()
+        self.state = tree_map(lambda a: a[self.rows].clone() if _per_node(a, n) else a, snap["state"])
+        self.bytes_N = snap["comm"]["bytes_sent_N"].clone()
+        self.server_bytes = float(snap["comm"]["bytes_sent_server"])
+        if self.comm.threat is not None and snap["comm"].get("threat_generator") is not None:
+            self.comm.threat.generator.set_state(snap["comm"]["threat_generator"])
+        if self.clock is not None and snap.get("clock") is not None:
+            self.clock.load_state_dict(snap["clock"])
+        self.book.resume(snap)
+        if self.lead:
+            self.known_NP = snap["params_NP"].clone()
+        if snap.get("departure_N") is not None:  # nodes whose rank had left stay down
+            self.departure_N = np.asarray(snap["departure_N"]).copy()
+            self.faults = departed_faults(built, self.departure_N)
+        self.alive_N = None if self.faults is None else torch.from_numpy(self.faults.alive(snap["round"]).copy())
+        self.comm.set_alive(self.alive_N)
+        return int(snap["round"])
+
+    def snapshot(self, round_: int, state) -> dict:
+        """Rank 0's checkpoint of the whole run after the row of ``round_`` (``state``: every node's, gathered),
+        in the simulator's format: it resumes on the simulator, or on any number of ranks."""
+        threat = self.comm.threat
+        return {"round": round_, "params_NP": self.known_NP.clone(), "state": state, "sampler": self.built.batches.state_dict(),
+                "comm": {"bytes_sent_N": self.bytes_N.clone(), "bytes_sent_server": self.server_bytes,
+                         "threat_generator": None if threat is None else threat.generator.get_state()},
+                "clock": None if self.clock is None else self.clock.state_dict(),
+                "departure_N": self.departure_N.copy(), **self.book.checkpoint()}
+
+    def _gather(self, leaf):
+        """A per-node state leaf as every node's rows (nodes of departed ranks: zeros, never read again)."""
+        if not _per_node(leaf, len(self.rows)):
+            return leaf
+        wire = leaf.to(torch.uint8) if leaf.dtype == torch.bool else leaf  # gloo moves no bools
+        rows, ids = self.comm.gather_rows(wire)
+        full = rows.new_zeros(self.built.config.num_nodes, *rows.shape[1:])
+        full[ids] = rows
+        return full.to(leaf.dtype)
 
     def capture(self, round_: int) -> None:
         self.snapshots[round_] = _Snapshot(self.params_RP.clone(), tree_map(_clone, self.state),
@@ -108,13 +152,17 @@ class _Rank:
         return self.known_NP
 
     def record(self, round_: int) -> None:
+        """The row of ``round_`` (rank 0; every rank takes part in gathering it), then the checkpoint."""
         report = self.built.algorithm.report
         more = None if report is None else _largest(report(self.state), self.comm.group)
         everyone = self.everyone()
+        state = tree_map(self._gather, self.state) if self.checkpoints else None  # every rank's rows, to rank 0
         if not self.lead or (self.book.rows and self.book.rows[-1]["round"] >= round_):
             return
         self.book.record(round_, everyone, self.comm.alive_N, float(self.bytes_N.sum()) + self.server_bytes,
                          self.clock.metrics() if self.clock is not None else {}, more)
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(self.snapshot(round_, state))
 
     def depart(self, departed: list[int], back_to: int, group) -> None:
         """Ranks ``departed`` left after round ``back_to``: their nodes are down from the next round."""
@@ -180,6 +228,11 @@ class _Rank:
                                float(delta[2 * n]), None if alive is None else alive.numpy())
 
 
+def _per_node(leaf, num_rows: int) -> bool:
+    """A state leaf that holds a row per node (the rule :func:`peerlearn.rows.freeze_rows` uses)."""
+    return isinstance(leaf, Tensor) and leaf.ndim >= 1 and leaf.shape[0] == num_rows
+
+
 def _largest(report: dict, group) -> dict:
     """Each value of a rank's ``report`` at its largest over the ranks (every rank reports the same keys)."""
     keys = sorted(report)
@@ -190,7 +243,8 @@ def _largest(report: dict, group) -> dict:
 def simulate_distributed(built, membership: Membership, on_eval: Callable[[dict], None] | None = None,
                          on_round: Callable[[int, dict], None] | None = None,
                          on_finish: Callable[[Tensor], None] | None = None,
-                         log: Callable[[str], None] | None = None) -> list[dict]:
+                         log: Callable[[str], None] | None = None, on_checkpoint: Callable[[dict], None] | None = None,
+                         checkpoints: bool = False, resume: dict | None = None) -> list[dict]:
     """Run ``built`` as launch rank ``membership.rank`` of ``len(membership.members)``.
 
     Rank 0 evaluates, keeps the simulated clock and returns the rows (other ranks return an empty
@@ -201,14 +255,20 @@ def simulate_distributed(built, membership: Membership, on_eval: Callable[[dict]
     (:mod:`peerlearn.engines.membership`): from the next round those nodes are down, exactly as a crash
     in the simulator's fault model. Their models stay in the evaluation as rank 0 last saw them;
     ``alive_nodes`` and ``acc_alive_mean`` show the departure.
+
+    With ``checkpoints`` (on every rank), rank 0 hands ``on_checkpoint`` a snapshot of the whole run after
+    each row, in the simulator's format; ``resume`` (every rank) continues from such a snapshot, or from
+    the simulator's, with the same rows as the uninterrupted run (``wall_time_s`` aside, and to float
+    rounding where the run all-reduces).
     """
     if len(membership.members) > built.config.num_nodes:
         raise ValueError(f"{len(membership.members)} ranks for {built.config.num_nodes} nodes: every rank needs "
                          "at least one node")
-    me = _Rank(built, membership, on_eval)
+    me = _Rank(built, membership, on_eval, on_checkpoint, checkpoints)
     die_at = _planned_death(membership.rank)
-    completed, round_ = 0, 0
-    me.capture(0)
+    completed = 0 if resume is None else me.resume(resume)
+    round_ = completed + (resume is not None)
+    me.capture(completed)
     try:
         while round_ <= built.config.num_rounds + 1:
             try:

@@ -199,6 +199,29 @@ def test_two_ranks_run_the_server_and_sampling_algorithms_as_the_simulator(tmp_p
     assert float(dist_rows[-1]["bytes_sent_total"]) > 0
 
 
+def test_a_distributed_run_resumes_on_ranks_or_in_the_simulator_with_the_same_rows(tmp_path):
+    """Issue 37: rank 0 dies at round 7 (the checkpoint of round 4 stays); `--resume` on 2 ranks, and the same
+    folder resumed by the simulator, both finish with the uninterrupted simulator's rows (momentum, privacy
+    noise and the accountant carried over)."""
+    import shutil
+
+    config = _config(tmp_path, num_nodes=8, privacy={"clip": 1.0, "noise_multiplier": 0.5})
+    code, _, err = _finish(_launch(config, tmp_path / "dist", "--timeout-s", "3", kill="0:7", nproc=2), TIMEOUT_S)
+    assert code == 1 and "left at round 7" in err, err[-3000:]
+    shutil.copytree(tmp_path / "dist", tmp_path / "sim-resumed")
+    code, _, err = _finish(_launch(None, None, "--resume", str(tmp_path / "dist"), nproc=2), TIMEOUT_S)
+    assert code == 0, err[-3000:]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "peerlearn", "run", "--resume", str(tmp_path / "sim-resumed"), "--quiet"],
+                   env=env, check=True, timeout=TIMEOUT_S)
+    subprocess.run([sys.executable, "-m", "peerlearn", "run", str(config), "--out", str(tmp_path / "sim"), "--quiet"],
+                   env=env, check=True, timeout=TIMEOUT_S)
+    sim_rows = _rows(tmp_path / "sim")
+    _assert_same_rows(_rows(tmp_path / "dist"), sim_rows)
+    _assert_same_rows(_rows(tmp_path / "sim-resumed"), sim_rows)
+    assert (tmp_path / "dist" / "logs" / "rank0.log").read_text().count("rank 0/2, pid") == 2  # the log goes on
+
+
 def _by_hand(config: Path, out: Path, world: int, *extra: str, ranks=None, port: int | None = None, **env) -> list:
     """The ``ranks`` (default: all) started by hand, without a launcher: RANK, WORLD_SIZE, MASTER_ADDR/PORT and
     the shared secret in their environment."""
@@ -255,13 +278,14 @@ def _config(tmp_path: Path, **over) -> Path:
     return path
 
 
-def _launch(config: Path, out: Path, *extra: str, kill: str | None = None, nproc: int = 4, quiet: bool = True,
+def _launch(config: Path | None, out: Path | None, *extra: str, kill: str | None = None, nproc: int = 4, quiet: bool = True,
             **popen):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if kill:
         env["PEERLEARN_KILL"] = kill
-    cmd = [sys.executable, "-m", "peerlearn", "run", str(config), "--engine", "distributed", "--nproc", str(nproc),
-           "--out", str(out), *["--quiet"] * quiet, *extra]
+    where = [str(config), "--out", str(out)] if config is not None else []  # none: --resume DIR in extra
+    cmd = [sys.executable, "-m", "peerlearn", "run", *where, "--engine", "distributed", "--nproc", str(nproc),
+           *["--quiet"] * quiet, *extra]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True, **popen)
 
