@@ -34,8 +34,8 @@ import torch
 
 from peerlearn.divergence import watch_run
 from peerlearn.engines.async_net import AsyncNet
-from peerlearn.engines.loop import RunRows
-from peerlearn.engines.run import is_evaluation_round, make_evaluator, rejoin, restore, round_network
+from peerlearn.engines.loop import RunRows, run_rounds
+from peerlearn.engines.run import make_evaluator, rejoin, restore, round_network
 from peerlearn.rng import stream_seed
 from peerlearn.types import Tensor
 
@@ -52,74 +52,80 @@ def simulate_async(built, on_eval: Callable[[dict], None] | None = None,
                    on_checkpoint: Callable[[dict], None] | None = None,
                    resume: dict | None = None) -> list[dict]:
     """Run an :class:`~peerlearn.types.AsyncAlgorithm` to the end; same callbacks and rows as ``simulate``."""
-    cfg, algo = built.config, built.algorithm
-    clock = built.clock()
-    net = AsyncNet(built.W, seed=stream_seed(cfg.seed, "async_net"))
-    book = RunRows(built, make_evaluator(built), watch_run(built), on_eval)
-    params_NP = built.params_NP.clone()
-    state = algo.init(params_NP)
-    n = cfg.num_nodes
-    message_bytes = params_NP.shape[1] * params_NP.element_size()
-    round_s = round_seconds(cfg.algorithm.num_local_steps, message_bytes, clock.step_time_s, clock.bandwidth_Bps,
-                            clock.latency_s)
-    slices = cfg.clock.slices_per_round
-    period = cfg.algorithm.period_s if cfg.algorithm.period_s is not None else (round_s if algo.timer else 0.0)
-    due_N = net.rng.uniform(0.0, period, n) if algo.timer else np.zeros(n)
-    faults = built.faults
-    alive_N = torch.ones(n, dtype=torch.bool) if faults is None else torch.from_numpy(faults.alive(0).copy())
+    driver = _Events(built, on_eval, on_checkpoint)
+    return run_rounds(driver, built, driver.book, on_round, on_finish, resume)
 
-    def record(round_: int) -> None:
-        clock.t_N[alive_N.numpy()] = round_ * round_s
-        book.record(round_, params_NP, None if faults is None else alive_N, net.bytes_sent_total, clock.metrics())
-        if on_checkpoint is not None:
-            on_checkpoint({"round": round_, "params_NP": params_NP, "state": state, "sampler": built.batches.state_dict(),
-                           "net": net.state_dict(), "clock": clock.state_dict(), "due_N": due_N.copy(),
-                           **book.checkpoint()})
 
-    if resume is None:
-        first = 1
-        record(0)
-    else:
-        first, params_NP, state, _, alive = restore(built, resume)
-        book.resume(resume)
-        alive_N = alive if alive is not None else alive_N
-        net.load_state_dict(resume["net"])
-        clock.load_state_dict(resume["clock"])
-        due_N = resume["due_N"].copy()
-    drawn = built.batches.drawn_N
-    for round_ in range(first, cfg.num_rounds + 1):
-        round_start = (round_ - 1) * round_s
-        W, rf, copied = round_network(built, round_)
-        params_NP = rejoin(params_NP, copied)
+class _Events:
+    """The event engine's round (a :func:`~peerlearn.engines.loop.run_rounds` driver): its time slices, and
+    in each the nodes whose timers fire."""
+
+    def __init__(self, built, on_eval, on_checkpoint):
+        cfg, algo = built.config, built.algorithm
+        self.built, self.on_checkpoint = built, on_checkpoint
+        self.clock = built.clock()
+        self.net = AsyncNet(built.W, seed=stream_seed(cfg.seed, "async_net"))
+        self.book = RunRows(built, make_evaluator(built), watch_run(built), on_eval)
+        self.params_NP = built.params_NP.clone()
+        self.state = algo.init(self.params_NP)
+        n, clock = cfg.num_nodes, self.clock
+        message_bytes = self.params_NP.shape[1] * self.params_NP.element_size()
+        self.round_s = round_seconds(cfg.algorithm.num_local_steps, message_bytes, clock.step_time_s,
+                                     clock.bandwidth_Bps, clock.latency_s)
+        self.period = cfg.algorithm.period_s if cfg.algorithm.period_s is not None else (
+            self.round_s if algo.timer else 0.0)
+        self.due_N = self.net.rng.uniform(0.0, self.period, n) if algo.timer else np.zeros(n)
+        faults = built.faults
+        self.alive_N = torch.ones(n, dtype=torch.bool) if faults is None else torch.from_numpy(faults.alive(0).copy())
+
+    def record(self, round_: int) -> None:
+        built, clock = self.built, self.clock
+        clock.t_N[self.alive_N.numpy()] = round_ * self.round_s
+        self.book.record(round_, self.params_NP, None if built.faults is None else self.alive_N,
+                         self.net.bytes_sent_total, clock.metrics())
+        if self.on_checkpoint is not None:
+            self.on_checkpoint({"round": round_, "params_NP": self.params_NP, "state": self.state,
+                                "sampler": built.batches.state_dict(), "net": self.net.state_dict(),
+                                "clock": clock.state_dict(), "due_N": self.due_N.copy(), **self.book.checkpoint()})
+
+    def resume(self, snapshot: dict) -> int:
+        first, self.params_NP, self.state, _, alive = restore(self.built, snapshot)
+        self.book.resume(snapshot)
+        self.alive_N = alive if alive is not None else self.alive_N
+        self.net.load_state_dict(snapshot["net"])
+        self.clock.load_state_dict(snapshot["clock"])
+        self.due_N = snapshot["due_N"].copy()
+        return first - 1
+
+    def models(self) -> Tensor:
+        return self.params_NP
+
+    def advance(self, round_: int) -> None:
+        """One round of simulated time: the round's network, then each slice's wakers."""
+        round_start = (round_ - 1) * self.round_s
+        W, rf, copied = round_network(self.built, round_)
+        self.params_NP = rejoin(self.params_NP, copied)
         if W is not None:
-            net.set_topology(W)
+            self.net.set_topology(W)
         if rf is not None:
-            alive_N = rf.alive_N
-            due_N[rf.joined] = np.maximum(due_N[rf.joined], round_start)  # no burst of missed wake-ups
-        alive = alive_N.numpy()
+            self.alive_N = rf.alive_N
+            self.due_N[rf.joined] = np.maximum(self.due_N[rf.joined], round_start)  # no burst of missed wake-ups
+        alive, slices = self.alive_N.numpy(), self.built.config.clock.slices_per_round
         for k in range(slices):
-            end = round_start + (k + 1) * round_s / slices
-            wakers = np.flatnonzero((due_N < end - 1e-9 * round_s) & alive)  # [start, end), rounding-safe
-            if not len(wakers):
-                continue
-            wakers = net.rng.permutation(wakers)
-            net.slice_end = end
-            drawn0, sent0 = drawn.clone(), net.bytes_sent_N.copy()
-            params_NP, state, metrics = algo.wake(state, params_NP, wakers, built.batches, built.grad_fn, net)
-            compute = (drawn - drawn0).numpy() * clock.step_time_s * clock.slowdown_N
-            sent = net.bytes_sent_N - sent0
-            comm = np.where(sent > 0, sent / clock.bandwidth_Bps + clock.latency_s, 0.0)
-            clock.compute_N += compute
-            net.busy_until_N = np.where(compute > 0, np.maximum(net.busy_until_N, end - round_s / slices) + compute,
-                                        net.busy_until_N)
-            clock.comm_N += comm
-            fired = np.setdiff1d(wakers, net.take_deferred())
-            due_N[fired] += np.maximum(period, compute[fired] + comm[fired])
-            book.step(round_, metrics, nan_means_idle=True)
-        if is_evaluation_round(cfg, round_):
-            record(round_)
-        if on_round is not None:
-            on_round(round_, book.rows[-1])
-    if on_finish is not None:
-        on_finish(params_NP)
-    return book.rows
+            end = round_start + (k + 1) * self.round_s / slices
+            wakers = np.flatnonzero((self.due_N < end - 1e-9 * self.round_s) & alive)  # [start, end), rounding-safe
+            if len(wakers):
+                self._wake(round_, self.net.rng.permutation(wakers), end, end - self.round_s / slices)
+
+    def _wake(self, round_: int, wakers: np.ndarray, end: float, start: float) -> None:
+        """The slice ``[start, end)``: the wakers act together; each is charged its work and set its next due time."""
+        built, net = self.built, self.net
+        net.slice_end = end
+        drawn0, sent0 = built.batches.drawn_N.clone(), net.bytes_sent_N.copy()
+        self.params_NP, self.state, metrics = built.algorithm.wake(self.state, self.params_NP, wakers, built.batches,
+                                                                   built.grad_fn, net)
+        compute, comm = self.clock.charge((built.batches.drawn_N - drawn0).numpy(), net.bytes_sent_N - sent0)
+        net.busy_until_N = np.where(compute > 0, np.maximum(net.busy_until_N, start) + compute, net.busy_until_N)
+        fired = np.setdiff1d(wakers, net.take_deferred())
+        self.due_N[fired] += np.maximum(self.period, compute[fired] + comm[fired])
+        self.book.step(round_, metrics, nan_means_idle=True)

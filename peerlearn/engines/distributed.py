@@ -36,7 +36,7 @@ from torch.utils._pytree import tree_map
 from peerlearn.divergence import watch_run
 from peerlearn.engines.dist_comm import DistComm, RowBatches, node_blocks  # noqa: F401 (re-exported)
 from peerlearn.engines.membership import Membership, PeerFailure, RunStopped, connect_store
-from peerlearn.engines.loop import RunRows
+from peerlearn.engines.loop import RunRows, run_rounds
 from peerlearn.engines.run import _clone, departed_faults, is_evaluation_round, make_evaluator, round_network
 from peerlearn.rows import freeze_rows
 from peerlearn.spec import ConfigError
@@ -82,6 +82,9 @@ class _Rank:
         self.comm.set_alive(self.alive_N)
         self.snapshots: dict[int, _Snapshot] = {}
         self.on_checkpoint, self.checkpoints = on_checkpoint, checkpoints
+        self.die_at = _planned_death(membership.rank)
+        self.completed = 0  # the last round this rank completed (what a recovery agrees on)
+        self.capture(0)
 
     def resume(self, snap: dict) -> int:
         """Continue from a checkpoint of the whole run (the simulator's, or one written by :meth:`checkpoint`,
@@ -104,7 +107,9 @@ class _Rank:
             self.faults = departed_faults(built, self.departure_N)
         self.alive_N = None if self.faults is None else torch.from_numpy(self.faults.alive(snap["round"]).copy())
         self.comm.set_alive(self.alive_N)
-        return int(snap["round"])
+        self.completed = int(snap["round"])
+        self.capture(self.completed)
+        return self.completed
 
     def snapshot(self, round_: int, state) -> dict:
         """Rank 0's checkpoint of the whole run after the row of ``round_`` (``state``: every node's, gathered),
@@ -189,9 +194,15 @@ class _Rank:
                 if self.clock is not None:  # the copy's time comes with it
                     self.clock.sync(*copies)
 
+    def models(self) -> Tensor | None:
+        return self.everyone()
+
     def advance(self, round_: int) -> None:
-        """One round: the algorithm's step on this rank's rows (down nodes frozen), the final merge after the
-        last one, and one reduction for the metrics, the bytes and the clock."""
+        """One round: the network, the algorithm's step on this rank's rows (down nodes frozen), the final merge
+        after the last one, one reduction for the metrics, the bytes and the clock; then a snapshot."""
+        if round_ == self.die_at:  # fault injection: a real crash, at a chosen point
+            os.kill(os.getpid(), signal.SIGKILL)
+        self.set_network(round_)
         built, comm, n = self.built, self.comm, self.built.config.num_nodes
         alive = comm.alive_N
         silent = alive is not None and not bool(alive.any())
@@ -226,6 +237,8 @@ class _Rank:
         if self.clock is not None:
             self.clock.advance(delta[:n].numpy(), delta[n:2 * n].numpy(), comm.W, comm.collective_calls > calls0,
                                float(delta[2 * n]), None if alive is None else alive.numpy())
+        self.completed = round_
+        self.capture(round_)
 
 
 def _per_node(leaf, num_rows: int) -> bool:
@@ -265,53 +278,28 @@ def simulate_distributed(built, membership: Membership, on_eval: Callable[[dict]
         raise ValueError(f"{len(membership.members)} ranks for {built.config.num_nodes} nodes: every rank needs "
                          "at least one node")
     me = _Rank(built, membership, on_eval, on_checkpoint, checkpoints)
-    die_at = _planned_death(membership.rank)
-    completed = 0 if resume is None else me.resume(resume)
-    round_ = completed + (resume is not None)
-    me.capture(completed)
+    say = log or (lambda message: None)
     try:
-        while round_ <= built.config.num_rounds + 1:
-            try:
-                if round_ == 0:
-                    me.record(0)
-                elif round_ <= built.config.num_rounds:
-                    if round_ == die_at:  # fault injection: a real crash, at a chosen point
-                        os.kill(os.getpid(), signal.SIGKILL)
-                    me.set_network(round_)
-                    me.advance(round_)
-                    completed = round_
-                    me.capture(round_)
-                    if is_evaluation_round(built.config, round_):
-                        me.record(round_)
-                    if me.lead and on_round is not None:
-                        on_round(round_, me.book.rows[-1])
-                else:
-                    everyone = me.everyone()
-                    if me.lead and on_finish is not None:
-                        on_finish(everyone)
-                round_ += 1
-            except PeerFailure as failure:
-                completed = _recover(me, membership, failure, round_, completed, log or (lambda message: None))
-                round_ = completed + 1
+        return run_rounds(me, built, me.book, on_round if me.lead else None, on_finish if me.lead else None, resume,
+                          PeerFailure, lambda failure, round_: _recover(me, membership, failure, round_, say))
     except KeyboardInterrupt as err:  # Ctrl-C: say where this rank stopped (the caller prints one line)
-        err.completed = completed
+        err.completed = me.completed
         raise
-    return me.book.rows
 
 
-def _recover(me: _Rank, membership: Membership, failure: PeerFailure | None, round_: int, completed: int,
-             say) -> int:
+def _recover(me: _Rank, membership: Membership, failure: PeerFailure | None, round_: int, say) -> int:
     """After ``failure``: agree with the survivors on the last round all completed, roll back to it and go
     on without the departed ranks (a second death during the recovery: recover again); returns that round."""
     while failure is not None:
         say(f"round {round_}: {failure}; waiting for the survivors (timeout {membership.timeout_s:g} s)")
         try:
-            members, departed, back_to = membership.recover(completed, me.comm.group)
+            members, departed, back_to = membership.recover(me.completed, me.comm.group)
             if 0 in departed:
                 raise RunStopped(f"rank 0, which evaluates and writes the run, left at round {back_to + 1}; "
                                  "the run directory keeps every row written before")
             me.depart(departed, back_to, membership.group())
             me.roll_back(back_to)
+            me.completed = back_to
             if departed:
                 say(f"ranks {departed} left (nodes {_ranges(departed, me.blocks)}); {len(members)} ranks go on "
                     f"from round {back_to + 1}")

@@ -5,7 +5,8 @@ asynchronous engine, distributed ranks): the step metrics since the last row (``
 algorithm's own, averaged into ``<key>_mean`` columns), the divergence watch (each step's loss, each
 row's models), the wall clock, the evaluation (one :func:`~peerlearn.engines.run.evaluation_row`),
 the ``on_eval`` callback, and what a checkpoint or a rollback needs to continue with the same rows.
-An engine only advances rounds and says when to record.
+An engine only advances rounds and says when to record: :func:`run_rounds` is the one loop that
+drives every engine's round (its *driver*).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 from typing import Callable
 
 from peerlearn.divergence import DivergenceWatch
-from peerlearn.engines.run import Evaluator, evaluation_row, step_means
+from peerlearn.engines.run import Evaluator, evaluation_row, is_evaluation_round, step_means
 from peerlearn.types import Tensor
 
 
@@ -81,3 +82,36 @@ class RunRows:
         self.losses[:] = kept[0]
         self.extra.clear()
         self.extra.update({k: list(v) for k, v in kept[1].items()})
+
+
+def run_rounds(driver, built, book: RunRows, on_round: Callable[[int, dict], None] | None = None,
+               on_finish: Callable[[Tensor], None] | None = None, resume: dict | None = None,
+               recoverable: type[BaseException] | tuple = (), recover=None) -> list[dict]:
+    """The one round loop of every engine: the row of round 0 (or ``driver.resume(resume)``, which returns
+    the snapshot's round), then each round ``driver.advance(round)``, the row at evaluation rounds
+    (``driver.record(round)``) and ``on_round(round, last row)``; at the end ``on_finish(driver.models())``.
+
+    A driver is one engine's round: the batched simulator, the event-driven asynchronous engine, a
+    distributed rank. An exception of type ``recoverable`` (a peer's failure) goes to
+    ``recover(error, round) -> round to continue after`` (the rank's rollback). Returns the rows.
+    """
+    cfg = built.config
+    round_ = 0 if resume is None else driver.resume(resume) + 1
+    while round_ <= cfg.num_rounds + 1:
+        try:
+            if round_ == 0:
+                driver.record(0)
+            elif round_ <= cfg.num_rounds:
+                driver.advance(round_)
+                if is_evaluation_round(cfg, round_):
+                    driver.record(round_)
+                if on_round is not None:
+                    on_round(round_, book.rows[-1])
+            else:
+                models = driver.models()
+                if on_finish is not None:
+                    on_finish(models)
+            round_ += 1
+        except recoverable as failure:
+            round_ = recover(failure, round_) + 1
+    return book.rows

@@ -17,8 +17,8 @@ from torch.utils._pytree import tree_map
 
 from peerlearn.divergence import watch_run
 from peerlearn.engines.comm import SimComm
-from peerlearn.engines.loop import RunRows
-from peerlearn.engines.run import _clone, is_evaluation_round, make_evaluator, rejoin, restore, round_network
+from peerlearn.engines.loop import RunRows, run_rounds
+from peerlearn.engines.run import _clone, make_evaluator, rejoin, restore, round_network
 from peerlearn.rows import freeze_rows
 from peerlearn.types import AsyncAlgorithm, Tensor
 
@@ -39,43 +39,58 @@ def simulate(built, on_eval: Callable[[dict], None] | None = None,
     """
     if isinstance(built.algorithm, AsyncAlgorithm):
         raise TypeError("an asynchronous algorithm runs on the event engine: peerlearn.engines.simulate picks it")
-    cfg = built.config
-    comm = SimComm(built.W)
-    comm.set_threat(built.threat)
-    book = RunRows(built, make_evaluator(built), watch_run(built), on_eval)
-    params_NP = built.params_NP.clone()
-    state = built.algorithm.init(params_NP)
-    faults = built.faults
-    alive_N = None if faults is None else torch.from_numpy(faults.alive(0).copy())
-    clock = built.clock() if built.clock is not None else None
+    driver = _Batched(built, on_eval, on_checkpoint)
+    return run_rounds(driver, built, driver.book, on_round, on_finish, resume)
 
-    def record(round_: int) -> None:
-        book.record(round_, params_NP, alive_N, comm.bytes_sent_total, clock.metrics() if clock is not None else {},
-                    built.algorithm.report(state) if built.algorithm.report is not None else None)
-        if on_checkpoint is not None:
-            on_checkpoint({"round": round_, "params_NP": params_NP, "state": state, "sampler": built.batches.state_dict(),
-                           "comm": comm.state_dict(), "clock": None if clock is None else clock.state_dict(),
-                           **book.checkpoint()})
 
-    if resume is None:
-        first = 1
-        record(0)
-    else:
-        first, params_NP, state, _, alive_N = restore(built, resume)
-        book.resume(resume)
-        comm.load_state_dict(resume["comm"])
-        if clock is not None and resume.get("clock") is not None:
-            clock.load_state_dict(resume["clock"])
-    for round_ in range(first, cfg.num_rounds + 1):
+class _Batched:
+    """The batched simulator's round (a :func:`~peerlearn.engines.loop.run_rounds` driver): every node's
+    row in one tensor, one :class:`SimComm`."""
+
+    def __init__(self, built, on_eval, on_checkpoint):
+        self.built, self.on_checkpoint = built, on_checkpoint
+        self.comm = SimComm(built.W)
+        self.comm.set_threat(built.threat)
+        self.book = RunRows(built, make_evaluator(built), watch_run(built), on_eval)
+        self.params_NP = built.params_NP.clone()
+        self.state = built.algorithm.init(self.params_NP)
+        self.alive_N = None if built.faults is None else torch.from_numpy(built.faults.alive(0).copy())
+        self.clock = built.clock() if built.clock is not None else None
+
+    def record(self, round_: int) -> None:
+        built, clock, report = self.built, self.clock, self.built.algorithm.report
+        self.book.record(round_, self.params_NP, self.alive_N, self.comm.bytes_sent_total,
+                         clock.metrics() if clock is not None else {}, report(self.state) if report is not None else None)
+        if self.on_checkpoint is not None:
+            self.on_checkpoint({"round": round_, "params_NP": self.params_NP, "state": self.state,
+                                "sampler": built.batches.state_dict(), "comm": self.comm.state_dict(),
+                                "clock": None if clock is None else clock.state_dict(), **self.book.checkpoint()})
+
+    def resume(self, snapshot: dict) -> int:
+        first, self.params_NP, self.state, _, self.alive_N = restore(self.built, snapshot)
+        self.book.resume(snapshot)
+        self.comm.load_state_dict(snapshot["comm"])
+        if self.clock is not None and snapshot.get("clock") is not None:
+            self.clock.load_state_dict(snapshot["clock"])
+        return first - 1
+
+    def models(self) -> Tensor:
+        return self.params_NP
+
+    def advance(self, round_: int) -> None:
+        """One round: the network (schedule, faults, returning nodes' copies), the step (down nodes frozen),
+        the final merge after the last round, the clock and the step's metrics."""
+        built, comm, clock = self.built, self.comm, self.clock
         W, rf, copied = round_network(built, round_)
-        params_NP = rejoin(params_NP, copied)
+        self.params_NP = rejoin(self.params_NP, copied)
         if W is not None:
             comm.set_topology(W)
         if rf is not None:
             comm.set_alive(rf.alive_N)
-            alive_N = rf.alive_N
+            self.alive_N = rf.alive_N
             if clock is not None and len(copied[0]):  # the copy's time comes with it
                 clock.sync(*copied)
+        alive_N = self.alive_N
         down = None if alive_N is None or bool(alive_N.all()) else ~alive_N
         silent = down is not None and not bool(alive_N.any())
         drawn0, bytes0 = built.batches.drawn_N.clone(), comm.bytes_sent_N.clone()
@@ -83,23 +98,17 @@ def simulate(built, on_eval: Callable[[dict], None] | None = None,
         if silent:  # the whole network is down: nothing happens this round
             step_metrics = {"loss": math.nan}
         else:
-            before = (params_NP.clone(), tree_map(_clone, state)) if down is not None else None
-            params_NP, state, step_metrics = built.algorithm.step(state, params_NP, built.batches, built.grad_fn,
-                                                                  comm)
+            before = (self.params_NP.clone(), tree_map(_clone, self.state)) if down is not None else None
+            self.params_NP, self.state, step_metrics = built.algorithm.step(self.state, self.params_NP, built.batches,
+                                                                            built.grad_fn, comm)
             if before is not None:  # a down node neither trains nor communicates: its rows stay as they were
-                params_NP, state = freeze_rows(params_NP, before[0], down), freeze_rows(state, before[1], down)
-        if round_ == cfg.num_rounds and built.final_merge and not silent:  # one global average, then evaluate
-            merged = comm.all_reduce_mean(params_NP).expand_as(params_NP)
-            params_NP = merged.clone() if down is None else torch.where(down[:, None], params_NP, merged)
+                self.params_NP, self.state = freeze_rows(self.params_NP, before[0], down), freeze_rows(self.state,
+                                                                                                   before[1], down)
+        if round_ == built.config.num_rounds and built.final_merge and not silent:  # one global average, then evaluate
+            merged = comm.all_reduce_mean(self.params_NP).expand_as(self.params_NP)
+            self.params_NP = merged.clone() if down is None else torch.where(down[:, None], self.params_NP, merged)
         if clock is not None:
             clock.advance((built.batches.drawn_N - drawn0).numpy().astype(np.float64),
                           (comm.bytes_sent_N - bytes0).numpy(), comm.W, comm.collective_calls > calls0,
                           comm.bytes_sent_server - server0, None if alive_N is None else alive_N.numpy())
-        book.step(round_, step_metrics, watch=not silent)
-        if is_evaluation_round(cfg, round_):
-            record(round_)
-        if on_round is not None:
-            on_round(round_, book.rows[-1])
-    if on_finish is not None:
-        on_finish(params_NP)
-    return book.rows
+        self.book.step(round_, step_metrics, watch=not silent)

@@ -61,8 +61,7 @@ class Clock:
         node this round; ``W``: the round's mixing matrix (who waits for whom in a gossip round)."""
         n = len(self.t_N)
         alive = np.ones(n, dtype=bool) if alive_N is None else np.asarray(alive_N, dtype=bool)
-        compute = np.where(alive, batches_N * self.step_time_s * self.slowdown_N, 0.0)
-        comm = np.where(alive & (bytes_N > 0), bytes_N / self.bandwidth_Bps + self.latency_s, 0.0)
+        compute, comm = self._costs(batches_N, bytes_N, alive)
         ready = self.t_N + compute + comm
         if collective:
             server = server_bytes / self.bandwidth_Bps + self.latency_s if server_bytes > 0 else 0.0
@@ -77,6 +76,24 @@ class Clock:
         self.t_N = new_t
         self.compute_N += compute
         self.comm_N += comm
+
+    def _costs(self, batches_N: np.ndarray, bytes_N: np.ndarray, alive_N: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Each node's compute and communication seconds for ``batches_N`` mini-batches and ``bytes_N`` bytes
+        (nothing for a node that is down)."""
+        compute = batches_N * self.step_time_s * self.slowdown_N
+        comm = bytes_N / self.bandwidth_Bps + self.latency_s
+        if alive_N is None:
+            return compute, np.where(bytes_N > 0, comm, 0.0)
+        return np.where(alive_N, compute, 0.0), np.where(alive_N & (bytes_N > 0), comm, 0.0)
+
+    def charge(self, batches_N: np.ndarray, bytes_N: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Charge each node for a piece of work done outside a synchronous round (the event engine's wakes):
+        adds its compute and communication seconds to the node's totals and returns them."""
+        compute, comm = self._costs(batches_N, bytes_N)
+        self.compute_N += compute
+        self.comm_N += comm
+        return compute, comm
 
     def _row_max(self, W, sender_ready: np.ndarray, own_ready: np.ndarray) -> np.ndarray:
         """:func:`_row_max`, with W's row structure kept while the same W stays in force."""
