@@ -120,6 +120,9 @@ class AnarchicSpec(LocalSteps):
     normalize: bool = Field(True, description="divide each update by its number of local steps (false: plain "
                                               "averaging, FedAvg under the same anarchy)")
     capabilities: ClassVar = Capabilities(engines=SYNC, global_model=True)
+    why_not: ClassVar = {  # why model attacks and privacy noise do not act on its messages
+        "attack": "its workers upload to a trusted server average; Byzantine workers are not modelled yet",
+        "privacy": "its server averages clean updates; DP for the server's memory is not built yet"}
 
     def check(self, cfg) -> None:
         super().check(cfg)

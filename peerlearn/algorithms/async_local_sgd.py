@@ -104,6 +104,9 @@ class AsyncLocalSgdSpec(Asynchronous):
     staleness_power: float = Field(0.0, ge=0.0, description="weigh a push of staleness tau by (1 + tau)^-power "
                                    "(0: no weighting)")
     capabilities: ClassVar = Capabilities(engines=frozenset({"simulator"}), asynchronous=True, global_model=True)
+    why_not: ClassVar = {  # why model attacks and privacy noise do not act on its messages
+        "attack": "its workers push to a trusted parameter server; Byzantine workers are not modelled yet",
+        "privacy": "noise on asynchronous pushes is not built yet"}
 
     def build(self, ctx):
         return async_local_sgd(self.transform(), self.num_local_steps, self.outer_lr, self.outer_momentum,

@@ -66,6 +66,9 @@ class AsyncPushSumSpec(Asynchronous):
 
     name: Literal["async_push_sum"] = "async_push_sum"
     capabilities: ClassVar = Capabilities(engines=frozenset({"simulator"}), asynchronous=True, column_stochastic=True)
+    why_not: ClassVar = {  # why model attacks and privacy noise do not act on its messages
+        "attack": "its messages carry push-sum weights; attacks on the weights are not modelled yet",
+        "privacy": "noise on push-sum weights is not modelled yet"}
 
     def build(self, ctx):
         return async_push_sum(self.transform(), self.num_local_steps)

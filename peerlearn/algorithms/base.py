@@ -23,6 +23,9 @@ class AlgorithmSpec(Spec):
     """A learning algorithm: ``build(ctx) -> Algorithm`` (or ``AsyncAlgorithm``)."""
 
     lr: float = Field(0.1, gt=0.0, description="local learning rate")
+    # why model attacks ("attack") and privacy noise ("privacy") do not act on the algorithm's messages, in one
+    # line each (issue 37: every algorithm that sends messages is attacked and noised, or says why not)
+    why_not: ClassVar[dict[str, str]] = {}
     batch_size: int = Field(16, ge=1, description="mini-batch size per node and step")
 
     def build(self, ctx: BuildContext) -> Algorithm | AsyncAlgorithm:

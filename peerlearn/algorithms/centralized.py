@@ -58,6 +58,9 @@ class CentralizedSpec(LocalSteps, Synchronous):
     weighting: Literal["data_size", "uniform"] = Field("data_size", description="weight nodes by their data size "
                                                                                 "or equally")
     capabilities: ClassVar = Capabilities(engines=SYNC, global_model=True)
+    why_not: ClassVar = {  # why model attacks and privacy noise do not act on its messages
+        "attack": "its gradients meet in a trusted all-reduce, with no message to replace",
+        "privacy": "noise in the all-reduce (DP-SGD) is not built yet"}
 
     def build(self, ctx):
         return centralized(self.transform(), self.num_local_steps, weights(self, ctx))

@@ -80,6 +80,9 @@ class ChocoSpec(LocalSteps, Synchronous):
                                 "compression)")
     slots: ClassVar = {"compressor": COMPRESSORS}
     capabilities: ClassVar = Capabilities(engines=SYNC, static_topology=True)
+    why_not: ClassVar = {  # why model attacks and privacy noise do not act on its messages
+        "attack": "its messages are compressed differences to public copies; their poisoning is not modelled yet",
+        "privacy": "noise on compressed differences is not modelled yet"}
 
     def build(self, ctx):
         return choco(self.transform(), self.num_local_steps, self.compressor.build(ctx.seed("compressor")),

@@ -116,6 +116,9 @@ class DilocoSpec(_Compressed, Synchronous):
     combine: Literal["all_reduce", "gossip"] = Field("all_reduce", description="average the trained models with an "
                                                      "all-reduce or one gossip step")
     capabilities: ClassVar = _GLOBAL
+    why_not: ClassVar = {  # why model attacks and privacy noise do not act on its messages
+        "attack": "its pseudo-gradients meet in a trusted all-reduce, with no gossip message to replace",
+        "privacy": "noise on pseudo-gradients (outer-step DP) is not built yet"}
 
     def check(self, cfg) -> None:
         super().check(cfg)
@@ -134,6 +137,9 @@ class LocalSgdSpec(_Compressed, Synchronous):
 
     name: Literal["local_sgd"] = "local_sgd"
     capabilities: ClassVar = _GLOBAL
+    why_not: ClassVar = {  # why model attacks and privacy noise do not act on its messages
+        "attack": "its models meet in a trusted all-reduce, with no gossip message to replace",
+        "privacy": "noise on the periodic average is not built yet"}
 
     def build(self, ctx):
         return local_sgd(self.transform(), self.num_local_steps, compressor=self.pseudo_gradient_compressor(ctx))

@@ -83,6 +83,9 @@ class FedAvgSpec(LocalSteps, Synchronous):
     weighting: Literal["data_size", "uniform"] = Field("data_size", description="weight nodes by their data size "
                                                                                 "or equally")
     capabilities: ClassVar = Capabilities(engines=SYNC, global_model=True)
+    why_not: ClassVar = {  # why model attacks and privacy noise do not act on its messages
+        "attack": "its clients upload to a trusted server average; Byzantine clients are not modelled yet",
+        "privacy": "DP-FedAvg (clipped client updates, server noise) is not built yet"}
 
     def build(self, ctx):
         return fedavg(self.transform(), self.num_local_steps, self.fraction, weights(self, ctx),

@@ -83,7 +83,7 @@ def gossip_learning(optimizer: Transform, num_local_steps: int = 1, batch_size: 
 # ---------------------------------------------------------------------------------------------
 # Spec (algorithm.name: gossip_learning)
 # ---------------------------------------------------------------------------------------------
-from typing import Literal  # noqa: E402
+from typing import ClassVar, Literal  # noqa: E402
 
 from peerlearn.algorithms.base import ALGORITHMS, Asynchronous  # noqa: E402
 
@@ -94,6 +94,9 @@ class GossipLearningSpec(Asynchronous):
     trains (Ormandi et al., 2013; Hegedus et al., 2021)."""
 
     name: Literal["gossip_learning"] = "gossip_learning"
+    why_not: ClassVar = {  # why model attacks and privacy noise do not act on its messages
+        "attack": "its asynchronous sends are not poisoned yet",
+        "privacy": "noise on asynchronous sends is not built yet"}
 
     def build(self, ctx):
         trains = None if ctx.relay_N is None else torch.from_numpy(~ctx.relay_N)

@@ -58,6 +58,9 @@ class GradientTrackingSpec(Synchronous, ServerRounds):
     """Gradient tracking (DIGing, Nedic et al., SIAM J. Optim. 2017): one step per round."""
 
     name: Literal["gradient_tracking"] = "gradient_tracking"
+    why_not: ClassVar = {  # why model attacks and privacy noise do not act on its messages
+        "attack": "its messages carry models and gradient trackers; an attack on the trackers is not modelled yet",
+        "privacy": "its gradient trackers would share unnoised gradients; not modelled yet"}
     capabilities: ClassVar = Capabilities(engines=SYNC)
 
     def build(self, ctx):

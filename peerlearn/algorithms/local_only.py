@@ -39,6 +39,9 @@ class LocalSpec(LocalSteps, Synchronous):
     """Local training only, no communication: the lower baseline."""
 
     name: Literal["local"] = "local"
+    why_not: ClassVar = {  # why model attacks and privacy noise do not act on its messages
+        "attack": "it sends nothing",
+        "privacy": "it sends nothing"}
     capabilities: ClassVar = Capabilities(engines=SYNC)
 
     def build(self, ctx):

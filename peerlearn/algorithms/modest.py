@@ -83,6 +83,9 @@ class ModestSpec(LocalSteps, Synchronous):
     """MoDeST: a sample of nodes trains, aggregators average and pass the model on (de Vos et al., 2023)."""
 
     name: Literal["modest"] = "modest"
+    why_not: ClassVar = {  # why model attacks and privacy noise do not act on its messages
+        "attack": "its participants multicast to aggregators; Byzantine participants are not modelled yet",
+        "privacy": "noise on MoDeST's multicasts is not built yet"}
     sample_size: int = Field(10, ge=1, description="nodes sampled per round (s)")
     num_aggregators: int = Field(1, ge=1, description="aggregators per round (a), among the sampled")
     capabilities: ClassVar = Capabilities(engines=SYNC, global_model=True)

@@ -61,6 +61,9 @@ class PushSumSpec(LocalSteps, Synchronous, ServerRounds):
     """Stochastic gradient push over directed graphs (Assran et al., ICML 2019)."""
 
     name: Literal["push_sum"] = "push_sum"
+    why_not: ClassVar = {  # why model attacks and privacy noise do not act on its messages
+        "attack": "its messages carry push-sum weights; attacks on the weights are not modelled yet",
+        "privacy": "noise on push-sum weights is not modelled yet"}
     capabilities: ClassVar = Capabilities(engines=SYNC, column_stochastic=True)
 
     def build(self, ctx):

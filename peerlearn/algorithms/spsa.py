@@ -109,6 +109,9 @@ class SpsaSpec(Optimized, Synchronous):
     """Shared-randomness SPSA: one quantised byte per direction (Zelikman et al., "Just One Byte", 2023)."""
 
     name: Literal["spsa"] = "spsa"
+    why_not: ClassVar = {  # why model attacks and privacy noise do not act on its messages
+        "attack": "it shares one-byte projections in a trusted all-gather; their poisoning is not modelled yet",
+        "privacy": "noise on the projections is not built yet"}
     spsa_perturbations: int = Field(1, ge=1, le=10_000, description="random directions per node and round (one byte sent "
                                     "to every peer for each)")
     spsa_epsilon: float = Field(1e-3, gt=0.0, description="probe distance of the two-point estimate")

@@ -63,6 +63,6 @@ class ThreatSpec(Spec):
         algo = cfg.algorithm
         if self.poisons == "messages" and not algo.capabilities.attackable:
             data = [name for name, c in ATTACKS.items() if c.capabilities.poisons == "data"]
-            raise config_error("threat.attack", f"model-poisoning attacks act on gossip messages; algorithm "
-                                                f"{algo.name} is not supported yet (use dsgd, or a data attack: "
-                                                f"{', '.join(data)})")
+            why = algo.why_not.get("attack", "model attacks on its messages are not modelled")
+            raise config_error("threat.attack", f"model-poisoning attacks replace gossip messages; {algo.name}: "
+                                                f"{why} (use dsgd, or a data attack: {', '.join(data)})")

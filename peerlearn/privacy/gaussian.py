@@ -191,8 +191,9 @@ class PrivacySpec(Spec):
             from peerlearn.algorithms.base import ALGORITHMS
 
             private = [n for n, c in ALGORITHMS.items() if c.capabilities.private]
-            raise config_error("privacy.clip", f"privacy noise applies to the messages of {', '.join(private)}, "
-                                               f"not {cfg.algorithm.name}")
+            why = cfg.algorithm.why_not.get("privacy", "noise on its messages is not modelled")
+            raise config_error("privacy.clip", f"privacy noise applies to the messages of {', '.join(private)}; "
+                                               f"{cfg.algorithm.name}: {why}")
 
     def build(self, ctx: BuildContext, lr: float) -> MessagePrivacy | None:
         if not self.active:

@@ -135,7 +135,7 @@ def test_a_crashed_node_spends_nothing_while_down():
 
 @pytest.mark.parametrize("privacy, algorithm, message", [
     ({"noise_multiplier": 1.0}, {}, "privacy.clip: the noise is calibrated"),
-    ({"clip": 1.0}, {"name": "push_sum"}, "privacy.clip: privacy noise applies to the messages of dsgd, not push_sum"),
+    ({"clip": 1.0}, {"name": "push_sum"}, "privacy.clip: privacy noise applies to the messages of dsgd; push_sum: noise on push-sum weights"),
     ({"clip": 1.0}, {"comm_every": 2}, "privacy.clip: rounds without gossip"),
     ({"clip": -1.0}, {}, "privacy.clip"),
     ({"clip": 1.0, "delta": 1.5}, {}, "privacy.delta"),
