@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "peerlearn"
 # not library: the composition root, the engines, the reports and the command line
 # the application layer: it builds and runs experiments (sweeps and results read configs, rebuild models)
 ROOT_OR_APP = ("peerlearn.config", "peerlearn.build", "peerlearn.engines", "peerlearn.report", "peerlearn.cli",
-               "peerlearn.__main__", "peerlearn.sweep", "peerlearn.results", "peerlearn.runner",
+               "peerlearn.__main__", "peerlearn.sweep", "peerlearn.results", "peerlearn.runner", "peerlearn.matrix",
                "peerlearn.testing")
 FORBIDDEN = ("peerlearn.config", "peerlearn.build", "peerlearn.engines", "peerlearn.cli")
 

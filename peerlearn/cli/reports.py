@@ -111,7 +111,7 @@ def cmd_matrix(args) -> int:
     from peerlearn.attacks import ATTACKS
     from peerlearn.config import ConfigError, load_config, to_dict
     from peerlearn.report import choose_run_dir
-    from peerlearn.report.matrix import run_matrix
+    from peerlearn.matrix import run_matrix
 
     cfg = load_config(args.config, args.set)  # imports the config's plugins: their members are names here too
     compute_setup(cfg)
@@ -134,7 +134,8 @@ def cmd_matrix(args) -> int:
         done.append(row)
         if not args.quiet:
             console.print(f"[{len(done)}/{total}] {attack} vs {defense}: mean {row['acc_mean']:.3f}, "
-                          f"min {row['acc_min']:.3f}", markup=False)
+                          f"min {row['acc_min']:.3f}" + (f" ({row['status']})" if row["status"] != "completed" else ""),
+                          markup=False)
 
     rows = run_matrix(base, attacks, list(args.defenses), out, on_cell, cfg)
     table.add_column("attack \\ defence")
@@ -142,7 +143,8 @@ def cmd_matrix(args) -> int:
         table.add_column(d, justify="right")
     for a in attacks:
         cells = {r["defense"]: r for r in rows if r["attack"] == a}
-        table.add_row(a, *(f"{cells[d]['acc_mean']:.2f} / {cells[d]['acc_min']:.2f}" for d in args.defenses))
+        table.add_row(a, *(f"{cells[d]['acc_mean']:.2f} / {cells[d]['acc_min']:.2f}"
+                           + (" (diverged)" if cells[d]["status"] == "diverged" else "") for d in args.defenses))
     console.print(table)
     (out / "config.yaml").write_text(yaml.safe_dump(base, sort_keys=False))
     console.print(f"results: {out}/ (matrix.csv, matrix.png)", markup=False)

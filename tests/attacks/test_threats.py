@@ -253,9 +253,31 @@ def test_alie_auto_z_is_the_papers_z_max_from_n_and_f():
     assert fixed.threat.attack.keywords["z"] == 0.7
 
 
+def test_a_diverging_matrix_cell_is_recorded_and_the_matrix_goes_on(tmp_path, capsys):
+    """Issue 37: the matrix's cells end as runs do (runner.outcome): a cell whose training diverges (an
+    absurd step size, no attack, so the divergence rule watches it) is a `diverged` row, and the cells after
+    it still run."""
+    import csv
+
+    import yaml
+
+    from peerlearn import cli
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml.safe_dump({"num_nodes": 12, "num_rounds": 5, "eval_every": 5,
+                                    "topology": {"graph": "random_regular", "degree": 4},
+                                    "model": {"hidden": [8]}, "threat": {"num_byzantine": 2}}))
+    assert cli.main(["matrix", str(path), "--attacks", "sign_flip", "--defenses", "gossip:lr=1e8", "gossip",
+                     "--out", str(tmp_path / "mx")]) == 0
+    with open(tmp_path / "mx" / "matrix.csv", newline="") as f:
+        status = {(r["attack"], r["defense"]): r["status"] for r in csv.DictReader(f)}
+    assert status == {("none", "gossip:lr=1e8"): "diverged", ("none", "gossip"): "completed",
+                      ("sign_flip", "gossip:lr=1e8"): "completed", ("sign_flip", "gossip"): "completed"}
+    assert "(diverged)" in capsys.readouterr().out
+
+
 def test_matrix_cells_take_an_attacks_own_keys():
     from peerlearn.config import ConfigError
-    from peerlearn.report.matrix import parse_member
+    from peerlearn.matrix import parse_member
 
     assert parse_member("alie:z=auto", "attack", "--attacks") == {"attack": "alie", "z": "auto"}
     assert parse_member("gaussian:sigma=3") == {"aggregator": "gaussian", "sigma": 3}
