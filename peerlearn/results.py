@@ -121,13 +121,21 @@ def load_summary(paths):
     return pd.DataFrame.from_records(records)
 
 
+def _signed_by_you(run_dir, plugins: list) -> bool:
+    from peerlearn.report.ownership import signed_by_you
+    from peerlearn.report.run_dir import RUN_MARKER
+
+    return isinstance(plugins, list) and signed_by_you(Path(run_dir) / RUN_MARKER, plugins)
+
+
 def load_model(run_dir, node: int | str = "average", trust_plugins: bool = False):
     """The model a run ended with, as a ``torch.nn.Module`` in eval mode: ``node="average"`` (default) the
     honest nodes' average, an integer the model of that node. Reads ``final_model.pt`` (written at the end
     of every completed run unless ``save_model: false``) as data.
 
     A run whose config names ``plugins:`` needs them to rebuild its model, and a plugin is code (resolved
-    in the run folder): they are imported only with ``trust_plugins=True``, for a run folder you trust;
+    in the run folder): they are imported only when the folder carries your signature of them (a run you
+    made here, as ``--resume`` checks) or with ``trust_plugins=True``, for a run folder you trust;
     otherwise a ValueError names them."""
     import torch
 
@@ -143,7 +151,7 @@ def load_model(run_dir, node: int | str = "average", trust_plugins: bool = False
     if not isinstance(config, dict):
         raise ValueError(f"{path}: holds no config mapping")
     plugins = config.get("plugins") or []
-    if plugins and not trust_plugins:
+    if plugins and not trust_plugins and not _signed_by_you(run_dir, plugins):
         raise ValueError(f"{run_dir}: its config names plugins {plugins}, which are code that would run here; pass "
                          "trust_plugins=True only for a run folder you trust")
     cfg = parse_config(config, base_dir=Path(run_dir).resolve())

@@ -153,3 +153,33 @@ def test_compare_labels_runs_of_the_same_name_alike(tmp_path):
     assert run_labels([str(a), str(b), str(c)]) == ["lr=0.1/seed0", "lr=0.2/seed0", "other"]
     assert run_labels([str(tmp_path / "x" / "s" / "seed0"), str(tmp_path / "y" / "s" / "seed0")]) == [
         "x/s/seed0", "y/s/seed0"]
+
+
+@pytest.mark.parametrize("lo, hi", [(3.0, 30.0), (1.01, 1.9), (1e-9, 1e9), (40.0, 400.0)],
+                         ids=["one-decade", "under-a-decade", "eighteen-decades", "decade-of-hundreds"])
+def test_compare_log_axes_have_labels_that_do_not_overlap(tmp_path, monkeypatch, lo, hi):
+    """Issue 38 (8): on an axis spanning about one decade matplotlib labelled every minor tick and 3x10^0 ran
+    into 4x10^0. Every log axis of the compare figure now has at least two labels in view, none overlapping."""
+    import matplotlib.pyplot as plt
+
+    from peerlearn.report import plots
+
+    figures = []
+    monkeypatch.setattr(plots.plt, "close", figures.append)  # keep the figure to measure its labels
+    rows = [{"round": r, "acc_mean": 0.5, "bytes_sent_per_node": 1e6 * (lo + (hi - lo) * r / 10),
+             "consensus_distance": 0.1 / (r + 1), "sim_time_s": lo + (hi - lo) * r / 10} for r in range(11)]
+    plots.plot_compare({"a": rows, "b": rows}, tmp_path / "c.png", x="sim_time_s")
+    fig = figures[-1]
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            if axis.get_scale() != "log":
+                continue
+            low, high = sorted(axis.get_view_interval())
+            shown = [t for t in axis.get_ticklabels(which="both")
+                     if t.get_visible() and t.get_text() and low <= t.get_position()[axis is ax.yaxis] <= high]
+            assert len(shown) >= 2, [t.get_text() for t in shown]
+            boxes = [t.get_window_extent(renderer) for t in shown]
+            for i, box in enumerate(boxes):
+                assert not any(box.overlaps(other) for other in boxes[i + 1:]), [t.get_text() for t in shown]
+    plt.close(fig)

@@ -194,6 +194,7 @@ def test_an_interrupted_run_says_what_it_kept_and_how_to_go_on(tmp_path, monkeyp
     out = tmp_path / "run"
     out.mkdir()
     (out / "checkpoint.pt.tmp").write_bytes(b"left by a kill mid-write")
+    (out / "final_model.pt.tmp").write_bytes(b"left by a kill mid-write")
     restore = interrupt_after(monkeypatch, 10)
     assert cli.main(["run", QUICK, *SMALL, "--out", str(out), "--overwrite"] + ["--quiet"] * quiet) == 130
     restore()
@@ -202,3 +203,4 @@ def test_an_interrupted_run_says_what_it_kept_and_how_to_go_on(tmp_path, monkeyp
         f"interrupted: {out}/ keeps the rows to round 10; continue from round 5 with: peerlearn run --resume {out}")
     assert "final_model.pt" not in captured.out + captured.err and "metric (final round)" not in captured.out
     assert not (out / "checkpoint.pt.tmp").exists() and (out / "checkpoint.pt").is_file()
+    assert not (out / "final_model.pt.tmp").exists()

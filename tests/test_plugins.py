@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from peerlearn import cli
@@ -49,6 +50,14 @@ def test_a_run_made_of_user_parts_learns_and_records_their_metric(plugin_config,
     plugins = json.loads((out / "summary.json").read_text())["environment"]["plugins"]
     mine = [p for p in plugins if p["plugin"] == saved["plugins"][0]]
     assert mine and mine[0]["sha256"] == hashlib.sha256(Path(saved["plugins"][0]).read_bytes()).hexdigest()
+    # a run you made loads its model without trust_plugins (the folder carries your signature of its plugins,
+    # as --resume checks); once the plugin file changes, it is code you have not seen: refused
+    from peerlearn import results
+
+    assert isinstance(results.load_model(out), torch.nn.Module)
+    Path(saved["plugins"][0]).write_text(Path(saved["plugins"][0]).read_text() + "\n# changed\n")
+    with pytest.raises(ValueError, match="trust_plugins=True"):
+        results.load_model(out)
 
 
 def test_resume_finds_the_plugin_from_another_directory(plugin_config, tmp_path, monkeypatch):

@@ -228,8 +228,8 @@ def _stopped(rank: int, say):
     def stopped(status: str, err: BaseException) -> None:
         if status == "interrupted":  # Ctrl-C reaches every rank: each says where it stopped
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher forwards it again: finish writing
-            where = getattr(err, "completed", None)
-            line = "interrupted" + ("" if where is None else f" after round {where}")
+            where = getattr(err, "completed", None) if rank == 0 else None  # the ranks may be a round apart:
+            line = "interrupted" + ("" if where is None else f" after round {where}")  # rank 0's is the run's
             say(line)
             err_console.print(f"rank {rank}: {line}", markup=False, highlight=False, soft_wrap=True)
             return

@@ -150,7 +150,42 @@ def plot_bands(df, group: str, out_paths: list[Path], metric: str = "acc_mean", 
     return written
 
 
+def _log_labels(fig) -> None:
+    """Readable, non-overlapping tick labels on every log axis: plain numbers (0.01, 30, 2e+06) at the powers
+    of ten (at most six), also at 2x and 5x them where the axis spans under two decades, and a few evenly
+    spaced values where it spans under one (matplotlib's default labels every minor tick of a one-decade
+    axis, and 3x10^0 runs into 4x10^0)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            if axis.get_scale() != "log":
+                continue
+            lo, hi = sorted(v for v in axis.get_view_interval())
+            decades = math.log10(hi / lo) if lo > 0 else math.inf
+            if decades < 1:  # under a decade the powers of ten are off the axis: a few evenly spaced values
+                axis.set_major_locator(MaxNLocator(4))
+                axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+                axis.set_minor_formatter(NullFormatter())
+                continue
+            few = decades < 2
+            axis.set_major_locator(LogLocator(base=10, numticks=6))  # wide axes: every other decade or fewer
+            axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            axis.set_minor_locator(LogLocator(base=10, subs=(2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0)))
+            axis.set_minor_formatter(FuncFormatter(lambda v, _, few=few: f"{v:g}" if few and _mantissa(v) in (2, 5)
+                                                   else ""))
+
+
+def _mantissa(v: float) -> int | None:
+    """The leading digit of ``v`` when ``v`` is that digit times a power of ten (2 for 0.02), else None."""
+    if v <= 0:
+        return None
+    m = v / 10 ** math.floor(math.log10(v) + 1e-9)
+    return round(m) if abs(m - round(m)) < 1e-6 else None
+
+
 def _save(fig, path: Path) -> Path:
+    _log_labels(fig)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -14,9 +14,6 @@ from peerlearn.paths import drop_links
 from peerlearn.report.ownership import marker_text
 
 
-RUN_FILES = ("config.yaml", "metrics.csv", "summary.json", "checkpoint.pt", "checkpoint.pt.tmp", "metrics.csv.tmp",
-             "accuracy.png", "accuracy_vs_bytes.png", "consensus.png", "logs", "final_model.pt", "final_model.pt.tmp",
-             "report.html", "tensorboard", "wandb", "mlruns")  # what a run writes
 FINAL_MODEL = "final_model.pt"
 MODEL_FORMAT = "peerlearn.final_model/1"
 
@@ -87,8 +84,8 @@ class RunWriter:
         drop_links(self.path)  # a reused folder (--overwrite, --resume) may hold planted links
         # the plugins a resume may import again, signed with your key
         (self.path / RUN_MARKER).write_text(marker_text(config.get("plugins") or []))
-        for stale in ("metrics.csv", "summary.json", FINAL_MODEL, "report.html", CHECKPOINT + ".tmp", "metrics.csv.tmp") + \
-                ((CHECKPOINT,) if rows is None else ()):
+        for stale in ("metrics.csv", "summary.json", FINAL_MODEL, FINAL_MODEL + ".tmp", "report.html", CHECKPOINT + ".tmp",
+                      "metrics.csv.tmp") + ((CHECKPOINT,) if rows is None else ()):
             (self.path / stale).unlink(missing_ok=True)
         (self.path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         self.config = config

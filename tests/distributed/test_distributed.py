@@ -407,8 +407,9 @@ def test_ctrl_c_stops_every_rank_with_one_line_each_and_keeps_the_rows(tmp_path)
             os.killpg(proc.pid, 9)
     assert code == 130, err[-3000:]
     assert "Traceback" not in err, err[-3000:]
-    for r in range(2):
-        assert err.count(f"rank {r}: interrupted after round") == 1, err[-3000:]
+    assert err.count("rank 0: interrupted after round") == 1, err[-3000:]
+    # issue 38 (8): one round for the run, rank 0's (the ranks may be a round apart); the others say they stopped
+    assert err.count("rank 1: interrupted\n") == 1 and "rank 1: interrupted after" not in err, err[-3000:]
     assert json.loads((out / "summary.json").read_text())["status"] == "interrupted"
     assert len(_metrics_rows(out)) >= 3
 
