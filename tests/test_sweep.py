@@ -118,14 +118,18 @@ def test_compare_on_a_sweep_draws_bands_grouped_by_a_key(two_by_two, tmp_path, c
     assert cli.main(["compare", str(out), "--group-by", "nope", "--out", str(tmp_path / "x.png")]) == 2
 
 
-@pytest.mark.slow  # eight 40-round cells
-def test_an_interrupted_sweep_finishes_only_what_was_left(tmp_path):
+@pytest.mark.slow  # eight 40-round cells (a local Ray cluster, submitit jobs)
+@pytest.mark.parametrize("launcher", ["local", "ray", "slurm"])
+def test_an_interrupted_sweep_finishes_only_what_was_left(tmp_path, launcher):
+    """Ctrl-C on a sweep, then the same command: only the cells left run, on every launcher (issue 38: Ray
+    tasks on a cluster started on 127.0.0.1, submitit's local executor here)."""
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump({**TINY, "num_rounds": 40}))
     out = tmp_path / "out"
     args = [sys.executable, "-m", "peerlearn", "sweep", str(config), "--seeds", "0,1", "--grid",
-            "algorithm.lr=0.05,0.2", "--workers", "1", "--out", str(out)]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            "algorithm.lr=0.05,0.2", "--workers", "1", "--out", str(out), "--launcher", launcher]
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             stdin=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 240
     completed = []
@@ -143,7 +147,7 @@ def test_an_interrupted_sweep_finishes_only_what_was_left(tmp_path):
     finished = {c["dir"] for c in manifest["cells"] if c["status"] == "completed"}
     assert 1 <= len(finished) < 4
     stamps = {d: (out / d / "metrics.csv").stat().st_mtime_ns for d in finished}
-    again = subprocess.run(args, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    again = subprocess.run(args, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL, env=env)
     assert again.returncode == 0, again.stderr
     assert f"{len(finished)} done before, {4 - len(finished)} left" in again.stdout
     assert {d: (out / d / "metrics.csv").stat().st_mtime_ns for d in finished} == stamps  # none run twice
