@@ -19,8 +19,8 @@ from peerlearn.data.base import Dataset
 from peerlearn.data.batching import NodeSampler
 from peerlearn.engines.comm import Threat
 from peerlearn.models.functional import FlatModel, make_grad_fn, make_probe_loss_fn
-from peerlearn.resources import check_fits
-from peerlearn.spec import BuildContext, ConfigError, config_error
+from peerlearn.resources import GRAD_BUDGET, check_config_fits, check_model_fits, planned_memory_bytes
+from peerlearn.spec import BuildContext, ConfigError, DataContext, GraphContext, config_error
 from peerlearn.topology import directed, graphs
 from peerlearn.topology.clique import as_csr
 from peerlearn.types import Algorithm, AsyncAlgorithm, GradFn
@@ -54,7 +54,7 @@ class Built(NamedTuple):
 
 
 def build_dataset(cfg: ExperimentConfig) -> Dataset:
-    ctx = BuildContext(cfg)
+    ctx = DataContext.of(cfg)
     ds = cfg.data.dataset.load(ctx)
     n_test = cfg.data.test_samples
     if n_test is not None and n_test < len(ds.y_test):
@@ -74,7 +74,7 @@ def build_partition(cfg: ExperimentConfig, labels: np.ndarray, groups: np.ndarra
                                             groups, local_groups=local_groups)
         it = iter(parts)
         return [np.empty(0, dtype=np.int64) if r else next(it) for r in relay_N], local_test
-    d, ctx = cfg.data, BuildContext(cfg)
+    d, ctx = cfg.data, DataContext.of(cfg)
     p = d.partition
     min_size = d.min_samples_per_node
     if d.local_test_fraction:  # hold out a part of each node's data; keep min_size for training
@@ -112,7 +112,7 @@ def build_partition(cfg: ExperimentConfig, labels: np.ndarray, groups: np.ndarra
 def build_topology(cfg: ExperimentConfig) -> tuple[sp.csr_array, sp.csr_array]:
     """The static graph and its mixing matrix; the graph must be connected where it is used."""
     t, n = cfg.topology, cfg.num_nodes
-    adj = t.graph.build(n, BuildContext(cfg).seed("graph"))
+    adj = t.graph.build(n, DataContext.of(cfg).seed("graph"))
     if n > 1 and t.schedule.uses_graph:
         if t.graph.capabilities.directed:
             if not directed.is_strongly_connected(adj):
@@ -132,14 +132,14 @@ def build_relays(cfg: ExperimentConfig, adj: sp.csr_array) -> np.ndarray | None:
         return None
     if count >= n:
         raise config_error("data.relay_fraction", f"leaves no node with data ({count} of {n} relay)")
-    return place_nodes(adj, count, PLACE_BY[d.relay_placement], BuildContext(cfg).seed("relays"))
+    return place_nodes(adj, count, PLACE_BY[d.relay_placement], DataContext.of(cfg).seed("relays"))
 
 
-def build_threat(cfg: ExperimentConfig, adjacency: sp.csr_array):
+def build_threat(cfg: ExperimentConfig, ctx: BuildContext):
     """(honest_N, Threat or None, poisoned-data mask or None): model attacks act on messages, data attacks on batches."""
     from peerlearn.attacks.placement import place_byzantine
 
-    th, ctx = cfg.threat, BuildContext(cfg)
+    th, adjacency = cfg.threat, ctx.adjacency
     byz = place_byzantine(adjacency, cfg.num_byzantine, th.placement, ctx.seed("byzantine"))
     honest_N = torch.from_numpy(~byz)
     if th.attack is None or not byz.any():
@@ -150,22 +150,17 @@ def build_threat(cfg: ExperimentConfig, adjacency: sp.csr_array):
     if th.collusion == "neighbors":
         seen *= (as_csr(adjacency)[np.flatnonzero(byz)].toarray() > 0)
     seen /= np.maximum(seen.sum(1, keepdims=True), 1.0)
-    threat = Threat(torch.from_numpy(np.flatnonzero(byz)), th.attack.build(cfg.num_nodes, cfg.num_byzantine),
+    threat = Threat(torch.from_numpy(np.flatnonzero(byz)), th.attack.build(ctx),
                     torch.from_numpy(seen).float(),
                     th.sybil, torch.Generator().manual_seed(ctx.seed("threat")))
     return honest_N, threat, None
 
 
-def build_data_poisoning(cfg: ExperimentConfig, ds: Dataset):
+def build_data_poisoning(cfg: ExperimentConfig, ctx: BuildContext):
     """(``poison(x, y, u) -> (x, y)``, attack test set ``(x, y)``) of a data attack, or (None, None)."""
     if cfg.threat.poisons != "data" or cfg.num_byzantine == 0:
         return None, None
-    return cfg.threat.attack.build(ds)
-
-
-BASE_COPIES = 5  # float32 [N, P] tensors every round holds: params, the run's copy, grads, mixed, trained
-GRAD_BUDGET = 2 * 2**30  # bytes of forward + backward activations before the gradient is chunked over nodes
-EVAL_CHUNK = 4 * 2**24  # bytes of one evaluation chunk's activations (predicted_matches' max_elements)
+    return cfg.threat.attack.build(ctx)
 
 
 def choose_grad_strategy(cfg: ExperimentConfig, module: torch.nn.Module, activations_per_sample: int,
@@ -187,117 +182,15 @@ def choose_grad_strategy(cfg: ExperimentConfig, module: torch.nn.Module, activat
     return strategy, (None if strategy == "loop" or rows >= cfg.num_nodes else int(rows))
 
 
-def _data_bytes(ds: Dataset) -> int:
-    return sum(t.numel() * t.element_size() for t in (ds.x_train, ds.y_train, ds.x_test, ds.y_test))
-
-
-def model_copies(cfg: ExperimentConfig) -> int:
-    """Float32 copies of every node's model a round holds: :data:`BASE_COPIES`, the optimizer's state and the
-    algorithm's own (``extra_copies``: 1 unless the algorithm's spec says otherwise)."""
-    alg = cfg.algorithm
-    optimizer = getattr(alg, "optimizer", None)
-    return BASE_COPIES + alg.extra_copies + (optimizer.state_copies if optimizer is not None else 0)
-
-
-def memory_parts(cfg: ExperimentConfig, ds: Dataset, num_params: int, activations_per_sample: int) -> dict[str, int]:
-    """Bytes a run holds at its peak, by part: :func:`model_copies` float32 copies of every node's model, the dataset,
-    a round's mini-batches (inputs, labels, the draws and indices behind them), the gradient's activations
-    (bounded by chunking) and one evaluation chunk."""
-    n, b = cfg.num_nodes, cfg.algorithm.batch_size
-    sample = math.prod(ds.input_shape) * ds.x_train.element_size()
-    return {"models": model_copies(cfg) * 4 * n * num_params, "data": _data_bytes(ds),
-            "batches": n * b * (sample + ds.y_train.element_size() + 16),
-            "activations": min(GRAD_BUDGET, 3 * 4 * b * activations_per_sample * n), "evaluation": EVAL_CHUNK}
-
-
-def run_memory_bytes(built) -> int:
-    """A built run's estimated peak memory (:func:`memory_parts`)."""
-    ds = built.dataset
-    act = built.flat.activation_numel(ds.input_shape, ds.x_train.dtype)
-    return sum(memory_parts(built.config, ds, built.flat.num_params, act).values())
-
-
-def _meta_model(cfg: ExperimentConfig, ds: Dataset) -> FlatModel | None:
-    """The model built on the meta device (no memory used); None if it cannot be."""
-    try:
-        with torch.device("meta"):
-            return FlatModel(cfg.model.build(ds.input_shape, ds.num_classes))
-    except Exception:  # a module that cannot be built on the meta device is checked by its real build
-        return None
-
-
-REAL_FORWARD_MAX_PARAMS = 2**22
-"""Up to this many parameters, activations are counted on a real one-sample forward pass instead of the
-meta device: a meta ``addmm`` imports ``torch._dynamo`` (1.3 s of every small run's start-up), while
-building a model this small costs milliseconds. Both count the same output sizes."""
-
-
-def _activation_numel(cfg: ExperimentConfig, ds: Dataset, meta: FlatModel) -> int:
-    if meta.num_params <= REAL_FORWARD_MAX_PARAMS:
-        with torch.random.fork_rng(devices=[]):  # the global generator is left as it was
-            try:
-                real = FlatModel(cfg.model.build(ds.input_shape, ds.num_classes))
-                return real.activation_numel(ds.input_shape, ds.x_train.dtype)
-            except Exception:  # counted on the meta device below
-                pass
-    try:
-        return meta.activation_numel(ds.input_shape, ds.x_train.dtype)
-    except Exception:  # a forward pass that needs real values: count its parameters' worth
-        return meta.num_params
-
-
-def _meta_parts(cfg: ExperimentConfig, ds: Dataset, flat: FlatModel | None = None) -> dict[str, int] | None:
-    flat = flat or _meta_model(cfg, ds)
-    if flat is None:
-        return None
-    return memory_parts(cfg, ds, flat.num_params, _activation_numel(cfg, ds, flat))
-
-
 def estimate_memory_bytes(cfg: ExperimentConfig) -> int:
-    """:func:`run_memory_bytes` before building the run: the dataset is loaded, no node model is allocated
+    """:func:`~peerlearn.resources.run_memory_bytes` before building the run: the dataset is loaded, no node model is allocated
     (for planning many runs). A data problem is a ConfigError, as in :func:`build`."""
     try:
         check_config_fits(cfg)
         ds = build_dataset(cfg)
     except ValueError as err:
         raise _as_config_error(err) from None
-    parts = _meta_parts(cfg, ds)
-    if parts is None:
-        module = cfg.model.build(ds.input_shape, ds.num_classes)
-        flat = FlatModel(module)
-        parts = memory_parts(cfg, ds, flat.num_params, flat.activation_numel(ds.input_shape, ds.x_train.dtype))
-    return sum(parts.values())
-
-
-FAULT_TIMELINE_BYTES = 3
-"""Peak bytes per (round, node) of the faults' alive timeline: the boolean timeline and two temporaries."""
-
-
-def check_config_fits(cfg: ExperimentConfig) -> None:
-    """Refuse, before anything is built, what grows with the config's sizes alone: a random graph's edges
-    (:attr:`GraphSpec.bytes_per_edge`) and the faults' timeline, ``(num_rounds + 1) x num_nodes``."""
-    n, graph = cfg.num_nodes, cfg.topology.graph
-    edges = graph.expected_edges(n)
-    if edges is not None:
-        check_fits(edges * graph.bytes_per_edge, f"{graph.name} on {n:,} nodes (about {edges:,.0f} edges)",
-                   "topology.graph")
-    if cfg.faults.active:
-        check_fits(FAULT_TIMELINE_BYTES * (cfg.num_rounds + 1) * n,
-                   f"the faults' timeline of {cfg.num_rounds + 1:,} rounds x {n:,} nodes", "faults")
-
-
-def check_model_fits(cfg: ExperimentConfig, ds: Dataset) -> None:
-    """Refuse, before allocating, a model or a node count this machine cannot hold (counted on the meta
-    device: no memory is used), with the estimate by part."""
-    flat = _meta_model(cfg, ds)
-    if flat is None:
-        return
-    num_params = flat.num_params
-    check_fits(4.0 * num_params, f"{cfg.model.name} with {num_params:,} parameters", "model")
-    parts = _meta_parts(cfg, ds, flat)
-    detail = ", ".join(f"{k} {v / 2**30:.1f}" for k, v in parts.items() if v >= 0.05 * 2**30)
-    check_fits(sum(parts.values()), f"{cfg.num_nodes:,} nodes x {num_params:,} parameters ({model_copies(cfg)} float32 copies "
-               f"of every node's model, the data and a round's batches; GiB: {detail})", "num_nodes")
+    return planned_memory_bytes(cfg, ds)
 
 
 def _as_config_error(err: ValueError) -> ConfigError:
@@ -319,9 +212,10 @@ def build(cfg: ExperimentConfig, dataset: Dataset | None = None) -> Built:
         adj, W = build_topology(cfg)
         relay_N = build_relays(cfg, adj)
         parts, local_test = build_partition(cfg, ds.y_train.numpy(), ds.groups, relay_N, ds.local_groups)
-        ctx = BuildContext(cfg, dataset=ds, adjacency=adj, relay_N=relay_N)
         t = cfg.topology
-        schedule = t.schedule.build(ctx, t.graph, t.mixing)  # sequence files are read (and checked) here
+        graph_ctx = DataContext.of(cfg).grow(GraphContext, dataset=ds, graph=t.graph, adjacency=adj,
+                                             mixing=t.mixing.build(), relay_N=relay_N)
+        schedule = t.schedule.build(graph_ctx)  # sequence files are read (and checked) here
         m = cfg.model
         tokens = not ds.x_train.is_floating_point()
         if m.capabilities.tokens != tokens:
@@ -343,18 +237,19 @@ def build(cfg: ExperimentConfig, dataset: Dataset | None = None) -> Built:
         raise _as_config_error(err) from None
     flat = FlatModel(module)
     strategy, max_rows = choose_grad_strategy(cfg, module, flat.activation_numel(ds.input_shape, ds.x_train.dtype))
-    params_NP = flat.init_params(cfg.num_nodes, ctx.seed("init"), m.same_init)
-    ctx.data_sizes_N = torch.tensor([len(p) for p in parts], dtype=torch.float64)
-    ctx.layer_slices, ctx.reference_P, ctx.probe_loss_fn = flat.layer_slices(), params_NP[0], make_probe_loss_fn(flat)
+    params_NP = flat.init_params(cfg.num_nodes, graph_ctx.seed("init"), m.same_init)
+    ctx = graph_ctx.grow(BuildContext, data_sizes_N=torch.tensor([len(p) for p in parts], dtype=torch.float64),
+                         module=module, layer_slices=flat.layer_slices(), reference_P=params_NP[0],
+                         probe_loss_fn=make_probe_loss_fn(flat), same_init=m.same_init, privacy=cfg.privacy)
     try:
         algorithm = cfg.algorithm.make(ctx)
-        honest_N, threat, poisoned_N = build_threat(cfg, adj)
-        poison, attack_test = build_data_poisoning(cfg, ds)
+        honest_N, threat, poisoned_N = build_threat(cfg, ctx)
+        poison, attack_test = build_data_poisoning(cfg, ctx)
     except ConfigError:
         raise
     except ValueError as err:
         raise _as_config_error(err) from None
-    mixing = t.mixing.build()
+    mixing = graph_ctx.mixing
     return Built(
         config=cfg, dataset=ds, parts=parts, local_test_parts=local_test, flat=flat,
         params_NP=params_NP,
@@ -364,12 +259,12 @@ def build(cfg: ExperimentConfig, dataset: Dataset | None = None) -> Built:
                             crop_padding=cfg.data.crop_padding if cfg.data.augment == "crop_flip" else None),
         algorithm=algorithm, adjacency=adj, W=W,
         schedule=schedule, honest_N=honest_N, threat=threat, attack_test=attack_test,
-        faults=cfg.faults.build(ctx, adj, relay_N, mixing), relay_N=relay_N, clock=cfg.clock.build(ctx),
+        faults=cfg.faults.build(graph_ctx), relay_N=relay_N, clock=cfg.clock.build(graph_ctx),
         mixing=mixing, final_merge=cfg.algorithm.final_merge_enabled, eval_N=build_eval_nodes(cfg, ctx),
     )
 
 
-def build_eval_nodes(cfg: ExperimentConfig, ctx: BuildContext) -> torch.Tensor | None:
+def build_eval_nodes(cfg: ExperimentConfig, ctx: DataContext) -> torch.Tensor | None:
     """Mask of the ``eval_nodes`` nodes drawn (seeded, without replacement) for evaluation; None: every node."""
     k, n = cfg.eval_nodes, cfg.num_nodes
     if k is None or k >= n:

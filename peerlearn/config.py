@@ -340,10 +340,6 @@ def check_consistency(cfg: ExperimentConfig) -> None:
     for section in SECTIONS:
         for member in getattr(cfg, section).members():
             member.check(cfg)
-    if cfg.tracking:
-        from peerlearn.report.trackers import check_trackers
-
-        check_trackers(cfg.tracking)
 
 
 def to_dict(cfg: ExperimentConfig) -> dict:

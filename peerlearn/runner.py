@@ -3,7 +3,8 @@ engine, each rank of a distributed run) and the sweep's cells (which are ``peerl
 share.
 
 :func:`load_resume` reads an interrupted run's config and checkpoint as data (its plugins only when the
-folder is yours); :func:`start` sets the threads, builds the run (every config error surfaces here,
+folder is yours); :func:`check` asks what a config needs of this machine (the trackers' extras);
+:func:`start` checks, sets the threads, builds the run (every config error surfaces here,
 before any folder is written) and chooses the allocator; :class:`RunFolder` is the folder being written (``metrics.csv``,
 trackers, checkpoints, the final model) with the engine callbacks that feed it; :func:`outcome` runs
 the engine and turns how it ended into the run's status (``completed``, ``interrupted`` on Ctrl-C,
@@ -39,8 +40,7 @@ def allocator_for(built, compute: dict) -> None:
     run's estimated memory is at most a quarter of what is available: a heap that never gives memory back
     can fragment (1M logistic-regression nodes peaked at 18 GB with glibc's default and ran out of 24 GB
     with freed memory kept). ``PEERLEARN_MALLOC=system`` always leaves glibc as it is."""
-    from peerlearn.build import run_memory_bytes
-    from peerlearn.resources import available_memory_bytes, keep_freed_memory
+    from peerlearn.resources import available_memory_bytes, keep_freed_memory, run_memory_bytes
 
     if os.environ.get("PEERLEARN_MALLOC", "").lower() == "system":
         return
@@ -49,11 +49,21 @@ def allocator_for(built, compute: dict) -> None:
         compute["malloc"] = "kept"
 
 
+def check(cfg) -> None:
+    """What a run of a valid config needs of this machine beyond the config: every tracker's extra installed
+    (a ConfigError naming it). ``peerlearn run``, ``validate``, ``sweep`` and ``matrix`` check it before any work."""
+    if cfg.tracking:
+        from peerlearn.report.trackers import check_trackers
+
+        check_trackers(cfg.tracking)
+
+
 def start(cfg) -> tuple[dict, object]:
-    """``(compute, built)``: the threads set, the run built (a ConfigError before anything is written), the
-    allocator chosen."""
+    """``(compute, built)``: the run checked (:func:`check`) and built (a ConfigError before anything is
+    written), the threads set, the allocator chosen."""
     from peerlearn.build import build
 
+    check(cfg)
     compute = compute_setup(cfg)
     built = build(cfg)
     allocator_for(built, compute)

@@ -21,9 +21,17 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterator
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import scipy.sparse as sp
+    import torch
+
+    # peerlearn.data.base.Dataset, peerlearn.topology.base.GraphSpec and peerlearn.privacy.gaussian.PrivacySpec
+    # are named below as strings: their modules import this one
 
 
 class ConfigError(ValueError):
@@ -371,29 +379,65 @@ def describe(registry: Registry, own_only: bool = False) -> list[Described]:
 
 
 
-@dataclass
-class BuildContext:
-    """What members' ``build`` may read: the whole config, seed streams, and the parts built so far."""
+@dataclass(frozen=True)
+class DataContext:
+    """Stage 1 of a build, what a dataset's ``build(ctx)`` may read: the run's sizes and seed streams.
 
-    config: Any  # the validated ExperimentConfig
-    dataset: Any = None  # data.base.Dataset, once loaded
-    adjacency: Any = None  # scipy csr adjacency of the static graph
-    data_sizes_N: Any = None  # float64 tensor: training samples per node
-    layer_slices: list | None = None  # flat-parameter slices of the model's layers
-    relay_N: Any = None  # bool numpy mask of relay nodes (no data), or None
-    probe_loss_fn: Callable | None = None  # (params_NP, batch) -> loss_N, for zeroth-order methods
-    reference_P: Any = None  # the common initial model
+    The stages grow by construction (:meth:`grow`), never by assignment: :class:`GraphContext` adds the
+    loaded data and the graph, :class:`BuildContext` the model; a member is handed the stage its family is
+    built at (datasets this one; topology schedules, faults and clocks a :class:`GraphContext`; algorithms,
+    aggregators, attacks and privacy a :class:`BuildContext`).
+    """
+
+    run_seed: int  # the config's seed; members draw from ``seed(stream)``, not from this
+    num_nodes: int
+    num_rounds: int
+    num_byzantine: int = 0
+    image_inputs: bool = False  # the model takes images (C, H, W): a dataset keeps its samples' shape
+    test_samples: int | None = None  # data.test_samples: a loader may read only as many test samples
+
+    @classmethod
+    def of(cls, cfg) -> DataContext:
+        """The first stage of the build of ``cfg`` (a validated ``ExperimentConfig``)."""
+        return DataContext(cfg.seed, cfg.num_nodes, cfg.num_rounds, cfg.num_byzantine,
+                           cfg.model.capabilities.image, cfg.data.test_samples)
 
     def seed(self, stream: int | str) -> int:
         """The run's seed of ``stream`` (see :data:`peerlearn.rng.STREAMS`; a plugin may use its own name)."""
         from peerlearn.rng import stream_seed
 
-        return stream_seed(self.config.seed, stream)
+        return stream_seed(self.run_seed, stream)
 
-    @property
-    def num_nodes(self) -> int:
-        return self.config.num_nodes
+    def grow(self, stage: type, **fields):
+        """The next ``stage`` of this context: every field of this one and ``fields``."""
+        return stage(**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, **fields)
 
-    @property
-    def num_rounds(self) -> int:
-        return self.config.num_rounds
+    def __getattr__(self, name: str):
+        if name == "config":  # what a member written against peerlearn < 0.5 reads
+            raise AttributeError(f"{type(self).__name__} has no .config: a member reads the fields its stage gives "
+                                 f"({', '.join(f.name for f in dataclasses.fields(self))}) and ctx.seed(stream)")
+        raise AttributeError(name)
+
+
+@dataclass(frozen=True)
+class GraphContext(DataContext):
+    """Stage 2, what topology schedules, faults and clocks read: the data and the communication graph."""
+
+    dataset: Dataset | None = None  # data.base.Dataset
+    graph: GraphSpec | None = None  # topology.graph (a schedule may draw more graphs from it)
+    adjacency: sp.csr_array | None = None  # the static graph
+    mixing: Callable | None = None  # the run's rule adjacency -> W
+    relay_N: np.ndarray | None = None  # bool mask of relay nodes (no data), or None
+
+
+@dataclass(frozen=True)
+class BuildContext(GraphContext):
+    """Stage 3, what algorithms, aggregators, attacks and privacy read: the model and each node's data size."""
+
+    data_sizes_N: torch.Tensor | None = None  # float64: training samples per node
+    module: torch.nn.Module | None = None  # the run's model (one node's)
+    layer_slices: list | None = None  # flat-parameter slices of the model's layers
+    reference_P: torch.Tensor | None = None  # the common initial model
+    probe_loss_fn: Callable | None = None  # (params_NP, batch) -> loss_N, for zeroth-order methods
+    same_init: bool = True  # model.same_init: every node starts from one model
+    privacy: PrivacySpec | None = None  # the privacy section; ``privacy.build(ctx, lr)`` noises messages

@@ -152,6 +152,7 @@ def load_sweep(path: str | Path) -> SweepSpec:
 
 def plan(config: str | Path, spec: SweepSpec, extra: list[str] = ()) -> list[Cell]:
     """Every cell (variants x grid x seeds), each checked as a config (one line naming the cell) before any runs."""
+    from peerlearn import runner
     from peerlearn.config import load_config
 
     base = Path(config)
@@ -169,7 +170,7 @@ def plan(config: str | Path, spec: SweepSpec, extra: list[str] = ()) -> list[Cel
         if (file, tuple(overrides)) not in checked:
             checked.add((file, tuple(overrides)))
             try:
-                load_config(file, overrides)
+                runner.check(load_config(file, overrides))
             except ConfigError as err:
                 raise ConfigError(f"{err} (sweep cell {label})") from None
         for seed in spec.seeds:

@@ -76,3 +76,12 @@ def interrupt_after(monkeypatch, round_: int):
 
     monkeypatch.setattr(simulator, "simulate", interrupted)
     return lambda: monkeypatch.setattr(simulator, "simulate", real)
+
+
+def ctrl_c_as_in_a_terminal() -> None:
+    """``preexec_fn`` of a process a test interrupts with SIGINT: Ctrl-C acts as in a terminal even when the
+    suite itself runs with SIGINT ignored (a job started in the background by a shell without job control,
+    ``nohup``, some CI runners), which every child would otherwise inherit and Python would keep."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -79,3 +79,12 @@ def test_the_walker_sees_imports():
     graph = _graph()
     assert "peerlearn.spec" in graph["peerlearn.topology.base"]
     assert "peerlearn.config" in graph["peerlearn.build"]
+
+
+def test_the_composition_root_sits_below_the_reports():
+    """config.py and build.py make runs; writing and reading them (report/) sits above and is reached from the
+    runner (issue 37: config.py checked the trackers through report.trackers)."""
+    graph = _graph()
+    bad = sorted(f"{m} imports {t}" for m in ("peerlearn.config", "peerlearn.build") for t in graph[m]
+                 if _is_in(t, ("peerlearn.report",)))
+    assert not bad, bad

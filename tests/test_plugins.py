@@ -292,3 +292,45 @@ def test_the_example_plugin_passes_the_conformance_battery_plugin_authors_run(tm
         testing.check_member(family, name, config, tmp_path)
     with pytest.raises(AssertionError, match="is not registered"):
         testing.check_round_trip("aggregator", "no_such_rule")
+
+
+def test_members_are_handed_a_frozen_typed_stage_of_the_build(monkeypatch):
+    """Each family gets the stage it is built at, every field set when the stage is made; a member written
+    against the old ``ctx.config`` gets an error naming what the stage gives."""
+    import dataclasses
+
+    from peerlearn.build import build
+    from peerlearn.spec import BuildContext, DataContext, GraphContext
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config(threat={"num_byzantine": 2, "attack": "alie", "z": "auto"},
+                      faults={"crash_fraction": 0.25, "crash_round": 5})
+    seen = {}
+
+    def spy(family, method):
+        original = getattr(type(family), method)
+
+        def wrapped(self, ctx, *rest):
+            seen[type(self).__name__] = ctx
+            return original(self, ctx, *rest)
+        monkeypatch.setattr(type(family), method, wrapped)
+
+    for member, method in ((cfg.data.dataset, "build"), (cfg.faults, "build"), (cfg.topology.schedule, "build"),
+                           (cfg.algorithm, "build"), (cfg.algorithm.aggregator, "build"), (cfg.threat.attack, "build")):
+        spy(member, method)
+    built = build(cfg)
+    assert type(seen[type(cfg.data.dataset).__name__]) is DataContext
+    assert type(seen[type(cfg.faults).__name__]) is GraphContext
+    assert type(seen[type(cfg.topology.schedule).__name__]) is GraphContext
+    for member in (cfg.algorithm, cfg.algorithm.aggregator, cfg.threat.attack):
+        ctx = seen[type(member).__name__]
+        assert type(ctx) is BuildContext
+        unset = {f.name for f in dataclasses.fields(ctx) if getattr(ctx, f.name) is None}
+        assert unset == {"test_samples", "relay_N"}  # None by the config: every test sample, no relays
+    ctx = seen[type(cfg.algorithm).__name__]
+    assert torch.equal(ctx.reference_P, built.params_NP[0]) and ctx.adjacency is built.adjacency
+    assert (ctx.num_nodes, ctx.num_byzantine, ctx.seed("x")) == (16, 2, DataContext.of(cfg).seed("x"))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ctx.num_nodes = 3
+    with pytest.raises(AttributeError, match=r"BuildContext has no \.config: .*run_seed.*ctx\.seed\(stream\)"):
+        ctx.config.seed

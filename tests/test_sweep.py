@@ -17,6 +17,7 @@ import yaml
 
 from peerlearn import cli, results
 from peerlearn.sweep import parse_grid, parse_seeds
+from tests.conftest import ctrl_c_as_in_a_terminal
 
 pytestmark = pytest.mark.integration  # sweeps run their cells in worker processes
 
@@ -130,7 +131,8 @@ def test_an_interrupted_sweep_finishes_only_what_was_left(tmp_path, launcher):
             "algorithm.lr=0.05,0.2", "--workers", "1", "--out", str(out), "--launcher", launcher]
     env = {**os.environ, "RAY_ADDRESS": ""}
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
+                            stdin=subprocess.DEVNULL, start_new_session=True,
+                            preexec_fn=ctrl_c_as_in_a_terminal)
     deadline = time.monotonic() + 240
     completed = []
     while time.monotonic() < deadline and not completed:  # wait for the first finished run
@@ -219,7 +221,8 @@ def test_the_planning_estimate_equals_the_built_runs_memory():
     """default_workers sizes the pool without building a run: its estimate must equal the built run's."""
     from pathlib import Path
 
-    from peerlearn.build import build, estimate_memory_bytes, run_memory_bytes
+    from peerlearn.build import build, estimate_memory_bytes
+    from peerlearn.resources import run_memory_bytes
     from peerlearn.config import load_config
 
     root = Path(__file__).resolve().parents[1]

@@ -131,6 +131,6 @@ class MoonsSpec(DatasetSpec):
     def build(self, ctx):
         from sklearn.datasets import make_moons
 
-        x, y = make_moons(self.num_samples, noise=self.noise, random_state=ctx.config.seed)
+        x, y = make_moons(self.num_samples, noise=self.noise, random_state=ctx.run_seed)
         cut = int(0.8 * len(y))
         return x[:cut].astype(np.float32), y[:cut], x[cut:].astype(np.float32), y[cut:]

@@ -127,9 +127,9 @@ class DimatSpec(AggregatorSpec):
         from peerlearn.models.dense import dense_layout
 
         ds = ctx.dataset
-        layout = dense_layout(ctx.config.model.build(ds.input_shape, ds.num_classes))
+        layout = dense_layout(ctx.module)
         if layout is None or not ds.x_train.is_floating_point():
-            raise config_error("algorithm.aggregator", f"dimat aligns the hidden units of dense ReLU networks "
-                                                       f"(logreg, mlp); model {ctx.config.model.name} is not one")
+            raise config_error("algorithm.aggregator", "dimat aligns the hidden units of dense ReLU networks "
+                                                       "(logreg, mlp); the run's model.name is not one")
         inputs, _ = training_sample(ctx, "dimat", self.align_samples)
         return functools.partial(aligned_mean, layout=layout, inputs_TD=inputs.reshape(len(inputs), -1).float())

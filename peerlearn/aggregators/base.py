@@ -28,7 +28,7 @@ class AggregatorSpec(Spec):
             from peerlearn.topology.graphs import degrees
 
             error = min_inputs_error(self.min_inputs, self.f, int(degrees(ctx.adjacency).min()) + 1, label=self.name,
-                                     where=f"on this {ctx.config.topology.graph.name} ")
+                                     where=f"on this {ctx.graph.name} ")
             if error:
                 field, _, message = error.partition(": ")
                 raise config_error(field, message)

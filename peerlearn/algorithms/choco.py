@@ -86,4 +86,4 @@ class ChocoSpec(LocalSteps, Synchronous):
 
     def build(self, ctx):
         return choco(self.transform(), self.num_local_steps, self.compressor.build(ctx.seed("compressor")),
-                     self.consensus_lr, ctx.config.model.same_init)
+                     self.consensus_lr, ctx.same_init)

@@ -227,7 +227,7 @@ class DsgdSpec(LocalSteps, Synchronous, ServerRounds):
             return self.acceleration_lambda
         from peerlearn.topology.mixing import second_largest_eigenvalue
 
-        lam = second_largest_eigenvalue(ctx.config.topology.mixing.build()(ctx.adjacency)) ** self.gossip_steps
+        lam = second_largest_eigenvalue(ctx.mixing(ctx.adjacency)) ** self.gossip_steps
         if lam >= 1.0:
             raise config_error("algorithm.acceleration", "the static graph's W has a second eigenvalue of modulus 1 "
                                                          "(disconnected or periodic): nothing to accelerate")
@@ -248,4 +248,4 @@ class DsgdSpec(LocalSteps, Synchronous, ServerRounds):
             communicate = communication_schedule(ctx.num_rounds, self.comm_every, self.comm_late_fraction)
         return dsgd(self.transform(), self.num_local_steps, self.order, sam_rho=self.sam_rho, communicate=communicate,
                     combine=combine, share_fraction=self.share_fraction, share_seed=ctx.seed("share"),
-                    privacy=ctx.config.privacy.build(ctx, self.lr), acceleration_lambda=self._lambda(ctx))
+                    privacy=ctx.privacy.build(ctx, self.lr), acceleration_lambda=self._lambda(ctx))

@@ -3,7 +3,7 @@
 A model-poisoning member (``capabilities.poisons == "messages"``) builds
 ``craft(own_BP, seen, generator) -> messages_BP``, applied by the engine at the message boundary;
 a data-poisoning member (``"data"``) builds ``(poison(x, y, u) -> (x, y), attack test set (x, y))``
-from the dataset.
+from ``ctx.dataset``. Both take the run's :class:`~peerlearn.spec.BuildContext`.
 """
 
 from __future__ import annotations
@@ -13,13 +13,14 @@ from typing import ClassVar, Literal
 from pydantic import Field, SerializeAsAny
 
 from peerlearn.attacks.placement import PLACEMENTS
-from peerlearn.spec import Registry, Spec, config_error, slot
+from peerlearn.spec import BuildContext, Registry, Spec, config_error, slot
 
 
 class AttackSpec(Spec):
-    """What Byzantine nodes do: ``build()`` (model poisoning) or ``build(dataset)`` (data poisoning)."""
+    """What Byzantine nodes do: ``build(ctx)`` gives a model attack's ``craft`` or a data attack's
+    ``(poison, attack test set)``."""
 
-    def build(self, *args):
+    def build(self, ctx: BuildContext):
         raise NotImplementedError
 
 

@@ -105,7 +105,8 @@ class LabelFlipSpec(AttackSpec):
     name: Literal["label_flip"] = "label_flip"
     capabilities: ClassVar = _DATA
 
-    def build(self, ds):
+    def build(self, ctx):
+        ds = ctx.dataset
         poison = functools.partial(label_flip_poison, num_classes=ds.num_classes)
         return poison, attack_test_set(self.name, ds.x_test, ds.y_test, ds.num_classes, ds.input_shape)
 
@@ -121,7 +122,8 @@ class BackdoorSpec(AttackSpec):
     trigger_size: int = Field(3, ge=1, description="side of the square trigger patch (top-left corner)")
     capabilities: ClassVar = _DATA
 
-    def build(self, ds):
+    def build(self, ctx):
+        ds = ctx.dataset
         if self.target_label >= ds.num_classes:
             raise config_error("threat.target_label", f"must be < {ds.num_classes} (the classes of {ds.name}), "
                                                       f"got {self.target_label}")

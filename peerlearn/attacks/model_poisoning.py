@@ -120,7 +120,7 @@ def dmpa(own_BP: Tensor, seen: HonestView, generator: torch.Generator, z: float 
 
 
 # ---------------------------------------------------------------------------------------------
-# Specs (threat.attack): build() -> craft(own_BP, seen, generator)
+# Specs (threat.attack): build(ctx) -> craft(own_BP, seen, generator)
 # ---------------------------------------------------------------------------------------------
 import functools  # noqa: E402
 from typing import ClassVar, Literal  # noqa: E402
@@ -137,8 +137,8 @@ class ModelAttackSpec(AttackSpec):
     factory: ClassVar
     capabilities: ClassVar = Capabilities(poisons="messages")
 
-    def build(self, num_nodes: int | None = None, num_byzantine: int | None = None):
-        """The attack with its keys bound (``num_nodes`` and ``num_byzantine`` for keys derived from them)."""
+    def build(self, ctx):
+        """The attack with its keys bound (keys derived from the run read ``ctx.num_nodes``, ``ctx.num_byzantine``)."""
         return functools.partial(type(self).factory, **self.kwargs())
 
 
@@ -177,12 +177,10 @@ class AlieSpec(ModelAttackSpec):
                                        "paper's largest z that a majority still accepts, from n and f")
     factory: ClassVar = staticmethod(alie)
 
-    def build(self, num_nodes: int | None = None, num_byzantine: int | None = None):
+    def build(self, ctx):
         if self.z != "auto":
-            return super().build()
-        if num_nodes is None or num_byzantine is None:
-            raise ValueError("threat.z: auto needs the number of nodes and of Byzantine nodes")
-        return functools.partial(alie, z=alie_z(num_nodes, num_byzantine))
+            return super().build(ctx)
+        return functools.partial(alie, z=alie_z(ctx.num_nodes, ctx.num_byzantine))
 
 
 def alie_z(n: int, f: int) -> float:

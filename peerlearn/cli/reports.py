@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.table import Table
 
 from peerlearn.cli.common import console
-from peerlearn.runner import compute_setup
+from peerlearn.runner import check, compute_setup
 from peerlearn.report.tables import _fmt, _summary_table
 
 
@@ -114,6 +114,7 @@ def cmd_matrix(args) -> int:
     from peerlearn.matrix import run_matrix
 
     cfg = load_config(args.config, args.set)  # imports the config's plugins: their members are names here too
+    check(cfg)
     compute_setup(cfg)
     attacks = ["none", *(a for a in args.attacks if a != "none")]
     for what, names, allowed in (("--attacks", attacks[1:], ATTACKS), ("--defenses", args.defenses, AGGREGATORS)):

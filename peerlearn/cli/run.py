@@ -255,6 +255,7 @@ def cmd_validate(args) -> int:
     from peerlearn.build import build
 
     cfg = load_config(args.config, args.set)
+    runner.check(cfg)
     if not args.quick:
         build(cfg)  # everything short of training: data, graph, partition, model, algorithm, threat, faults
     checked = "keys, values and the rules between parts" + ("" if args.quick else

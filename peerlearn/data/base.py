@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from pydantic import Field, SerializeAsAny
 
-from peerlearn.spec import BuildContext, Registry, Spec, config_error, slot
+from peerlearn.spec import DataContext, Registry, Spec, config_error, slot
 
 
 class Dataset(NamedTuple):
@@ -95,10 +95,10 @@ class DatasetSpec(Spec):
     """A dataset: ``build(ctx)`` returns a :class:`Dataset`, or ``(x_train, y_train, x_test, y_test)``
     arrays (a user's loader may return plain arrays)."""
 
-    def build(self, ctx: BuildContext):
+    def build(self, ctx: DataContext):
         raise NotImplementedError
 
-    def load(self, ctx: BuildContext) -> Dataset:
+    def load(self, ctx: DataContext) -> Dataset:
         out = self.build(ctx)
         if isinstance(out, Dataset):
             return check_dataset(out)

@@ -162,7 +162,7 @@ from peerlearn.data.base import DATASETS, DatasetSpec, FileDatasetSpec  # noqa: 
 
 
 def _wants_images(ctx) -> bool:
-    return ctx.config.model.capabilities.image
+    return ctx.image_inputs
 
 
 @DATASETS.register
@@ -172,7 +172,7 @@ class DigitsSpec(DatasetSpec):
     name: Literal["digits"] = "digits"
 
     def build(self, ctx):
-        return load_digits(seed=ctx.config.seed, image=_wants_images(ctx))
+        return load_digits(seed=ctx.run_seed, image=_wants_images(ctx))
 
 
 @DATASETS.register
@@ -200,7 +200,7 @@ class Mnist1dSpec(DatasetSpec):
         check_fits(2048.0 * n, f"{n:,} generated samples (about 1.7 KB each at the generator's peak)",
                    "data.num_samples")
         extra = {} if self.num_samples is None else {"num_samples": self.num_samples}
-        return load_mnist1d(seed=ctx.config.seed, **extra)
+        return load_mnist1d(seed=ctx.run_seed, **extra)
 
 
 @DATASETS.register
@@ -219,7 +219,7 @@ class SyntheticSpec(DatasetSpec):
         n = self.num_samples or 4000
         check_fits(3 * 8.0 * n * self.num_features, f"{n:,} samples x {self.num_features:,} features", "data.num_features")
         extra = {} if self.num_samples is None else {"num_samples": self.num_samples}
-        return load_synthetic(seed=ctx.config.seed, num_features=self.num_features, num_classes=self.num_classes,
+        return load_synthetic(seed=ctx.run_seed, num_features=self.num_features, num_classes=self.num_classes,
                               noise=self.noise, **extra)
 
 
@@ -232,4 +232,4 @@ class NpzSpec(FileDatasetSpec):
     needs: ClassVar[str] = "the path of a .npz file"
 
     def build(self, ctx):
-        return load_npz(self.path, seed=ctx.config.seed)
+        return load_npz(self.path, seed=ctx.run_seed)

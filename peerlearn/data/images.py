@@ -252,7 +252,7 @@ class _CifarSpec(FileDatasetSpec):
     needs: ClassVar[str] = "the folder of its python batches"
 
     def build(self, ctx):
-        return load_cifar(self.name, self.path, image=ctx.config.model.capabilities.image)
+        return load_cifar(self.name, self.path, image=ctx.image_inputs)
 
 
 @DATASETS.register
@@ -282,5 +282,5 @@ class ImageFolderSpec(FileDatasetSpec):
     needs: ClassVar[str] = "a folder of class subfolders"
 
     def build(self, ctx):
-        return load_image_folder(self.path, self.channels, self.image_size, ctx.config.seed, self.test_fraction,
-                                 image=ctx.config.model.capabilities.image)
+        return load_image_folder(self.path, self.channels, self.image_size, ctx.run_seed, self.test_fraction,
+                                 image=ctx.image_inputs)

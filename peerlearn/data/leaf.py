@@ -176,4 +176,4 @@ class LeafSpec(FileDatasetSpec):
     needs: ClassVar[str] = "the folder LEAF wrote (holding train/ and test/)"
 
     def build(self, ctx):
-        return load_leaf(self.path, image=ctx.config.model.capabilities.image)
+        return load_leaf(self.path, image=ctx.image_inputs)

@@ -198,5 +198,5 @@ class ShakespeareSpec(DatasetSpec):
     seq_len: int = Field(80, ge=1, description="characters of context per sample")
 
     def build(self, ctx):
-        extra = {} if ctx.config.data.test_samples is None else {"test_samples": ctx.config.data.test_samples}
-        return load_shakespeare(path=self.path, seq_len=self.seq_len, seed=ctx.config.seed, **extra)
+        extra = {} if ctx.test_samples is None else {"test_samples": ctx.test_samples}
+        return load_shakespeare(path=self.path, seq_len=self.seq_len, seed=ctx.run_seed, **extra)

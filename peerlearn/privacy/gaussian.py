@@ -162,7 +162,7 @@ def gaussian_messages(clip: float, noise_multiplier: float, pairwise_multiplier:
 # ---------------------------------------------------------------------------------------------
 from pydantic import Field  # noqa: E402
 
-from peerlearn.spec import BuildContext, Spec, config_error  # noqa: E402
+from peerlearn.spec import DataContext, Spec, config_error  # noqa: E402
 
 
 class PrivacySpec(Spec):
@@ -195,7 +195,7 @@ class PrivacySpec(Spec):
             raise config_error("privacy.clip", f"privacy noise applies to the messages of {', '.join(private)}; "
                                                f"{cfg.algorithm.name}: {why}")
 
-    def build(self, ctx: BuildContext, lr: float) -> MessagePrivacy | None:
+    def build(self, ctx: DataContext, lr: float) -> MessagePrivacy | None:
         if not self.active:
             return None
         return gaussian_messages(self.clip, self.noise_multiplier, self.pairwise_multiplier, lr, self.delta,

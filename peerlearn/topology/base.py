@@ -9,7 +9,7 @@ import scipy.sparse as sp
 from pydantic import SerializeAsAny
 
 from peerlearn.topology.clique import as_csr
-from peerlearn.spec import BuildContext, ConfigError, Registry, Spec, config_error, slot
+from peerlearn.spec import ConfigError, GraphContext, Registry, Spec, config_error, slot
 
 
 class GraphSpec(Spec):
@@ -49,11 +49,12 @@ class MixingSpec(Spec):
 
 
 class ScheduleSpec(Spec):
-    """A time-varying topology: ``build(ctx, graph, mixing) -> schedule(round) -> W``, or None (static)."""
+    """A time-varying topology: ``build(ctx) -> schedule(round) -> W``, or None (static); ``ctx.graph`` and
+    ``ctx.mixing`` are the run's graph member and mixing rule."""
 
     uses_graph: ClassVar[bool] = False  # the static graph is drawn (and must be connected)
 
-    def build(self, ctx: BuildContext, graph: GraphSpec, mixing: MixingSpec):
+    def build(self, ctx: GraphContext):
         raise NotImplementedError
 
 

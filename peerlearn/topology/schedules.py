@@ -130,7 +130,7 @@ class StaticSpec(ScheduleSpec):
     name: Literal["static"] = "static"
     uses_graph: ClassVar = True
 
-    def build(self, ctx, graph, mixing):
+    def build(self, ctx):
         return None
 
 
@@ -141,7 +141,7 @@ class RandomMatchingSpec(ScheduleSpec):
     name: Literal["random_matching"] = "random_matching"
     capabilities: ClassVar = _VARYING
 
-    def build(self, ctx, graph, mixing):
+    def build(self, ctx):
         return random_matching_schedule(ctx.num_nodes, ctx.seed("schedule"))
 
 
@@ -152,7 +152,7 @@ class OnePeerExponentialSpec(ScheduleSpec):
     name: Literal["one_peer_exponential"] = "one_peer_exponential"
     capabilities: ClassVar = _VARYING
 
-    def build(self, ctx, graph, mixing):
+    def build(self, ctx):
         return one_peer_exponential_schedule(ctx.num_nodes)
 
 
@@ -176,9 +176,9 @@ class ResampleSpec(ScheduleSpec):
             raise config_error("topology.graph", f"schedule resample draws a new random graph each round; use one "
                                                  f"of {', '.join(randoms)}, got {graph.name}")
 
-    def build(self, ctx, graph, mixing):
+    def build(self, ctx):
         n = ctx.num_nodes
-        return resampled_schedule(lambda s: graph.build(n, s), mixing.build(), ctx.seed("schedule"), self.every)
+        return resampled_schedule(lambda s: ctx.graph.build(n, s), ctx.mixing, ctx.seed("schedule"), self.every)
 
 
 @SCHEDULES.register
@@ -189,7 +189,7 @@ class SampledSpec(ScheduleSpec):
     fraction: float = Field(0.25, gt=0.0, le=1.0, description="fraction of nodes averaging per round")
     capabilities: ClassVar = _VARYING
 
-    def build(self, ctx, graph, mixing):
+    def build(self, ctx):
         return sampled_clients_schedule(ctx.num_nodes, self.fraction, ctx.seed("schedule"))
 
 
@@ -205,6 +205,5 @@ class SequenceSpec(ScheduleSpec):
         if not self.sequence:
             raise config_error("topology.sequence", "schedule sequence needs a list of edge-list files")
 
-    def build(self, ctx, graph, mixing):
-        rule = mixing.build()
-        return sequence_schedule([rule(read_edge_list(p, ctx.num_nodes, "topology.sequence")) for p in self.sequence])
+    def build(self, ctx):
+        return sequence_schedule([ctx.mixing(read_edge_list(p, ctx.num_nodes, "topology.sequence")) for p in self.sequence])

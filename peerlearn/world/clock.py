@@ -156,7 +156,7 @@ from typing import Callable  # noqa: E402
 
 from pydantic import Field  # noqa: E402
 
-from peerlearn.spec import BuildContext, Spec, config_error  # noqa: E402
+from peerlearn.spec import GraphContext, Spec, config_error  # noqa: E402
 
 
 class ClockSpec(Spec):
@@ -183,7 +183,7 @@ class ClockSpec(Spec):
                 raise config_error("clock.slowdowns", "give per-node slowdowns or speed_sigma/straggler_fraction, "
                                                       "not both")
 
-    def build(self, ctx: BuildContext) -> Callable[[], Clock]:
+    def build(self, ctx: GraphContext) -> Callable[[], Clock]:
         """A factory of the run's clock (per-node speeds drawn once, seeded): a fresh clock per run."""
         if self.slowdowns is not None:
             slowdown = np.asarray(self.slowdowns, dtype=np.float64)

@@ -205,7 +205,7 @@ from typing import Literal  # noqa: E402
 
 from pydantic import Field  # noqa: E402
 
-from peerlearn.spec import BuildContext, Spec, config_error  # noqa: E402
+from peerlearn.spec import GraphContext, Spec, config_error  # noqa: E402
 
 
 class FaultsSpec(Spec):
@@ -259,14 +259,14 @@ class FaultsSpec(Spec):
             raise config_error("topology.mixing", f"{cfg.topology.mixing.name} weights need a regular graph, which "
                                                   "faults break; use metropolis_hastings or max_degree")
 
-    def build(self, ctx: BuildContext, adj, relay_N: np.ndarray | None, mixing) -> FaultPlan | None:
-        """The run's :class:`FaultPlan` (``mixing``: the run's rule ``adj -> W``), or None without faults."""
+    def build(self, ctx: GraphContext) -> FaultPlan | None:
+        """The run's :class:`FaultPlan` on ``ctx``'s graph, relays and mixing rule, or None without faults."""
         from peerlearn.attacks.placement import PLACE_BY, place_nodes
 
         if not self.active:
             return None
-        n = ctx.num_nodes
-        relay = np.zeros(n, dtype=bool) if relay_N is None else relay_N
+        n, adj = ctx.num_nodes, ctx.adjacency
+        relay = np.zeros(n, dtype=bool) if ctx.relay_N is None else ctx.relay_N
         pool = {"all": np.ones(n, dtype=bool), "data": ~relay, "relays": relay}[self.crash_among]
         crash = place_nodes(adj, int(round(self.crash_fraction * pool.sum())), PLACE_BY[self.crash_placement],
                             ctx.seed("crash"), pool_N=pool)
@@ -277,6 +277,6 @@ class FaultsSpec(Spec):
                                seed=ctx.seed("churn"))
         groups = contiguous_groups(n, self.partition_groups) if self.partition_groups > 1 else None
         heal = self.heal_round if self.heal_round is not None else ctx.num_rounds + 1
-        return FaultPlan(alive, mixing, link_failure=self.link_failure, message_loss=self.message_loss,
+        return FaultPlan(alive, ctx.mixing, link_failure=self.link_failure, message_loss=self.message_loss,
                          groups_N=groups, partition_rounds=(self.partition_round, heal), rejoin=self.rejoin,
                          seed=ctx.seed("faults"))

@@ -86,10 +86,10 @@ def test_a_config_runs_and_the_policies_are_seeded():
     cfg = tiny_config(algorithm={"name": "anarchic", "num_local_steps": 4, "steps_min": 1, "participation_min": 0.3,
                                  "participation_max": 0.9, "server_lr": 2.0})
     spec = cfg.algorithm
-    from peerlearn.spec import BuildContext
+    from peerlearn.spec import DataContext
 
-    p1, k1 = spec.policies(BuildContext(cfg))
-    p2, k2 = spec.policies(BuildContext(cfg))
+    p1, k1 = spec.policies(DataContext.of(cfg))
+    p2, k2 = spec.policies(DataContext.of(cfg))
     assert torch.equal(p1, p2) and torch.equal(k1, k2)
     assert 0.3 <= float(p1.min()) and float(p1.max()) <= 0.9 and set(k1.tolist()) <= {1, 2, 3, 4}
     rows = simulate(build(cfg))

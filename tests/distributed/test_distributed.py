@@ -18,6 +18,7 @@ from peerlearn.engines.comm import SimComm
 from peerlearn.topology import barabasi_albert_graph, metropolis_hastings_weights
 from peerlearn.topology.directed import column_stochastic_weights, directed_exponential_graph
 from peerlearn.engines.run import TIMINGS
+from tests.conftest import ctrl_c_as_in_a_terminal
 
 pytestmark = pytest.mark.integration  # real ranks in separate processes
 
@@ -260,7 +261,7 @@ def _launch(config: Path | None, out: Path | None, *extra: str, kill: str | None
     cmd = [sys.executable, "-m", "peerlearn", "run", *where, "--engine", "distributed", "--nproc", str(nproc),
            *["--quiet"] * quiet, *extra]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, **popen)
+                            start_new_session=True, preexec_fn=ctrl_c_as_in_a_terminal, **popen)
 
 
 def _finish(proc, timeout: float):
