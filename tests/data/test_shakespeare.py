@@ -127,7 +127,7 @@ def test_natural_partition_gives_each_node_one_role(tmp_path):
 
 
 def test_missing_plays_name_both_routes(tmp_path):
-    with pytest.raises(ValueError, match="make data.*data.path"):
+    with pytest.raises(ValueError, match="peerlearn data install shakespeare.*data.path"):
         shakespeare.load_shakespeare(str(tmp_path))
 
 

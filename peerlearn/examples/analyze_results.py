@@ -4,7 +4,7 @@
 # A notebook-style script (cells marked `# %%`: VS Code, Jupytext and Spyder run them one by one;
 # `python examples/analyze_results.py [SWEEP_DIR]` runs it whole). Without an argument it first runs a
 # small sweep (2 learning rates x 2 seeds, 100 rounds, about a minute on 2 cores) into
-# `runs/example-sweep/`; running it again reuses that sweep.
+# `runs/example-sweep/` under the working directory; running it again reuses that sweep.
 
 # %%
 import subprocess
@@ -18,10 +18,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from peerlearn import results  # noqa: E402
 
-root = Path(__file__).resolve().parents[1]
-sweep = Path(sys.argv[1]) if len(sys.argv) > 1 else root / "runs" / "example-sweep"
-if len(sys.argv) == 1:
-    subprocess.run([sys.executable, "-m", "peerlearn", "sweep", str(root / "configs" / "quickstart.yaml"),
+sweep = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("runs") / "example-sweep"
+if len(sys.argv) == 1:  # "quickstart": the config bundled with peerlearn (or ./quickstart.yaml, if there is one)
+    subprocess.run([sys.executable, "-m", "peerlearn", "sweep", "quickstart",
                     "--seeds", "0,1", "--grid", "algorithm.lr=0.05,0.1", "--set", "num_rounds=100",
                     "--out", str(sweep), "--quiet"], check=True)
 
