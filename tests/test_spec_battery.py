@@ -36,9 +36,20 @@ def _files(tmp_path: Path) -> dict:
     for k in range(20):
         for label in ("a", "b"):
             _png(tmp_path / "images" / label / f"{k}.png", (4, 4), (k, 0, 0))
+    (tmp_path / "torch_data.py").write_text(  # a user's factory of a torch Dataset (its items: two tensors)
+        "import torch\n\n\ndef make(n):\n    g = torch.Generator().manual_seed(0)\n"
+        "    return torch.utils.data.TensorDataset(torch.randn(n, 5, generator=g), torch.arange(n) % 3)\n")
+    try:
+        import datasets
+
+        datasets.Dataset.from_dict({"x": rng.normal(size=(200, 5)).tolist(), "label": rng.integers(0, 3, 200).tolist()}
+                                   ).save_to_disk(str(tmp_path / "hf"))
+    except ImportError:  # the hf extra: its dataset is skipped
+        pass
     return {"ring": str(ring), "npz": str(npz), "plays": str(plays), "leaf": str(tmp_path / "leaf"),
             "cifar10": str(tmp_path / "cifar10"), "cifar100": str(tmp_path / "cifar100"),
-            "image_folder": str(tmp_path / "images")}
+            "image_folder": str(tmp_path / "images"), "torch_data": str(tmp_path / "torch_data.py"),
+            "hf": str(tmp_path / "hf")}
 
 
 def _text(num_nodes: int, files: dict) -> dict:
@@ -66,6 +77,9 @@ def config_naming(family: str, name: str, files: dict) -> dict:
         ("dataset", "cifar10"): {"data": {"dataset": "cifar10", "path": files["cifar10"]}},
         ("dataset", "cifar100"): {"data": {"dataset": "cifar100", "path": files["cifar100"]}},
         ("dataset", "image_folder"): {"data": {"dataset": "image_folder", "path": files["image_folder"]}},
+        ("dataset", "torch"): {"data": {"dataset": "torch", "factory": "torch_data.py:make",
+                                        "factory_kwargs": {"n": 200}}, "plugins": [files["torch_data"]]},
+        ("dataset", "hf_disk"): {"data": {"dataset": "hf_disk", "path": files["hf"]}},
         ("dataset", "shakespeare"): {"data": _text(16, files), "model": {"name": "gru", "hidden": [8]},
                                      "num_nodes": 8},
         ("partition", "natural"): {"data": _text(16, files), "model": {"name": "gru", "hidden": [8]}, "num_nodes": 8},
@@ -98,6 +112,8 @@ def test_spec_round_trips_through_yaml(family, name):
 def test_a_config_naming_the_member_builds_and_runs(family, name, files):
     if (family, name) == ("dataset", "fashion_mnist") and not Path("/usr/share/datasets/fashion-mnist").is_dir():
         pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+    if (family, name) == ("dataset", "hf_disk") and not Path(files["hf"]).is_dir():
+        pytest.skip("Hugging Face datasets not installed (the hf extra)")
     rows = testing.check_builds_and_runs(family, name, config_naming(family, name, files))
     assert [r["round"] for r in rows] == [0, 1]
 

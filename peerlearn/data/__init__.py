@@ -3,7 +3,7 @@
 
 from peerlearn.data.base import DATASETS, PARTITIONS, DataSpec, Dataset, DatasetSpec, PartitionSpec, from_arrays
 from peerlearn.data.batching import NodeSampler
-from peerlearn.data import datasets, images, leaf, shakespeare  # noqa: F401 (registers the datasets)
+from peerlearn.data import adapters, datasets, images, leaf, shakespeare  # noqa: F401 (registers the datasets)
 from peerlearn.data.partition import dirichlet, iid, quantity_skew, shards
 
 __all__ = ["DATASETS", "PARTITIONS", "DataSpec", "Dataset", "DatasetSpec", "NodeSampler", "PartitionSpec", "dirichlet",
