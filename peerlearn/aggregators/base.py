@@ -61,7 +61,7 @@ def probe_rule(spec: AggregatorSpec, rule: Callable, ctx: BuildContext) -> None:
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_params) or not out.is_floating_point():
         got = f"shape {tuple(out.shape)} ({out.dtype})" if isinstance(out, torch.Tensor) else type(out).__name__
         raise config_error("algorithm.aggregator", f"{spec.name} must return [N, P] floats (here [2, {num_params}]) "
-                           f"from x_NKP [2, {inputs}, {num_params}]; it returned {got} (docs/extending.md)")
+                           f"from x_NKP [2, {inputs}, {num_params}]; it returned {got} (docs/howto/plugins.md)")
 
 
 def training_sample(ctx: BuildContext, stream: str, count: int):

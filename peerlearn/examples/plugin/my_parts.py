@@ -24,7 +24,7 @@ from peerlearn.types import Algorithm
 
 
 # --- an aggregator: rule(x_NKP, valid_NK, **fields) -> x_NP; column 0 is the node's own model ---------
-def distance_filter(x_NKP, valid_NK, drop: int = 1):
+def distance_filter(x_NKP: torch.Tensor, valid_NK: torch.Tensor, drop: int = 1) -> torch.Tensor:
     """Average the own model and the received ones, without the ``drop`` farthest from the own model."""
     dist_NK = (x_NKP - x_NKP[:, :1]).norm(dim=2).masked_fill(~valid_NK, float("inf"))
     far = dist_NK.topk(drop, dim=1).indices if drop else dist_NK[:, :0].long()
