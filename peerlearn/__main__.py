@@ -1,3 +1,3 @@
-from peerlearn.cli import main
+from peerlearn.cli import entry
 
-raise SystemExit(main())
+entry()

@@ -160,17 +160,24 @@ def test_compare_labels_runs_of_the_same_name_alike(tmp_path):
 def test_compare_log_axes_have_labels_that_do_not_overlap(tmp_path, monkeypatch, lo, hi):
     """Issue 38 (8): on an axis spanning about one decade matplotlib labelled every minor tick and 3x10^0 ran
     into 4x10^0. Every log axis of the compare figure now has at least two labels in view, none overlapping."""
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     from peerlearn.report import plots
 
-    figures = []
-    monkeypatch.setattr(plots.plt, "close", figures.append)  # keep the figure to measure its labels
+    figures, real = [], plots.subplots
+
+    def kept(*grid, figsize):  # keep the figure to measure its labels
+        fig, axes = real(*grid, figsize=figsize)
+        figures.append(fig)
+        return fig, axes
+    monkeypatch.setattr(plots, "subplots", kept)
     rows = [{"round": r, "acc_mean": 0.5, "bytes_sent_per_node": 1e6 * (lo + (hi - lo) * r / 10),
              "consensus_distance": 0.1 / (r + 1), "sim_time_s": lo + (hi - lo) * r / 10} for r in range(11)]
     plots.plot_compare({"a": rows, "b": rows}, tmp_path / "c.png", x="sim_time_s")
     fig = figures[-1]
-    renderer = fig.canvas.get_renderer()
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
     for ax in fig.axes:
         for axis in (ax.xaxis, ax.yaxis):
             if axis.get_scale() != "log":
@@ -182,4 +189,3 @@ def test_compare_log_axes_have_labels_that_do_not_overlap(tmp_path, monkeypatch,
             boxes = [t.get_window_extent(renderer) for t in shown]
             for i, box in enumerate(boxes):
                 assert not any(box.overlaps(other) for other in boxes[i + 1:]), [t.get_text() for t in shown]
-    plt.close(fig)

@@ -27,7 +27,6 @@ import functools
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 
 from peerlearn.aggregators.mean import masked_mean
 from peerlearn.models.dense import layer_views
@@ -59,6 +58,8 @@ def matching_permutations(ref_RP: Tensor, other_RP: Tensor, layout: list[tuple[i
 
     The cost is the activations' correlation; a 1e-9 share of the cosine between the units' incoming weights
     (the previous layer already matched) only breaks ties, so units dead on the batch still pair up."""
+    from scipy.optimize import linear_sum_assignment  # here: scipy.optimize costs 0.2 s of every start-up
+
     perms, ref_layers, other_layers = [], layer_views(ref_RP, layout), layer_views(other_RP, layout)
     acts = zip(hidden_activations(ref_RP, layout, inputs_TD), hidden_activations(other_RP, layout, inputs_TD))
     for l, (z_ref, z_oth) in enumerate(acts):

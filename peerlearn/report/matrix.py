@@ -4,17 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from peerlearn.report.plots import subplots
 
 
 def plot_matrix(rows: list[dict], attacks: list[str], defenses: list[str], path: Path) -> Path:
     """Heatmaps of the honest nodes' mean and min accuracy, an attack per row and a defence per column (a
     diverged cell is marked)."""
-    fig, axes = plt.subplots(1, 2, figsize=(2.0 + 1.3 * len(defenses) * 2, 1.5 + 0.5 * len(attacks)))
+    fig, axes = subplots(1, 2, figsize=(2.0 + 1.3 * len(defenses) * 2, 1.5 + 0.5 * len(attacks)))
     for ax, key in zip(axes, ("acc_mean", "acc_min")):
         grid = np.full((len(attacks), len(defenses)), np.nan)
         diverged = np.full(grid.shape, "", dtype=object)
@@ -31,5 +29,4 @@ def plot_matrix(rows: list[dict], attacks: list[str], defenses: list[str], path:
         ax.set_title(f"honest {key.replace('_', ' ')}")
     fig.colorbar(im, ax=axes, shrink=0.8)
     fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
     return path
