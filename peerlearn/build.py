@@ -49,7 +49,6 @@ class Built(NamedTuple):
     clock: Callable[[], Clock] | None = None  # a fresh simulated clock per run
     relay_N: np.ndarray | None = None  # bool mask of nodes that hold no data
     mixing: Callable[[sp.csr_array], sp.csr_array] | None = None  # the run's rule adjacency -> W
-    final_merge: bool = False  # one global average after the last round
     eval_N: torch.Tensor | None = None  # bool: the seeded subset of nodes whose models are tested (None: all)
 
 
@@ -260,7 +259,7 @@ def build(cfg: ExperimentConfig, dataset: Dataset | None = None) -> Built:
         algorithm=algorithm, adjacency=adj, W=W,
         schedule=schedule, honest_N=honest_N, threat=threat, attack_test=attack_test,
         faults=cfg.faults.build(graph_ctx), relay_N=relay_N, clock=cfg.clock.build(graph_ctx),
-        mixing=mixing, final_merge=cfg.algorithm.final_merge_enabled, eval_N=build_eval_nodes(cfg, ctx),
+        mixing=mixing, eval_N=build_eval_nodes(cfg, ctx),
     )
 
 

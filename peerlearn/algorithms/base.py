@@ -38,12 +38,9 @@ class AlgorithmSpec(Spec):
         return 1
 
     def make(self, ctx: BuildContext) -> Algorithm | AsyncAlgorithm:
-        """``build``, wrapped by what the shared bases add (server rounds)."""
+        """``build``, wrapped by what the shared bases add (each base's ``make`` wraps its ``super().make``:
+        server rounds inside, the final merge outermost)."""
         return self.build(ctx)
-
-    @property
-    def final_merge_enabled(self) -> bool:
-        return False
 
     @property
     def uses_server(self) -> bool:
@@ -75,9 +72,14 @@ class Synchronous(AlgorithmSpec):
 
     final_merge: bool = Field(False, description="after the last round, all nodes average once (one all-reduce)")
 
-    @property
-    def final_merge_enabled(self) -> bool:
-        return self.final_merge
+
+    def make(self, ctx: BuildContext) -> Algorithm:
+        algo = super().make(ctx)
+        if not self.final_merge:
+            return algo
+        from peerlearn.algorithms.final_merge import with_final_merge
+
+        return with_final_merge(algo, ctx.num_rounds)
 
     def check(self, cfg) -> None:
         if self.final_merge and cfg.threat.poisons == "messages":

@@ -76,7 +76,7 @@ class ServerRounds(AlgorithmSpec):
         return bool(self.server_period)
 
     def make(self, ctx: BuildContext) -> Algorithm:
-        algo = self.build(ctx)
+        algo = super().make(ctx)
         if self.server_period:
             algo = with_server_rounds(algo, self.server_period, self.server_fraction, self.server_broadcast,
                                       seed=ctx.seed("server"))

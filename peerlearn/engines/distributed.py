@@ -217,9 +217,6 @@ class _Rank:
             if before is not None:  # a down node neither trains nor communicates: its rows stay as they were
                 self.params_RP = freeze_rows(self.params_RP, before[0], down_R)
                 self.state = freeze_rows(self.state, before[1], down_R)
-            if round_ == self.num_rounds and built.final_merge:  # one global average, then evaluate
-                merged = comm.all_reduce_mean(self.params_RP).expand_as(self.params_RP)
-                self.params_RP = merged.clone() if down_R is None else torch.where(down_R[:, None], self.params_RP, merged)
         # one reduction per round: what the clock needs (per-node compute and bytes, the server's bytes) and
         # the step's metrics (loss first; every rank returns the same keys, each a mean over its nodes or the
         # same value on every rank: either way the mean weighted by the nodes is the simulator's)

@@ -104,9 +104,6 @@ class _Batched:
             if before is not None:  # a down node neither trains nor communicates: its rows stay as they were
                 self.params_NP, self.state = freeze_rows(self.params_NP, before[0], down), freeze_rows(self.state,
                                                                                                    before[1], down)
-        if round_ == built.config.num_rounds and built.final_merge and not silent:  # one global average, then evaluate
-            merged = comm.all_reduce_mean(self.params_NP).expand_as(self.params_NP)
-            self.params_NP = merged.clone() if down is None else torch.where(down[:, None], self.params_NP, merged)
         if clock is not None:
             clock.advance((built.batches.drawn_N - drawn0).numpy().astype(np.float64),
                           (comm.bytes_sent_N - bytes0).numpy(), comm.W, comm.collective_calls > calls0,

@@ -1,0 +1,44 @@
+"""One global average after the last round, as a wrapper of any synchronous algorithm (``final_merge: true``).
+
+After the wrapped algorithm's last round every node that is up takes the average of the models of the
+nodes that are up (one all-reduce), so the run ends with one model: the low-communication D-SGD of the
+paper, with communication scheduled late and a single merge at the end, reaches the accuracy of
+server-based training. The wrapper sits beside the server rounds of
+:mod:`peerlearn.algorithms.semi_decentralized` and runs unchanged on every engine, since it communicates
+only through ``comm``.
+
+References:
+    Kong et al., "A Single Merging Suffices: Recovering Server-based Learning Performance in
+    Decentralized Learning", 2025.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from peerlearn.types import Algorithm
+
+
+class MergeState(NamedTuple):
+    inner: Any
+    round: int
+
+
+def with_final_merge(algorithm: Algorithm, num_rounds: int) -> Algorithm:
+    """``algorithm``, whose round ``num_rounds`` ends with every node holding the mean of the live nodes' models.
+
+    A node that is down in that round keeps its model: the engine restores the rows of down nodes after
+    every step, this one included."""
+
+    def init(params_NP):
+        return MergeState(algorithm.init(params_NP), 0)
+
+    def step(state, params_NP, batches, grad_fn, comm):
+        params_NP, inner, metrics = algorithm.step(state.inner, params_NP, batches, grad_fn, comm)
+        round_ = state.round + 1
+        if round_ == num_rounds:
+            params_NP = comm.all_reduce_mean(params_NP).expand_as(params_NP).clone()
+        return params_NP, MergeState(inner, round_), metrics
+
+    report = None if algorithm.report is None else (lambda state: algorithm.report(state.inner))
+    return Algorithm(init, step, report)
