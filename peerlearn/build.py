@@ -182,8 +182,8 @@ def choose_grad_strategy(cfg: ExperimentConfig, module: torch.nn.Module, activat
 
 
 def estimate_memory_bytes(cfg: ExperimentConfig) -> int:
-    """:func:`~peerlearn.resources.run_memory_bytes` before building the run: the dataset is loaded, no node model is allocated
-    (for planning many runs). A data problem is a ConfigError, as in :func:`build`."""
+    """:func:`~peerlearn.resources.run_memory_bytes` before building the run: the dataset is loaded, no node
+    model is allocated (for planning many runs). A data problem is a ConfigError, as in :func:`build`."""
     try:
         check_config_fits(cfg)
         ds = build_dataset(cfg)

@@ -413,7 +413,7 @@ class DataContext:
         return stage(**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, **fields)
 
     def __getattr__(self, name: str):
-        if name == "config":  # what a member written against peerlearn < 0.5 reads
+        if name == "config":  # what a member written for the earlier, mutable context read
             raise AttributeError(f"{type(self).__name__} has no .config: a member reads the fields its stage gives "
                                  f"({', '.join(f.name for f in dataclasses.fields(self))}) and ctx.seed(stream)")
         raise AttributeError(name)

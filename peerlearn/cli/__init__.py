@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 
-
 def _lazy(module: str, name: str):
     """The command ``name`` of ``peerlearn.cli.<module>``, imported when it runs: ``peerlearn --version`` and
     ``--help`` import neither torch nor the reports (benchmarks/bench_startup.py)."""
@@ -40,7 +39,8 @@ def make_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run an experiment config and write its results directory")
-    run.add_argument("config", nargs="?", help="experiment YAML file, or a bundled config's name (quickstart, ring, ...: peerlearn list configs)")
+    run.add_argument("config", nargs="?", help="experiment YAML file, or a bundled config's name (quickstart, "
+                     "ring, ...: peerlearn list configs)")
     run.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR from its last "
                      "checkpoint (written at every evaluation)")
     run.add_argument("--trust-plugins", action="store_true", help="with --resume: import the plugins the run's "

@@ -176,7 +176,8 @@ class HfDiskSpec(FileDatasetSpec):
         import importlib.util
 
         if importlib.util.find_spec("datasets") is None:
-            return "missing", "pip install 'peerlearn[hf]' (Hugging Face datasets), then data.path: a save_to_disk folder"
+            return "missing", ("pip install 'peerlearn[hf]' (Hugging Face datasets), then data.path: a save_to_disk "
+                               "folder")
         return "your files", f"data.path: {cls.needs}"
 
     def build(self, ctx):

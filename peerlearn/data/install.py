@@ -72,7 +72,8 @@ def install_fashion_mnist(say=lambda line: None) -> Path:
             found = fashion_mnist_folder()
             if found is not None:
                 return found
+    files = ", ".join(FASHION_MNIST_STEMS)
     raise RuntimeError(f"Fashion-MNIST is not here and Debian's dataset-fashion-mnist could not be installed by "
-                       f"this process (needs root and apt-get). Put the four IDX files ({', '.join(FASHION_MNIST_STEMS)}"
-                       f", each optionally .gz) in a folder and set PEERLEARN_FASHION_MNIST to it (or data.path), "
+                       f"this process (needs root and apt-get). Put the four IDX files ({files}, each optionally "
+                       ".gz) in a folder and set PEERLEARN_FASHION_MNIST to it (or data.path), "
                        f"or install that package as root (it fills {DEBIAN_FASHION_MNIST})")

