@@ -27,8 +27,8 @@ from peerlearn.data.base import DataSpec
 from peerlearn.divergence import DivergenceSpec
 from peerlearn.models.base import MODELS, ModelSpec
 from peerlearn.privacy.gaussian import PrivacySpec
-from peerlearn.spec import (REGISTRIES, ConfigError, Registry, Spec, config_error, dump, format_error, member_keys,
-                            validate)
+from peerlearn.spec import (REGISTRIES, ConfigError, Registry, Spec, config_error, dump, file_plugin_module,
+                            format_error, member_keys, validate)
 from peerlearn.topology.base import TopologySpec
 from peerlearn.world.clock import ClockSpec
 from peerlearn.world.faults import FaultsSpec
@@ -134,7 +134,7 @@ def _import_plugin(spec: str, base_dir: Path | None) -> str:
             path = Path(spec)
             if not path.is_file():
                 raise FileNotFoundError(f"no such file {str(path)!r}")
-            name = f"peerlearn_plugin_{path.stem}"
+            name = file_plugin_module(path.stem)
             loader = importlib.util.spec_from_file_location(name, path)
             module = importlib.util.module_from_spec(loader)
             sys.modules[name] = module

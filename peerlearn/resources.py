@@ -73,7 +73,6 @@ GRAD_BUDGET = 2 * 2**30  # bytes of forward + backward activations before the gr
 EVAL_CHUNK = 4 * 2**24  # bytes of one evaluation chunk's activations (predicted_matches' max_elements)
 
 
-
 def _data_bytes(ds: Dataset) -> int:
     return sum(t.numel() * t.element_size() for t in (ds.x_train, ds.y_train, ds.x_test, ds.y_test))
 

@@ -42,6 +42,12 @@ def config_error(where: str, message: str) -> ConfigError:
     return ConfigError(f"config error: {where}: {message}")
 
 
+def file_plugin_module(stem: str) -> str:
+    """The name under which a plugin given as a ``.py`` file (``stem``: its name without ``.py``) is imported
+    into ``sys.modules``."""
+    return f"peerlearn_plugin_{stem}"
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """What a member can do or needs, read by the rules between families (each family reads its own)."""

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from peerlearn import cli
+from peerlearn.data.datasets import fashion_mnist_folder
 from peerlearn.sweep import load_sweep, plan, reproduction_files
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,17 +34,22 @@ def test_list_and_unknown_names(capsys):
     assert "unknown" in err and "modest_vs_dsgd" in err
 
 
+def _seed0_rows(name: str, out: Path) -> dict[str, list[str]]:
+    """``peerlearn reproduce NAME --seeds 0`` run to the end in ``out``; its table.md as run -> cells."""
+    done = subprocess.run([sys.executable, "-m", "peerlearn", "reproduce", name, "--seeds", "0", "--workers", "2",
+                           "--out", str(out)], capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL,
+                          cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    table = (out / "table.md").read_text()
+    return {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in table.splitlines() if line.startswith("| ") and not line.startswith("| run")}
+
+
 @pytest.mark.slow
 def test_reproduce_modest_vs_dsgd_regenerates_its_table(tmp_path):
     """One seed of the MoDeST claim end to end: the table of docs/reproductions.md (seed 0 column) comes back,
     and the claim's ordering holds: MoDeST reaches 90% with fewer MB than D-SGD on a torus; the ring never does."""
-    done = subprocess.run([sys.executable, "-m", "peerlearn", "reproduce", "modest_vs_dsgd", "--seeds", "0",
-                           "--workers", "2", "--out", str(tmp_path / "out")], capture_output=True, text=True,
-                          timeout=900, stdin=subprocess.DEVNULL, cwd=ROOT)
-    assert done.returncode == 0, done.stderr
-    table = (tmp_path / "out" / "table.md").read_text()
-    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
-            for line in table.splitlines() if line.startswith("| ") and not line.startswith("| run")}
+    rows = _seed0_rows("modest_vs_dsgd", tmp_path / "out")
     assert set(rows) == {"MoDeST (s=10, a=1)", "D-SGD ring", "D-SGD torus", "FedAvg (10%, server)"}
     mb_to_target = {k: v[-1] for k, v in rows.items()}
     assert rows["D-SGD ring"][-2] == "never"
@@ -53,19 +59,13 @@ def test_reproduce_modest_vs_dsgd_regenerates_its_table(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir() and not __import__("os").environ.get(
-    "PEERLEARN_FASHION_MNIST"), reason="Fashion-MNIST not installed (peerlearn data install fashion-mnist)")
+@pytest.mark.skipif(fashion_mnist_folder() is None, reason="Fashion-MNIST not installed (peerlearn data install "
+                                                           "fashion-mnist)")
 def test_the_paper_scale_modest_claim_holds_for_one_seed(tmp_path):
     """Issue 41: the cheapest paper-scale reproduction (256 nodes, Fashion-MNIST) with seed 0 keeps the ordering
     its table in docs/reproductions.md states: MoDeST reaches 70% in fewer rounds than D-SGD on a ring or a
     torus, with at least 10x fewer MB than either (27x and 24x over three seeds)."""
-    done = subprocess.run([sys.executable, "-m", "peerlearn", "reproduce", "modest_fmnist256", "--seeds", "0",
-                           "--workers", "2", "--out", str(tmp_path / "out")], capture_output=True, text=True,
-                          timeout=900, stdin=subprocess.DEVNULL, cwd=ROOT)
-    assert done.returncode == 0, done.stderr
-    table = (tmp_path / "out" / "table.md").read_text()
-    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
-            for line in table.splitlines() if line.startswith("| ") and not line.startswith("| run")}
+    rows = _seed0_rows("modest_fmnist256", tmp_path / "out")
     modest, ring, torus = rows["MoDeST (s=26, a=1)"], rows["D-SGD ring"], rows["D-SGD torus"]
     rounds = {k: int(v[-2].split()[0]) for k, v in (("modest", modest), ("ring", ring), ("torus", torus))}
     assert rounds["modest"] < rounds["torus"] < rounds["ring"], rounds

@@ -8,8 +8,8 @@ server-based training. The wrapper sits beside the server rounds of
 only through ``comm``.
 
 References:
-    Kong et al., "A Single Merging Suffices: Recovering Server-based Learning Performance in
-    Decentralized Learning", 2025.
+    Zhu et al., "A Single Merging Suffices: Recovering Server-based Learning Performance in
+    Decentralized Learning", 2025 (arXiv:2507.06542).
 """
 
 from __future__ import annotations

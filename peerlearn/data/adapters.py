@@ -23,7 +23,7 @@ from pydantic import Field
 
 from peerlearn.data.base import DATASETS, DatasetSpec, FileDatasetSpec, from_arrays
 from peerlearn.data.datasets import _split  # the seeded, stratified split npz files get
-from peerlearn.spec import config_error
+from peerlearn.spec import config_error, file_plugin_module
 
 
 def _as_array(value: Any, what: str) -> np.ndarray:
@@ -141,7 +141,7 @@ def _factory(ref: str):
     module_part, _, attr = ref.partition(":")
     name = _plugin_module_name(module_part)
     module = sys.modules.get(name) if not (module_part.endswith(".py") or "/" in module_part) else None
-    module = module or sys.modules.get(f"peerlearn_plugin_{name}")
+    module = module or sys.modules.get(file_plugin_module(name))
     if module is None:
         raise ValueError(f"data.factory: {module_part} was not imported; list it in plugins")
     target = module

