@@ -7,6 +7,7 @@ field, before anything is run or written.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Callable, NamedTuple
 
@@ -17,8 +18,11 @@ import torch
 from peerlearn.config import ExperimentConfig
 from peerlearn.data.base import Dataset
 from peerlearn.data.batching import NodeSampler
+from peerlearn.device import compute_dtype, draw, from_host, to_device
+from peerlearn.device import resolve as resolve_device
+from peerlearn.device import scope as device_scope
 from peerlearn.engines.comm import Threat
-from peerlearn.models.functional import FlatModel, make_grad_fn, make_probe_loss_fn
+from peerlearn.models.functional import FlatModel, in_compute_dtype, make_grad_fn, make_probe_loss_fn
 from peerlearn.resources import GRAD_BUDGET, check_config_fits, check_model_fits, planned_memory_bytes
 from peerlearn.spec import BuildContext, ConfigError, DataContext, GraphContext, config_error
 from peerlearn.topology import directed, graphs
@@ -50,6 +54,7 @@ class Built(NamedTuple):
     relay_N: np.ndarray | None = None  # bool mask of nodes that hold no data
     mixing: Callable[[sp.csr_array], sp.csr_array] | None = None  # the run's rule adjacency -> W
     eval_N: torch.Tensor | None = None  # bool: the seeded subset of nodes whose models are tested (None: all)
+    device: torch.device = torch.device("cpu")  # where every tensor above lives (peerlearn.device)
 
 
 def build_dataset(cfg: ExperimentConfig) -> Dataset:
@@ -140,17 +145,16 @@ def build_threat(cfg: ExperimentConfig, ctx: BuildContext):
 
     th, adjacency = cfg.threat, ctx.adjacency
     byz = place_byzantine(adjacency, cfg.num_byzantine, th.placement, ctx.seed("byzantine"))
-    honest_N = torch.from_numpy(~byz)
+    honest_N = from_host(~byz)
     if th.attack is None or not byz.any():
         return honest_N, None, None
     if th.poisons == "data":
-        return honest_N, None, torch.from_numpy(byz)
+        return honest_N, None, from_host(byz)
     seen = np.tile(~byz, (int(byz.sum()), 1)).astype(np.float64)
     if th.collusion == "neighbors":
         seen *= (as_csr(adjacency)[np.flatnonzero(byz)].toarray() > 0)
     seen /= np.maximum(seen.sum(1, keepdims=True), 1.0)
-    threat = Threat(torch.from_numpy(np.flatnonzero(byz)), th.attack.build(ctx),
-                    torch.from_numpy(seen).float(),
+    threat = Threat(from_host(np.flatnonzero(byz)), th.attack.build(ctx), from_host(seen).float(),
                     th.sybil, torch.Generator().manual_seed(ctx.seed("threat")))
     return honest_N, threat, None
 
@@ -203,6 +207,7 @@ def build(cfg: ExperimentConfig, dataset: Dataset | None = None) -> Built:
     ``dataset`` reuses an already loaded dataset (e.g. across the runs of ``peerlearn matrix``).
     """
     try:
+        device = resolve_device(cfg.device)
         check_config_fits(cfg)
         ds = build_dataset(cfg) if dataset is None else dataset
         if cfg.algorithm.batch_size > len(ds.y_train):
@@ -224,7 +229,7 @@ def build(cfg: ExperimentConfig, dataset: Dataset | None = None) -> Built:
             raise config_error("model.name", (f"{m.name} takes token inputs; {ds.name} gives numbers" if not tokens
                                               else f"{m.name} takes numeric inputs; {ds.name} gives character tokens")
                                + f" (use {fits})")
-        check_model_fits(cfg, ds)
+        check_model_fits(cfg, ds, device)
         if cfg.data.augment != "none" and len(ds.input_shape) != 3:
             raise config_error("data.augment", f"{cfg.data.augment} transforms images (C, H, W); {ds.name} gives "
                                                f"inputs of shape {ds.input_shape} (use an image model such as cnn or "
@@ -236,31 +241,36 @@ def build(cfg: ExperimentConfig, dataset: Dataset | None = None) -> Built:
         raise _as_config_error(err) from None
     flat = FlatModel(module)
     strategy, max_rows = choose_grad_strategy(cfg, module, flat.activation_numel(ds.input_shape, ds.x_train.dtype))
-    params_NP = flat.init_params(cfg.num_nodes, graph_ctx.seed("init"), m.same_init)
-    ctx = graph_ctx.grow(BuildContext, data_sizes_N=torch.tensor([len(p) for p in parts], dtype=torch.float64),
-                         module=module, layer_slices=flat.layer_slices(), reference_P=params_NP[0],
-                         probe_loss_fn=make_probe_loss_fn(flat), same_init=m.same_init, privacy=cfg.privacy)
-    try:
-        algorithm = cfg.algorithm.make(ctx)
-        honest_N, threat, poisoned_N = build_threat(cfg, ctx)
-        poison, attack_test = build_data_poisoning(cfg, ctx)
-    except ConfigError:
-        raise
-    except ValueError as err:
-        raise _as_config_error(err) from None
-    mixing = graph_ctx.mixing
-    return Built(
-        config=cfg, dataset=ds, parts=parts, local_test_parts=local_test, flat=flat,
-        params_NP=params_NP,
-        grad_fn=make_grad_fn(flat, strategy, max_rows),
-        batches=NodeSampler(ds.x_train, ds.y_train, parts, cfg.algorithm.batch_size, ctx.seed("sampler"),
-                            poisoned_N, poison, silent_N=None if relay_N is None else torch.from_numpy(relay_N),
-                            crop_padding=cfg.data.crop_padding if cfg.data.augment == "crop_flip" else None),
-        algorithm=algorithm, adjacency=adj, W=W,
-        schedule=schedule, honest_N=honest_N, threat=threat, attack_test=attack_test,
-        faults=cfg.faults.build(graph_ctx), relay_N=relay_N, clock=cfg.clock.build(graph_ctx),
-        mixing=mixing, eval_N=build_eval_nodes(cfg, ctx),
-    )
+    # the models are drawn on the host (the same numbers on every device), then everything moves to the device
+    params_NP = flat.init_params(cfg.num_nodes, graph_ctx.seed("init"), m.same_init).to(device)
+    module.to(device)  # its buffers (masks, running statistics) meet the device's parameters
+    with device_scope(device):  # what the parts make from here on lives on the device
+        if device.type != "cpu":
+            ds = to_device(ds, device)
+            graph_ctx = dataclasses.replace(graph_ctx, dataset=ds)
+        ctx = graph_ctx.grow(BuildContext, data_sizes_N=torch.tensor([len(p) for p in parts], dtype=torch.float64),
+                             module=module, layer_slices=flat.layer_slices(), reference_P=params_NP[0],
+                             probe_loss_fn=make_probe_loss_fn(flat), same_init=m.same_init, privacy=cfg.privacy)
+        try:
+            algorithm = cfg.algorithm.make(ctx)
+            honest_N, threat, poisoned_N = build_threat(cfg, ctx)
+            poison, attack_test = build_data_poisoning(cfg, ctx)
+        except ConfigError:
+            raise
+        except ValueError as err:
+            raise _as_config_error(err) from None
+        return Built(
+            config=cfg, dataset=ds, parts=parts, local_test_parts=local_test, flat=flat,
+            params_NP=params_NP,
+            grad_fn=in_compute_dtype(make_grad_fn(flat, strategy, max_rows), compute_dtype(cfg.dtype)),
+            batches=NodeSampler(ds.x_train, ds.y_train, parts, cfg.algorithm.batch_size, ctx.seed("sampler"),
+                                poisoned_N, poison, silent_N=None if relay_N is None else from_host(relay_N),
+                                crop_padding=cfg.data.crop_padding if cfg.data.augment == "crop_flip" else None),
+            algorithm=algorithm, adjacency=adj, W=W,
+            schedule=schedule, honest_N=honest_N, threat=threat, attack_test=attack_test,
+            faults=cfg.faults.build(graph_ctx), relay_N=relay_N, clock=cfg.clock.build(graph_ctx),
+            mixing=graph_ctx.mixing, eval_N=build_eval_nodes(cfg, ctx), device=device,
+        )
 
 
 def build_eval_nodes(cfg: ExperimentConfig, ctx: DataContext) -> torch.Tensor | None:
@@ -269,5 +279,5 @@ def build_eval_nodes(cfg: ExperimentConfig, ctx: DataContext) -> torch.Tensor | 
     if k is None or k >= n:
         return None
     mask = torch.zeros(n, dtype=torch.bool)
-    mask[torch.randperm(n, generator=torch.Generator().manual_seed(ctx.seed("eval_nodes")))[:k]] = True
+    mask[draw(torch.randperm, n, generator=torch.Generator().manual_seed(ctx.seed("eval_nodes")))[:k]] = True
     return mask

@@ -14,6 +14,7 @@ import copy
 import importlib
 import importlib.util
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -48,7 +49,7 @@ class ExperimentConfig(Spec):
     name: str | None = Field(None, description="run name (default: the config file's name): a plain folder name, "
                              "the run is written to runs/NAME")
     seed: int = Field(0, ge=0, lt=2**32, description="seed of every random choice in the run")
-    num_nodes: int = Field(16, ge=1, le=1_000_000, description="number of nodes")
+    num_nodes: int = Field(16, ge=1, le=100_000_000, description="number of nodes")
     num_rounds: int = Field(100, ge=1, description="communication rounds")
     eval_every: int = Field(10, ge=1, description="evaluate every this many rounds (and at the last round)")
     eval_nodes: int | None = Field(None, ge=1, le=1_000_000, description="test the models of a seeded random subset "
@@ -65,6 +66,13 @@ class ExperimentConfig(Spec):
         """``tracking: tensorboard`` means ``[tensorboard]``."""
         return [v] if isinstance(v, str) else v
 
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, v: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", v):
+            raise ValueError("auto, cpu, cuda or cuda:N")
+        return v
+
     @field_validator("name")
     @classmethod
     def _plain_name(cls, v: str | None) -> str | None:
@@ -77,6 +85,14 @@ class ExperimentConfig(Spec):
 
     threads: int | None = Field(None, ge=1, le=4096, description="intra-op threads (default: OMP_NUM_THREADS if set, "
                                 "else the idle cores by the load average; recorded in summary.json)")
+    device: str = Field("cpu", description="where every tensor of the run lives: cpu, cuda (the current GPU), cuda:N, or "
+                        "auto (cuda when torch sees a GPU, else cpu); a CUDA run agrees with a CPU run to float "
+                        "tolerance, not bit for bit (docs/howto/gpu.md)")
+    dtype: Literal["float32", "bfloat16"] = Field("float32", description="precision of the forward and backward "
+                                                  "passes; the node models, optimizer and algorithm state, gossip "
+                                                  "and the metrics stay float32 (mixed precision)")
+    deterministic: bool = Field(False, description="torch.use_deterministic_algorithms during the run: the same "
+                                "seed gives the same numbers on a GPU too, at some speed (CPU kernels already do)")
     save_model: bool = Field(True, description="write final_model.pt: every node's final model and the honest nodes' "
                              "average (peerlearn.results.load_model reads it back); N x P float32 values on disk")
     tracking: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(

@@ -177,18 +177,24 @@ def check_config_fits(cfg: ExperimentConfig) -> None:
                    f"the faults' timeline of {cfg.num_rounds + 1:,} rounds x {n:,} nodes", "faults")
 
 
-def check_model_fits(cfg: ExperimentConfig, ds: Dataset) -> None:
-    """Refuse, before allocating, a model or a node count this machine cannot hold (counted on the meta
-    device: no memory is used), with the estimate by part."""
+def check_model_fits(cfg: ExperimentConfig, ds: Dataset, device=None) -> None:
+    """Refuse, before allocating, a model or a node count this machine (or the run's GPU, ``device``) cannot
+    hold (counted on the meta device: no memory is used), with the estimate by part."""
     flat = _meta_model(cfg, ds)
     if flat is None:
         return
     num_params = flat.num_params
-    check_fits(4.0 * num_params, f"{cfg.model.name} with {num_params:,} parameters", "model")
     parts = _meta_parts(cfg, ds, flat)
     detail = ", ".join(f"{k} {v / 2**30:.1f}" for k, v in parts.items() if v >= 0.05 * 2**30)
-    check_fits(sum(parts.values()), f"{cfg.num_nodes:,} nodes x {num_params:,} parameters ({model_copies(cfg)} float32 copies "
-               f"of every node's model, the data and a round's batches; GiB: {detail})", "num_nodes")
+    what = (f"{cfg.num_nodes:,} nodes x {num_params:,} parameters ({model_copies(cfg)} float32 copies of every node's "
+            f"model, the data and a round's batches; GiB: {detail})")
+    if device is not None and device.type == "cuda":  # the run lives on the GPU; the host holds the data once
+        from peerlearn.device import check_fits as check_device_fits
+
+        check_device_fits(device, sum(parts.values()), what)
+        return
+    check_fits(4.0 * num_params, f"{cfg.model.name} with {num_params:,} parameters", "model")
+    check_fits(sum(parts.values()), what, "num_nodes")
 
 
 # glibc's mallopt parameters (malloc.h)

@@ -50,8 +50,13 @@ def allocator_for(built, compute: dict) -> None:
 
 
 def check(cfg) -> None:
-    """What a run of a valid config needs of this machine beyond the config: every tracker's extra installed
-    (a ConfigError naming it). ``peerlearn run``, ``validate``, ``sweep`` and ``matrix`` check it before any work."""
+    """What a run of a valid config needs of this machine beyond the config: its ``device`` here and every
+    tracker's extra installed (a ConfigError naming it). ``peerlearn run``, ``validate``, ``sweep`` and
+    ``matrix`` check it before any work."""
+    if cfg.device != "cpu":
+        from peerlearn.device import resolve
+
+        resolve(cfg.device)
     if cfg.tracking:
         from peerlearn.report.trackers import check_trackers
 
@@ -70,12 +75,13 @@ def start(cfg) -> tuple[dict, object]:
     return compute, built
 
 
-def load_resume(run_dir: str, trust_plugins: bool = False, note: Callable[[str], None] = lambda line: None
-                ) -> tuple[object, dict]:
+def load_resume(run_dir: str, trust_plugins: bool = False, note: Callable[[str], None] = lambda line: None,
+                device: str | None = None) -> tuple[object, dict]:
     """``(cfg, snapshot)`` of the interrupted run in ``run_dir``, for ``--resume``: its config.yaml and checkpoint
     read as data; its plugins imported only when the folder carries your signature of them or
     ``trust_plugins``; a config.yaml edited since the checkpoint refused, naming the changed keys. ``note``
-    gets a line when the config holds keys this peerlearn no longer reads (they are ignored)."""
+    gets a line when the config holds keys this peerlearn no longer reads (they are ignored). ``device``
+    continues the run on another device (checkpoints are saved from the host: a GPU run resumes on a CPU)."""
     from peerlearn.config import ConfigError, load_plugins, parse_config, prune_unread, to_dict
     from peerlearn.report.run_dir import config_changes, load_checkpoint
 
@@ -97,6 +103,9 @@ def load_resume(run_dir: str, trust_plugins: bool = False, note: Callable[[str],
     if changed:  # one run, one config: an edited config.yaml would mix two
         raise ConfigError(f"config error: --resume {run_dir}: config.yaml differs from the one the checkpoint "
                           f"was written with: {', '.join(changed)}; restore it, or start a new run")
+    if device is not None:
+        cfg = cfg.model_copy()
+        cfg.device = device  # validated on assignment
     return cfg, resume
 
 

@@ -203,7 +203,7 @@ def format_error(err: ValidationError, where: str) -> str:
     first = err.errors()[0]
     loc = ".".join(str(p) for p in (where, *first["loc"]) if p != "")
     more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
-    return f"config error: {loc}: {first['msg']} (got {first.get('input')!r}){more}"
+    return f"config error: {loc}: {first['msg'].removeprefix('Value error, ')} (got {first.get('input')!r}){more}"
 
 
 def validate(cls: type[Spec], raw: Any, where: str) -> Spec:

@@ -28,6 +28,7 @@ import functools
 import numpy as np
 import torch
 
+from peerlearn.device import from_host, numpy
 from peerlearn.aggregators.mean import masked_mean
 from peerlearn.models.dense import layer_views
 from peerlearn.types import Tensor
@@ -68,8 +69,8 @@ def matching_permutations(ref_RP: Tensor, other_RP: Tensor, layout: list[tuple[i
             w_oth = torch.gather(w_oth, 2, perms[-1][:, None, :].expand_as(w_oth))
         corr = torch.bmm(_standardized(z_ref).transpose(1, 2), _standardized(z_oth)).double()
         ties = torch.bmm(_unit_rows(*ref_layers[l]), _unit_rows(w_oth, b_oth).transpose(1, 2)).double()
-        cost = (corr + 1e-9 * ties).numpy()
-        perms.append(torch.from_numpy(np.stack([linear_sum_assignment(c, maximize=True)[1] for c in cost])))
+        cost = numpy(corr + 1e-9 * ties)
+        perms.append(from_host(np.stack([linear_sum_assignment(c, maximize=True)[1] for c in cost])))
     return perms
 
 

@@ -9,6 +9,7 @@ from typing import Callable, ClassVar
 
 import torch
 
+from peerlearn.device import draw
 from peerlearn.spec import BuildContext, Registry, Spec, config_error
 
 
@@ -68,7 +69,7 @@ def training_sample(ctx: BuildContext, stream: str, count: int):
     """``(x, y)``: a seeded sample of ``count`` training samples (at most all), the same at every node: the batch
     rules score or align models on instead of each node's own data."""
     x, y = ctx.dataset.x_train, ctx.dataset.y_train
-    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(ctx.seed(stream)))[:count]
+    idx = draw(torch.randperm, len(x), generator=torch.Generator().manual_seed(ctx.seed(stream)))[:count]
     return x[idx], y[idx]
 
 

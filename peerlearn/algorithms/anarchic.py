@@ -31,6 +31,7 @@ from typing import NamedTuple
 
 import torch
 
+from peerlearn.device import draw
 from peerlearn.algorithms.local import local_steps
 from peerlearn.rng import step_generator
 from peerlearn.types import Algorithm, Tensor, Transform
@@ -59,7 +60,7 @@ def anarchic(optimizer: Transform, participation_N: Tensor, steps_N: Tensor, ser
 
     def step(state, params_NP, batches, grad_fn, comm):
         n = comm.num_global
-        joined = torch.rand(n, generator=step_generator(seed, state.round), dtype=torch.float64) < participation_N
+        joined = draw(torch.rand, n, generator=step_generator(seed, state.round), dtype=torch.float64) < participation_N
         if comm.alive_N is not None:  # a worker that is down does not join
             joined &= comm.alive_N
         sampled = torch.nonzero(joined).flatten()
@@ -142,9 +143,9 @@ class AnarchicSpec(LocalSteps):
         g = torch.Generator().manual_seed(ctx.seed("anarchic"))
         n = ctx.num_nodes
         lo, hi = self.participation_min, self.participation_max
-        p_N = lo + (hi - lo) * torch.rand(n, generator=g, dtype=torch.float64)
+        p_N = lo + (hi - lo) * draw(torch.rand, n, generator=g, dtype=torch.float64)
         k_lo = self.num_local_steps if self.steps_min is None else self.steps_min
-        k_N = torch.randint(k_lo, self.num_local_steps + 1, (n,), generator=g)
+        k_N = draw(torch.randint, k_lo, self.num_local_steps + 1, (n,), generator=g)
         return p_N, k_N
 
     def build(self, ctx):

@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from peerlearn.device import from_host
 from peerlearn.algorithms.local import local_steps
 from peerlearn.rows import put_rows, take_rows
 from peerlearn.types import AsyncAlgorithm, Tensor, Transform
@@ -54,7 +55,7 @@ def async_local_sgd(inner: Transform, num_local_steps: int = 1, outer_lr: float 
 
     def wake(state, params_NP, wakers, batches, grad_fn, net):
         n = params_NP.shape[0]
-        rows = torch.from_numpy(wakers)
+        rows = from_host(wakers)
         start = params_NP[rows]
         trained, opt_rows, loss = local_steps(start, take_rows(state.opt_state, rows), inner, batches, grad_fn,
                                               num_local_steps, rows)

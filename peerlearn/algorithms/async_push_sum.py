@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import torch
 
+from peerlearn.device import from_host
 from peerlearn.algorithms.local import local_steps
 from peerlearn.algorithms.push_sum import PushSumState
 from peerlearn.rows import put_rows, take_rows
@@ -38,7 +39,7 @@ def async_push_sum(optimizer: Transform, num_local_steps: int = 1) -> AsyncAlgor
                             optimizer.init(params_NP))
 
     def wake(state, params_NP, wakers, batches, grad_fn, net):
-        rows = torch.from_numpy(wakers)
+        rows = from_host(wakers)
         start = params_NP[rows]
         trained, opt_rows, loss = local_steps(start, take_rows(state.opt_state, rows), optimizer, batches,
                                               grad_fn, num_local_steps, rows)

@@ -39,6 +39,7 @@ from typing import Any, Callable, NamedTuple
 
 import torch
 
+from peerlearn.device import draw
 from peerlearn.algorithms.accelerated_gossip import accelerated, chebyshev_omega
 from peerlearn.algorithms.local import local_steps
 from peerlearn.rng import step_generator
@@ -126,7 +127,7 @@ def shared_coordinates(num_params: int, fraction: float, seed: int, round_: int)
     """The round's random ``fraction`` of the coordinates, the same at every node: drawn from
     ``(seed, round)``, so receivers know it without any index being sent."""
     g = step_generator(seed, round_)
-    return torch.randperm(num_params, generator=g)[:max(1, int(round(fraction * num_params)))]
+    return draw(torch.randperm, num_params, generator=g)[:max(1, int(round(fraction * num_params)))]
 
 
 def communication_schedule(num_rounds: int, every: int = 1, late_fraction: float = 0.0) -> Callable[[int], bool]:

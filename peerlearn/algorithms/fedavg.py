@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 import torch
 
+from peerlearn.device import draw
 from peerlearn.algorithms.local import local_steps
 from peerlearn.rng import step_generator
 from peerlearn.types import Algorithm, Tensor, Transform
@@ -31,7 +32,7 @@ class FedAvgState(NamedTuple):
 def round_permutation(num_nodes: int, seed: int, round_: int) -> Tensor:
     """A random order of the nodes for one round: a pure function of (seed, round)."""
     g = step_generator(seed, round_)
-    return torch.randperm(num_nodes, generator=g)
+    return draw(torch.randperm, num_nodes, generator=g)
 
 
 def sample_clients(num_nodes: int, fraction: float, seed: int, round_: int) -> Tensor:

@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from peerlearn.device import from_host
 from peerlearn.algorithms.local import local_steps
 from peerlearn.rows import put_rows, take_rows
 from peerlearn.types import AsyncAlgorithm, Tensor, Transform
@@ -59,7 +60,7 @@ def gossip_learning(optimizer: Transform, num_local_steps: int = 1, batch_size: 
         net.defer(wakers[~taken & has_peer])  # their peer is training, or already has a message this slice
         if not len(keep):
             return params_NP, state, {"loss": float("nan")}
-        s, r = torch.from_numpy(wakers[keep]), torch.from_numpy(receivers[keep])
+        s, r = from_host(wakers[keep]), from_host(receivers[keep])
         net.send(wakers[keep], (params_NP.shape[1] + 1) * params_NP.element_size())
         a_s, a_r = state.age_N[s], state.age_N[r]
         total = a_s + a_r
@@ -99,5 +100,5 @@ class GossipLearningSpec(Asynchronous):
         "privacy": "noise on asynchronous sends is not built yet"}
 
     def build(self, ctx):
-        trains = None if ctx.relay_N is None else torch.from_numpy(~ctx.relay_N)
+        trains = None if ctx.relay_N is None else from_host(~ctx.relay_N)
         return gossip_learning(self.transform(), self.num_local_steps, self.batch_size, trains)

@@ -27,6 +27,7 @@ from typing import Any, Callable, NamedTuple
 
 import torch
 
+from peerlearn.device import draw
 from peerlearn.compressors.quantize import stochastic_round
 from peerlearn.rng import step_generator
 from peerlearn.types import Algorithm, Tensor, Transform
@@ -55,7 +56,7 @@ def quantize(p: Tensor, scale: float, generator: torch.Generator, comm=None) -> 
     r = (p / scale).clamp(-1.0, 1.0) * LEVELS
     if comm is None or comm.node_ids is None:
         return stochastic_round(r, generator) * (scale / LEVELS)
-    u = comm.own(torch.rand(comm.num_global, *r.shape[1:], generator=generator, dtype=r.dtype))
+    u = comm.own(draw(torch.rand, comm.num_global, *r.shape[1:], generator=generator, dtype=r.dtype))
     low = r.floor()
     return (low + (u < r - low).to(r.dtype)) * (scale / LEVELS)
 
@@ -78,7 +79,7 @@ def spsa(optimizer: Transform, loss_fn: Callable, num_perturbations: int = 1, ep
         round_ = state.round + 1
         n, num_params = comm.num_global, params_NP.shape[1]
         shared = step_generator(seed, round_)  # every node can regenerate these
-        z = torch.randn(n, num_perturbations, num_params, generator=shared, dtype=params_NP.dtype)
+        z = draw(torch.randn, n, num_perturbations, num_params, generator=shared, dtype=params_NP.dtype)
         p, loss = directional_derivatives(loss_fn, params_NP, comm.own(z), batches.next(), eps)
         own = step_generator(seed, round_ + 500_000_009)  # each node's rounding
         p = quantize(p, state.scale, own, comm)

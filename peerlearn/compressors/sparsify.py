@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from peerlearn.device import draw
 from peerlearn.compressors.base import Compressor, bits_to_bytes, num_kept, per_row, seeded, stateless
 
 
@@ -32,7 +33,7 @@ def random_k(ratio: float, seed: int = 0, rescale: bool = True) -> Compressor:
     def encode(x_NP, g):
         n, p = x_NP.shape
         k = num_kept(ratio, p)
-        idx = torch.rand(n, p, generator=g).topk(k, dim=1, sorted=False).indices
+        idx = draw(torch.rand, n, p, generator=g).topk(k, dim=1, sorted=False).indices
         scale = p / k if rescale else 1.0
         return torch.zeros_like(x_NP).scatter_(1, idx, x_NP.gather(1, idx) * scale), per_row(4 * k, x_NP)
 

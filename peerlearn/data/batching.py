@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from peerlearn.device import draw, from_host
 from peerlearn.types import Batch, Tensor
 
 
@@ -23,8 +24,8 @@ class NodeSampler:
         self.sizes = torch.tensor([len(p) for p in parts], dtype=torch.float64)
         self.offsets = torch.tensor(np.concatenate([[0], np.cumsum([len(p) for p in parts])[:-1]]))
         self._sizes_N1, self._offsets_N1 = self.sizes[:, None], self.offsets[:, None]
-        self.flat = torch.from_numpy(np.concatenate(parts).astype(np.int64))
-        self.generator = torch.Generator().manual_seed(seed)
+        self.flat = from_host(np.concatenate(parts).astype(np.int64))
+        self.generator = torch.Generator().manual_seed(seed)  # on the host: every device draws the same batches
         self.num_nodes = len(parts)
         self.drawn_N = torch.zeros(self.num_nodes, dtype=torch.int64)  # mini-batches drawn per node (the clock's compute)
         # data poisoning: poison(x, y, u) -> (x, y) rewrites the batches of the nodes in poisoned_N
@@ -37,7 +38,7 @@ class NodeSampler:
             self.drawn_N += 1
         else:
             self.drawn_N.index_add_(0, rows, torch.ones(len(rows), dtype=torch.int64))
-        u = torch.rand(self.num_nodes, self.batch_size, generator=self.generator, dtype=torch.float64)
+        u = draw(torch.rand, self.num_nodes, self.batch_size, generator=self.generator, dtype=torch.float64)
         if rows is None:
             sizes, offsets = self._sizes_N1, self._offsets_N1
         else:  # draw for all nodes, keep some: the stream does not depend on `rows`
@@ -50,7 +51,7 @@ class NodeSampler:
             silent = self.silent_N if rows is None else self.silent_N[rows]
             y[silent] = -1
         if self.poisoned_N is not None:
-            u_poison = torch.rand(self.num_nodes, self.batch_size, generator=self.generator, dtype=torch.float64)
+            u_poison = draw(torch.rand, self.num_nodes, self.batch_size, generator=self.generator, dtype=torch.float64)
             bad = self.poisoned_N
             if rows is not None:
                 u_poison, bad = u_poison[rows], bad[rows]
@@ -64,8 +65,8 @@ class NodeSampler:
         does not depend on ``rows``, and a checkpoint restores it): the standard CIFAR augmentation
         (He et al. 2016), batched over all nodes in one gather."""
         p, (h, w) = self.crop_padding, x.shape[-2:]
-        shifts = torch.randint(0, 2 * p + 1, (self.num_nodes, self.batch_size, 2), generator=self.generator)
-        flips = torch.rand(self.num_nodes, self.batch_size, generator=self.generator) < 0.5
+        shifts = draw(torch.randint, 0, 2 * p + 1, (self.num_nodes, self.batch_size, 2), generator=self.generator)
+        flips = draw(torch.rand, self.num_nodes, self.batch_size, generator=self.generator) < 0.5
         if rows is not None:
             shifts, flips = shifts[rows], flips[rows]
         lead, c = x.shape[:2], x.shape[2]

@@ -10,10 +10,14 @@ from __future__ import annotations
 def simulate(built, on_eval=None, on_round=None, on_finish=None, on_checkpoint=None, resume=None) -> list[dict]:
     """Run ``built`` (from :func:`peerlearn.build.build`) in this process to the end; returns the evaluated
     rows. Asynchronous algorithms (``capabilities.asynchronous``) run on the event engine, the others
-    on the batched simulator; both take the same callbacks (see :func:`peerlearn.engines.simulator.simulate`)."""
+    on the batched simulator; both take the same callbacks (see :func:`peerlearn.engines.simulator.simulate`).
+    The run happens on ``built.device`` (:func:`peerlearn.device.scope`), deterministically with
+    ``deterministic: true``."""
+    from peerlearn.device import scope
     from peerlearn.engines import async_engine, simulator
 
-    if built.config.algorithm.capabilities.asynchronous:
-        return async_engine.simulate_async(built, on_eval, on_round, on_finish, on_checkpoint, resume)
-    return simulator.simulate(built, on_eval=on_eval, on_round=on_round, on_finish=on_finish,
-                              on_checkpoint=on_checkpoint, resume=resume)
+    with scope(built.device, built.config.deterministic):
+        if built.config.algorithm.capabilities.asynchronous:
+            return async_engine.simulate_async(built, on_eval, on_round, on_finish, on_checkpoint, resume)
+        return simulator.simulate(built, on_eval=on_eval, on_round=on_round, on_finish=on_finish,
+                                  on_checkpoint=on_checkpoint, resume=resume)

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from peerlearn.divergence import watch_run
+from peerlearn.device import from_host, numpy
 from peerlearn.engines.async_net import AsyncNet
 from peerlearn.engines.loop import RunRows, run_rounds
 from peerlearn.engines.run import make_evaluator, rejoin, restore, round_network
@@ -76,11 +77,11 @@ class _Events:
             self.round_s if algo.timer else 0.0)
         self.due_N = self.net.rng.uniform(0.0, self.period, n) if algo.timer else np.zeros(n)
         faults = built.faults
-        self.alive_N = torch.ones(n, dtype=torch.bool) if faults is None else torch.from_numpy(faults.alive(0).copy())
+        self.alive_N = torch.ones(n, dtype=torch.bool) if faults is None else from_host(faults.alive(0).copy())
 
     def record(self, round_: int) -> None:
         built, clock = self.built, self.clock
-        clock.t_N[self.alive_N.numpy()] = round_ * self.round_s
+        clock.t_N[numpy(self.alive_N)] = round_ * self.round_s
         self.book.record(round_, self.params_NP, None if built.faults is None else self.alive_N,
                          self.net.bytes_sent_total, clock.metrics())
         if self.on_checkpoint is not None:
@@ -108,9 +109,9 @@ class _Events:
         if W is not None:
             self.net.set_topology(W)
         if rf is not None:
-            self.alive_N = rf.alive_N
+            self.alive_N = rf.alive_N.to(self.params_NP.device)
             self.due_N[rf.joined] = np.maximum(self.due_N[rf.joined], round_start)  # no burst of missed wake-ups
-        alive, slices = self.alive_N.numpy(), self.built.config.clock.slices_per_round
+        alive, slices = numpy(self.alive_N), self.built.config.clock.slices_per_round
         for k in range(slices):
             end = round_start + (k + 1) * self.round_s / slices
             wakers = np.flatnonzero((self.due_N < end - 1e-9 * self.round_s) & alive)  # [start, end), rounding-safe
@@ -124,7 +125,7 @@ class _Events:
         drawn0, sent0 = built.batches.drawn_N.clone(), net.bytes_sent_N.copy()
         self.params_NP, self.state, metrics = built.algorithm.wake(self.state, self.params_NP, wakers, built.batches,
                                                                    built.grad_fn, net)
-        compute, comm = self.clock.charge((built.batches.drawn_N - drawn0).numpy(), net.bytes_sent_N - sent0)
+        compute, comm = self.clock.charge(numpy(built.batches.drawn_N - drawn0), net.bytes_sent_N - sent0)
         net.busy_until_N = np.where(compute > 0, np.maximum(net.busy_until_N, start) + compute, net.busy_until_N)
         fired = np.setdiff1d(wakers, net.take_deferred())
         self.due_N[fired] += np.maximum(self.period, compute[fired] + comm[fired])

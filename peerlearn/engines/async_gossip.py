@@ -24,6 +24,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from peerlearn.device import from_host
 from peerlearn.engines.async_net import AsyncNet
 from peerlearn.topology.clique import as_csr
 from peerlearn.types import Tensor
@@ -65,7 +66,7 @@ def pairwise_gossip(x_NP: Tensor, adjacency: sp.csr_array, duration_s: float, pe
             peers = net.random_peers(wakers)
             a, b = _disjoint_pairs(wakers, peers, n)
             if len(a):
-                ia, ib = torch.from_numpy(a), torch.from_numpy(b)
+                ia, ib = from_host(a), from_host(b)
                 avg = (x[ia] + x[ib]) * 0.5
                 x[ia], x[ib] = avg, avg
             done = np.zeros(n, dtype=bool)

@@ -13,6 +13,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from peerlearn.device import from_host
 from peerlearn.types import Tensor
 from peerlearn.topology.clique import as_csr
 
@@ -58,10 +59,10 @@ class AsyncNet:
         out-neighbours; every other row is unchanged. With all nodes sending this is ``W y``."""
         cols = self._W_csc[:, senders].tocoo()
         out = y_NP.clone()
-        out[torch.from_numpy(senders)] = 0
-        vals = torch.from_numpy(cols.data).to(y_NP.dtype)[:, None]
-        src = torch.from_numpy(senders[cols.col])
-        out.index_add_(0, torch.from_numpy(cols.row.astype(np.int64)), vals * y_NP[src])
+        out[from_host(senders)] = 0
+        vals = from_host(cols.data).to(y_NP.dtype)[:, None]
+        src = from_host(senders[cols.col])
+        out.index_add_(0, from_host(cols.row.astype(np.int64)), vals * y_NP[src])
         self.send(senders, y_NP.shape[1] * y_NP.element_size() * self._out_degree[senders])
         return out
 

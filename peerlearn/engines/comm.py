@@ -17,18 +17,17 @@ import torch
 
 from peerlearn.aggregators.mean import mean
 from peerlearn.attacks.model_poisoning import HonestView
+from peerlearn.device import from_host
 from peerlearn.topology.clique import Clique, as_csr
 from peerlearn.types import Tensor
 
 
 def torch_csr(mat: sp.csr_array) -> Tensor:
-    """``mat`` as a float32 torch CSR tensor (what makes gossip one fast ``addmm``)."""
+    """``mat`` as a float32 torch CSR tensor (what makes gossip one fast ``addmm``) on the default device."""
     with warnings.catch_warnings():  # "sparse CSR is beta"
         warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(torch.from_numpy(mat.indptr.astype(np.int64)),
-                                       torch.from_numpy(mat.indices.astype(np.int64)),
-                                       torch.from_numpy(mat.data.astype(np.float32)), size=mat.shape,
-                                       check_invariants=False)
+        return torch.sparse_csr_tensor(from_host(mat.indptr.astype(np.int64)), from_host(mat.indices.astype(np.int64)),
+                                       from_host(mat.data.astype(np.float32)), size=mat.shape, check_invariants=False)
 
 
 def padded_neighbours(indptr: np.ndarray, indices: np.ndarray, width: int, pad_R: np.ndarray) -> tuple[Tensor, Tensor]:
@@ -40,7 +39,7 @@ def padded_neighbours(indptr: np.ndarray, indices: np.ndarray, width: int, pad_R
     rows = np.repeat(np.arange(num_rows), np.diff(indptr))
     pos = np.arange(len(indices)) - indptr[rows]
     nbr[rows, pos], valid[rows, pos] = indices, True
-    return torch.from_numpy(nbr), torch.from_numpy(valid)
+    return from_host(nbr), from_host(valid)
 
 
 class Threat(NamedTuple):
@@ -105,9 +104,9 @@ class SimComm:
         self.W, self._table = W, None  # gather()'s neighbour table is built when first needed
         if isinstance(W, Clique):  # a clique (complete graph, sampled block) mixes as a mean: O(N P)
             self._clique, self._off_csr, self._by_dtype = W, None, {}
-            self.degree_N = torch.from_numpy(W.degrees())
+            self.degree_N = from_host(W.degrees())
             self._out_degree_N = self.degree_N.double()
-            self._clique_idx = None if W.members is None else torch.from_numpy(W.members)
+            self._clique_idx = None if W.members is None else from_host(W.members)
             return
         W = sp.csr_array(W)
         off = sp.csr_array(W - sp.diags_array(W.diagonal(), format="csr"))
@@ -115,14 +114,14 @@ class SimComm:
         self.W = W
         self._off = torch_csr(off)
         rowsum_N = np.asarray(off.sum(axis=1)).ravel()
-        self._off_rowsum_N1 = torch.from_numpy(rowsum_N.astype(np.float32).reshape(-1, 1))
-        self._diag_N1 = torch.from_numpy(np.asarray(W.diagonal(), dtype=np.float32).reshape(-1, 1))
+        self._off_rowsum_N1 = from_host(rowsum_N.astype(np.float32).reshape(-1, 1))
+        self._diag_N1 = from_host(np.asarray(W.diagonal(), dtype=np.float32).reshape(-1, 1))
         # A - diag(A 1): mix of unpoisoned rows in one sparse product, x + (A - diag(A 1)) x
         self._laplacian = torch_csr(sp.csr_array(off - sp.diags_array(rowsum_N, format="csr")))
         self._by_dtype = {torch.float32: (self._off, self._off_rowsum_N1, self._diag_N1, self._laplacian)}
-        self.degree_N = torch.from_numpy(np.diff(off.indptr).astype(np.int64))
+        self.degree_N = from_host(np.diff(off.indptr).astype(np.int64))
         self._off_csr = off
-        self._out_degree_N = torch.from_numpy(np.bincount(off.indices, minlength=self.num_nodes)).double()
+        self._out_degree_N = from_host(np.bincount(off.indices, minlength=self.num_nodes)).double()
         # an explicit complete graph with one weight for every link mixes as the clique it is
         n, diagonal = self.num_nodes, W.diagonal()
         self._clique, self._clique_idx = None, None
@@ -329,7 +328,7 @@ class SimComm:
                 "threat_generator": None if self.threat is None else self.threat.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.bytes_sent_N = state["bytes_sent_N"].clone()
+        self.bytes_sent_N = state["bytes_sent_N"].to(self.bytes_sent_N.device, copy=True)
         self.bytes_sent_server = float(state["bytes_sent_server"])
         if self.threat is not None and state.get("threat_generator") is not None:
             self.threat.generator.set_state(state["threat_generator"])

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from peerlearn.divergence import DivergenceWatch
+from peerlearn.device import to_device
 from peerlearn.metrics import consensus_distance, summarize
 from peerlearn.models.functional import FlatModel, predicted_matches
 from peerlearn.types import Tensor
@@ -53,7 +54,8 @@ class Evaluator:
             mask = np.zeros_like(idx, dtype=bool)
             for i, p in enumerate(local_test_parts):
                 idx[i, :len(p)], mask[i, :len(p)] = p, True
-            self.local = (x_train[torch.from_numpy(idx)], y_train[torch.from_numpy(idx)], torch.from_numpy(mask))
+            idx_t = torch.from_numpy(idx).to(x_train.device)
+            self.local = (x_train[idx_t], y_train[idx_t], torch.from_numpy(mask).to(x_train.device))
 
     @torch.no_grad()
     def __call__(self, params_NP: Tensor, alive_N: Tensor | None = None) -> dict[str, float]:
@@ -132,8 +134,10 @@ def restore(built, resume: dict) -> tuple[int, Tensor, object, list[dict], Tenso
     """What both engines take back from a snapshot: (first round to run, params_NP, algorithm state,
     rows so far, alive_N); the sampler's generator is restored in place."""
     built.batches.load_state_dict(resume["sampler"])
-    alive_N = None if built.faults is None else torch.from_numpy(built.faults.alive(resume["round"]).copy())
-    return resume["round"] + 1, resume["params_NP"].clone(), resume["state"], list(resume["rows"]), alive_N
+    device = built.params_NP.device
+    alive_N = None if built.faults is None else torch.from_numpy(built.faults.alive(resume["round"]).copy()).to(device)
+    return (resume["round"] + 1, resume["params_NP"].to(device, copy=True), to_device(resume["state"], device),
+            list(resume["rows"]), alive_N)
 
 
 def round_network(built, round_: int, faults: FaultPlan | None = None) -> tuple[object, RoundFaults | None, tuple]:
@@ -153,7 +157,7 @@ def rejoin(params_NP: Tensor, copies: tuple) -> Tensor:
     """``params_NP`` with each returning node ``dst`` holding its neighbour ``src``'s model (a copy)."""
     if not copies or not len(copies[0]):
         return params_NP
-    dst, src = (torch.from_numpy(c) for c in copies)
+    dst, src = (torch.from_numpy(c).to(params_NP.device) for c in copies)
     params_NP = params_NP.clone()
     params_NP[dst] = params_NP[src]
     return params_NP

@@ -16,6 +16,7 @@ import torch
 from torch.utils._pytree import tree_map
 
 from peerlearn.divergence import watch_run
+from peerlearn.device import from_host, numpy
 from peerlearn.engines.comm import SimComm
 from peerlearn.engines.loop import RunRows, run_rounds
 from peerlearn.engines.run import _clone, make_evaluator, rejoin, restore, round_network
@@ -54,7 +55,7 @@ class _Batched:
         self.book = RunRows(built, make_evaluator(built), watch_run(built), on_eval)
         self.params_NP = built.params_NP.clone()
         self.state = built.algorithm.init(self.params_NP)
-        self.alive_N = None if built.faults is None else torch.from_numpy(built.faults.alive(0).copy())
+        self.alive_N = None if built.faults is None else from_host(built.faults.alive(0).copy())
         self.clock = built.clock() if built.clock is not None else None
 
     def record(self, round_: int) -> None:
@@ -87,7 +88,7 @@ class _Batched:
             comm.set_topology(W)
         if rf is not None:
             comm.set_alive(rf.alive_N)
-            self.alive_N = rf.alive_N
+            self.alive_N = rf.alive_N.to(self.params_NP.device)
             if clock is not None and len(copied[0]):  # the copy's time comes with it
                 clock.sync(*copied)
         alive_N = self.alive_N
@@ -105,7 +106,7 @@ class _Batched:
                 self.params_NP, self.state = freeze_rows(self.params_NP, before[0], down), freeze_rows(self.state,
                                                                                                    before[1], down)
         if clock is not None:
-            clock.advance((built.batches.drawn_N - drawn0).numpy().astype(np.float64),
-                          (comm.bytes_sent_N - bytes0).numpy(), comm.W, comm.collective_calls > calls0,
-                          comm.bytes_sent_server - server0, None if alive_N is None else alive_N.numpy())
+            clock.advance(numpy(built.batches.drawn_N - drawn0).astype(np.float64),
+                          numpy(comm.bytes_sent_N - bytes0), comm.W, comm.collective_calls > calls0,
+                          comm.bytes_sent_server - server0, None if alive_N is None else numpy(alive_N))
         self.book.step(round_, step_metrics, watch=not silent)

@@ -145,6 +145,21 @@ def make_grad_fn(flat: FlatModel, strategy: str = "vmap", max_rows: int | None =
     return grad_fn if max_rows is None else _in_row_chunks(grad_fn, max_rows)
 
 
+def in_compute_dtype(grad_fn: GradFn, dtype: torch.dtype) -> GradFn:
+    """``grad_fn`` computing its forward and backward passes in ``dtype`` (bfloat16: mixed precision,
+    Micikevicius et al. 2018): the rows and the inputs are cast on the way in, the loss and the gradients
+    come back float32, so the models, the optimizer and everything an algorithm keeps stay float32."""
+    if dtype == torch.float32:
+        return grad_fn
+
+    def mixed(params_RP: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
+        x, y = batch
+        loss, grads = grad_fn(params_RP.to(dtype), (x.to(dtype) if x.is_floating_point() else x, y))
+        return loss.float(), grads.to(params_RP.dtype)
+
+    return mixed
+
+
 def _in_row_chunks(grad_fn: GradFn, max_rows: int) -> GradFn:
     """``grad_fn`` over at most ``max_rows`` rows at a time, into one preallocated result."""
 

@@ -43,6 +43,7 @@ import scipy.sparse.linalg
 from scipy.sparse.csgraph import laplacian
 import torch
 
+from peerlearn.device import draw, from_host, numpy
 from peerlearn.privacy.accountant import epsilons, exact_epsilons, gaussian_rdp, orders
 from peerlearn.rng import step_generator
 from peerlearn.topology.clique import as_csr
@@ -106,10 +107,10 @@ def pairwise_noise(edges: tuple[np.ndarray, np.ndarray], num_nodes: int, num_par
                    generator: torch.Generator, dtype: torch.dtype = torch.float32) -> Tensor:
     """``noise_NP`` with ``noise_i = sum_j v_ij``, ``v_ij = -v_ji ~ N(0, std^2 I)`` per linked pair: the rows
     sum to zero (to float rounding)."""
-    i, j = (torch.from_numpy(e) for e in edges)
+    i, j = (from_host(e) for e in edges)
     out = torch.zeros(num_nodes, num_params, dtype=dtype)
     for lo in range(0, len(i), _EDGE_CHUNK):
-        v = torch.randn(min(_EDGE_CHUNK, len(i) - lo), num_params, generator=generator, dtype=dtype) * std
+        v = draw(torch.randn, min(_EDGE_CHUNK, len(i) - lo), num_params, generator=generator, dtype=dtype) * std
         out.index_add_(0, i[lo:lo + _EDGE_CHUNK], v)
         out.index_add_(0, j[lo:lo + _EDGE_CHUNK], v, alpha=-1.0)
     return out
@@ -133,7 +134,7 @@ def gaussian_messages(clip: float, noise_multiplier: float, pairwise_multiplier:
         if cache["W"] is not W:
             edges = graph_edges(W)
             sigma_N = effective_multipliers(num_nodes, edges, noise_multiplier, pairwise_multiplier)
-            cache.update(W=W, edges=edges, rdp_NA=torch.from_numpy(gaussian_rdp(sigma_N)))
+            cache.update(W=W, edges=edges, rdp_NA=from_host(gaussian_rdp(sigma_N)))
         return cache["edges"], cache["rdp_NA"]
 
     def init(params_NP):
@@ -147,13 +148,13 @@ def gaussian_messages(clip: float, noise_multiplier: float, pairwise_multiplier:
         u = update_NP / lr
         u = u * (clip / u.norm(dim=1, keepdim=True).clamp_min(clip))  # norm min(||u||, C)
         if noise_multiplier:
-            u = u + mine(torch.randn(n, p, generator=g, dtype=u.dtype)) * (noise_multiplier * clip)
+            u = u + mine(draw(torch.randn, n, p, generator=g, dtype=u.dtype)) * (noise_multiplier * clip)
         if pairwise_multiplier:
             u = u + mine(pairwise_noise(edges, n, p, pairwise_multiplier * clip, g, u.dtype))
         return u * lr, PrivacyState(state.calls + 1, state.rdp_NA + mine(rdp_NA))
 
     def epsilon(state):
-        return (exact_epsilons if accountant == "exact" else epsilons)(state.rdp_NA.numpy(), delta)
+        return (exact_epsilons if accountant == "exact" else epsilons)(numpy(state.rdp_NA), delta)
 
     return MessagePrivacy(init, privatize, epsilon)
 

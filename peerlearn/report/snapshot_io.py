@@ -42,7 +42,9 @@ def encode(obj: Any, where: str = "snapshot") -> Any:
         return obj.item()
     if isinstance(obj, np.generic):
         return {"__npscalar__": _from_numpy(np.asarray(obj).reshape(1), where)}
-    if obj is None or isinstance(obj, (bool, int, float, str, torch.Tensor)):
+    if isinstance(obj, torch.Tensor):  # saved from the host: a GPU run's checkpoint resumes on a CPU and back
+        return obj if obj.device.type == "cpu" else obj.detach().cpu()
+    if obj is None or isinstance(obj, (bool, int, float, str)):
         return obj
     if isinstance(obj, np.ndarray):
         if obj.dtype == object:
