@@ -70,6 +70,16 @@ def resolve(key: str, cuda: Cuda | None = None) -> torch.device:
     return torch.device("cuda", index)
 
 
+def rank_device(key: str, local_rank: int, cuda: Cuda | None = None) -> int | None:
+    """The GPU a rank of a distributed run computes on when its ``device`` key leaves the index open (``cuda``,
+    or ``auto`` with a GPU): one GPU per rank by ``LOCAL_RANK`` (ranks beyond the GPUs share them, round
+    robin); None when the key names the device itself (``cpu``, ``cuda:N``) or there is no GPU."""
+    if key not in ("cuda", "auto"):
+        return None
+    cuda = probe() if cuda is None else cuda
+    return local_rank % cuda.count if cuda.available and cuda.count else None
+
+
 def check_fits(device: torch.device, need_bytes: float, what: str, cuda: Cuda | None = None) -> None:
     """ConfigError naming ``device`` when a run estimated at ``need_bytes`` would not fit in the GPU's free
     memory (a CPU's memory is checked by :func:`peerlearn.resources.check_fits`)."""
@@ -105,16 +115,35 @@ def to_host(tree):
 
 
 def tensors(obj, where: str = "built") -> Iterator[tuple[str, torch.Tensor]]:
-    """Every tensor reachable from ``obj`` through NamedTuples, lists, tuples, dicts and plain objects'
-    attributes, with its path (for checking that a run is where it should be)."""
+    """Every tensor reachable from ``obj`` through NamedTuples, lists, tuples, dicts, plain objects' attributes
+    and what functions hold (closures, defaults, partial arguments, bound objects), with its path: what a run
+    built on a device must hold only there (tests check it on the meta device, which every build can use)."""
+    import functools
+    import types
+
     seen: set[int] = set()
 
     def walk(x, path):
-        if id(x) in seen or isinstance(x, (str, bytes, int, float, bool, type(None), torch.nn.Module)):
+        if id(x) in seen or isinstance(x, (str, bytes, int, float, bool, type(None), type, types.ModuleType,
+                                           torch.nn.Module, torch.Generator)):
             return
         seen.add(id(x))
         if is_tensor(x):
             yield path, x
+        elif isinstance(x, types.FunctionType):
+            for name, cell in zip(x.__code__.co_freevars, x.__closure__ or ()):
+                try:
+                    yield from walk(cell.cell_contents, f"{path}<{x.__qualname__}>.{name}")
+                except ValueError:  # an empty cell
+                    pass
+            for i, v in enumerate(x.__defaults__ or ()):
+                yield from walk(v, f"{path}<{x.__qualname__}>.default{i}")
+        elif isinstance(x, types.MethodType):
+            yield from walk(x.__self__, f"{path}.__self__")
+        elif isinstance(x, functools.partial):
+            yield from walk(x.func, f"{path}.func")
+            yield from walk(list(x.args), f"{path}.args")
+            yield from walk(x.keywords, f"{path}.keywords")
         elif isinstance(x, tuple) and hasattr(x, "_fields"):
             for f in x._fields:
                 yield from walk(getattr(x, f), f"{path}.{f}")
@@ -124,7 +153,7 @@ def tensors(obj, where: str = "built") -> Iterator[tuple[str, torch.Tensor]]:
         elif isinstance(x, dict):
             for k, v in x.items():
                 yield from walk(v, f"{path}[{k!r}]")
-        elif hasattr(x, "__dict__") and not callable(x):
+        elif hasattr(x, "__dict__") and not isinstance(x, (types.BuiltinFunctionType, types.WrapperDescriptorType)):
             for k, v in vars(x).items():
                 yield from walk(v, f"{path}.{k}")
 

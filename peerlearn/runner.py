@@ -27,12 +27,14 @@ def compute_setup(cfg) -> dict:
     summary.json (with the allocator mode, filled in by :func:`allocator_for`)."""
     import torch
 
+    from peerlearn.device import resolve
     from peerlearn.report.sinks import environment
     from peerlearn.resources import choose_threads
 
     threads, load = choose_threads(cfg.threads)
     torch.set_num_threads(threads)
-    return {"threads": threads, "load_average_1m": round(load, 2), "malloc": "system", "environment": environment()}
+    return {"threads": threads, "load_average_1m": round(load, 2), "malloc": "system",
+            "environment": environment(str(resolve(cfg.device)))}
 
 
 def allocator_for(built, compute: dict) -> None:

@@ -28,8 +28,8 @@ import functools
 import numpy as np
 import torch
 
-from peerlearn.device import from_host, numpy
 from peerlearn.aggregators.mean import masked_mean
+from peerlearn.device import from_host, numpy
 from peerlearn.models.dense import layer_views
 from peerlearn.types import Tensor
 

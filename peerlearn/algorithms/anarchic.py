@@ -31,8 +31,8 @@ from typing import NamedTuple
 
 import torch
 
-from peerlearn.device import draw
 from peerlearn.algorithms.local import local_steps
+from peerlearn.device import draw
 from peerlearn.rng import step_generator
 from peerlearn.types import Algorithm, Tensor, Transform
 

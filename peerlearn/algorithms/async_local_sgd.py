@@ -27,8 +27,8 @@ from typing import Any, NamedTuple
 
 import torch
 
-from peerlearn.device import from_host
 from peerlearn.algorithms.local import local_steps
+from peerlearn.device import from_host
 from peerlearn.rows import put_rows, take_rows
 from peerlearn.types import AsyncAlgorithm, Tensor, Transform
 

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import torch
 
-from peerlearn.device import from_host
 from peerlearn.algorithms.local import local_steps
 from peerlearn.algorithms.push_sum import PushSumState
+from peerlearn.device import from_host
 from peerlearn.rows import put_rows, take_rows
 from peerlearn.types import AsyncAlgorithm, Transform
 

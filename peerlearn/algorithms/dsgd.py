@@ -39,9 +39,9 @@ from typing import Any, Callable, NamedTuple
 
 import torch
 
-from peerlearn.device import draw
 from peerlearn.algorithms.accelerated_gossip import accelerated, chebyshev_omega
 from peerlearn.algorithms.local import local_steps
+from peerlearn.device import draw
 from peerlearn.rng import step_generator
 from peerlearn.types import Algorithm, Transform
 

@@ -27,8 +27,8 @@ from typing import Any, Callable, NamedTuple
 
 import torch
 
-from peerlearn.device import draw
 from peerlearn.compressors.quantize import stochastic_round
+from peerlearn.device import draw
 from peerlearn.rng import step_generator
 from peerlearn.types import Algorithm, Tensor, Transform
 

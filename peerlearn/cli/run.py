@@ -187,6 +187,7 @@ def _rank_run(args, cfg, resume: dict | None, membership, log: _RankLog, world: 
     if chosen.startswith("error: "):
         raise FileExistsError(chosen.removeprefix("error: "))
     out_dir = Path(chosen)
+    distributed.use_local_gpu(cfg)
     compute, built = runner.start(cfg)
     folder = runner.RunFolder(cfg, out_dir, resume=resume) if rank == 0 else None  # rank 0 writes the run
     log.open(out_dir, append=resume is not None)

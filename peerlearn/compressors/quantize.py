@@ -15,8 +15,8 @@ import math
 
 import torch
 
-from peerlearn.device import draw
 from peerlearn.compressors.base import Compressor, bits_to_bytes, per_row, seeded, stateless
+from peerlearn.device import draw
 from peerlearn.types import Tensor
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from peerlearn.device import draw
 from peerlearn.compressors.base import Compressor, bits_to_bytes, num_kept, per_row, seeded, stateless
+from peerlearn.device import draw
 
 
 def top_k(ratio: float) -> Compressor:

@@ -32,8 +32,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from peerlearn.divergence import watch_run
 from peerlearn.device import from_host, numpy
+from peerlearn.divergence import watch_run
 from peerlearn.engines.async_net import AsyncNet
 from peerlearn.engines.loop import RunRows, run_rounds
 from peerlearn.engines.run import make_evaluator, rejoin, restore, round_network

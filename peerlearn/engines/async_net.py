@@ -14,8 +14,8 @@ import scipy.sparse as sp
 import torch
 
 from peerlearn.device import from_host
-from peerlearn.types import Tensor
 from peerlearn.topology.clique import as_csr
+from peerlearn.types import Tensor
 
 
 class AsyncNet:

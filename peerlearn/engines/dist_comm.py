@@ -17,6 +17,7 @@ import scipy.sparse as sp
 import torch
 
 from peerlearn.aggregators.mean import mean
+from peerlearn.device import from_host, numpy
 from peerlearn.engines.comm import SimComm, padded_neighbours, poison, torch_csr
 from peerlearn.engines.membership import Group
 from peerlearn.topology.clique import as_csr
@@ -94,7 +95,7 @@ class DistComm:
         lo, hi = int(self.rows[0]), int(self.rows[-1]) + 1
         mine = off[lo:hi]
         need = np.unique(mine.indices)  # global ids whose rows this rank's nodes receive, sorted
-        owner = self.host_N.numpy()
+        owner = numpy(self.host_N)
         if (owner[need] < 0).any():
             raise ValueError("DistComm: the topology links nodes whose rank has left the run")
         position = np.full(self.num_global, -1, dtype=np.int64)
@@ -102,7 +103,7 @@ class DistComm:
         local = sp.csr_array((mine.data, position[mine.indices], mine.indptr), shape=(hi - lo, len(need)))
         self._off = torch_csr(local)
         rowsum_R = np.asarray(mine.sum(axis=1)).ravel()
-        self._rowsum_R1 = torch.from_numpy(rowsum_R.astype(np.float32).reshape(-1, 1))
+        self._rowsum_R1 = from_host(rowsum_R.astype(np.float32).reshape(-1, 1))
         # SimComm's one-pass mix, A - diag(A 1) over the rows received and our own, in global-id order (the
         # same sums in the same order as the simulator: bit for bit)
         union = np.union1d(need, np.arange(lo, hi))
@@ -110,16 +111,16 @@ class DistComm:
         at[union] = np.arange(len(union))
         lap = sp.csr_array(mine - sp.csr_array((rowsum_R, (np.arange(hi - lo), np.arange(lo, hi))), shape=mine.shape))
         self._lap = torch_csr(sp.csr_array((lap.data, at[lap.indices], lap.indptr), shape=(hi - lo, len(union))))
-        self._union = (len(union), torch.from_numpy(at[need]), torch.from_numpy(at[lo:hi]))
-        self._diag_R1 = torch.from_numpy(np.asarray(W.diagonal()[lo:hi], dtype=np.float32).reshape(-1, 1))
-        self._num_need, self._need = len(need), torch.from_numpy(need)
+        self._union = (len(union), from_host(at[need]), from_host(at[lo:hi]))
+        self._diag_R1 = from_host(np.asarray(W.diagonal()[lo:hi], dtype=np.float32).reshape(-1, 1))
+        self._num_need, self._need = len(need), from_host(need)
         me = self.group.rank
         self._recv = {}  # member -> positions (in need) of the rows it sends us, in global-id order
-        self._own = (torch.from_numpy(np.flatnonzero(owner[need] == me)),
-                     torch.from_numpy(need[owner[need] == me] - lo))
+        self._own = (from_host(np.flatnonzero(owner[need] == me)),
+                     from_host(need[owner[need] == me] - lo))
         for q in range(self.group.size):
             if q != me and (pos := np.flatnonzero(owner[need] == q)).size:
-                self._recv[q] = torch.from_numpy(pos)
+                self._recv[q] = from_host(pos)
         self._send = {}  # member -> local indices of our rows its nodes need, in global-id order
         cols = off.tocsc()
         for q, launch_rank in enumerate(self.group.members):
@@ -129,8 +130,8 @@ class DistComm:
             theirs = cols[int(block[0]):int(block[-1]) + 1, lo:hi]
             senders = np.flatnonzero(np.diff(theirs.tocsc().indptr))
             if senders.size:
-                self._send[q] = torch.from_numpy(senders)
-        self._out_degree_R = torch.from_numpy(np.bincount(off.indices, minlength=self.num_global)[lo:hi]).double()
+                self._send[q] = from_host(senders)
+        self._out_degree_R = from_host(np.bincount(off.indices, minlength=self.num_global)[lo:hi]).double()
         # padded neighbour table for gather(), as the simulator's: width = the largest degree anywhere
         degree = np.diff(off.indptr)
         k = int(degree.max()) if self.num_global else 0

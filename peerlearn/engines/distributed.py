@@ -33,10 +33,11 @@ import numpy as np
 import torch
 from torch.utils._pytree import tree_map
 
+from peerlearn.device import from_host, numpy, scope, to_device
 from peerlearn.divergence import watch_run
 from peerlearn.engines.dist_comm import DistComm, RowBatches, node_blocks  # noqa: F401 (re-exported)
-from peerlearn.engines.membership import Membership, PeerFailure, RunStopped, connect_store
 from peerlearn.engines.loop import RunRows, run_rounds
+from peerlearn.engines.membership import Membership, PeerFailure, RunStopped, connect_store
 from peerlearn.engines.run import _clone, departed_faults, is_evaluation_round, make_evaluator, round_network
 from peerlearn.rows import freeze_rows
 from peerlearn.spec import ConfigError
@@ -77,7 +78,7 @@ class _Rank:
         self.server_bytes = 0.0  # a server's bytes (server averages), likewise
         self.departure_N = np.full(n, cfg.num_rounds + 1)  # the first round each node's rank is gone
         self.faults = built.faults
-        self.alive_N = None if self.faults is None else torch.from_numpy(self.faults.alive(0).copy())
+        self.alive_N = None if self.faults is None else from_host(self.faults.alive(0).copy())
         self.comm.set_topology(built.W)
         self.comm.set_alive(self.alive_N)
         self.snapshots: dict[int, _Snapshot] = {}
@@ -91,9 +92,10 @@ class _Rank:
         on any number of ranks): this rank takes its nodes' rows of it; returns its round."""
         built, n = self.built, self.built.config.num_nodes
         built.batches.load_state_dict(snap["sampler"])
-        self.params_RP = snap["params_NP"][self.rows].clone()
-        self.state = tree_map(lambda a: a[self.rows].clone() if _per_node(a, n) else a, snap["state"])
-        self.bytes_N = snap["comm"]["bytes_sent_N"].clone()
+        device = self.params_RP.device  # a checkpoint comes from the host
+        self.params_RP = snap["params_NP"][self.rows].to(device, copy=True)
+        self.state = to_device(tree_map(lambda a: a[self.rows].clone() if _per_node(a, n) else a, snap["state"]), device)
+        self.bytes_N = snap["comm"]["bytes_sent_N"].to(device, copy=True)
         self.server_bytes = float(snap["comm"]["bytes_sent_server"])
         if self.comm.threat is not None and snap["comm"].get("threat_generator") is not None:
             self.comm.threat.generator.set_state(snap["comm"]["threat_generator"])
@@ -101,11 +103,11 @@ class _Rank:
             self.clock.load_state_dict(snap["clock"])
         self.book.resume(snap)
         if self.lead:
-            self.known_NP = snap["params_NP"].clone()
+            self.known_NP = snap["params_NP"].to(device, copy=True)
         if snap.get("departure_N") is not None:  # nodes whose rank had left stay down
             self.departure_N = np.asarray(snap["departure_N"]).copy()
             self.faults = departed_faults(built, self.departure_N)
-        self.alive_N = None if self.faults is None else torch.from_numpy(self.faults.alive(snap["round"]).copy())
+        self.alive_N = None if self.faults is None else from_host(self.faults.alive(snap["round"]).copy())
         self.comm.set_alive(self.alive_N)
         self.completed = int(snap["round"])
         self.capture(self.completed)
@@ -146,7 +148,7 @@ class _Rank:
         self.book.roll_back(snap.kept)
         if self.clock is not None:
             self.clock.load_state_dict(snap.clock)
-        self.alive_N = None if self.faults is None else torch.from_numpy(self.faults.alive(round_).copy())
+        self.alive_N = None if self.faults is None else from_host(self.faults.alive(round_).copy())
         self.comm.set_alive(self.alive_N)
 
     def everyone(self) -> Tensor | None:
@@ -182,8 +184,8 @@ class _Rank:
         W, rf, copies = round_network(self.built, round_, self.faults)
         self.comm.set_topology(W if W is not None else self.built.W)
         if rf is not None:
-            self.alive_N = rf.alive_N
-            self.comm.set_alive(rf.alive_N)
+            self.alive_N = rf.alive_N.to(self.params_RP.device)
+            self.comm.set_alive(self.alive_N)
             if len(copies[0]):
                 models, ids = self.comm.gather_rows(self.params_RP)
                 everyone = self.built.params_NP.new_zeros(self.built.config.num_nodes, models.shape[1])
@@ -232,8 +234,8 @@ class _Rank:
         self.bytes_N += delta[n:2 * n]
         self.server_bytes += float(delta[2 * n])
         if self.clock is not None:
-            self.clock.advance(delta[:n].numpy(), delta[n:2 * n].numpy(), comm.W, comm.collective_calls > calls0,
-                               float(delta[2 * n]), None if alive is None else alive.numpy())
+            self.clock.advance(numpy(delta[:n]), numpy(delta[n:2 * n]), comm.W, comm.collective_calls > calls0,
+                               float(delta[2 * n]), None if alive is None else numpy(alive))
         self.completed = round_
         self.capture(round_)
 
@@ -274,14 +276,25 @@ def simulate_distributed(built, membership: Membership, on_eval: Callable[[dict]
     if len(membership.members) > built.config.num_nodes:
         raise ValueError(f"{len(membership.members)} ranks for {built.config.num_nodes} nodes: every rank needs "
                          "at least one node")
-    me = _Rank(built, membership, on_eval, on_checkpoint, checkpoints)
-    say = log or (lambda message: None)
-    try:
-        return run_rounds(me, built, me.book, on_round if me.lead else None, on_finish if me.lead else None, resume,
-                          PeerFailure, lambda failure, round_: _recover(me, membership, failure, round_, say))
-    except KeyboardInterrupt as err:  # Ctrl-C: say where this rank stopped (the caller prints one line)
-        err.completed = me.completed
-        raise
+    with scope(built.device, built.config.deterministic):
+        me = _Rank(built, membership, on_eval, on_checkpoint, checkpoints)
+        say = log or (lambda message: None)
+        try:
+            return run_rounds(me, built, me.book, on_round if me.lead else None, on_finish if me.lead else None,
+                              resume, PeerFailure, lambda failure, round_: _recover(me, membership, failure, round_, say))
+        except KeyboardInterrupt as err:  # Ctrl-C: say where this rank stopped (the caller prints one line)
+            err.completed = me.completed
+            raise
+
+
+def use_local_gpu(cfg) -> None:
+    """Make this rank's GPU (:func:`peerlearn.device.rank_device` by ``LOCAL_RANK``) torch's current one, so
+    that the config's ``cuda`` (or ``auto``) means it; nothing on a CPU run."""
+    from peerlearn.device import rank_device
+
+    index = rank_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
+    if index is not None:
+        torch.cuda.set_device(index)
 
 
 def _recover(me: _Rank, membership: Membership, failure: PeerFailure | None, round_: int, say) -> int:

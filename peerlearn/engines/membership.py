@@ -87,23 +87,36 @@ class Group:
         return opts
 
     def all_reduce(self, t: Tensor) -> Tensor:
-        """Sum over the members, in place."""
-        self._run(lambda: [self.pg.allreduce([t], self._options(dist.AllreduceOptions))])
-        return t
+        """Sum over the members, in place (a GPU tensor goes through host memory: see :func:`on_host`)."""
+        wire = on_host(t)
+        self._run(lambda: [self.pg.allreduce([wire], self._options(dist.AllreduceOptions))])
+        return t if wire is t else t.copy_(wire)
 
     def all_gather(self, t: Tensor) -> list[Tensor]:
-        """Every member's ``t`` (equal shapes), in member order."""
-        parts = [torch.empty_like(t) for _ in range(self.size)]
-        self._run(lambda: [self.pg.allgather([parts], [t], self._options(_AllgatherOptions))])
-        return parts
+        """Every member's ``t`` (equal shapes), in member order, on ``t``'s device."""
+        wire = on_host(t)
+        parts = [torch.empty_like(wire) for _ in range(self.size)]
+        self._run(lambda: [self.pg.allgather([parts], [wire], self._options(_AllgatherOptions))])
+        return parts if wire is t else [p.to(t.device) for p in parts]
 
     def exchange(self, send: dict[int, Tensor], recv: dict[int, Tensor]) -> None:
         """Point-to-point: send each ``send[q]`` to member ``q`` and fill each ``recv[q]`` from it."""
-        self._run(lambda: [*(self.pg.send([t.contiguous()], q, 0) for q, t in send.items()),
-                           *(self.pg.recv([t], q, 0) for q, t in recv.items())])
+        inbox = {q: on_host(t) for q, t in recv.items()}
+        self._run(lambda: [*(self.pg.send([on_host(t).contiguous()], q, 0) for q, t in send.items()),
+                           *(self.pg.recv([t], q, 0) for q, t in inbox.items())])
+        for q, t in recv.items():
+            if inbox[q] is not t:
+                t.copy_(inbox[q])
 
     def barrier(self) -> None:
         self._run(lambda: [self.pg.barrier(self._options(dist.BarrierOptions))])
+
+
+def on_host(t: Tensor) -> Tensor:
+    """``t`` itself on the CPU, else a host copy: the ranks' messages travel over gloo whatever device the
+    ranks compute on. Membership, failure detection and recovery are the store's and gloo's on a GPU run as
+    on a CPU run (NCCL cannot tell a dead peer from a slow one: its watchdog tears every rank down)."""
+    return t if t.device.type == "cpu" else t.cpu()
 
 
 def gloo_devices() -> list:

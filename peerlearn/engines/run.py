@@ -9,8 +9,8 @@ import time
 import numpy as np
 import torch
 
-from peerlearn.divergence import DivergenceWatch
 from peerlearn.device import to_device
+from peerlearn.divergence import DivergenceWatch
 from peerlearn.metrics import consensus_distance, summarize
 from peerlearn.models.functional import FlatModel, predicted_matches
 from peerlearn.types import Tensor

@@ -15,8 +15,8 @@ import torch
 
 from torch.utils._pytree import tree_map
 
-from peerlearn.divergence import watch_run
 from peerlearn.device import from_host, numpy
+from peerlearn.divergence import watch_run
 from peerlearn.engines.comm import SimComm
 from peerlearn.engines.loop import RunRows, run_rounds
 from peerlearn.engines.run import _clone, make_evaluator, rejoin, restore, round_network

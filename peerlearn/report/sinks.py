@@ -7,8 +7,9 @@ import math
 import time
 
 
-def environment() -> dict:
-    """What a reader of a result needs to know about where it ran (summary.json, report.html)."""
+def environment(device: str = "cpu") -> dict:
+    """What a reader of a result needs to know about where it ran (summary.json, report.html): ``device`` is
+    the run's resolved device (a GPU's name is added)."""
     import platform
 
     import torch
@@ -17,8 +18,16 @@ def environment() -> dict:
     from peerlearn.config import plugin_provenance
 
     return {"peerlearn": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "platform": platform.platform(terse=True), "device": "cpu", "hostname": platform.node(),
+            "platform": platform.platform(terse=True), "device": _device_name(device), "hostname": platform.node(),
             "started": time.strftime("%Y-%m-%d %H:%M:%S %z"), "plugins": plugin_provenance()}
+
+
+def _device_name(device: str) -> str:
+    import torch
+
+    if not device.startswith("cuda"):
+        return device
+    return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
 
 
 class RunSinks:
