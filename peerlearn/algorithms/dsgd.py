@@ -180,7 +180,7 @@ class DsgdSpec(LocalSteps, Synchronous, ServerRounds):
     aggregator: SerializeAsAny[AggregatorSpec] = slot(AGGREGATORS, "gossip", "how a node combines its own and "
                                                                              "received models")
     slots: ClassVar = {"aggregator": AGGREGATORS}
-    capabilities: ClassVar = Capabilities(engines=SYNC, attackable=True, private=True)
+    capabilities: ClassVar = Capabilities(engines=SYNC | {"p2p"}, attackable=True, private=True)
 
     def check(self, cfg) -> None:
         super().check(cfg)

@@ -56,18 +56,31 @@ def make_parser() -> argparse.ArgumentParser:
                      "OMP_NUM_THREADS, else the idle cores)")
     run.add_argument("--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N (same as --set device=...; with "
                      "--resume: continue the run on another device)")
-    run.add_argument("--engine", choices=["simulator", "distributed"], default="simulator",
+    run.add_argument("--engine", choices=["simulator", "distributed", "p2p"], default="simulator",
                      help="simulator: all nodes in this process (default); distributed: real processes, each "
-                          "hosting a block of the nodes (start them with --nproc N, or by hand on each machine)")
+                          "hosting a block of the nodes (start them with --nproc N, or by hand on each machine); "
+                          "p2p: a swarm of peers over libp2p (hivemind: pip install 'peerlearn[p2p]'), on "
+                          "wall-clock time (--nproc K on this machine, or --join MULTIADDR --peer I/K)")
     run.add_argument("--nproc", type=int, metavar="N", help="distributed: start N ranks on this machine (a rank "
                      "that dies leaves the others training; torchrun would stop them all)")
-    run.add_argument("--timeout-s", type=float, default=60.0, help="distributed: how long a silent peer or a "
-                     "blocked exchange is waited for before the survivors go on without it (default 60)")
+    run.add_argument("--timeout-s", type=float, default=None, help="distributed: how long a silent peer or a "
+                     "blocked exchange is waited for before the survivors go on without it (default 60); p2p: "
+                     "the deadline of each exchange, after which a missing message is dropped (default 10)")
     run.add_argument("--startup-timeout-s", type=float, default=300.0, help="distributed: how long the ranks wait "
                      "for each other to start and connect (default 300)")
     run.add_argument("--secret-file", metavar="FILE", help="distributed, launched by hand: the file holding the "
                      "secret every rank shares (default: PEERLEARN_SECRET_FILE, else PEERLEARN_SECRET); a rank joins "
                      "only by proving it (docs/security.md)")
+    run.add_argument("--peer", metavar="I/K", help="p2p, started by hand: this peer's index I of K peers (it hosts "
+                     "block I of the nodes)")
+    run.add_argument("--join", action="append", default=[], metavar="MULTIADDR", help="p2p: the address of a peer "
+                     "of the swarm to join (repeatable; without it this peer starts the swarm)")
+    run.add_argument("--host-maddr", action="append", default=[], metavar="MULTIADDR", help="p2p: where this peer "
+                     "listens (default /ip4/127.0.0.1/tcp/0: this machine only; e.g. /ip4/0.0.0.0/tcp/31337)")
+    run.add_argument("--identity", metavar="KEYFILE", help="p2p: this peer's private key (a stable peer id; "
+                     "created if missing)")
+    run.add_argument("--allow", metavar="FILE", help="p2p: admit the peer ids listed in FILE (one per line) "
+                     "besides those proving the secret")
     run.add_argument("--insecure", action="store_true", help="distributed, launched by hand: run without a secret "
                      "(anyone who reaches MASTER_ADDR:MASTER_PORT can join): only where every process is yours")
     run.set_defaults(func=cmd_run)

@@ -34,6 +34,10 @@ def cmd_run(args) -> int:
         raise ConfigError("config error: peerlearn run needs a config file (or --resume DIR)")
     if args.engine == "distributed":
         return _run_distributed(args)
+    if args.engine == "p2p":
+        from peerlearn.cli.p2p import run_p2p
+
+        return run_p2p(args)
     cfg, resume = _run_config(args)
     out_dir = Path(args.resume) if args.resume else choose_run_dir(args.out, cfg.name, args.overwrite)
     compute, built = runner.start(cfg)  # every config error surfaces here, before the run directory is written
@@ -81,6 +85,7 @@ def _run_distributed(args) -> int:
     from peerlearn.config import ConfigError
     from peerlearn.engines import distributed
 
+    args.timeout_s = 60.0 if args.timeout_s is None else args.timeout_s
     for flag, value in (("--timeout-s", args.timeout_s), ("--startup-timeout-s", args.startup_timeout_s)):
         if not 0 < value < 1e6:
             raise ConfigError(f"config error: {flag}: a positive number of seconds below 1e6, got {value}")

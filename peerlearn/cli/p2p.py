@@ -1,0 +1,147 @@
+"""``peerlearn run CONFIG --engine p2p``: a swarm of peers on this machine (``--nproc K``), or one peer started
+by hand (``--peer I/K`` and ``--join MULTIADDR``), each writing its own run folder."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from peerlearn import runner
+from peerlearn.cli.common import console, err_console
+
+
+def _config(args):
+    from peerlearn.config import ConfigError, load_config
+
+    if args.resume:
+        raise ConfigError("config error: --resume: a peer does not resume (a swarm goes on without it; rejoining "
+                          "is not built yet)")
+    return load_config(args.config, args.set)
+
+
+def _deadline(args) -> float:
+    from peerlearn.config import ConfigError
+
+    value = 10.0 if args.timeout_s is None else args.timeout_s
+    if not 0 < value < 1e6:
+        raise ConfigError(f"config error: --timeout-s: a positive number of seconds below 1e6, got {value}")
+    return value
+
+
+def _need_hivemind() -> None:
+    from peerlearn.config import ConfigError
+
+    try:
+        import hivemind  # noqa: F401
+    except ImportError:
+        raise ConfigError("config error: --engine p2p: needs hivemind: pip install 'peerlearn[p2p]'") from None
+
+
+def run_p2p(args) -> int:
+    from peerlearn.config import ConfigError
+    from peerlearn.engines.p2p.peer import check_config, parse_place
+
+    cfg, deadline = _config(args), _deadline(args)
+    if args.nproc is not None and args.nproc < 1:
+        raise ConfigError(f"config error: --nproc: at least 1 peer, got {args.nproc}")
+    check_config(cfg, args.nproc if args.nproc is not None else parse_place(args.peer)[1] if args.peer else 1)
+    if args.nproc is not None and args.peer is None:  # the launcher: check everything, then start the peers
+        runner.check(cfg)
+        _need_hivemind()
+        return _launch(args, cfg, deadline)
+    return _peer(args, cfg, deadline)
+
+
+def _launch(args, cfg, deadline: float) -> int:
+    from peerlearn.engines.p2p.launch import launch_swarm
+    from peerlearn.report import choose_run_dir
+    from peerlearn.report.tables import _summary_table
+
+    out_dir = choose_run_dir(args.out, cfg.name, args.overwrite)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    argv = ["run", args.config, "--engine", "p2p", "--timeout-s", str(deadline),
+            "--startup-timeout-s", str(args.startup_timeout_s), "--quiet"]
+    argv += [a for s in args.set for a in ("--set", s)] + ["--overwrite"] * args.overwrite
+    codes = launch_swarm(argv, args.nproc, out_dir, args.startup_timeout_s)
+    finals = {}
+    for i in range(args.nproc):
+        summary = out_dir / f"peer{i}" / "summary.json"
+        if summary.is_file():
+            finals[f"peer{i}"] = json.loads(summary.read_text()).get("final", {})
+    if finals and not args.quiet:
+        console.print(_summary_table(f"{cfg.name}: {cfg.algorithm.name} on {cfg.topology.graph.name}, {cfg.num_nodes} "
+                                     f"nodes on {args.nproc} peers", finals))
+        console.print(f"results: {out_dir}/peer*/ (peerlearn compare {out_dir}/peer*)", markup=False)
+    completed = [c for c in codes if c == 0]
+    return 0 if completed else next((c for c in codes if c > 0), 1)
+
+
+def _peer(args, cfg, deadline: float) -> int:
+    from peerlearn.config import ConfigError, to_dict
+    from peerlearn.engines.dist_comm import node_blocks
+    from peerlearn.engines.join import config_digest, read_secret
+    from peerlearn.engines.membership import RunStopped
+    from peerlearn.engines.p2p.launch import ADDRESS_FILE
+    from peerlearn.engines.p2p.peer import check_config, parse_place, peer_view, run_peer
+    from peerlearn.report import choose_run_dir
+
+    if args.peer is None:
+        raise ConfigError("config error: --engine p2p: start a swarm with --nproc K, or one peer by hand with "
+                          "--peer I/K (and --join MULTIADDR of a live peer)")
+    index, peers = parse_place(args.peer)
+    check_config(cfg, peers)
+    allowed = set()
+    if args.allow:
+        try:
+            allowed = {line.strip() for line in Path(args.allow).read_text().splitlines() if line.strip()}
+        except OSError as err:
+            raise ConfigError(f"config error: --allow: cannot read {args.allow}: {err.strerror}") from None
+    has_secret = args.secret_file or os.environ.get("PEERLEARN_SECRET_FILE") or os.environ.get("PEERLEARN_SECRET")
+    secret = read_secret(args.secret_file, args.insecure) if (has_secret or not allowed) else b""
+    _need_hivemind()
+    out_dir = choose_run_dir(args.out, f"{cfg.name}-peer{index}", args.overwrite)
+    compute, built = runner.start(cfg)  # every config error surfaces here, before the swarm or the folder
+    from peerlearn.engines.p2p.swarm import Admission, Swarm
+
+    run_id = config_digest(to_dict(cfg))
+    admission = Admission(run_id, secret, allowed)
+    if args.insecure and not allowed:
+        err_console.print("warning: --insecure: any peer that reaches this one can join the swarm and send it models",
+                          markup=False, highlight=False, soft_wrap=True)
+    swarm = Swarm(run_id, admission, built.flat.num_params, cfg.num_nodes, initial_peers=args.join,
+                  host_maddrs=args.host_maddr, identity_path=args.identity, startup_timeout_s=args.startup_timeout_s)
+    try:
+        if os.environ.get(ADDRESS_FILE):  # the launcher waits for peer 0's addresses
+            tmp = Path(os.environ[ADDRESS_FILE] + ".tmp")
+            tmp.write_text("\n".join(swarm.maddrs()) + "\n")
+            tmp.replace(os.environ[ADDRESS_FILE])
+        rows = node_blocks(cfg.num_nodes, peers)[index]
+        view = peer_view(built, rows)
+        folder = runner.RunFolder(cfg, out_dir, lines=not console.is_terminal and not args.quiet)
+        (out_dir / "peer.json").write_text(json.dumps({
+            "peer_id": swarm.peer_id, "index": index, "peers": peers, "nodes": [int(rows[0]), int(rows[-1]) + 1],
+            "maddrs": swarm.maddrs(), "admission": "open" if admission.open else
+            ("secret" if secret else "") + (" and " if secret and allowed else "") + ("allow-list" if allowed else "")},
+            indent=1) + "\n")
+        say = (lambda line: None) if args.quiet else (lambda line: err_console.print(line, markup=False,
+                                                                                     highlight=False))
+
+        def stopped(status, err):
+            err_console.print(f"peer {index}: {status}: {err}", markup=False, highlight=False, soft_wrap=True)
+
+        def go():
+            try:
+                run_peer(built, swarm, index, peers, deadline, args.startup_timeout_s, say=say,
+                         **folder.callbacks(view, checkpoints=False))
+            except RuntimeError as err:  # the swarm never formed
+                raise RunStopped(str(err)) from None
+
+        status = runner.outcome(go, stopped)
+        summary = folder.finish(status, compute)
+        if status == "completed" and not args.quiet:
+            console.print(f"peer {index}: acc_mean {summary['final'].get('acc_mean', float('nan')):.4f}; "
+                          f"results: {out_dir}/", markup=False)
+        return runner.EXIT_CODE.get(status, 1)
+    finally:
+        swarm.close()

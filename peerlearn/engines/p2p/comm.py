@@ -1,0 +1,190 @@
+"""P2PComm: the simulator's gossip primitives between peers over libp2p, with a deadline per exchange.
+
+A peer holds a block of nodes (its rows). In each exchange (``mix`` or ``gather``, numbered within the
+round) it sends each other peer the rows of its nodes that peer's nodes listen to, in one message, and
+waits for the rows its own nodes listen to until every expected peer has sent or the deadline passes. A
+row that did not come is a **dropped message**: ``mix`` computes ``x_i + sum_{j received} W_ij (x_j - x_i)``
+(the missing neighbour counts as agreeing with ``x_i``), ``gather`` marks it invalid for the aggregator.
+With every message on time this is the simulator's arithmetic, so a swarm reproduces a simulation of the
+same config to float rounding. A peer that misses ``patience`` exchanges in a row is presumed gone and not
+waited for (its messages are still used if they come again); a peer that leaves the roster is not sent to.
+
+Bytes are counted per node as the simulator counts them (a message of P float32 values per out-neighbour,
+a neighbour on the same peer included), and on the wire: payload and protocol overhead separately
+(:class:`~peerlearn.engines.p2p.swarm.Swarm`).
+
+References:
+    Lian et al., "Can Decentralized Algorithms Outperform Centralized Algorithms? A Case Study for
+    Decentralized Parallel Stochastic Gradient Descent", NeurIPS 2017 (the gossip step).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from peerlearn.engines.comm import SimComm, padded_neighbours, torch_csr
+from peerlearn.topology.clique import as_csr
+from peerlearn.types import Tensor
+
+
+class P2PComm:
+    """The :class:`~peerlearn.types.Comm` of one peer (see the module doc).
+
+    Args:
+        swarm: this peer's :class:`~peerlearn.engines.p2p.swarm.Swarm`.
+        rows: the global ids of this peer's nodes (a contiguous block).
+        num_global: the number of nodes in the run.
+        W: the run's mixing matrix (the same at every peer).
+        roster: peer id -> ``{"nodes": [first, end)}`` of every admitted peer.
+        deadline_s: how long an exchange waits for the expected messages.
+        patience: missed exchanges in a row after which a peer is presumed gone.
+    """
+
+    message_bytes = staticmethod(SimComm.message_bytes)
+
+    def __init__(self, swarm, rows: Tensor, num_global: int, W, roster: dict[str, dict], deadline_s: float,
+                 patience: int = 3):
+        self.swarm, self.rows, self.num_global = swarm, rows, num_global
+        self.node_ids, self.num_nodes = rows, len(rows)
+        self.lo, self.hi = int(rows[0]), int(rows[-1]) + 1
+        self.deadline_s, self.patience = deadline_s, patience
+        self.bytes_sent_N = torch.zeros(self.num_nodes, dtype=torch.float64)
+        self.bytes_sent_server, self.collective_calls = 0.0, 0
+        self.alive_N, self.threat = None, None
+        self.round, self.call = 0, 0
+        self.dropped = 0  # expected rows that had not come by the deadline
+        self.misses: dict[str, int] = {}
+        self.W = None
+        self.set_roster(roster)
+        self.set_topology(W)
+
+    # -- who is where ------------------------------------------------------------------------------
+    def set_roster(self, roster: dict[str, dict]) -> None:
+        """The live peers and their nodes; nodes of no live peer neither send nor are sent to."""
+        self.roster = dict(roster)
+        self.host = np.full(self.num_global, -1, dtype=np.int64)  # node -> index into self.peers
+        self.peers = sorted(roster)
+        for q, peer in enumerate(self.peers):
+            first, end = roster[peer]["nodes"]
+            self.host[first:end] = q
+        if self.W is not None:
+            self._plan()
+
+    def set_topology(self, W) -> None:
+        W = as_csr(W)
+        off = sp.csr_array(W - sp.diags_array(W.diagonal(), format="csr"))
+        off.eliminate_zeros()
+        self.W, self._offT = W, off
+        self._mine = off[self.lo:self.hi]  # my nodes' in-weights (rows) over every sender (columns)
+        self._out_degree_R = torch.from_numpy(np.bincount(off.indices, minlength=self.num_global)[self.lo:self.hi]).double()
+        self._plan()
+
+    def _plan(self) -> None:
+        """What to wait for and what to send, from the topology and the roster."""
+        mine, me = self._mine, self.swarm.peer_id
+        self._need = np.unique(mine.indices)  # senders my nodes listen to, sorted
+        position = np.full(self.num_global, -1, dtype=np.int64)
+        position[self._need] = np.arange(len(self._need))
+        self._local = sp.csr_array((mine.data, position[mine.indices], mine.indptr),
+                                   shape=(self.hi - self.lo, len(self._need)))
+        owners = self.host[self._need]
+        self._expect = {self.peers[q] for q in np.unique(owners[owners >= 0])} - {me}
+        cols = self._offT.tocsc()
+        self._send = {}  # peer -> my local row indices its nodes listen to
+        for q, peer in enumerate(self.peers):
+            if peer == me:
+                continue
+            first, end = self.roster[peer]["nodes"]
+            theirs = cols[first:end, self.lo:self.hi]
+            listened = np.flatnonzero(np.diff(theirs.tocsc().indptr))
+            if listened.size:
+                self._send[peer] = listened
+        k = int(np.diff(self._offT.indptr).max()) if self.num_global else 0
+        self._nbr_RK, self._valid_RK = padded_neighbours(self._local.indptr, self._local.indices, k,
+                                                         np.zeros(self.hi - self.lo))
+
+    def start_round(self, round_: int) -> None:
+        self.round, self.call = round_, 0
+
+    # -- an exchange -------------------------------------------------------------------------------
+    def _exchange(self, x_RP: Tensor) -> tuple[Tensor, np.ndarray]:
+        """``(rows, got)``: the rows my nodes listen to (in ``_need`` order) and which of them came."""
+        key = (self.round, self.call)
+        self.call += 1
+        gone = {p for p, m in self.misses.items() if m >= self.patience}
+        targets = {peer: ({"round": key[0], "call": key[1], "nodes": [self.lo + int(i) for i in idx]}, x_RP[idx])
+                   for peer, idx in self._send.items() if peer not in gone}
+        self.swarm.send_soon(targets, self.deadline_s)
+        waiting = self._expect - gone
+        received, senders = self.swarm.inbox.wait(key, waiting, time.monotonic() + self.deadline_s)
+        for peer in self._expect:
+            self.misses[peer] = 0 if peer in senders else self.misses.get(peer, 0) + 1
+        out = x_RP.new_zeros(len(self._need), x_RP.shape[1])
+        got = np.zeros(len(self._need), dtype=bool)
+        own = (self._need >= self.lo) & (self._need < self.hi)
+        out[torch.from_numpy(np.flatnonzero(own))] = x_RP[torch.from_numpy(self._need[own] - self.lo)]
+        got[own] = True
+        for pos in np.flatnonzero(~own):
+            row = received.get(int(self._need[pos]))
+            if row is not None:
+                out[pos], got[pos] = row.to(x_RP.dtype), True
+        self.dropped += int((~got).sum())
+        return out, got
+
+    def _count(self, x_RP: Tensor, message_bytes) -> None:
+        size = self.message_bytes(x_RP) if message_bytes is None else message_bytes
+        self.bytes_sent_N += self._out_degree_R * size
+
+    def mix(self, x_RP: Tensor, message_bytes=None) -> Tensor:
+        """``x_i + sum_{j received} W_ij (x_j - x_i)`` for each of my nodes (see the module doc)."""
+        self._count(x_RP, message_bytes)
+        rows, got = self._exchange(x_RP)
+        local = self._local.copy()
+        local.data = local.data * got[local.indices]  # a dropped message weighs nothing
+        rowsum_R1 = torch.from_numpy(np.asarray(local.sum(axis=1), dtype=np.float32).reshape(-1, 1)).to(x_RP)
+        out = torch.addmm(x_RP, torch_csr(local).to(x_RP.dtype), rows)
+        return out.addcmul_(rowsum_R1, x_RP, value=-1.0)
+
+    def gather(self, x_RP: Tensor, include_self: bool = True, message_bytes=None) -> tuple[Tensor, Tensor]:
+        """Each node's received rows and their mask (padding and dropped messages are False)."""
+        self._count(x_RP, message_bytes)
+        rows, got = self._exchange(x_RP)
+        if rows.shape[0] == 0:
+            rows, got = x_RP.new_zeros(1, x_RP.shape[1]), np.zeros(1, dtype=bool)
+        received = rows[self._nbr_RK]
+        valid = self._valid_RK & torch.from_numpy(got)[self._nbr_RK]
+        if include_self:
+            received = torch.cat([x_RP[:, None, :], received], 1)
+            valid = torch.cat([torch.ones(self.num_nodes, 1, dtype=torch.bool), valid], 1)
+        return received, valid
+
+    # -- the rows held here --------------------------------------------------------------------------
+    def mine(self, ids: Tensor) -> tuple[Tensor, Tensor]:
+        ids = ids[(ids >= self.lo) & (ids < self.hi)]
+        return ids - self.lo, ids
+
+    def own(self, x_N: Tensor) -> Tensor:
+        return x_N[self.rows]
+
+    def node_mean(self, values_K: Tensor) -> float:
+        """A per-node metric's mean over this peer's nodes (a peer's rows are its own)."""
+        return float(values_K.double().mean()) if len(values_K) else float("nan")
+
+    def rows_mean(self, x_KP: Tensor) -> Tensor:
+        return x_KP.mean(0)
+
+    def set_alive(self, alive_N) -> None:
+        self.alive_N = None
+
+    def set_threat(self, threat) -> None:
+        self.threat = threat
+
+    def _unsupported(self, *args, **kwargs):
+        raise NotImplementedError("the p2p engine has no collectives (all-reduce, server averages): run "
+                                  "algorithms that gossip with neighbours")
+
+    all_reduce_mean = all_gather = server_average = multicast_mean = push = _unsupported

@@ -1,0 +1,135 @@
+"""One peer of a swarm: its block of nodes trained with the simulator's algorithm code, rounds on wall-clock
+time with a deadline per exchange, and its own rows (a :func:`~peerlearn.engines.loop.run_rounds` driver).
+
+Every peer draws the simulator's mini-batches for its rows (the shared sampler draws for all nodes and
+keeps some), so a swarm whose messages all arrive computes what the simulator computes. Each peer
+evaluates its own nodes and writes its own run folder; ``peerlearn.results.load`` and ``peerlearn compare``
+read a swarm's folders together.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Callable
+
+from peerlearn.divergence import watch_run
+from peerlearn.engines.dist_comm import RowBatches, node_blocks
+from peerlearn.engines.distributed import _planned_death
+from peerlearn.engines.loop import RunRows, run_rounds
+from peerlearn.engines.p2p.comm import P2PComm
+from peerlearn.engines.run import make_evaluator
+from peerlearn.spec import ConfigError
+from peerlearn.types import Tensor
+
+
+def check_config(cfg, peers: int) -> None:
+    """What the p2p engine runs; a ConfigError naming the field otherwise (before any peer starts)."""
+    from peerlearn.algorithms.base import ALGORITHMS
+
+    a = cfg.algorithm
+    if "p2p" not in a.capabilities.engines:
+        runs = [name for name, c in ALGORITHMS.items() if "p2p" in c.capabilities.engines]
+        raise ConfigError(f"config error: algorithm.name: the p2p engine runs {', '.join(runs)} so far; got {a.name} "
+                          "(use the simulator or --engine distributed)")
+    if cfg.topology.schedule.name != "static":
+        raise ConfigError(f"config error: topology.schedule: the p2p engine maps a static graph onto its peers; got "
+                          f"{cfg.topology.schedule.name} (time-varying peer sampling is not built yet)")
+    if cfg.faults.active:
+        raise ConfigError("config error: faults: a swarm's faults are real (peers that die or leave): remove the "
+                          "faults section for --engine p2p")
+    if cfg.num_byzantine:
+        raise ConfigError("config error: threat: Byzantine peers are not built yet on the p2p engine (use the "
+                          "simulator)")
+    if peers > cfg.num_nodes:
+        raise ConfigError(f"config error: num_nodes: {peers} peers need at least {peers} nodes, got {cfg.num_nodes}")
+
+
+def parse_place(text: str) -> tuple[int, int]:
+    """``I/K`` (this peer's index and the number of peers) as two integers; ConfigError otherwise."""
+    try:
+        index, peers = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"config error: --peer: I/K (this peer's index and the number of peers), got {text!r}") from None
+    if not 0 <= index < peers:
+        raise ConfigError(f"config error: --peer: the index must be between 0 and {peers - 1}, got {index}")
+    return index, peers
+
+
+def peer_view(built, rows: Tensor):
+    """``built`` as this peer sees it: its rows are the run (their honest mask, their local test splits)."""
+    parts = built.local_test_parts
+    cfg = built.config.model_copy()
+    object.__setattr__(cfg, "num_nodes", len(rows))  # a peer's rows are its run (no validation: it is a view)
+    return built._replace(config=cfg, honest_N=built.honest_N[rows], eval_N=None, params_NP=built.params_NP[rows],
+                          local_test_parts=None if parts is None else [parts[int(i)] for i in rows])
+
+
+def wait_for_peers(swarm, peers: int, timeout_s: float, say: Callable[[str], None]) -> dict[str, dict]:
+    """The roster once ``peers`` admitted peers with distinct indices are in it (the run starts together)."""
+    deadline, shown = time.monotonic() + timeout_s, -1
+    while True:
+        roster = swarm.roster()
+        indices = {e.get("index") for e in roster.values()}
+        if len(indices) >= peers:
+            return roster
+        if len(indices) != shown:
+            say(f"waiting for peers: {len(indices)} of {peers} in the roster")
+            shown = len(indices)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {len(indices)} of {peers} peers joined within {timeout_s:g} s")
+        time.sleep(0.2)
+
+
+class _Peer:
+    def __init__(self, built, swarm, index: int, peers: int, roster: dict, deadline_s: float, on_eval):
+        cfg = built.config
+        self.built, self.swarm, self.index = built, swarm, index
+        self.rows = node_blocks(cfg.num_nodes, peers)[index]
+        self.view = peer_view(built, self.rows)
+        self.comm = P2PComm(swarm, self.rows, cfg.num_nodes, built.W, roster, deadline_s)
+        self.batches = RowBatches(built.batches, self.rows)
+        self.book = RunRows(self.view, make_evaluator(self.view), watch_run(self.view), on_eval)
+        self.params_RP = built.params_NP[self.rows].clone()
+        self.state = built.algorithm.init(self.params_RP)
+        self.die_at = _planned_death(index)  # PEERLEARN_KILL=PEER:ROUND, as for ranks
+        self.roster_at = time.monotonic()
+
+    def models(self) -> Tensor:
+        return self.params_RP
+
+    def record(self, round_: int) -> None:
+        s, c = self.swarm, self.comm
+        more = {"peers_seen": len(c.roster), "dropped_messages": c.dropped, "late_messages": s.inbox.late,
+                "refused_messages": s.refused_messages, "refused_peers": len(s.admission.refused),
+                "payload_bytes_sent": s.payload_sent, "overhead_bytes_sent": s.overhead_sent,
+                "bytes_received": s.inbox.bytes_received}
+        self.book.record(round_, self.params_RP, None, float(c.bytes_sent_N.sum()), {}, more)
+
+    def advance(self, round_: int) -> None:
+        if round_ == self.die_at:  # fault injection: a real crash, at a chosen point
+            os.kill(os.getpid(), signal.SIGKILL)
+        if time.monotonic() - self.roster_at > 5 * self.comm.deadline_s:  # who is still there
+            self.comm.set_roster(self.swarm.roster())
+            self.roster_at = time.monotonic()
+        self.comm.start_round(round_)
+        self.params_RP, self.state, metrics = self.built.algorithm.step(self.state, self.params_RP, self.batches,
+                                                                        self.built.grad_fn, self.comm)
+        self.book.step(round_, metrics)
+
+
+def run_peer(built, swarm, index: int, peers: int, deadline_s: float = 10.0, startup_timeout_s: float = 120.0,
+             on_eval: Callable[[dict], None] | None = None, on_round: Callable[[int, dict], None] | None = None,
+             on_finish: Callable[[Tensor], None] | None = None, say: Callable[[str], None] = lambda line: None
+             ) -> list[dict]:
+    """Run peer ``index`` of ``peers``: announce its nodes, wait for the others, then the rounds; returns its rows."""
+    from peerlearn.device import scope
+
+    rows = node_blocks(built.config.num_nodes, peers)[index]
+    swarm.announce({"index": index, "nodes": [int(rows[0]), int(rows[-1]) + 1]}, ttl_s=max(10.0, 5 * deadline_s))
+    roster = wait_for_peers(swarm, peers, startup_timeout_s, say)
+    say(f"peer {index}/{peers} ({swarm.peer_id}): nodes {int(rows[0])}..{int(rows[-1])}; {len(roster)} peers")
+    with scope(built.device, built.config.deterministic):
+        me = _Peer(built, swarm, index, peers, roster, deadline_s, on_eval)
+        return run_rounds(me, me.view, me.book, on_round, on_finish)
