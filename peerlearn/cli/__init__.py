@@ -1,4 +1,5 @@
-"""Command line: ``peerlearn run | validate | list | compare | sweep | reproduce | matrix | init | data | doctor``.
+"""Command line: ``peerlearn run | peer | validate | list | compare | sweep | reproduce | matrix | init | data |
+doctor``.
 
 Exit codes: 0 success, 2 bad configuration or arguments (one line on stderr), 130 interrupted. Each
 command lives in a module of this package (``run``, ``reports``, ``sweep``); this one parses arguments
@@ -30,6 +31,20 @@ cmd_list, cmd_compare, cmd_matrix = (_lazy("reports", n) for n in ("cmd_list", "
 cmd_sweep, cmd_reproduce = _lazy("sweep", "cmd_sweep"), _lazy("sweep", "cmd_reproduce")
 cmd_data = _lazy("data", "cmd_data")
 cmd_doctor = _lazy("doctor", "cmd_doctor")
+
+
+def _peer_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of one peer of a p2p swarm (``run --engine p2p`` and ``peer``)."""
+    parser.add_argument("--peer", metavar="I/K", help="p2p, started by hand: this peer's index I of K peers (it "
+                        "hosts block I of the nodes)")
+    parser.add_argument("--join", action="append", default=[], metavar="MULTIADDR", help="p2p: the address of a "
+                        "peer of the swarm to join (repeatable; without it this peer starts the swarm)")
+    parser.add_argument("--host-maddr", action="append", default=[], metavar="MULTIADDR", help="p2p: where this "
+                        "peer listens (default /ip4/127.0.0.1/tcp/0: this machine only; e.g. /ip4/0.0.0.0/tcp/31337)")
+    parser.add_argument("--identity", metavar="KEYFILE", help="p2p: this peer's private key (a stable peer id; "
+                        "created if missing)")
+    parser.add_argument("--allow", metavar="FILE", help="p2p: admit the peer ids listed in FILE (one per line) "
+                        "besides those proving the secret")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -71,19 +86,27 @@ def make_parser() -> argparse.ArgumentParser:
     run.add_argument("--secret-file", metavar="FILE", help="distributed, launched by hand: the file holding the "
                      "secret every rank shares (default: PEERLEARN_SECRET_FILE, else PEERLEARN_SECRET); a rank joins "
                      "only by proving it (docs/security.md)")
-    run.add_argument("--peer", metavar="I/K", help="p2p, started by hand: this peer's index I of K peers (it hosts "
-                     "block I of the nodes)")
-    run.add_argument("--join", action="append", default=[], metavar="MULTIADDR", help="p2p: the address of a peer "
-                     "of the swarm to join (repeatable; without it this peer starts the swarm)")
-    run.add_argument("--host-maddr", action="append", default=[], metavar="MULTIADDR", help="p2p: where this peer "
-                     "listens (default /ip4/127.0.0.1/tcp/0: this machine only; e.g. /ip4/0.0.0.0/tcp/31337)")
-    run.add_argument("--identity", metavar="KEYFILE", help="p2p: this peer's private key (a stable peer id; "
-                     "created if missing)")
-    run.add_argument("--allow", metavar="FILE", help="p2p: admit the peer ids listed in FILE (one per line) "
-                     "besides those proving the secret")
-    run.add_argument("--insecure", action="store_true", help="distributed, launched by hand: run without a secret "
-                     "(anyone who reaches MASTER_ADDR:MASTER_PORT can join): only where every process is yours")
+    _peer_arguments(run)
+    run.add_argument("--insecure", action="store_true", help="distributed or p2p, started by hand: run without a "
+                     "secret (anyone who reaches this process can join): only where every process is yours")
     run.set_defaults(func=cmd_run)
+
+    peer = sub.add_parser("peer", help="one peer of a p2p swarm, started by hand on any machine (the same as run "
+                          "--engine p2p --peer I/K): it joins through --join MULTIADDR, or starts the swarm")
+    peer.add_argument("config", help="the swarm's config (every peer runs the same one)")
+    _peer_arguments(peer)
+    for flag, default in (("--timeout-s", 10.0), ("--startup-timeout-s", 300.0)):
+        peer.add_argument(flag, type=float, default=default, help="the deadline of each exchange" if flag ==
+                          "--timeout-s" else "how long the peer waits for the others to start")
+    peer.add_argument("--secret-file", metavar="FILE", help="the file holding the swarm's secret (default: "
+                      "PEERLEARN_SECRET_FILE, else PEERLEARN_SECRET); a peer is admitted only by proving it")
+    peer.add_argument("--insecure", action="store_true", help="no secret: any peer that reaches this one can join")
+    peer.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    peer.add_argument("--out", help="this peer's results directory (default: runs/<name>-peer<I>)")
+    peer.add_argument("--overwrite", action="store_true")
+    peer.add_argument("--quiet", action="store_true")
+    peer.set_defaults(func=cmd_run, engine="p2p", resume=None, trust_plugins=False, threads=None, device=None,
+                      nproc=None)
 
     val = sub.add_parser("validate", help="check a config without running it")
     val.add_argument("config")
@@ -243,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
-FAST_EXIT = ("run", "validate", "list", "compare", "matrix", "init", "data", "doctor")
+FAST_EXIT = ("run", "validate", "list", "compare", "matrix", "init", "data", "doctor", "peer")
 """Commands whose process ends without the interpreter's teardown: with torch loaded, tearing the interpreter
 down costs 0.3 s (benchmarks/bench_startup.py), and these leave nothing behind for it (files closed, trackers
 finished, no Ray or Slurm clients, which ``sweep`` and ``reproduce`` hold and shut down at exit)."""

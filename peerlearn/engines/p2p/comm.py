@@ -26,6 +26,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from peerlearn.attacks.model_poisoning import HonestView
 from peerlearn.engines.comm import SimComm, padded_neighbours, torch_csr
 from peerlearn.topology.clique import as_csr
 from peerlearn.types import Tensor
@@ -54,7 +55,8 @@ class P2PComm:
         self.deadline_s, self.patience = deadline_s, patience
         self.bytes_sent_N = torch.zeros(self.num_nodes, dtype=torch.float64)
         self.bytes_sent_server, self.collective_calls = 0.0, 0
-        self.alive_N, self.threat = None, None
+        self.alive_N = None
+        self.set_threat(None)
         self.round, self.call = 0, 0
         self.dropped = 0  # expected rows that had not come by the deadline
         self.misses: dict[str, int] = {}
@@ -111,10 +113,29 @@ class P2PComm:
         self.round, self.call = round_, 0
 
     # -- an exchange -------------------------------------------------------------------------------
+    def _poison(self, x_RP: Tensor) -> Tensor:
+        """The messages of my nodes: a Byzantine node's replaced by the attack on what this peer has seen (its
+        honest nodes' rows and the honest rows it received in the previous exchange: an adversary that knows
+        what its peer knows, one exchange late), an honest node's its row."""
+        t, bad = self.threat, self._byzantine_R
+        if t is None or bad is None:
+            return x_RP
+        seen = x_RP[~bad] if self._seen is None else torch.cat([x_RP[~bad], self._seen.to(x_RP)])
+        if len(seen) == 0:  # nothing honest seen yet: the honest row is the best guess of the mean
+            seen = x_RP[bad]
+        view = torch.full((int(bad.sum()), len(seen)), 1.0 / len(seen), dtype=x_RP.dtype)
+        msg = t.attack(x_RP[bad], HonestView(seen, view), t.generator)
+        if t.sybil:
+            msg = msg[:1].expand_as(msg)
+        out = x_RP.clone()
+        out[bad] = msg.to(x_RP.dtype)
+        return out
+
     def _exchange(self, x_RP: Tensor) -> tuple[Tensor, np.ndarray]:
-        """``(rows, got)``: the rows my nodes listen to (in ``_need`` order) and which of them came."""
+        """``(rows, got)``: the messages my nodes listen to (in ``_need`` order) and which of them came."""
         key = (self.round, self.call)
         self.call += 1
+        x_RP = self._poison(x_RP)
         gone = {p for p, m in self.misses.items() if m >= self.patience}
         targets = {peer: ({"round": key[0], "call": key[1], "nodes": [self.lo + int(i) for i in idx]}, x_RP[idx])
                    for peer, idx in self._send.items() if peer not in gone}
@@ -133,6 +154,9 @@ class P2PComm:
             if row is not None:
                 out[pos], got[pos] = row.to(x_RP.dtype), True
         self.dropped += int((~got).sum())
+        if self._byzantine_R is not None:  # what the adversary will have seen: the honest messages that came
+            came = got & ~own & ~np.isin(self._need, self._byzantine_ids)
+            self._seen = out[torch.from_numpy(np.flatnonzero(came))].detach().clone()
         return out, got
 
     def _count(self, x_RP: Tensor, message_bytes) -> None:
@@ -181,7 +205,14 @@ class P2PComm:
         self.alive_N = None
 
     def set_threat(self, threat) -> None:
-        self.threat = threat
+        """The run's model attack: this peer's Byzantine nodes send :meth:`_poison`'s messages."""
+        self.threat, self._byzantine_R, self._seen = threat, None, None
+        if threat is not None and len(threat.byzantine_idx):
+            ids = threat.byzantine_idx.cpu().numpy()
+            self._byzantine_ids = ids
+            bad = torch.zeros(self.num_nodes, dtype=torch.bool)
+            bad[torch.from_numpy(ids[(ids >= self.lo) & (ids < self.hi)] - self.lo)] = True
+            self._byzantine_R = bad if bool(bad.any()) else None
 
     def _unsupported(self, *args, **kwargs):
         raise NotImplementedError("the p2p engine has no collectives (all-reduce, server averages): run "

@@ -39,9 +39,6 @@ def check_config(cfg, peers: int) -> None:
     if cfg.faults.active:
         raise ConfigError("config error: faults: a swarm's faults are real (peers that die or leave): remove the "
                           "faults section for --engine p2p")
-    if cfg.num_byzantine:
-        raise ConfigError("config error: threat: Byzantine peers are not built yet on the p2p engine (use the "
-                          "simulator)")
     if peers > cfg.num_nodes:
         raise ConfigError(f"config error: num_nodes: {peers} peers need at least {peers} nodes, got {cfg.num_nodes}")
 
@@ -60,8 +57,7 @@ def parse_place(text: str) -> tuple[int, int]:
 def peer_view(built, rows: Tensor):
     """``built`` as this peer sees it: its rows are the run (their honest mask, their local test splits)."""
     parts = built.local_test_parts
-    cfg = built.config.model_copy()
-    object.__setattr__(cfg, "num_nodes", len(rows))  # a peer's rows are its run (no validation: it is a view)
+    cfg = built.config.model_copy(update={"num_nodes": len(rows)})  # a view of the run, not a config to validate
     return built._replace(config=cfg, honest_N=built.honest_N[rows], eval_N=None, params_NP=built.params_NP[rows],
                           local_test_parts=None if parts is None else [parts[int(i)] for i in rows])
 
@@ -89,6 +85,7 @@ class _Peer:
         self.rows = node_blocks(cfg.num_nodes, peers)[index]
         self.view = peer_view(built, self.rows)
         self.comm = P2PComm(swarm, self.rows, cfg.num_nodes, built.W, roster, deadline_s)
+        self.comm.set_threat(built.threat)  # model attacks; a data attack is in the batches every peer draws
         self.batches = RowBatches(built.batches, self.rows)
         self.book = RunRows(self.view, make_evaluator(self.view), watch_run(self.view), on_eval)
         self.params_RP = built.params_NP[self.rows].clone()
@@ -98,6 +95,12 @@ class _Peer:
 
     def models(self) -> Tensor:
         return self.params_RP
+
+    def _still_there(self, found: dict) -> dict:
+        """The roster without the peers that left it *and* stopped sending (a DHT lookup that missed a record is
+        not a departure)."""
+        c = self.comm
+        return {p: e for p, e in c.roster.items() if p in found or c.misses.get(p, 0) < c.patience}
 
     def record(self, round_: int) -> None:
         s, c = self.swarm, self.comm
@@ -111,7 +114,7 @@ class _Peer:
         if round_ == self.die_at:  # fault injection: a real crash, at a chosen point
             os.kill(os.getpid(), signal.SIGKILL)
         if time.monotonic() - self.roster_at > 5 * self.comm.deadline_s:  # who is still there
-            self.comm.set_roster(self.swarm.roster())
+            self.comm.set_roster(self._still_there(self.swarm.roster()))
             self.roster_at = time.monotonic()
         self.comm.start_round(round_)
         self.params_RP, self.state, metrics = self.built.algorithm.step(self.state, self.params_RP, self.batches,

@@ -71,6 +71,7 @@ class Inbox:
     senders: dict = field(default_factory=dict)  # (round, call) -> {peer id}
     oldest: tuple = (0, 0)  # exchanges before this one are over: what arrives for them is late
     late: int = 0
+    early: int = 0
     bytes_received: int = 0
 
     def put(self, key: tuple, peer: str, nodes: list[int], rows: torch.Tensor, size: int) -> None:
@@ -78,6 +79,9 @@ class Inbox:
             self.bytes_received += size
             if key < self.oldest:
                 self.late += 1
+                return
+            if key[0] > self.oldest[0] + 2:  # peers are at most an exchange apart: a flood of future rounds is dropped
+                self.early += 1
                 return
             box = self.rows.setdefault(key, {})
             for node, row in zip(nodes, rows):
@@ -260,9 +264,19 @@ class Swarm:
             writer.close()
 
     def close(self) -> None:
+        """Leave: stop the heartbeat, shut the DHT node and its daemon down, end the loop's tasks."""
         self._stop.set()
+
+        async def down():
+            await self.node.shutdown()
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in others:
+                task.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
+
         try:
-            self.call(self.node.shutdown(), 10.0)
+            self.call(down(), 10.0)
         except Exception:  # already gone
             pass
         self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5.0)
