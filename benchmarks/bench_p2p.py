@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
+import signal
 import socket
 import subprocess
 import sys
@@ -87,21 +87,25 @@ def gloo_rates(sizes_kib: list[int], seconds: float) -> list[tuple[int, float, f
 
 
 def swarm(k: int, nodes: int, rounds: int, timeout_s: float) -> tuple[bool, float, float]:
-    """``(completed, wall seconds, largest peak RSS in MiB)`` of a K-peer quickstart swarm."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    """``(completed, wall seconds, largest peak RSS of one process in MiB)`` of a K-peer quickstart swarm (run
+    under a wrapper process, so that only the swarm's processes count towards the peak)."""
     with tempfile.TemporaryDirectory() as tmp:
+        argv = [sys.executable, "-m", "peerlearn", "run", "quickstart", "--engine", "p2p", "--nproc", str(k), "--set",
+                f"num_nodes={nodes}", "--set", f"num_rounds={rounds}", "--set", "eval_every=10", "--out",
+                f"{tmp}/swarm", "--quiet"]
+        wrapper = ("import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).returncode; "
+                   "print(code, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
         start = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-c", wrapper, *argv], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
         try:
-            done = subprocess.run([sys.executable, "-m", "peerlearn", "run", "quickstart", "--engine", "p2p", "--nproc",
-                                   str(k), "--set", f"num_nodes={nodes}", "--set", f"num_rounds={rounds}", "--set",
-                                   "eval_every=10", "--out", f"{tmp}/swarm", "--quiet"], capture_output=True,
-                                  timeout=timeout_s, env={**os.environ, "OMP_NUM_THREADS": "1"})
-            ok = done.returncode == 0
-        except subprocess.TimeoutExpired:
-            ok = False
-        wall = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return ok, wall, max(peak, before) / 1024
+            out, _ = proc.communicate(timeout=timeout_s)
+            code, peak_kib = (int(v) for v in out.split()[-2:])
+        except (subprocess.TimeoutExpired, ValueError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the launcher and every peer with it
+            proc.wait()
+            code, peak_kib = 1, 0
+        return code == 0, time.perf_counter() - start, peak_kib / 1024
 
 
 def main() -> None:

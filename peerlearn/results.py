@@ -101,6 +101,44 @@ def load(paths):
     return pd.concat(frames, ignore_index=True)
 
 
+def swarm(path):
+    """A p2p swarm's folder (``peer<i>/`` run folders, from ``--engine p2p --nproc K``) as one row per evaluated
+    round: ``peers`` (how many reported it), ``acc_mean`` and ``loss_mean`` averaged over the peers' honest
+    nodes, ``acc_min``/``acc_max`` over every peer's nodes, ``wall_time_s`` (the last peer's), and the sums of
+    bytes and message counts. A peer that died stops reporting: its rounds after that count the live ones."""
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    folders = sorted(p for p in Path(path).glob("peer*") if (p / "metrics.csv").is_file() and (p / "peer.json").is_file())
+    if not folders:
+        raise FileNotFoundError(f"{path}: no peer<i>/ run folders of a swarm (peerlearn run --engine p2p --nproc K)")
+    frames = []
+    for folder in folders:
+        card = json.loads((folder / "peer.json").read_text())
+        frame = pd.read_csv(folder / "metrics.csv")
+        frame["weight"] = card.get("honest_nodes", card["nodes"][1] - card["nodes"][0])
+        frames.append(frame)
+    rows = pd.concat(frames, ignore_index=True)
+    summed = [c for c in ("bytes_sent_total", "payload_bytes_sent", "overhead_bytes_sent", "bytes_received",
+                          "dropped_messages", "refused_messages", "messages_sent", "messages_received") if c in rows]
+
+    def merge(group):
+        w = group["weight"].to_numpy(dtype=float)
+        out = {"peers": len(group), "wall_time_s": group["wall_time_s"].max(),
+               "acc_min": group["acc_min"].min(), "acc_max": group["acc_max"].max()}
+        for key in ("acc_mean", "loss_mean"):
+            values = group[key].to_numpy(dtype=float)
+            ok = ~np.isnan(values) & (w > 0)
+            out[key] = float(np.average(values[ok], weights=w[ok])) if ok.any() else float("nan")
+        out.update({c: group[c].sum() for c in summed})
+        return pd.Series(out)
+
+    merged = rows.groupby("round").apply(merge, include_groups=False).reset_index()
+    return merged.astype({c: "int64" for c in ("peers", *summed)})
+
+
 def load_summary(paths):
     """One row per run: ``run``, ``status``, ``rounds_completed``, ``wall_time_s``, the final evaluated
     row's metrics (``final_`` prefix dropped: same names as :func:`load`) and the config columns."""

@@ -96,3 +96,7 @@ class AsyncAlgorithm(NamedTuple):
     init: Callable[[Tensor], Any]
     wake: Callable[..., tuple[Tensor, Any, Metrics]]
     timer: bool = False
+    # receive(state, params_NP, rows, x_RP, age_R, batches, grad_fn) -> (params_NP, state, metrics): rows ``rows``
+    # take in the models ``x_RP`` (of ages ``age_R``) that arrived for them: what a swarm's peer does on a message
+    # (``--engine p2p``); None for algorithms that do not run on a swarm yet
+    receive: Callable[..., tuple[Tensor, Any, Metrics]] | None = None

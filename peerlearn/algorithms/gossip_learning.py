@@ -62,11 +62,15 @@ def gossip_learning(optimizer: Transform, num_local_steps: int = 1, batch_size: 
             return params_NP, state, {"loss": float("nan")}
         s, r = from_host(wakers[keep]), from_host(receivers[keep])
         net.send(wakers[keep], (params_NP.shape[1] + 1) * params_NP.element_size())
-        a_s, a_r = state.age_N[s], state.age_N[r]
-        total = a_s + a_r
-        w_s = torch.where(total > 0, a_s / total.clamp_min(1e-300), torch.full_like(total, 0.5))
+        return receive(state, params_NP, r, params_NP[s], state.age_N[s], batches, grad_fn)
+
+    def receive(state, params_NP, r, x_RP, a_R, batches, grad_fn):
+        """Receivers ``r`` (distinct rows) merge the models ``x_RP`` of ages ``a_R`` into theirs and train."""
+        a_r = state.age_N[r]
+        total = a_R + a_r
+        w_s = torch.where(total > 0, a_R / total.clamp_min(1e-300), torch.full_like(total, 0.5))
         w_s = w_s.to(params_NP.dtype)[:, None]
-        merged = params_NP[r] * (1 - w_s) + params_NP[s] * w_s
+        merged = params_NP[r] * (1 - w_s) + x_RP * w_s
         trained, opt_rows, loss = local_steps(merged, take_rows(state.opt_state, r), optimizer, batches, grad_fn,
                                               num_local_steps, r)
         params_NP = params_NP.clone()
@@ -74,11 +78,11 @@ def gossip_learning(optimizer: Transform, num_local_steps: int = 1, batch_size: 
         gained = num_local_steps * batch_size * (torch.ones(len(r), dtype=torch.float64) if data_N is None
                                                  else data_N[r].double())
         age = state.age_N.clone()
-        age[r] = torch.maximum(a_s, a_r) + gained
+        age[r] = torch.maximum(a_R, a_r) + gained
         return params_NP, GossipLearningState(age, put_rows(state.opt_state, r, opt_rows)), {
             "loss": float(loss.mean())}
 
-    return AsyncAlgorithm(init, wake, timer=True)
+    return AsyncAlgorithm(init, wake, timer=True, receive=receive)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -87,6 +91,7 @@ def gossip_learning(optimizer: Transform, num_local_steps: int = 1, batch_size: 
 from typing import ClassVar, Literal  # noqa: E402
 
 from peerlearn.algorithms.base import ALGORITHMS, Asynchronous  # noqa: E402
+from peerlearn.spec import Capabilities  # noqa: E402
 
 
 @ALGORITHMS.register
@@ -95,6 +100,7 @@ class GossipLearningSpec(Asynchronous):
     trains (Ormandi et al., 2013; Hegedus et al., 2021)."""
 
     name: Literal["gossip_learning"] = "gossip_learning"
+    capabilities: ClassVar = Capabilities(engines=frozenset({"simulator", "p2p"}), asynchronous=True)
     why_not: ClassVar = {  # why model attacks and privacy noise do not act on its messages
         "attack": "its asynchronous sends are not poisoned yet",
         "privacy": "noise on asynchronous sends is not built yet"}

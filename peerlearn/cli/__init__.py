@@ -45,6 +45,8 @@ def _peer_arguments(parser: argparse.ArgumentParser) -> None:
                         "created if missing)")
     parser.add_argument("--allow", metavar="FILE", help="p2p: admit the peer ids listed in FILE (one per line) "
                         "besides those proving the secret")
+    parser.add_argument("--wait-for", type=int, metavar="N", help="p2p: start once N peers are in the roster "
+                        "(default: all K); asynchronous algorithms: a peer that finds the swarm running joins it")
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -69,12 +69,36 @@ def _launch(args, cfg, deadline: float) -> int:
         summary = out_dir / f"peer{i}" / "summary.json"
         if summary.is_file():
             finals[f"peer{i}"] = json.loads(summary.read_text()).get("final", {})
+    _swarm_results(out_dir)
     if finals and not args.quiet:
         console.print(_summary_table(f"{cfg.name}: {cfg.algorithm.name} on {cfg.topology.graph.name}, {cfg.num_nodes} "
                                      f"nodes on {args.nproc} peers", finals))
-        console.print(f"results: {out_dir}/peer*/ (peerlearn compare {out_dir}/peer*)", markup=False)
+        console.print(f"results: {out_dir}/swarm.csv and swarm.png (the swarm: accuracy over its live peers against "
+                      f"wall time), {out_dir}/peer*/ (each peer's run folder)", markup=False)
     completed = [c for c in codes if c == 0]
     return 0 if completed else next((c for c in codes if c > 0), 1)
+
+
+def _swarm_results(out_dir: Path) -> None:
+    """``swarm.csv`` (:func:`peerlearn.results.swarm`) and ``swarm.png``: every peer's accuracy and the swarm's
+    (over its live peers' honest nodes) against wall time."""
+    from peerlearn.report.plots import plot_swarm
+    from peerlearn.results import swarm
+
+    try:
+        merged = swarm(out_dir)
+    except FileNotFoundError:  # no peer wrote a row
+        return
+    merged.to_csv(out_dir / "swarm.csv", index=False)
+    runs = {p.name: _csv_rows(p / "metrics.csv") for p in sorted(out_dir.glob("peer*")) if (p / "metrics.csv").is_file()}
+    plot_swarm(runs, merged.to_dict("records"), out_dir / "swarm.png", out_dir.name)
+
+
+def _csv_rows(path: Path) -> list[dict]:
+    import csv
+
+    with open(path, newline="") as f:
+        return [{k: float(v) if v not in ("", None) else float("nan") for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def _peer(args, cfg, deadline: float) -> int:
@@ -91,6 +115,8 @@ def _peer(args, cfg, deadline: float) -> int:
                           "--peer I/K (and --join MULTIADDR of a live peer)")
     index, peers = parse_place(args.peer)
     check_config(cfg, peers)
+    if args.wait_for is not None and not 1 <= args.wait_for <= peers:
+        raise ConfigError(f"config error: --wait-for: between 1 and the {peers} peers, got {args.wait_for}")
     allowed = set()
     if args.allow:
         try:
@@ -121,6 +147,7 @@ def _peer(args, cfg, deadline: float) -> int:
         folder = runner.RunFolder(cfg, out_dir, lines=not console.is_terminal and not args.quiet)
         (out_dir / "peer.json").write_text(json.dumps({
             "peer_id": swarm.peer_id, "index": index, "peers": peers, "nodes": [int(rows[0]), int(rows[-1]) + 1],
+            "honest_nodes": int(view.honest_N.sum()),
             "maddrs": swarm.maddrs(), "admission": "open" if admission.open else
             ("secret" if secret else "") + (" and " if secret and allowed else "") + ("allow-list" if allowed else "")},
             indent=1) + "\n")
@@ -132,7 +159,7 @@ def _peer(args, cfg, deadline: float) -> int:
 
         def go():
             try:
-                run_peer(built, swarm, index, peers, deadline, args.startup_timeout_s, say=say,
+                run_peer(built, swarm, index, peers, deadline, args.startup_timeout_s, say=say, wait_for=args.wait_for,
                          **folder.callbacks(view, checkpoints=False))
             except RuntimeError as err:  # the swarm never formed
                 raise RunStopped(str(err)) from None

@@ -191,3 +191,19 @@ def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return path
+
+
+def plot_swarm(peers: dict[str, list[dict]], swarm: list[dict], out_path: Path, title: str = "") -> Path:
+    """A p2p swarm on wall-clock time: every peer's mean node accuracy (thin) and the swarm's over its live
+    peers (thick), and how many peers reported each evaluated round."""
+    fig, (acc, alive) = subplots(1, 2, figsize=(11, 4))
+    for name, rows in peers.items():
+        acc.plot(_col(rows, "wall_time_s"), _col(rows, "acc_mean"), lw=1, alpha=0.6, label=name)
+    acc.plot(_col(swarm, "wall_time_s"), _col(swarm, "acc_mean"), lw=2.5, color="black", label="swarm")
+    acc.set(xlabel="wall time (s)", ylabel="mean node test accuracy", ylim=(0, 1), title=_plain(title))
+    acc.legend(fontsize=8)
+    acc.grid(alpha=0.3)
+    alive.step(_col(swarm, "wall_time_s"), _col(swarm, "peers"), where="post", color="black")
+    alive.set(xlabel="wall time (s)", ylabel="peers reporting", ylim=(0, max([1, *_col(swarm, "peers")]) + 0.5))
+    alive.grid(alpha=0.3)
+    return _save(fig, out_path)

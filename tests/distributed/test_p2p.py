@@ -35,7 +35,11 @@ def _config(tmp_path: Path, **over) -> Path:
 
 
 def _rows(path: Path) -> list[dict]:
-    with open(path / "metrics.csv") as f:
+    return _rows_of(path / "metrics.csv")
+
+
+def _rows_of(path: Path) -> list[dict]:
+    with open(path) as f:
         return list(csv.DictReader(f))
 
 
@@ -66,6 +70,10 @@ def test_four_peers_reproduce_the_simulator(tmp_path):
         assert abs(np.mean([float(p[k]["acc_mean"]) for p in peers]) - row["acc_mean"]) < 1e-6
         if k:
             assert abs(np.mean([float(p[k]["loss_mean"]) for p in peers]) - row["loss_mean"]) < 1e-5
+    merged = _rows_of(tmp_path / "swarm" / "swarm.csv")  # the swarm's own table: its peers' nodes together
+    assert [int(float(r["round"])) for r in merged] == [0, 10, 20, 30] and (tmp_path / "swarm" / "swarm.png").is_file()
+    assert all(abs(float(m["acc_mean"]) - s["acc_mean"]) < 1e-6 and int(float(m["peers"])) == 4
+               for m, s in zip(merged, sim))
     last = [p[-1] for p in peers]
     assert all(int(r["dropped_messages"]) == 0 and int(r["peers_seen"]) == 4 for r in last)
     assert all(0 < int(r["overhead_bytes_sent"]) < int(r["payload_bytes_sent"]) for r in last)
@@ -202,3 +210,68 @@ def test_byzantine_nodes_are_contained_by_a_robust_aggregator_as_in_the_simulato
     (p2p_median, sim_median), (p2p_mean, sim_mean) = finals["median"], finals[None]
     assert sim_mean < 0.2 and p2p_mean < 0.2  # the attack wins against the plain average
     assert p2p_median > 0.45 and abs(p2p_median - sim_median) < 0.05  # contained, as in the simulator
+
+
+GOSSIP = {"num_rounds": 200, "eval_every": 100,
+          "algorithm": {"name": "gossip_learning", "lr": 0.2, "batch_size": 16, "period_s": 0.05}}
+
+
+@pytest.mark.slow
+def test_gossip_learning_on_four_peers_learns_as_the_event_engine(tmp_path):
+    """Each node on its own wall-clock timer sends its model to a random neighbour, which merges by age and trains:
+    after the same number of exchanges per node (one per period) the swarm's accuracy is the event engine's, to
+    within 0.03 of its mean over three seeds (the event engine's own seeds spread by about 0.01 here; the swarm
+    takes in every message, where the event engine defers a send to a busy receiver)."""
+    config = _config(tmp_path, **GOSSIP)
+    done = _swarm(config, tmp_path / "swarm")
+    assert done.returncode == 0, done.stderr[-2000:]
+    peers = [_rows(tmp_path / "swarm" / f"peer{i}") for i in range(4)]
+    swarm_acc = np.mean([float(p[-1]["acc_mean"]) for p in peers])
+    sent = [int(p[-1]["messages_sent"]) for p in peers]
+    assert all(0.95 * 4 * 200 <= s <= 4 * 200 for s in sent), sent  # 4 nodes per peer, one send per period
+    sim = []
+    for seed in (0, 1, 2):
+        cfg = yaml.safe_load(config.read_text())
+        cfg["seed"] = seed
+        (tmp_path / f"s{seed}.yaml").write_text(yaml.safe_dump(cfg))
+        sim.append(_simulated(tmp_path / f"s{seed}.yaml")[-1]["acc_mean"])
+    assert abs(swarm_acc - np.mean(sim)) < 0.03, (swarm_acc, sim)
+
+
+@pytest.mark.slow
+def test_a_peer_that_joins_a_running_swarm_reaches_the_others_accuracy(tmp_path):
+    """Five blocks of nodes, four peers start the swarm (``--wait-for 4``); the fifth joins once the swarm is a
+    third through its rounds, starts from the models it receives and ends level with the others."""
+    config = _config(tmp_path, num_nodes=20, **{**GOSSIP, "eval_every": 20})
+    env = {**os.environ, "PEERLEARN_SECRET": "the-swarm-secret-0123456789", "OMP_NUM_THREADS": "1"}
+
+    def peer(i: int, *join: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "peerlearn", "peer", str(config), "--peer", f"{i}/5",
+                                 "--wait-for", "4", "--out", str(tmp_path / f"peer{i}"), "--quiet", *join], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    procs = [peer(0)]
+    try:
+        card = tmp_path / "peer0" / "peer.json"
+        deadline = time.monotonic() + 120
+        while not card.is_file() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        join = [a for m in json.loads(card.read_text())["maddrs"] for a in ("--join", m)]
+        procs += [peer(i, *join) for i in (1, 2, 3)]
+        while time.monotonic() < deadline:  # a third of the way: peer 0 has written the row of round 60
+            rows = _rows(tmp_path / "peer0") if (tmp_path / "peer0" / "metrics.csv").is_file() else []
+            if rows and int(rows[-1]["round"]) >= 60:
+                break
+            time.sleep(0.1)
+        procs.append(peer(4, *join))
+        outs = [p.communicate(timeout=180) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in procs] == [0] * 5, [o[1][-1500:] for o in outs]
+    joiner = _rows(tmp_path / "peer4")
+    assert int(joiner[0]["round"]) >= 60 and int(joiner[-1]["round"]) == 200  # it joined late, on the swarm's clock
+    others = np.mean([float(_rows(tmp_path / f"peer{i}")[-1]["acc_mean"]) for i in range(4)])
+    assert float(joiner[0]["acc_mean"]) < others - 0.2  # it started from scratch ...
+    assert float(joiner[-1]["acc_mean"]) > others - 0.05  # ... and caught up

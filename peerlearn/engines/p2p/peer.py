@@ -29,6 +29,9 @@ def check_config(cfg, peers: int) -> None:
     from peerlearn.algorithms.base import ALGORITHMS
 
     a = cfg.algorithm
+    if a.capabilities.asynchronous and cfg.num_byzantine and cfg.threat.poisons == "messages":
+        raise ConfigError(f"config error: threat.attack: {a.name}'s asynchronous sends are not poisoned on a swarm "
+                          "yet (use a synchronous algorithm, or a data attack)")
     if "p2p" not in a.capabilities.engines:
         runs = [name for name, c in ALGORITHMS.items() if "p2p" in c.capabilities.engines]
         raise ConfigError(f"config error: algorithm.name: the p2p engine runs {', '.join(runs)} so far; got {a.name} "
@@ -62,13 +65,15 @@ def peer_view(built, rows: Tensor):
                           local_test_parts=None if parts is None else [parts[int(i)] for i in rows])
 
 
-def wait_for_peers(swarm, peers: int, timeout_s: float, say: Callable[[str], None]) -> dict[str, dict]:
-    """The roster once ``peers`` admitted peers with distinct indices are in it (the run starts together)."""
+def wait_for_peers(swarm, peers: int, timeout_s: float, say: Callable[[str], None],
+                   join_running: bool = False) -> dict[str, dict]:
+    """The roster once ``peers`` admitted peers with distinct indices are in it (the run starts together), or,
+    with ``join_running``, at once when the swarm is already running (a peer that joins late)."""
     deadline, shown = time.monotonic() + timeout_s, -1
     while True:
         roster = swarm.roster()
         indices = {e.get("index") for e in roster.values()}
-        if len(indices) >= peers:
+        if len(indices) >= peers or (join_running and any(e.get("started") for e in roster.values())):
             return roster
         if len(indices) != shown:
             say(f"waiting for peers: {len(indices)} of {peers} in the roster")
@@ -100,7 +105,7 @@ class _Peer:
         """The roster without the peers that left it *and* stopped sending (a DHT lookup that missed a record is
         not a departure)."""
         c = self.comm
-        return {p: e for p, e in c.roster.items() if p in found or c.misses.get(p, 0) < c.patience}
+        return {**found, **{p: e for p, e in c.roster.items() if p not in found and c.misses.get(p, 0) < c.patience}}
 
     def record(self, round_: int) -> None:
         s, c = self.swarm, self.comm
@@ -124,15 +129,32 @@ class _Peer:
 
 def run_peer(built, swarm, index: int, peers: int, deadline_s: float = 10.0, startup_timeout_s: float = 120.0,
              on_eval: Callable[[dict], None] | None = None, on_round: Callable[[int, dict], None] | None = None,
-             on_finish: Callable[[Tensor], None] | None = None, say: Callable[[str], None] = lambda line: None
-             ) -> list[dict]:
-    """Run peer ``index`` of ``peers``: announce its nodes, wait for the others, then the rounds; returns its rows."""
+             on_finish: Callable[[Tensor], None] | None = None, say: Callable[[str], None] = lambda line: None,
+             wait_for: int | None = None) -> list[dict]:
+    """Run peer ``index`` of ``peers``: announce its nodes, wait for ``wait_for`` peers (default all; a swarm
+    already running is joined at once), then the rounds; returns its rows."""
     from peerlearn.device import scope
+    from peerlearn.engines.p2p.gossip import GossipPeer
 
     rows = node_blocks(built.config.num_nodes, peers)[index]
-    swarm.announce({"index": index, "nodes": [int(rows[0]), int(rows[-1]) + 1]}, ttl_s=max(10.0, 5 * deadline_s))
-    roster = wait_for_peers(swarm, peers, startup_timeout_s, say)
+    entry, ttl = {"index": index, "nodes": [int(rows[0]), int(rows[-1]) + 1]}, max(10.0, 5 * deadline_s)
+    swarm.announce(entry, ttl_s=ttl)
+    asynchronous = built.config.algorithm.capabilities.asynchronous
+    roster = wait_for_peers(swarm, peers if wait_for is None else wait_for, startup_timeout_s, say, asynchronous)
+    started = [e["started"] for e in roster.values() if isinstance(e.get("started"), (int, float))]
+    now = time.time()
+    swarm_start = min(started) if started else now  # the swarm's clock: its first peer's start
+    swarm.announce({**entry, "started": swarm_start}, ttl_s=ttl)
     say(f"peer {index}/{peers} ({swarm.peer_id}): nodes {int(rows[0])}..{int(rows[-1])}; {len(roster)} peers")
     with scope(built.device, built.config.deterministic):
+        if asynchronous:
+            view = peer_view(built, rows)
+            book = RunRows(view, make_evaluator(view), watch_run(view), on_eval)
+            period = built.config.algorithm.period_s or 0.1
+            join_round = min(int((now - swarm_start) / period), built.config.num_rounds - 1) if started else 0
+            me = GossipPeer(built, swarm, rows, view, book, roster, time.monotonic() - (now - swarm_start), join_round)
+            if join_round:
+                say(f"peer {index} joins the running swarm at round {join_round}")
+            return run_rounds(me, view, book, on_round, on_finish, resume={} if join_round else None)
         me = _Peer(built, swarm, index, peers, roster, deadline_s, on_eval)
         return run_rounds(me, me.view, me.book, on_round, on_finish)

@@ -104,6 +104,33 @@ class Inbox:
             return dict(self.rows.get(key, {})), set(self.senders.get(key, set()))
 
 
+@dataclass
+class Mailbox:
+    """Models sent to one of this peer's nodes by an asynchronous algorithm: ``(to, from, age, row)`` in order of
+    arrival, taken by the engine's thread."""
+
+    cond: threading.Condition = field(default_factory=threading.Condition)
+    items: list = field(default_factory=list)
+    bytes_received: int = 0
+
+    def put(self, item: tuple, size: int) -> None:
+        with self.cond:
+            self.items.append(item)
+            self.bytes_received += size
+            self.cond.notify_all()
+
+    def take(self, until: float) -> list:
+        """Everything that came, waiting until ``until`` (a monotonic time) for the first message."""
+        with self.cond:
+            while not self.items:
+                left = until - time.monotonic()
+                if left <= 0:
+                    break
+                self.cond.wait(left)
+            out, self.items = self.items, []
+            return out
+
+
 def encode(header: dict, rows: torch.Tensor) -> tuple[bytes, bytes]:
     """The two frames of a message: the JSON header and the rows' bytes (float32, little-endian)."""
     data = rows.detach().to("cpu", torch.float32).contiguous().numpy().astype("<f4", copy=False).tobytes()
@@ -125,6 +152,11 @@ def decode(head: bytes, data: bytes, num_params: int, max_rows: int) -> tuple[di
         raise ValueError("header does not describe this run's rows")
     if len(data) != 4 * shape[0] * shape[1]:
         raise ValueError("payload size does not match the header")
+    if "to" in header:  # a model for one node (asynchronous algorithms): its receiver and its age
+        to, age = header["to"], header.get("age")
+        if (not isinstance(to, int) or not 0 <= to < max_rows or not isinstance(age, (int, float))
+                or not np.isfinite(age) or age < 0 or shape[0] != 1):
+            raise ValueError("header does not describe a model for one node")
     rows = torch.from_numpy(np.frombuffer(data, dtype="<f4").astype(np.float32).reshape(shape))
     if not bool(torch.isfinite(rows).all()):
         raise ValueError("non-finite values")
@@ -153,6 +185,7 @@ class Swarm:
         self.run_id, self.admission = run_id, admission
         self.num_params, self.max_rows = num_params, max_rows
         self.inbox = Inbox()
+        self.mailbox = Mailbox()
         self.refused_messages = 0
         self.payload_sent = self.overhead_sent = 0
         self.loop = asyncio.new_event_loop()
@@ -257,7 +290,11 @@ class Swarm:
                 return
             data = await P2P.receive_raw_data(reader)
             header, rows = decode(head, data, self.num_params, self.max_rows)
-            self.inbox.put((header["round"], header["call"]), peer, header["nodes"], rows, len(head) + len(data) + 16)
+            size = len(head) + len(data) + 16
+            if "to" in header:
+                self.mailbox.put((header["to"], header["nodes"][0], float(header["age"]), rows[0]), size)
+            else:
+                self.inbox.put((header["round"], header["call"]), peer, header["nodes"], rows, size)
         except Exception:  # a malformed or cut message is dropped, never raised into the daemon's loop
             self.refused_messages += 1
         finally:

@@ -1,0 +1,134 @@
+"""Asynchronous algorithms on a swarm (gossip learning), on wall-clock time: a :func:`~peerlearn.engines.loop.run_rounds`
+driver whose round is one timer period of real time.
+
+Every node of the peer wakes on its own timer (period ``algorithm.period_s``, default 0.1 s; first wake-ups
+spread over the first period) and sends its model and age to a random out-neighbour whose peer is in the
+roster; a peer takes in the models that come for its nodes as they come (the algorithm's ``receive``:
+gossip learning merges by age and trains). A node sends once per period, so after ``num_rounds`` periods
+every node made as many exchanges as in the event engine's run of the same config. Peers that join later
+align their rounds to the swarm's clock (the earliest start in the roster) and start from what they
+receive (age 0: the first model that comes replaces theirs).
+
+References:
+    Ormándi, Hegedűs & Jelasity, "Gossip Learning with Linear Models on Fully Distributed Data",
+    Concurrency and Computation 2013; Hegedűs, Danner & Jelasity, "Decentralized Learning Works: An
+    Empirical Comparison of Gossip Learning and Federated Learning", JPDC 2021.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from peerlearn.engines.dist_comm import RowBatches
+from peerlearn.topology.clique import as_csr
+from peerlearn.types import Tensor
+
+DEFAULT_PERIOD_S = 0.1
+
+
+class GossipPeer:
+    """One peer's nodes under an asynchronous algorithm (see the module doc)."""
+
+    def __init__(self, built, swarm, rows: Tensor, view, book, roster: dict, start: float, join_round: int = 0):
+        cfg = built.config
+        self.built, self.swarm, self.rows, self.view, self.book = built, swarm, rows, view, book
+        self.lo, self.hi = int(rows[0]), int(rows[-1]) + 1
+        self.period = cfg.algorithm.period_s or DEFAULT_PERIOD_S
+        self.start, self.join_round = start, join_round
+        self.algorithm = built.algorithm
+        self.batches = RowBatches(built.batches, rows)
+        self.params_RP = built.params_NP[rows].clone()
+        self.state = self.algorithm.init(self.params_RP)
+        csc = sp.csc_array(as_csr(built.W))  # column j: whom node j sends to
+        self.out = [csc.indices[csc.indptr[j]:csc.indptr[j + 1]] for j in range(self.lo, self.hi)]
+        self.out = [o[o != j] for o, j in zip(self.out, range(self.lo, self.hi))]
+        self.rng = np.random.default_rng([cfg.seed, self.lo, 7])
+        now = time.monotonic()
+        self.due = now + self.rng.uniform(0.0, self.period, len(rows))
+        self.bytes_sent_N = torch.zeros(len(rows), dtype=torch.float64)
+        self.sent = self.received = self.unreachable = 0
+        self.set_roster(roster)
+        self.roster_at = now
+
+    def set_roster(self, roster: dict) -> None:
+        self.roster = dict(roster)
+        self.host = np.full(self.built.config.num_nodes, -1, dtype=np.int64)
+        self.peers = sorted(roster)
+        for q, peer in enumerate(self.peers):
+            first, end = roster[peer]["nodes"]
+            self.host[first:end] = q
+
+    # -- the run_rounds driver -----------------------------------------------------------------------
+    def models(self) -> Tensor:
+        return self.params_RP
+
+    def resume(self, snapshot: dict) -> int:
+        """A peer that joins a running swarm: its first row is the swarm's current round."""
+        self.record(self.join_round)
+        return self.join_round
+
+    def record(self, round_: int) -> None:
+        s = self.swarm
+        more = {"peers_seen": len(self.roster), "messages_sent": self.sent, "messages_received": self.received,
+                "unreachable_sends": self.unreachable, "refused_messages": s.refused_messages,
+                "refused_peers": len(s.admission.refused), "payload_bytes_sent": s.payload_sent,
+                "overhead_bytes_sent": s.overhead_sent, "bytes_received": s.mailbox.bytes_received}
+        self.book.record(round_, self.params_RP, None, float(self.bytes_sent_N.sum()), {}, more)
+
+    def advance(self, round_: int) -> None:
+        """Real time until the end of period ``round_``: wake-ups and sends, and every model that comes."""
+        end = self.start + round_ * self.period
+        while True:
+            now = time.monotonic()
+            if now - self.roster_at > 2.0:  # joiners and leavers
+                self.set_roster(self.swarm.roster())
+                self.roster_at = now
+            for i in np.flatnonzero(self.due <= now):
+                self._send(int(i))
+                self.due[i] += self.period
+            if now >= end:
+                break
+            self._take(self.swarm.mailbox.take(min(end, float(self.due.min()))), round_)
+        self._take(self.swarm.mailbox.take(time.monotonic()), round_)
+
+    # -- messages ------------------------------------------------------------------------------------
+    def _send(self, i: int) -> None:
+        live = [j for j in self.out[i] if self.host[j] >= 0]
+        if not live:
+            self.unreachable += 1
+            return
+        j = int(self.rng.choice(live))
+        size = (self.params_RP.shape[1] + 1) * self.params_RP.element_size()  # the model and its age
+        self.bytes_sent_N[i] += size
+        self.sent += 1
+        age = float(self.state.age_N[i])
+        if self.lo <= j < self.hi:  # a neighbour on this peer: delivered here
+            self.swarm.mailbox.put((j, self.lo + i, age, self.params_RP[i].clone()), 0)
+            return
+        header = {"round": 0, "call": 0, "nodes": [self.lo + i], "to": j, "age": age}
+        self.swarm.send_soon({self.peers[self.host[j]]: (header, self.params_RP[i:i + 1])}, 10.0)
+
+    def _take(self, items: list, round_: int) -> None:
+        """The models that came, in order; a receiver takes one per batch (the next batch takes the rest)."""
+        while items:
+            first, rest, seen = [], [], set()
+            for item in items:
+                to = item[0]
+                if not self.lo <= to < self.hi:  # not one of ours (a stale roster elsewhere)
+                    continue
+                (rest if to in seen else first).append(item)
+                seen.add(to)
+            if not first:
+                return
+            r = torch.tensor([to - self.lo for to, _, _, _ in first])
+            x = torch.stack([row.to(self.params_RP) for _, _, _, row in first])
+            age = torch.tensor([a for _, _, a, _ in first], dtype=torch.float64)
+            self.params_RP, self.state, metrics = self.algorithm.receive(self.state, self.params_RP, r, x, age,
+                                                                         self.batches, self.built.grad_fn)
+            self.received += len(first)
+            self.book.step(round_, metrics)
+            items = rest
