@@ -36,7 +36,19 @@ def launch_local(worker_argv: list[str], nproc: int, grace_s: float = 10.0) -> i
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads))}
     procs = [subprocess.Popen([sys.executable, "-m", "peerlearn", *worker_argv],
                               env={**base, "RANK": str(r), "LOCAL_RANK": str(r)}) for r in range(nproc)]
+    codes = wait_all(procs, grace_s, "rank")
+    if codes[0] >= 0:
+        return codes[0]
+    return next((c for c in codes if c > 0), 1)
+
+
+def wait_all(procs: list[subprocess.Popen], grace_s: float, what: str, then=None) -> list[int]:
+    """The exit codes of ``procs`` (``then()``, if given, runs first and may start more of them into the list):
+    Ctrl-C interrupts every one, none outlives this call (killed after ``grace_s``), and each that was killed
+    by a signal is named in one line (``what``: rank, peer)."""
     try:
+        if then is not None:
+            then()
         codes = [p.wait() for p in procs]
     except KeyboardInterrupt:
         for p in procs:
@@ -44,15 +56,13 @@ def launch_local(worker_argv: list[str], nproc: int, grace_s: float = 10.0) -> i
                 p.send_signal(signal.SIGINT)
         raise
     finally:
-        for p in procs:  # whatever happened, no rank outlives the launcher
+        for p in procs:  # whatever happened, no process outlives the launcher
             try:
                 p.wait(grace_s)
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-    for r, code in enumerate(codes):
+    for i, code in enumerate(codes):
         if code < 0:
-            print(f"peerlearn: rank {r} was killed by {signal.Signals(-code).name}", file=sys.stderr)
-    if codes[0] >= 0:
-        return codes[0]
-    return next((c for c in codes if c > 0), 1)
+            print(f"peerlearn: {what} {i} was killed by {signal.Signals(-code).name}", file=sys.stderr)
+    return codes

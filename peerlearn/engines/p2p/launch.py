@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from peerlearn.engines.launch import wait_all
 
 ADDRESS_FILE = "PEERLEARN_P2P_ADDRESS_FILE"  # where peer 0 writes its multiaddrs (one per line)
 
@@ -35,30 +36,14 @@ def launch_swarm(worker_argv: list[str], nproc: int, out_dir: Path, startup_time
                                      "--out", str(out_dir / f"peer{i}"), *extra], env=env)
 
         procs = [start(0, [], {**base, ADDRESS_FILE: str(address)})]
-        try:
+
+        def the_others() -> None:  # once peer 0 has written its addresses
             deadline = time.monotonic() + startup_timeout_s
             while not (address.is_file() and address.read_text().strip()):
                 if procs[0].poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("peer 0 did not start the swarm")
+                    return  # peer 0 failed (its one line says why) or never started: nobody to join
                 time.sleep(0.05)
             join = [a for line in address.read_text().split() for a in ("--join", line)]
-            procs += [start(i, join, base) for i in range(1, nproc)]
-            codes = [p.wait() for p in procs]
-        except KeyboardInterrupt:
-            for p in procs:
-                if p.poll() is None:
-                    p.send_signal(signal.SIGINT)
-            raise
-        except RuntimeError:
-            codes = [p.poll() if p.poll() is not None else 1 for p in procs]
-        finally:
-            for p in procs:  # whatever happened, no peer outlives the launcher
-                try:
-                    p.wait(grace_s)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
-    for i, code in enumerate(codes):
-        if code < 0:
-            print(f"peerlearn: peer {i} was killed by {signal.Signals(-code).name}", file=sys.stderr)
-    return codes
+            procs.extend(start(i, join, base) for i in range(1, nproc))
+
+        return wait_all(procs, grace_s, "peer", then=the_others)
