@@ -17,6 +17,7 @@ from peerlearn.spec import BuildContext, Capabilities, Registry, Spec, config_er
 from peerlearn.types import Algorithm, AsyncAlgorithm, Transform
 
 SYNC = frozenset({"simulator", "distributed"})  # engines of the synchronous algorithms that run on ranks
+GOSSIP = SYNC | {"p2p"}  # ... of those that only gossip with neighbours (mix, gather, push): a swarm runs them too
 
 
 class AlgorithmSpec(Spec):
@@ -101,5 +102,5 @@ def weights(spec, ctx: BuildContext):
     return ctx.data_sizes_N if spec.weighting == "data_size" else None
 
 
-__all__ = ["ALGORITHMS", "SYNC", "AlgorithmSpec", "Asynchronous", "Capabilities", "Field", "Literal", "LocalSteps",
+__all__ = ["ALGORITHMS", "GOSSIP", "SYNC", "AlgorithmSpec", "Asynchronous", "Capabilities", "Field", "Literal", "LocalSteps",
            "Optimized", "Synchronous", "config_error", "weights"]

@@ -65,7 +65,7 @@ from typing import ClassVar, Literal  # noqa: E402
 
 from pydantic import Field, SerializeAsAny  # noqa: E402
 
-from peerlearn.algorithms.base import ALGORITHMS, SYNC, Capabilities, LocalSteps, Synchronous  # noqa: E402
+from peerlearn.algorithms.base import ALGORITHMS, GOSSIP, Capabilities, LocalSteps, Synchronous  # noqa: E402
 from peerlearn.compressors.base import COMPRESSORS, CompressorSpec  # noqa: E402
 from peerlearn.spec import slot  # noqa: E402
 
@@ -79,7 +79,7 @@ class ChocoSpec(LocalSteps, Synchronous):
     consensus_lr: float = Field(1.0, gt=0.0, le=1.0, description="consensus step size gamma (smaller for harsher "
                                 "compression)")
     slots: ClassVar = {"compressor": COMPRESSORS}
-    capabilities: ClassVar = Capabilities(engines=SYNC, static_topology=True)
+    capabilities: ClassVar = Capabilities(engines=GOSSIP, static_topology=True)
     why_not: ClassVar = {  # why model attacks and privacy noise do not act on its messages
         "attack": "its messages are compressed differences to public copies; their poisoning is not modelled yet",
         "privacy": "noise on compressed differences is not modelled yet"}

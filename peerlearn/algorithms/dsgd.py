@@ -152,7 +152,7 @@ from pydantic import Field, SerializeAsAny  # noqa: E402
 
 from peerlearn.aggregators.base import AGGREGATORS, AggregatorSpec  # noqa: E402
 from peerlearn.algorithms.semi_decentralized import ServerRounds  # noqa: E402
-from peerlearn.algorithms.base import (ALGORITHMS, SYNC, Capabilities, LocalSteps,  # noqa: E402
+from peerlearn.algorithms.base import (ALGORITHMS, GOSSIP, Capabilities, LocalSteps,  # noqa: E402
                                        Synchronous, config_error)
 from peerlearn.spec import slot  # noqa: E402
 
@@ -180,7 +180,7 @@ class DsgdSpec(LocalSteps, Synchronous, ServerRounds):
     aggregator: SerializeAsAny[AggregatorSpec] = slot(AGGREGATORS, "gossip", "how a node combines its own and "
                                                                              "received models")
     slots: ClassVar = {"aggregator": AGGREGATORS}
-    capabilities: ClassVar = Capabilities(engines=SYNC | {"p2p"}, attackable=True, private=True)
+    capabilities: ClassVar = Capabilities(engines=GOSSIP, attackable=True, private=True)
 
     def check(self, cfg) -> None:
         super().check(cfg)

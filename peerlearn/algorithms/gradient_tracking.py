@@ -50,7 +50,7 @@ def gradient_tracking(lr: float) -> Algorithm:
 from typing import ClassVar, Literal  # noqa: E402
 
 from peerlearn.algorithms.semi_decentralized import ServerRounds  # noqa: E402
-from peerlearn.algorithms.base import ALGORITHMS, SYNC, Capabilities, Synchronous  # noqa: E402
+from peerlearn.algorithms.base import ALGORITHMS, GOSSIP, Capabilities, Synchronous  # noqa: E402
 
 
 @ALGORITHMS.register
@@ -61,7 +61,7 @@ class GradientTrackingSpec(Synchronous, ServerRounds):
     why_not: ClassVar = {  # why model attacks and privacy noise do not act on its messages
         "attack": "its messages carry models and gradient trackers; an attack on the trackers is not modelled yet",
         "privacy": "its gradient trackers would share unnoised gradients; not modelled yet"}
-    capabilities: ClassVar = Capabilities(engines=SYNC)
+    capabilities: ClassVar = Capabilities(engines=GOSSIP)
 
     def build(self, ctx):
         return gradient_tracking(self.lr)

@@ -31,7 +31,7 @@ def local_only(optimizer: Transform, num_local_steps: int = 1) -> Algorithm:
 # ---------------------------------------------------------------------------------------------
 from typing import ClassVar, Literal  # noqa: E402
 
-from peerlearn.algorithms.base import ALGORITHMS, SYNC, Capabilities, LocalSteps, Synchronous  # noqa: E402
+from peerlearn.algorithms.base import ALGORITHMS, GOSSIP, Capabilities, LocalSteps, Synchronous  # noqa: E402
 
 
 @ALGORITHMS.register
@@ -42,7 +42,7 @@ class LocalSpec(LocalSteps, Synchronous):
     why_not: ClassVar = {  # why model attacks and privacy noise do not act on its messages
         "attack": "it sends nothing",
         "privacy": "it sends nothing"}
-    capabilities: ClassVar = Capabilities(engines=SYNC)
+    capabilities: ClassVar = Capabilities(engines=GOSSIP)
 
     def build(self, ctx):
         return local_only(self.transform(), self.num_local_steps)

@@ -52,7 +52,7 @@ def push_sum(optimizer: Transform, num_local_steps: int = 1) -> Algorithm:
 from typing import ClassVar, Literal  # noqa: E402
 
 from peerlearn.algorithms.semi_decentralized import ServerRounds  # noqa: E402
-from peerlearn.algorithms.base import (ALGORITHMS, SYNC, Capabilities, LocalSteps,  # noqa: E402
+from peerlearn.algorithms.base import (ALGORITHMS, GOSSIP, Capabilities, LocalSteps,  # noqa: E402
                                        Synchronous)
 
 
@@ -64,7 +64,7 @@ class PushSumSpec(LocalSteps, Synchronous, ServerRounds):
     why_not: ClassVar = {  # why model attacks and privacy noise do not act on its messages
         "attack": "its messages carry push-sum weights; attacks on the weights are not modelled yet",
         "privacy": "noise on push-sum weights is not modelled yet"}
-    capabilities: ClassVar = Capabilities(engines=SYNC, column_stochastic=True)
+    capabilities: ClassVar = Capabilities(engines=GOSSIP, column_stochastic=True)
 
     def build(self, ctx):
         return push_sum(self.transform(), self.num_local_steps)

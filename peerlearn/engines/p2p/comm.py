@@ -77,6 +77,9 @@ class P2PComm:
             self._plan()
 
     def set_topology(self, W) -> None:
+        """The round's mixing matrix (the same at every peer: a schedule is a pure function of the round)."""
+        if W is self.W:
+            return
         W = as_csr(W)
         off = sp.csr_array(W - sp.diags_array(W.diagonal(), format="csr"))
         off.eliminate_zeros()
@@ -151,7 +154,7 @@ class P2PComm:
         got[own] = True
         for pos in np.flatnonzero(~own):
             row = received.get(int(self._need[pos]))
-            if row is not None:
+            if row is not None and row.shape == out.shape[1:]:  # a row of another width is not this exchange's
                 out[pos], got[pos] = row.to(x_RP.dtype), True
         self.dropped += int((~got).sum())
         if self._byzantine_R is not None:  # what the adversary will have seen: the honest messages that came
@@ -172,6 +175,16 @@ class P2PComm:
         rowsum_R1 = torch.from_numpy(np.asarray(local.sum(axis=1), dtype=np.float32).reshape(-1, 1)).to(x_RP)
         out = torch.addmm(x_RP, torch_csr(local).to(x_RP.dtype), rows)
         return out.addcmul_(rowsum_R1, x_RP, value=-1.0)
+
+    def push(self, x_RP: Tensor, message_bytes=None) -> Tensor:
+        """``W_ii x_i + sum_{j received} W_ij x_j`` (column-stochastic ``W``, push-sum): a dropped message's mass is
+        lost, in the model and in the weight alike, so their ratio stays an average of what arrived."""
+        self._count(x_RP, message_bytes)
+        rows, got = self._exchange(x_RP)
+        local = self._local.copy()
+        local.data = local.data * got[local.indices]
+        diag_R1 = torch.from_numpy(np.asarray(self.W.diagonal()[self.lo:self.hi], dtype=np.float32).reshape(-1, 1))
+        return torch.addmm(diag_R1.to(x_RP) * x_RP, torch_csr(local).to(x_RP.dtype), rows)
 
     def gather(self, x_RP: Tensor, include_self: bool = True, message_bytes=None) -> tuple[Tensor, Tensor]:
         """Each node's received rows and their mask (padding and dropped messages are False)."""
@@ -218,4 +231,4 @@ class P2PComm:
         raise NotImplementedError("the p2p engine has no collectives (all-reduce, server averages): run "
                                   "algorithms that gossip with neighbours")
 
-    all_reduce_mean = all_gather = server_average = multicast_mean = push = _unsupported
+    all_reduce_mean = all_gather = server_average = multicast_mean = _unsupported

@@ -19,7 +19,7 @@ from peerlearn.engines.dist_comm import RowBatches, node_blocks
 from peerlearn.engines.distributed import _planned_death
 from peerlearn.engines.loop import RunRows, run_rounds
 from peerlearn.engines.p2p.comm import P2PComm
-from peerlearn.engines.run import make_evaluator
+from peerlearn.engines.run import make_evaluator, round_network
 from peerlearn.spec import ConfigError
 from peerlearn.types import Tensor
 
@@ -36,9 +36,12 @@ def check_config(cfg, peers: int) -> None:
         runs = [name for name, c in ALGORITHMS.items() if "p2p" in c.capabilities.engines]
         raise ConfigError(f"config error: algorithm.name: the p2p engine runs {', '.join(runs)} so far; got {a.name} "
                           "(use the simulator or --engine distributed)")
-    if cfg.topology.schedule.name != "static":
-        raise ConfigError(f"config error: topology.schedule: the p2p engine maps a static graph onto its peers; got "
-                          f"{cfg.topology.schedule.name} (time-varying peer sampling is not built yet)")
+    if a.capabilities.asynchronous and cfg.topology.schedule.name != "static":
+        raise ConfigError(f"config error: topology.schedule: {a.name} on a swarm picks among the live neighbours of a "
+                          f"static graph; got {cfg.topology.schedule.name}")
+    if getattr(a, "final_merge", False):
+        raise ConfigError("config error: algorithm.final_merge: the final merge is an all-reduce, which a swarm does "
+                          "not have (set it to false)")
     if cfg.faults.active:
         raise ConfigError("config error: faults: a swarm's faults are real (peers that die or leave): remove the "
                           "faults section for --engine p2p")
@@ -121,6 +124,9 @@ class _Peer:
         if time.monotonic() - self.roster_at > 5 * self.comm.deadline_s:  # who is still there
             self.comm.set_roster(self._still_there(self.swarm.roster()))
             self.roster_at = time.monotonic()
+        W = round_network(self.built, round_)[0]  # a time-varying topology's W of this round (faults are real here)
+        if W is not None:
+            self.comm.set_topology(W)
         self.comm.start_round(round_)
         self.params_RP, self.state, metrics = self.built.algorithm.step(self.state, self.params_RP, self.batches,
                                                                         self.built.grad_fn, self.comm)

@@ -34,6 +34,8 @@ import torch
 
 PROTOCOL = "peerlearn.model.v1"
 MAX_HEADER_BYTES = 1 << 20
+LOOKAHEAD = 64  # rounds ahead of this peer that a message may be for (a peer none of whose nodes listens to
+# another peer this round runs ahead, e.g. on a time-varying topology); later ones are dropped as early
 
 
 class Admission:
@@ -80,7 +82,7 @@ class Inbox:
             if key < self.oldest:
                 self.late += 1
                 return
-            if key[0] > self.oldest[0] + 2:  # peers are at most an exchange apart: a flood of future rounds is dropped
+            if key[0] > self.oldest[0] + LOOKAHEAD:  # a flood of far-future rounds is dropped, not kept
                 self.early += 1
                 return
             box = self.rows.setdefault(key, {})
@@ -146,7 +148,8 @@ def decode(head: bytes, data: bytes, num_params: int, max_rows: int) -> tuple[di
         raise ValueError("header is not an object")
     shape, nodes = header.get("shape"), header.get("nodes")
     if (header.get("dtype") != "float32" or not isinstance(shape, list) or len(shape) != 2
-            or not all(isinstance(s, int) for s in shape) or shape[1] != num_params or not 0 < shape[0] <= max_rows
+            or not all(isinstance(s, int) for s in shape) or not 0 < shape[1] <= num_params + 1
+            or not 0 < shape[0] <= max_rows
             or not isinstance(nodes, list) or len(nodes) != shape[0] or not all(isinstance(n, int) for n in nodes)
             or not isinstance(header.get("round"), int) or not isinstance(header.get("call"), int)):
         raise ValueError("header does not describe this run's rows")
