@@ -189,3 +189,17 @@ def test_compare_log_axes_have_labels_that_do_not_overlap(tmp_path, monkeypatch,
             boxes = [t.get_window_extent(renderer) for t in shown]
             for i, box in enumerate(boxes):
                 assert not any(box.overlaps(other) for other in boxes[i + 1:]), [t.get_text() for t in shown]
+
+
+def test_a_run_with_clipping_and_no_noise_writes_its_report_with_an_infinite_epsilon(tmp_path):
+    """Clipping without noise is epsilon = infinity: the tables and report.html show it instead of failing."""
+    import math
+
+    from peerlearn import cli
+    from peerlearn.report.tables import _fmt
+
+    assert _fmt(math.inf, "sci") == "∞" and _fmt(math.inf, "int") == "∞" and _fmt(-math.inf, "acc") == "-∞"
+    out = tmp_path / "run"
+    assert cli.main(["run", "configs/privacy.yaml", "--set", "num_rounds=4", "--set", "eval_every=2", "--set",
+                     "privacy.noise_multiplier=0.0", "--out", str(out), "--quiet"]) == 0
+    assert "∞" in (out / "report.html").read_text()

@@ -88,7 +88,7 @@ class ModestSpec(LocalSteps, Synchronous):
         "privacy": "noise on MoDeST's multicasts is not built yet"}
     sample_size: int = Field(10, ge=1, description="nodes sampled per round (s)")
     num_aggregators: int = Field(1, ge=1, description="aggregators per round (a), among the sampled")
-    capabilities: ClassVar = Capabilities(engines=SYNC, global_model=True)
+    capabilities: ClassVar = Capabilities(engines=SYNC | {"p2p"}, global_model=True)  # multicasts: on a swarm too
 
     def check(self, cfg) -> None:
         super().check(cfg)

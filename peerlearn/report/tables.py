@@ -11,6 +11,8 @@ from rich.table import Table
 def _fmt(value: float, kind: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
+    if isinstance(value, float) and math.isinf(value):  # e.g. epsilon with clipping and no noise
+        return "∞" if value > 0 else "-∞"
     return {"acc": f"{value:.4f}", "mb": f"{value / 1e6:,.2f}", "s": f"{value:.1f}",
             "sci": f"{value:.3g}", "int": f"{int(value)}"}[kind]
 

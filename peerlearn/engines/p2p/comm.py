@@ -199,6 +199,35 @@ class P2PComm:
             valid = torch.cat([torch.ones(self.num_nodes, 1, dtype=torch.bool), valid], 1)
         return received, valid
 
+    def multicast_mean(self, x_KP: Tensor, senders: Tensor, receivers: Tensor) -> Tensor | None:
+        """MoDeST's multicast (de Vos et al. 2023) on a swarm: every peer sends the rows of its ``senders`` (global
+        ids of its nodes; none: an empty message says so) to every peer hosting one of ``receivers``; a peer
+        hosting receivers returns the mean of every sender row that came by the deadline (None when none came:
+        its receivers keep their models), which is the simulator's mean when all came. A peer hosting no
+        receiver learns nothing and returns its own senders' mean (zeros without any): the algorithm reads a
+        multicast's result only for the receivers."""
+        self.collective_calls += 1
+        key = (self.round, self.call)
+        self.call += 1
+        me, ids, to = self.swarm.peer_id, senders.cpu().numpy(), receivers.cpu().numpy()
+        others = len(to) - np.isin(ids, to)  # what the simulator counts: a message per other receiver
+        self.bytes_sent_N.index_add_(0, torch.from_numpy(ids - self.lo).to(self.bytes_sent_N.device),
+                                     torch.from_numpy(others * float(self.message_bytes(x_KP))).to(self.bytes_sent_N))
+        gone = {p for p, m in self.misses.items() if m >= self.patience}
+        hosts = {self.peers[q] for q in np.unique(self.host[to]) if q >= 0}
+        header = {"round": key[0], "call": key[1], "nodes": [int(i) for i in ids]}
+        self.swarm.send_soon({p: (header, x_KP) for p in hosts - {me} - gone}, self.deadline_s)
+        if me not in hosts:
+            return x_KP.mean(0) if len(x_KP) else x_KP.new_zeros(x_KP.shape[1])
+        expect = set(self.peers) - {me} - gone
+        received, came = self.swarm.inbox.wait(key, expect, time.monotonic() + self.deadline_s)
+        for peer in expect:
+            self.misses[peer] = 0 if peer in came else self.misses.get(peer, 0) + 1
+        rows = [x_KP] + [row[None].to(x_KP) for node, row in sorted(received.items())
+                         if row.shape == x_KP.shape[1:] and node not in set(ids.tolist())]
+        every = torch.cat(rows)
+        return every.mean(0) if len(every) else None
+
     # -- the rows held here --------------------------------------------------------------------------
     def mine(self, ids: Tensor) -> tuple[Tensor, Tensor]:
         ids = ids[(ids >= self.lo) & (ids < self.hi)]
@@ -231,4 +260,4 @@ class P2PComm:
         raise NotImplementedError("the p2p engine has no collectives (all-reduce, server averages): run "
                                   "algorithms that gossip with neighbours")
 
-    all_reduce_mean = all_gather = server_average = multicast_mean = _unsupported
+    all_reduce_mean = all_gather = server_average = _unsupported

@@ -130,7 +130,7 @@ class _Peer:
         self.comm.start_round(round_)
         self.params_RP, self.state, metrics = self.built.algorithm.step(self.state, self.params_RP, self.batches,
                                                                         self.built.grad_fn, self.comm)
-        self.book.step(round_, metrics)
+        self.book.step(round_, metrics, nan_means_idle=True)  # a peer's loss is its nodes': NaN when none trained
 
 
 def run_peer(built, swarm, index: int, peers: int, deadline_s: float = 10.0, startup_timeout_s: float = 120.0,

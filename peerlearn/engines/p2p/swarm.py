@@ -149,7 +149,7 @@ def decode(head: bytes, data: bytes, num_params: int, max_rows: int) -> tuple[di
     shape, nodes = header.get("shape"), header.get("nodes")
     if (header.get("dtype") != "float32" or not isinstance(shape, list) or len(shape) != 2
             or not all(isinstance(s, int) for s in shape) or not 0 < shape[1] <= num_params + 1
-            or not 0 < shape[0] <= max_rows
+            or not 0 <= shape[0] <= max_rows
             or not isinstance(nodes, list) or len(nodes) != shape[0] or not all(isinstance(n, int) for n in nodes)
             or not isinstance(header.get("round"), int) or not isinstance(header.get("call"), int)):
         raise ValueError("header does not describe this run's rows")
