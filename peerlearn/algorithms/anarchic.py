@@ -120,7 +120,7 @@ class AnarchicSpec(LocalSteps):
                                   "in [steps_min, num_local_steps] (default: num_local_steps for all)")
     normalize: bool = Field(True, description="divide each update by its number of local steps (false: plain "
                                               "averaging, FedAvg under the same anarchy)")
-    capabilities: ClassVar = Capabilities(engines=SYNC, global_model=True)
+    capabilities: ClassVar = Capabilities(engines=SYNC | {"p2p"}, global_model=True)
     why_not: ClassVar = {  # why model attacks and privacy noise do not act on its messages
         "attack": "its workers upload to a trusted server average; Byzantine workers are not modelled yet",
         "privacy": "its server averages clean updates; DP for the server's memory is not built yet"}

@@ -57,7 +57,7 @@ class CentralizedSpec(LocalSteps, Synchronous):
     name: Literal["centralized"] = "centralized"
     weighting: Literal["data_size", "uniform"] = Field("data_size", description="weight nodes by their data size "
                                                                                 "or equally")
-    capabilities: ClassVar = Capabilities(engines=SYNC, global_model=True)
+    capabilities: ClassVar = Capabilities(engines=SYNC | {"p2p"}, global_model=True)
     why_not: ClassVar = {  # why model attacks and privacy noise do not act on its messages
         "attack": "its gradients meet in a trusted all-reduce, with no message to replace",
         "privacy": "noise in the all-reduce (DP-SGD) is not built yet"}

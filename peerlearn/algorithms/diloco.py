@@ -89,7 +89,7 @@ from peerlearn.algorithms.base import ALGORITHMS, SYNC, Capabilities, LocalSteps
 from peerlearn.compressors.base import COMPRESSORS, CompressorSpec  # noqa: E402
 from peerlearn.spec import slot  # noqa: E402
 
-_GLOBAL = Capabilities(engines=SYNC, global_model=True)
+_GLOBAL = Capabilities(engines=SYNC | {"p2p"}, global_model=True)
 
 
 class _Compressed(LocalSteps):

@@ -83,7 +83,7 @@ class FedAvgSpec(LocalSteps, Synchronous):
     fraction: float = Field(1.0, gt=0.0, le=1.0, description="fraction of clients sampled per round")
     weighting: Literal["data_size", "uniform"] = Field("data_size", description="weight nodes by their data size "
                                                                                 "or equally")
-    capabilities: ClassVar = Capabilities(engines=SYNC, global_model=True)
+    capabilities: ClassVar = Capabilities(engines=SYNC | {"p2p"}, global_model=True)
     why_not: ClassVar = {  # why model attacks and privacy noise do not act on its messages
         "attack": "its clients upload to a trusted server average; Byzantine clients are not modelled yet",
         "privacy": "DP-FedAvg (clipped client updates, server noise) is not built yet"}

@@ -228,6 +228,67 @@ class P2PComm:
         every = torch.cat(rows)
         return every.mean(0) if len(every) else None
 
+    # -- collectives without a server: every peer sends its part to every other ---------------------------
+    def _sum_over_peers(self, part: Tensor) -> Tensor | None:
+        """The sum over the live peers of each one's ``part`` (a row of at most P + 1 values), by sending it to
+        every other peer and adding what came by the deadline: an all-reduce without a server or a ring (K (K-1)
+        messages; a peer whose part did not come is left out). Computed in float64 in peer order, the same sum
+        at every peer that got every part."""
+        key = (self.round, self.call)
+        self.call += 1
+        me = self.swarm.peer_id
+        gone = {p for p, m in self.misses.items() if m >= self.patience}
+        expect = set(self.peers) - {me} - gone
+        header = {"round": key[0], "call": key[1], "nodes": [self.lo]}  # the part of the peer hosting node lo
+        self.swarm.send_soon({p: (header, part[None].float()) for p in expect}, self.deadline_s)
+        received, came = self.swarm.inbox.wait(key, expect, time.monotonic() + self.deadline_s)
+        for peer in expect:
+            self.misses[peer] = 0 if peer in came else self.misses.get(peer, 0) + 1
+        self.dropped += len(expect - came)
+        parts = {self.lo: part.double()}
+        parts.update({node: row.double() for node, row in received.items() if row.shape == part.shape})
+        return torch.stack([parts[n] for n in sorted(parts)]).sum(0)
+
+    def all_reduce_mean(self, x_RP: Tensor, weights_N: Tensor | None = None, message_bytes=None) -> Tensor:
+        """The (weighted) mean of every node's row, as ``x_P`` (see :meth:`_sum_over_peers`); bytes as the simulator
+        counts an all-reduce (or an all-gather of encoded rows, ``message_bytes``)."""
+        self.collective_calls += 1
+        n = self.num_global
+        if message_bytes is None:
+            self.bytes_sent_N += 2.0 * (n - 1) / n * self.message_bytes(x_RP)
+        else:
+            self.bytes_sent_N += (n - 1) * float(torch.as_tensor(message_bytes, dtype=torch.float64).mean())
+        w = torch.ones(self.num_nodes, dtype=torch.float64) if weights_N is None else weights_N.double().to(x_RP.device)
+        total = self._sum_over_peers(torch.cat([(w[:, None] * x_RP.double()).sum(0), w.sum()[None]]))
+        return (total[:-1] / total[-1]).to(x_RP.dtype)
+
+    def _mean_of(self, x_KP: Tensor, weights_K: Tensor | None) -> tuple[Tensor | None, int]:
+        """The (weighted) mean of every peer's rows ``x_KP`` (a peer may give none; None when none gave any) and
+        how many rows there were."""
+        w = torch.ones(len(x_KP), dtype=torch.float64) if weights_K is None else weights_K.double()
+        total = self._sum_over_peers(torch.cat([(w[:, None] * x_KP.double()).sum(0), w.sum()[None],
+                                                torch.tensor([float(len(x_KP))], dtype=torch.float64)]))
+        count = int(round(float(total[-1])))
+        return (None if count == 0 else (total[:-2] / total[-2]).to(x_KP.dtype)), count
+
+    def server_average(self, x_KP: Tensor, rows: Tensor, weights_R: Tensor | None = None,
+                       broadcast_to: Tensor | None = None) -> Tensor | None:
+        """A server's average of the rows of nodes ``rows`` (global ids held here), computed by every peer instead
+        (no server: :meth:`_mean_of`); bytes as the simulator counts an upload and the server's broadcast."""
+        self.collective_calls += 1
+        size = self.message_bytes(x_KP)
+        ids = rows.cpu().numpy()
+        self.bytes_sent_N.index_add_(0, torch.from_numpy(ids - self.lo).to(self.bytes_sent_N.device),
+                                     torch.full((len(ids),), float(size), dtype=torch.float64).to(self.bytes_sent_N))
+        average, senders = self._mean_of(x_KP, weights_R)
+        if average is not None and self.lo == 0:  # the server's broadcast, counted once in the swarm
+            self.bytes_sent_server += float(size * (senders if broadcast_to is None else len(broadcast_to)))
+        return average
+
+    def rows_mean(self, x_KP: Tensor) -> Tensor:
+        out = self._mean_of(x_KP, None)[0]
+        return x_KP.mean(0) if out is None else out
+
     # -- the rows held here --------------------------------------------------------------------------
     def mine(self, ids: Tensor) -> tuple[Tensor, Tensor]:
         ids = ids[(ids >= self.lo) & (ids < self.hi)]
@@ -239,9 +300,6 @@ class P2PComm:
     def node_mean(self, values_K: Tensor) -> float:
         """A per-node metric's mean over this peer's nodes (a peer's rows are its own)."""
         return float(values_K.double().mean()) if len(values_K) else float("nan")
-
-    def rows_mean(self, x_KP: Tensor) -> Tensor:
-        return x_KP.mean(0)
 
     def set_alive(self, alive_N) -> None:
         self.alive_N = None
@@ -260,4 +318,4 @@ class P2PComm:
         raise NotImplementedError("the p2p engine has no collectives (all-reduce, server averages): run "
                                   "algorithms that gossip with neighbours")
 
-    all_reduce_mean = all_gather = server_average = _unsupported
+    all_gather = _unsupported

@@ -39,9 +39,6 @@ def check_config(cfg, peers: int) -> None:
     if a.capabilities.asynchronous and cfg.topology.schedule.name != "static":
         raise ConfigError(f"config error: topology.schedule: {a.name} on a swarm picks among the live neighbours of a "
                           f"static graph; got {cfg.topology.schedule.name}")
-    if getattr(a, "final_merge", False):
-        raise ConfigError("config error: algorithm.final_merge: the final merge is an all-reduce, which a swarm does "
-                          "not have (set it to false)")
     if cfg.faults.active:
         raise ConfigError("config error: faults: a swarm's faults are real (peers that die or leave): remove the "
                           "faults section for --engine p2p")
@@ -116,7 +113,7 @@ class _Peer:
                 "refused_messages": s.refused_messages, "refused_peers": len(s.admission.refused),
                 "payload_bytes_sent": s.payload_sent, "overhead_bytes_sent": s.overhead_sent,
                 "bytes_received": s.inbox.bytes_received}
-        self.book.record(round_, self.params_RP, None, float(c.bytes_sent_N.sum()), {}, more)
+        self.book.record(round_, self.params_RP, None, float(c.bytes_sent_N.sum()) + c.bytes_sent_server, {}, more)
 
     def advance(self, round_: int) -> None:
         if round_ == self.die_at:  # fault injection: a real crash, at a chosen point

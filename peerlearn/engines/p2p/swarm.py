@@ -140,7 +140,8 @@ def encode(header: dict, rows: torch.Tensor) -> tuple[bytes, bytes]:
 
 
 def decode(head: bytes, data: bytes, num_params: int, max_rows: int) -> tuple[dict, torch.Tensor]:
-    """A message read as data: ``ValueError`` unless its header is what this run sends."""
+    """A message read as data: ``ValueError`` unless its header is what this run sends (rows of at most the model's
+    ``num_params`` values and two more: a push-sum weight, or a collective's weight sum and count)."""
     if len(head) > MAX_HEADER_BYTES:
         raise ValueError("header too large")
     header = json.loads(head.decode())
@@ -148,7 +149,7 @@ def decode(head: bytes, data: bytes, num_params: int, max_rows: int) -> tuple[di
         raise ValueError("header is not an object")
     shape, nodes = header.get("shape"), header.get("nodes")
     if (header.get("dtype") != "float32" or not isinstance(shape, list) or len(shape) != 2
-            or not all(isinstance(s, int) for s in shape) or not 0 < shape[1] <= num_params + 1
+            or not all(isinstance(s, int) for s in shape) or not 0 < shape[1] <= num_params + 2
             or not 0 <= shape[0] <= max_rows
             or not isinstance(nodes, list) or len(nodes) != shape[0] or not all(isinstance(n, int) for n in nodes)
             or not isinstance(header.get("round"), int) or not isinstance(header.get("call"), int)):
