@@ -198,7 +198,7 @@ def test_messages_are_read_as_data():
 
 
 @pytest.mark.parametrize("over, extra, says", [
-    ({"algorithm": {"name": "fedavg", "lr": 0.1, "batch_size": 16}}, [], "algorithm.name: the p2p engine runs"),
+    ({"algorithm": {"name": "async_local_sgd", "lr": 0.1, "batch_size": 16}}, [], "algorithm.name: the p2p engine runs"),
     ({"faults": {"crash_fraction": 0.1}}, [], "faults:"),
     ({}, ["--peer", "4/4"], "--peer: the index must be between 0 and 3"),
     ({}, [], "start a swarm with --nproc K"),
