@@ -134,8 +134,8 @@ def run_peer(built, swarm, index: int, peers: int, deadline_s: float = 10.0, sta
              on_eval: Callable[[dict], None] | None = None, on_round: Callable[[int, dict], None] | None = None,
              on_finish: Callable[[Tensor], None] | None = None, say: Callable[[str], None] = lambda line: None,
              wait_for: int | None = None) -> list[dict]:
-    """Run peer ``index`` of ``peers``: announce its nodes, wait for ``wait_for`` peers (default all; a swarm
-    already running is joined at once), then the rounds; returns its rows."""
+    """Run peer ``index`` of ``peers``: announce its nodes, wait for ``wait_for`` peers (default all; under an
+    asynchronous algorithm a swarm already running is joined at once), then the rounds; returns its rows."""
     from peerlearn.device import scope
     from peerlearn.engines.p2p.gossip import GossipPeer
 
