@@ -4,9 +4,9 @@
 ``device: auto | cpu | cuda | cuda:N`` is resolved once, before any work (:func:`resolve`): ``auto`` is
 ``cuda`` (the current CUDA device) when torch sees one, else ``cpu``; a CUDA device on a machine without
 CUDA, or an index that does not exist, is a one-line :class:`~peerlearn.spec.ConfigError` naming
-``device``. :func:`place` moves a built run's tensors there (parameters, data, masks, the sampler's
-tables, the threat's views): everything the engine creates during the run is created under
-:func:`scope`, which makes the run's device the default of torch's factories. Random streams stay on the
+``device``. :func:`peerlearn.build.build` puts a run's tensors there (parameters, data, masks, the sampler's
+tables, the threat's views, what the algorithm holds), building them under :func:`scope`, which makes the
+run's device the default of torch's factories; the engines run under it too. Random streams stay on the
 host (:func:`draw`): every device draws the same numbers, so a CUDA run reproduces a CPU run to float
 tolerance instead of following another random trajectory.
 
@@ -30,7 +30,6 @@ import torch
 
 from peerlearn.spec import ConfigError, config_error
 
-DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]+)?)$"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -107,11 +106,6 @@ def to_device(tree, device: torch.device):
     from torch.utils._pytree import tree_map
 
     return tree_map(lambda x: x.to(device) if is_tensor(x) and x.device != device else x, tree)
-
-
-def to_host(tree):
-    """``tree`` with every tensor on the CPU (what a checkpoint saves: it resumes on any device)."""
-    return to_device(tree, torch.device("cpu"))
 
 
 def tensors(obj, where: str = "built") -> Iterator[tuple[str, torch.Tensor]]:
@@ -210,6 +204,5 @@ def describe(cuda: Cuda | None = None) -> dict:
     gpus = [{"device": f"cuda:{i}", "name": cuda.name(i), "free_gib": round(cuda.free_bytes(i) / 2**30, 1)}
             for i in range(cuda.count)]
     return {"torch": torch.__version__, "cuda_build": torch.version.cuda or "none (a CPU build)",
-            "gpus": gpus, "auto": str(resolve("auto", cuda)), "cpu_threads": torch.get_num_threads(),
-            "nccl": bool(cuda.available and torch.distributed.is_available() and torch.distributed.is_nccl_available())}
+            "gpus": gpus, "auto": str(resolve("auto", cuda)), "cpu_threads": torch.get_num_threads()}
 

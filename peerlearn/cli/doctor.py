@@ -1,5 +1,5 @@
 """``peerlearn doctor``: what this machine offers a run (torch's version and build, the GPUs torch sees,
-what ``device: auto`` picks, whether the distributed engine can use NCCL)."""
+what ``device: auto`` picks, the distributed engine's backend)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ def cmd_doctor(args) -> int:
         free = "" if gpu["free_gib"] is None else f" ({gpu['free_gib']} GiB free)"
         table.add_row("GPU" if gpu["device"] == "-" else gpu["device"], f"{gpu['name']}{free}")
     table.add_row("device: auto", info["auto"])
-    table.add_row("distributed backend", "nccl (GPU ranks), gloo (CPU)" if info["nccl"] else "gloo")
+    table.add_row("distributed backend", "gloo (GPU ranks send through host memory: docs/howto/gpu.md)"
+                  if info["gpus"] else "gloo")
     table.add_row("CPU threads", str(info["cpu_threads"]))
     console.print(table)
     if not info["gpus"]:

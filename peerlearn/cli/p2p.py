@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from peerlearn import runner
-from peerlearn.cli.common import console, err_console
+from peerlearn.cli.common import check_waits, console, err_console
 
 
 def _config(args):
@@ -18,15 +18,6 @@ def _config(args):
         raise ConfigError("config error: --resume: a peer does not resume (a swarm goes on without it; rejoining "
                           "is not built yet)")
     return load_config(args.config, args.set)
-
-
-def _deadline(args) -> float:
-    from peerlearn.config import ConfigError
-
-    value = 10.0 if args.timeout_s is None else args.timeout_s
-    if not 0 < value < 1e6:
-        raise ConfigError(f"config error: --timeout-s: a positive number of seconds below 1e6, got {value}")
-    return value
 
 
 def _need_hivemind() -> None:
@@ -42,7 +33,8 @@ def run_p2p(args) -> int:
     from peerlearn.config import ConfigError
     from peerlearn.engines.p2p.peer import check_config, parse_place
 
-    cfg, deadline = _config(args), _deadline(args)
+    check_waits(args, default_timeout_s=10.0)  # a p2p exchange's deadline
+    cfg, deadline = _config(args), args.timeout_s
     if args.nproc is not None and args.nproc < 1:
         raise ConfigError(f"config error: --nproc: at least 1 peer, got {args.nproc}")
     check_config(cfg, args.nproc if args.nproc is not None else parse_place(args.peer)[1] if args.peer else 1)
@@ -56,6 +48,7 @@ def run_p2p(args) -> int:
 def _launch(args, cfg, deadline: float) -> int:
     from peerlearn.engines.p2p.launch import launch_swarm
     from peerlearn.report import choose_run_dir
+    from peerlearn.report.run_dir import read_summary
     from peerlearn.report.tables import _summary_table
 
     out_dir = choose_run_dir(args.out, cfg.name, args.overwrite)
@@ -64,11 +57,8 @@ def _launch(args, cfg, deadline: float) -> int:
             "--startup-timeout-s", str(args.startup_timeout_s), "--quiet"]
     argv += [a for s in args.set for a in ("--set", s)] + ["--overwrite"] * args.overwrite
     codes = launch_swarm(argv, args.nproc, out_dir, args.startup_timeout_s)
-    finals = {}
-    for i in range(args.nproc):
-        summary = out_dir / f"peer{i}" / "summary.json"
-        if summary.is_file():
-            finals[f"peer{i}"] = json.loads(summary.read_text()).get("final", {})
+    summaries = {f"peer{i}": read_summary(out_dir / f"peer{i}") for i in range(args.nproc)}
+    finals = {name: s.get("final", {}) for name, s in summaries.items() if s is not None}
     _swarm_results(out_dir)
     if finals and not args.quiet:
         console.print(_summary_table(f"{cfg.name}: {cfg.algorithm.name} on {cfg.topology.graph.name}, {cfg.num_nodes} "
@@ -83,6 +73,7 @@ def _swarm_results(out_dir: Path) -> None:
     """``swarm.csv`` (:func:`peerlearn.results.swarm`) and ``swarm.png``: every peer's accuracy and the swarm's
     (over its live peers' honest nodes) against wall time."""
     from peerlearn.report.plots import plot_swarm
+    from peerlearn.report.run_dir import read_run
     from peerlearn.results import swarm
 
     try:
@@ -90,15 +81,8 @@ def _swarm_results(out_dir: Path) -> None:
     except FileNotFoundError:  # no peer wrote a row
         return
     merged.to_csv(out_dir / "swarm.csv", index=False)
-    runs = {p.name: _csv_rows(p / "metrics.csv") for p in sorted(out_dir.glob("peer*")) if (p / "metrics.csv").is_file()}
+    runs = {p.name: read_run(p)[1] for p in sorted(out_dir.glob("peer*")) if (p / "metrics.csv").is_file()}
     plot_swarm(runs, merged.to_dict("records"), out_dir / "swarm.png", out_dir.name)
-
-
-def _csv_rows(path: Path) -> list[dict]:
-    import csv
-
-    with open(path, newline="") as f:
-        return [{k: float(v) if v not in ("", None) else float("nan") for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def _peer(args, cfg, deadline: float) -> int:

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from peerlearn import runner
-from peerlearn.cli.common import console, err_console
+from peerlearn.cli.common import check_waits, console, err_console
 from peerlearn.report.tables import _summary_table
 
 
@@ -85,10 +85,7 @@ def _run_distributed(args) -> int:
     from peerlearn.config import ConfigError
     from peerlearn.engines import distributed
 
-    args.timeout_s = 60.0 if args.timeout_s is None else args.timeout_s
-    for flag, value in (("--timeout-s", args.timeout_s), ("--startup-timeout-s", args.startup_timeout_s)):
-        if not 0 < value < 1e6:
-            raise ConfigError(f"config error: {flag}: a positive number of seconds below 1e6, got {value}")
+    check_waits(args, default_timeout_s=60.0)
     if args.nproc is not None and "RANK" not in os.environ:  # the launcher: check, then start the ranks
         if args.nproc < 1:
             raise ConfigError(f"config error: --nproc: at least 1 rank, got {args.nproc}")

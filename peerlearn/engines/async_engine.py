@@ -109,7 +109,7 @@ class _Events:
         if W is not None:
             self.net.set_topology(W)
         if rf is not None:
-            self.alive_N = rf.alive_N.to(self.params_NP.device)
+            self.alive_N = rf.alive_N
             self.due_N[rf.joined] = np.maximum(self.due_N[rf.joined], round_start)  # no burst of missed wake-ups
         alive, slices = numpy(self.alive_N), self.built.config.clock.slices_per_round
         for k in range(slices):

@@ -184,8 +184,8 @@ class _Rank:
         W, rf, copies = round_network(self.built, round_, self.faults)
         self.comm.set_topology(W if W is not None else self.built.W)
         if rf is not None:
-            self.alive_N = rf.alive_N.to(self.params_RP.device)
-            self.comm.set_alive(self.alive_N)
+            self.alive_N = rf.alive_N
+            self.comm.set_alive(rf.alive_N)
             if len(copies[0]):
                 models, ids = self.comm.gather_rows(self.params_RP)
                 everyone = self.built.params_NP.new_zeros(self.built.config.num_nodes, models.shape[1])

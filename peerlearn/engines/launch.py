@@ -28,18 +28,24 @@ def launch_local(worker_argv: list[str], nproc: int, grace_s: float = 10.0) -> i
     ranks), or the first failure's code when rank 0 was killed.
     """
     store = loopback_store(0, datetime.timedelta(seconds=60))
-    threads = max(1, (os.cpu_count() or 1) // nproc)
-    environ = {k: v for k, v in os.environ.items() if k not in ("PEERLEARN_SECRET", "PEERLEARN_SECRET_FILE")}
-    base = {**environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(store.port), "WORLD_SIZE": str(nproc),
-            "LOCAL_WORLD_SIZE": str(nproc), "TORCHELASTIC_USE_AGENT_STORE": "True",
-            "PEERLEARN_SECRET": secrets.token_hex(32),  # a fresh secret per launch: its ranks, and nobody else
-            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads))}
+    base = {**launch_environment(nproc), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(store.port),
+            "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc), "TORCHELASTIC_USE_AGENT_STORE": "True"}
     procs = [subprocess.Popen([sys.executable, "-m", "peerlearn", *worker_argv],
                               env={**base, "RANK": str(r), "LOCAL_RANK": str(r)}) for r in range(nproc)]
     codes = wait_all(procs, grace_s, "rank")
     if codes[0] >= 0:
         return codes[0]
     return next((c for c in codes if c > 0), 1)
+
+
+def launch_environment(nproc: int) -> dict[str, str]:
+    """The environment of the ``nproc`` processes a launch starts on this machine: this one's, with a fresh
+    secret that only they get (``PEERLEARN_SECRET``; a secret of the caller's is not passed on) and the cores
+    shared among them (``OMP_NUM_THREADS``, unless set)."""
+    threads = max(1, (os.cpu_count() or 1) // nproc)
+    environ = {k: v for k, v in os.environ.items() if k not in ("PEERLEARN_SECRET", "PEERLEARN_SECRET_FILE")}
+    return {**environ, "PEERLEARN_SECRET": secrets.token_hex(32),
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads))}
 
 
 def wait_all(procs: list[subprocess.Popen], grace_s: float, what: str, then=None) -> list[int]:

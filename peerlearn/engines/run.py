@@ -9,7 +9,7 @@ import time
 import numpy as np
 import torch
 
-from peerlearn.device import to_device
+from peerlearn.device import from_host, numpy, to_device
 from peerlearn.divergence import DivergenceWatch
 from peerlearn.metrics import consensus_distance, summarize
 from peerlearn.models.functional import FlatModel, predicted_matches
@@ -135,7 +135,7 @@ def restore(built, resume: dict) -> tuple[int, Tensor, object, list[dict], Tenso
     rows so far, alive_N); the sampler's generator is restored in place."""
     built.batches.load_state_dict(resume["sampler"])
     device = built.params_NP.device
-    alive_N = None if built.faults is None else torch.from_numpy(built.faults.alive(resume["round"]).copy()).to(device)
+    alive_N = None if built.faults is None else from_host(built.faults.alive(resume["round"]).copy())
     return (resume["round"] + 1, resume["params_NP"].to(device, copy=True), to_device(resume["state"], device),
             list(resume["rows"]), alive_N)
 
@@ -150,7 +150,7 @@ def round_network(built, round_: int, faults: FaultPlan | None = None) -> tuple[
     if faults is None:
         return base_W, None, ()
     rf = faults.at(round_, base_W if base_W is not None else built.W)
-    return rf.W, rf, faults.rejoin_sources(rf.joined, built.adjacency, rf.alive_N.numpy(), round_)
+    return rf.W, rf, faults.rejoin_sources(rf.joined, built.adjacency, numpy(rf.alive_N), round_)
 
 
 def rejoin(params_NP: Tensor, copies: tuple) -> Tensor:

@@ -88,7 +88,7 @@ class _Batched:
             comm.set_topology(W)
         if rf is not None:
             comm.set_alive(rf.alive_N)
-            self.alive_N = rf.alive_N.to(self.params_NP.device)
+            self.alive_N = rf.alive_N
             if clock is not None and len(copied[0]):  # the copy's time comes with it
                 clock.sync(*copied)
         alive_N = self.alive_N

@@ -31,8 +31,8 @@ from typing import Callable
 
 import numpy as np
 import scipy.sparse as sp
-import torch
 
+from peerlearn.device import from_host
 from peerlearn.topology.clique import Clique, as_csr
 from peerlearn.types import Tensor
 
@@ -146,7 +146,7 @@ class FaultPlan:
             W = self._lose_messages(W, round_)
         alive = self.alive(round_)
         before = self.alive(round_ - 1) if round_ > 0 else alive
-        return RoundFaults(torch.from_numpy(alive.copy()), W, np.flatnonzero(alive & ~before))
+        return RoundFaults(from_host(alive.copy()), W, np.flatnonzero(alive & ~before))  # on the run's device
 
     def with_departures(self, gone_TN: np.ndarray) -> FaultPlan:
         """This plan with the nodes of ``gone_TN`` down as well (ranks that left a distributed run)."""

@@ -33,12 +33,16 @@ DEFAULT_PERIOD_S = 0.1
 class GossipPeer:
     """One peer's nodes under an asynchronous algorithm (see the module doc)."""
 
-    def __init__(self, built, swarm, rows: Tensor, view, book, roster: dict, start: float, join_round: int = 0):
+    def __init__(self, built, swarm, rows: Tensor, view, book, roster: dict, swarm_start: float, joining: bool):
+        """``swarm_start``: the swarm's first peer's start (``time.time()``), the clock every peer's rounds follow;
+        ``joining``: the swarm was running before this peer came (it starts at the swarm's current round)."""
         cfg = built.config
         self.built, self.swarm, self.rows, self.view, self.book = built, swarm, rows, view, book
         self.lo, self.hi = int(rows[0]), int(rows[-1]) + 1
         self.period = cfg.algorithm.period_s or DEFAULT_PERIOD_S
-        self.start, self.join_round = start, join_round
+        elapsed = time.time() - swarm_start
+        self.start = time.monotonic() - elapsed
+        self.join_round = min(int(elapsed / self.period), cfg.num_rounds - 1) if joining else 0
         self.algorithm = built.algorithm
         self.batches = RowBatches(built.batches, rows)
         self.params_RP = built.params_NP[rows].clone()

@@ -8,15 +8,13 @@ others. Each peer writes its own run folder, ``OUT/peer<i>``. Interrupting the l
 
 from __future__ import annotations
 
-import os
-import secrets
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from peerlearn.engines.launch import wait_all
+from peerlearn.engines.launch import launch_environment, wait_all
 
 ADDRESS_FILE = "PEERLEARN_P2P_ADDRESS_FILE"  # where peer 0 writes its multiaddrs (one per line)
 
@@ -24,10 +22,7 @@ ADDRESS_FILE = "PEERLEARN_P2P_ADDRESS_FILE"  # where peer 0 writes its multiaddr
 def launch_swarm(worker_argv: list[str], nproc: int, out_dir: Path, startup_timeout_s: float = 120.0,
                  grace_s: float = 10.0) -> list[int]:
     """Run ``python -m peerlearn *worker_argv --peer i/K --out OUT/peer<i>`` for every peer; their exit codes."""
-    threads = max(1, (os.cpu_count() or 1) // nproc)
-    environ = {k: v for k, v in os.environ.items() if k not in ("PEERLEARN_SECRET", "PEERLEARN_SECRET_FILE")}
-    base = {**environ, "PEERLEARN_SECRET": secrets.token_hex(32),  # this launch's peers, and nobody else
-            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads))}
+    base = launch_environment(nproc)  # a fresh secret for this launch's peers, and nobody else
     with tempfile.TemporaryDirectory(prefix="peerlearn-p2p-") as tmp:
         address = Path(tmp) / "peer0.maddrs"
 

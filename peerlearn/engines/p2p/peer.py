@@ -145,19 +145,16 @@ def run_peer(built, swarm, index: int, peers: int, deadline_s: float = 10.0, sta
     asynchronous = built.config.algorithm.capabilities.asynchronous
     roster = wait_for_peers(swarm, peers if wait_for is None else wait_for, startup_timeout_s, say, asynchronous)
     started = [e["started"] for e in roster.values() if isinstance(e.get("started"), (int, float))]
-    now = time.time()
-    swarm_start = min(started) if started else now  # the swarm's clock: its first peer's start
+    swarm_start = min(started) if started else time.time()  # the swarm's clock: its first peer's start
     swarm.announce({**entry, "started": swarm_start}, ttl_s=ttl)
     say(f"peer {index}/{peers} ({swarm.peer_id}): nodes {int(rows[0])}..{int(rows[-1])}; {len(roster)} peers")
     with scope(built.device, built.config.deterministic):
         if asynchronous:
             view = peer_view(built, rows)
             book = RunRows(view, make_evaluator(view), watch_run(view), on_eval)
-            period = built.config.algorithm.period_s or 0.1
-            join_round = min(int((now - swarm_start) / period), built.config.num_rounds - 1) if started else 0
-            me = GossipPeer(built, swarm, rows, view, book, roster, time.monotonic() - (now - swarm_start), join_round)
-            if join_round:
-                say(f"peer {index} joins the running swarm at round {join_round}")
-            return run_rounds(me, view, book, on_round, on_finish, resume={} if join_round else None)
+            me = GossipPeer(built, swarm, rows, view, book, roster, swarm_start, joining=bool(started))
+            if me.join_round:
+                say(f"peer {index} joins the running swarm at round {me.join_round}")
+            return run_rounds(me, view, book, on_round, on_finish, resume={} if me.join_round else None)
         me = _Peer(built, swarm, index, peers, roster, deadline_s, on_eval)
         return run_rounds(me, me.view, me.book, on_round, on_finish)
