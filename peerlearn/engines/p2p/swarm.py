@@ -266,15 +266,10 @@ class Swarm:
                     await writer.drain()
                 finally:
                     writer.close()
-            deadline = time.monotonic() + timeout_s
-            while True:  # a stream that fails to open (a connection still being set up) is tried again
-                try:
-                    await asyncio.wait_for(go(), max(deadline - time.monotonic(), 0.001))
-                    break
-                except Exception:  # gone, refused or too slow, and no time left: a dropped message
-                    if time.monotonic() + 0.1 >= deadline:
-                        return None
-                    await asyncio.sleep(0.1)
+            try:
+                await asyncio.wait_for(go(), timeout_s)
+            except Exception:  # gone, refused or too slow: a dropped message
+                return None
             self.payload_sent += len(data)
             self.overhead_sent += len(head) + 16  # the header and two 8-byte length prefixes
             return peer
