@@ -122,7 +122,7 @@ def swarm(path):
         frames.append(frame)
     rows = pd.concat(frames, ignore_index=True)
     summed = [c for c in ("bytes_sent_total", "payload_bytes_sent", "overhead_bytes_sent", "bytes_received",
-                          "dropped_messages", "refused_messages", "messages_sent", "messages_received") if c in rows]
+                          "dropped_messages", "unsent_messages", "refused_messages", "messages_sent", "messages_received") if c in rows]
 
     def merge(group):
         w = group["weight"].to_numpy(dtype=float)

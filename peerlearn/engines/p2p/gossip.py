@@ -28,6 +28,8 @@ from peerlearn.topology.clique import as_csr
 from peerlearn.types import Tensor
 
 DEFAULT_PERIOD_S = 0.1
+SEND_TIMEOUT_S = 2.0  # a model not delivered by then is dropped (gossip learning does without it; a peer
+# that left, or finished before this one, is not tried for long)
 
 
 class GossipPeer:
@@ -78,7 +80,8 @@ class GossipPeer:
     def record(self, round_: int) -> None:
         s = self.swarm
         more = {"peers_seen": len(self.roster), "messages_sent": self.sent, "messages_received": self.received,
-                "unreachable_sends": self.unreachable, "refused_messages": s.refused_messages,
+                "unreachable_sends": self.unreachable,
+                "unsent_messages": sum(s.unsent.values()), "refused_messages": s.refused_messages,
                 "refused_peers": len(s.admission.refused), "payload_bytes_sent": s.payload_sent,
                 "overhead_bytes_sent": s.overhead_sent, "bytes_received": s.mailbox.bytes_received}
         self.book.record(round_, self.params_RP, None, float(self.bytes_sent_N.sum()), {}, more)
@@ -114,7 +117,7 @@ class GossipPeer:
             self.swarm.mailbox.put((j, self.lo + i, age, self.params_RP[i].clone()), 0)
             return
         header = {"round": 0, "call": 0, "nodes": [self.lo + i], "to": j, "age": age}
-        self.swarm.send_soon({self.peers[self.host[j]]: (header, self.params_RP[i:i + 1])}, 10.0)
+        self.swarm.send_soon({self.peers[self.host[j]]: (header, self.params_RP[i:i + 1])}, SEND_TIMEOUT_S)
 
     def _take(self, items: list, round_: int) -> None:
         """The models that came, in order; a receiver takes one per batch (the next batch takes the rest)."""

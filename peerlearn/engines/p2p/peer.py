@@ -110,7 +110,7 @@ class _Peer:
     def record(self, round_: int) -> None:
         s, c = self.swarm, self.comm
         more = {"peers_seen": len(c.roster), "dropped_messages": c.dropped, "late_messages": s.inbox.late,
-                "refused_messages": s.refused_messages, "refused_peers": len(s.admission.refused),
+                "unsent_messages": sum(s.unsent.values()), "refused_messages": s.refused_messages, "refused_peers": len(s.admission.refused),
                 "payload_bytes_sent": s.payload_sent, "overhead_bytes_sent": s.overhead_sent,
                 "bytes_received": s.inbox.bytes_received}
         self.book.record(round_, self.params_RP, None, float(c.bytes_sent_N.sum()) + c.bytes_sent_server, {}, more)

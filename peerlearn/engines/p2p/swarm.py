@@ -14,7 +14,10 @@ public key that opened it, so a peer cannot pretend to be another.
 - **Messages**: one libp2p stream per message: a JSON header frame (run, proof, round, exchange, node ids,
   shape, dtype), then the rows as raw little-endian floats. A received message is read as data: its header
   is checked against what this run expects (the number of parameters, a float dtype, the sizes) before a
-  byte of it becomes a tensor; nothing is unpickled.
+  byte of it becomes a tensor; nothing is unpickled. The receiver answers each message with one byte: kept
+  or refused. A message is delivered once it is kept: a stream that fails before (a reset, a peer not yet
+  reachable) is opened again until the exchange's deadline, and a peer that leaves waits for its sends
+  under way first (without the answer, a peer's last messages died with its daemon).
 
 The asyncio side runs on one background thread; the engine's thread calls :meth:`Swarm.call`.
 """
@@ -32,7 +35,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-PROTOCOL = "peerlearn.model.v1"
+PROTOCOL = "peerlearn.model.v2"  # v2: every message is acknowledged
+ACK, NAK = b"\x01", b"\x00"  # the receiver's answer: kept, or refused
 MAX_HEADER_BYTES = 1 << 20
 LOOKAHEAD = 64  # rounds ahead of this peer that a message may be for (a peer none of whose nodes listens to
 # another peer this round runs ahead, e.g. on a time-varying topology); later ones are dropped as early
@@ -191,6 +195,8 @@ class Swarm:
         self.inbox = Inbox()
         self.mailbox = Mailbox()
         self.refused_messages = 0
+        self.unsent: dict[str, int] = {}  # why messages this peer sent were not delivered: reason -> count
+        self._pending: set = set()  # sends under way (futures of send_soon)
         self.payload_sent = self.overhead_sent = 0
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="peerlearn-p2p", daemon=True)
@@ -249,40 +255,59 @@ class Swarm:
     # -- messages --------------------------------------------------------------------------------
     def send_soon(self, targets: dict[str, tuple[dict, torch.Tensor]], timeout_s: float):
         """Send ``header, rows`` to each peer id of ``targets``, without waiting: the rows are encoded now (the
-        caller may change them next), the sends run on the swarm's loop, each given up after ``timeout_s``
-        (a dropped message). Returns the future of the set of peers reached."""
-        from hivemind.p2p import PeerID
-
+        caller may change them next), the sends run on the swarm's loop. A message is delivered when its
+        receiver acknowledges it (it has read and kept it); a stream that fails before that is opened again
+        until ``timeout_s`` has passed, then the message is dropped (and why is counted in :attr:`unsent`).
+        Returns the future of the set of peers reached; :meth:`close` waits for the sends still under way."""
         proof = self.admission.proof(self.peer_id)
         frames = {peer: encode({**header, "run": self.run_id, "proof": proof}, rows)
                   for peer, (header, rows) in targets.items()}
 
-        async def one(peer: str, head: bytes, data: bytes) -> str | None:
-            async def go():
-                _, reader, writer = await self.p2p.call_binary_stream_handler(PeerID.from_base58(peer), PROTOCOL)
-                try:
-                    await self.p2p.send_raw_data(head, writer)
-                    await self.p2p.send_raw_data(data, writer)
-                    await writer.drain()
-                finally:
-                    writer.close()
-            try:
-                await asyncio.wait_for(go(), timeout_s)
-            except Exception:  # gone, refused or too slow: a dropped message
-                return None
-            self.payload_sent += len(data)
-            self.overhead_sent += len(head) + 16  # the header and two 8-byte length prefixes
-            return peer
-
         async def every():
-            return {p for p in await asyncio.gather(*(one(p, h, d) for p, (h, d) in frames.items())) if p}
+            sends = (self._deliver(p, h, d, time.monotonic() + timeout_s) for p, (h, d) in frames.items())
+            return {p for p in await asyncio.gather(*sends) if p}
 
-        return asyncio.run_coroutine_threadsafe(every(), self.loop)
+        future = asyncio.run_coroutine_threadsafe(every(), self.loop)
+        self._pending.add(future)
+        future.add_done_callback(self._pending.discard)
+        return future
+
+    async def _deliver(self, peer: str, head: bytes, data: bytes, deadline: float) -> str | None:
+        """One message to ``peer``, acknowledged, retried until ``deadline``: the peer id, or None if dropped."""
+        from hivemind.p2p import PeerID
+
+        async def attempt() -> bytes:
+            _, reader, writer = await self.p2p.call_binary_stream_handler(PeerID.from_base58(peer), PROTOCOL)
+            try:
+                await self.p2p.send_raw_data(head, writer)
+                await self.p2p.send_raw_data(data, writer)
+                return await reader.readexactly(1)
+            finally:
+                writer.close()
+
+        pause, why = 0.05, "no time left"
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                answer = await asyncio.wait_for(attempt(), left)
+            except Exception as e:  # not delivered (a stream reset, a peer not reached yet, too slow): again
+                why = f"{type(e).__name__}: {e}"[:200] or type(e).__name__
+                await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+                pause = min(2 * pause, 1.0)
+                continue
+            if answer == ACK:
+                self.payload_sent += len(data)
+                self.overhead_sent += len(head) + 17  # the header, two 8-byte length prefixes, the acknowledgement
+                return peer
+            why = "refused by the receiver"  # not admitted or not this run's rows: sending again changes nothing
+            break
+        self.unsent[why] = self.unsent.get(why, 0) + 1
+        return None
 
     async def _receive(self, info, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         from hivemind.p2p import P2P
 
         peer = str(info.peer_id)
+        answer = NAK
         try:
             head = await P2P.receive_raw_data(reader)
             if len(head) > MAX_HEADER_BYTES:
@@ -290,8 +315,7 @@ class Swarm:
             claimed = json.loads(head.decode())
             if (not isinstance(claimed, dict) or claimed.get("run") != self.run_id
                     or not self.admission.admits(peer, claimed.get("proof", ""))):
-                self.refused_messages += 1
-                return
+                raise ValueError("not admitted")
             data = await P2P.receive_raw_data(reader)
             header, rows = decode(head, data, self.num_params, self.max_rows)
             size = len(head) + len(data) + 16
@@ -299,13 +323,27 @@ class Swarm:
                 self.mailbox.put((header["to"], header["nodes"][0], float(header["age"]), rows[0]), size)
             else:
                 self.inbox.put((header["round"], header["call"]), peer, header["nodes"], rows, size)
-        except Exception:  # a malformed or cut message is dropped, never raised into the daemon's loop
+            answer = ACK
+        except (asyncio.IncompleteReadError, ConnectionError):  # a stream cut short: its sender sends it again
+            answer = None
+        except Exception:  # a malformed or unadmitted message is refused, never raised into the daemon's loop
             self.refused_messages += 1
+        try:
+            if answer is not None:
+                writer.write(answer)
+                await writer.drain()
+        except Exception:  # the sender is gone
+            pass
         finally:
             writer.close()
 
-    def close(self) -> None:
-        """Leave: stop the heartbeat, shut the DHT node and its daemon down, end the loop's tasks."""
+    def close(self, linger_s: float = 60.0) -> None:
+        """Leave: let the sends under way end (delivered, or dropped at their deadline; at most ``linger_s``),
+        stop the heartbeat, shut the DHT node and its daemon down, end the loop's tasks."""
+        import concurrent.futures
+
+        if self._pending:
+            concurrent.futures.wait(list(self._pending), timeout=linger_s)
         self._stop.set()
 
         async def down():
