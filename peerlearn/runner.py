@@ -19,7 +19,8 @@ import os
 from pathlib import Path
 from typing import Callable
 
-EXIT_CODE = {"completed": 0, "interrupted": 130}  # any other status: 1
+EXIT_CODE = {"completed": 0, "left": 0, "interrupted": 130}  # any other status: 1 ("left": a p2p peer's planned
+# leave, peerlearn.engines.p2p.churn)
 
 
 def compute_setup(cfg) -> dict:

@@ -47,6 +47,8 @@ def _peer_arguments(parser: argparse.ArgumentParser) -> None:
                         "besides those proving the secret")
     parser.add_argument("--wait-for", type=int, metavar="N", help="p2p: start once N peers are in the roster "
                         "(default: all K); asynchronous algorithms: a peer that finds the swarm running joins it")
+    parser.add_argument("--churn", metavar="FILE", help="p2p: a churn scenario (YAML: which peers join, leave or "
+                        "crash at which round), the same file for every peer")
 
 
 def make_parser() -> argparse.ArgumentParser:

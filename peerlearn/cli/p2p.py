@@ -31,21 +31,24 @@ def _need_hivemind() -> None:
 
 def run_p2p(args) -> int:
     from peerlearn.config import ConfigError
+    from peerlearn.engines.p2p.churn import load_churn
     from peerlearn.engines.p2p.peer import check_config, parse_place
 
     check_waits(args, default_timeout_s=10.0)  # a p2p exchange's deadline
     cfg, deadline = _config(args), args.timeout_s
     if args.nproc is not None and args.nproc < 1:
         raise ConfigError(f"config error: --nproc: at least 1 peer, got {args.nproc}")
-    check_config(cfg, args.nproc if args.nproc is not None else parse_place(args.peer)[1] if args.peer else 1)
+    peers = args.nproc if args.nproc is not None else parse_place(args.peer)[1] if args.peer else 1
+    check_config(cfg, peers)
+    churn = load_churn(args.churn, peers, cfg.num_rounds, cfg.algorithm.capabilities.asynchronous)
     if args.nproc is not None and args.peer is None:  # the launcher: check everything, then start the peers
         runner.check(cfg)
         _need_hivemind()
-        return _launch(args, cfg, deadline)
-    return _peer(args, cfg, deadline)
+        return _launch(args, cfg, deadline, churn)
+    return _peer(args, cfg, deadline, churn)
 
 
-def _launch(args, cfg, deadline: float) -> int:
+def _launch(args, cfg, deadline: float, churn) -> int:
     from peerlearn.engines.p2p.launch import launch_swarm
     from peerlearn.report import choose_run_dir
     from peerlearn.report.run_dir import read_summary
@@ -56,6 +59,8 @@ def _launch(args, cfg, deadline: float) -> int:
     argv = ["run", args.config, "--engine", "p2p", "--timeout-s", str(deadline),
             "--startup-timeout-s", str(args.startup_timeout_s), "--quiet"]
     argv += [a for s in args.set for a in ("--set", s)] + ["--overwrite"] * args.overwrite
+    if args.churn:  # every peer reads its events; the peers that start the swarm wait for each other only
+        argv += ["--churn", str(Path(args.churn).resolve()), "--wait-for", str(args.nproc - len(churn.joiners))]
     codes = launch_swarm(argv, args.nproc, out_dir, args.startup_timeout_s)
     summaries = {f"peer{i}": read_summary(out_dir / f"peer{i}") for i in range(args.nproc)}
     finals = {name: s.get("final", {}) for name, s in summaries.items() if s is not None}
@@ -85,11 +90,12 @@ def _swarm_results(out_dir: Path) -> None:
     plot_swarm(runs, merged.to_dict("records"), out_dir / "swarm.png", out_dir.name)
 
 
-def _peer(args, cfg, deadline: float) -> int:
+def _peer(args, cfg, deadline: float, churn) -> int:
     from peerlearn.config import ConfigError, to_dict
     from peerlearn.engines.dist_comm import node_blocks
     from peerlearn.engines.join import config_digest, read_secret
     from peerlearn.engines.membership import RunStopped
+    from peerlearn.engines.p2p.churn import Left
     from peerlearn.engines.p2p.launch import ADDRESS_FILE
     from peerlearn.engines.p2p.peer import check_config, parse_place, peer_view, run_peer
     from peerlearn.report import choose_run_dir
@@ -141,14 +147,20 @@ def _peer(args, cfg, deadline: float) -> int:
         def stopped(status, err):
             err_console.print(f"peer {index}: {status}: {err}", markup=False, highlight=False, soft_wrap=True)
 
+        left = []
+
         def go():
             try:
                 run_peer(built, swarm, index, peers, deadline, args.startup_timeout_s, say=say, wait_for=args.wait_for,
-                         **folder.callbacks(view, checkpoints=False))
+                         plan=churn.of(index), **folder.callbacks(view, checkpoints=False))
+            except Left as err:  # a planned leave: not a failure
+                left.append(str(err))
+                say(f"peer {index}: {err}")
             except RuntimeError as err:  # the swarm never formed
                 raise RunStopped(str(err)) from None
 
         status = runner.outcome(go, stopped)
+        status = "left" if left and status == "completed" else status
         summary = folder.finish(status, compute)
         if status == "completed" and not args.quiet:
             console.print(f"peer {index}: acc_mean {summary['final'].get('acc_mean', float('nan')):.4f}; "

@@ -326,3 +326,49 @@ def test_a_peer_that_joins_a_running_swarm_reaches_the_others_accuracy(tmp_path)
     others = np.mean([float(_rows(tmp_path / f"peer{i}")[-1]["acc_mean"]) for i in range(4)])
     assert float(joiner[0]["acc_mean"]) < others - 0.2  # it started from scratch ...
     assert float(joiner[-1]["acc_mean"]) > others - 0.05  # ... and caught up
+
+
+def test_a_peer_that_leaves_cleanly_is_not_waited_for(tmp_path):
+    """D-SGD on 4 peers, peer 3 leaves after round 15 (a churn scenario): its rows end there with status ``left``,
+    it exits 0, and the others go on to the end without waiting for it: the deadline is 60 s and the survivors'
+    whole run takes less (they were told, not left to find out by its silence)."""
+    config = _config(tmp_path)
+    churn = tmp_path / "churn.yaml"
+    churn.write_text("events:\n  - {peer: 3, round: 15, event: leave}\n")
+    done = _swarm(config, tmp_path / "swarm", 4, "--churn", str(churn), "--timeout-s", "60")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "killed" not in done.stderr
+    leaver = _rows(tmp_path / "swarm" / "peer3")
+    assert [int(r["round"]) for r in leaver] == [0, 10, 15]
+    assert json.loads((tmp_path / "swarm" / "peer3" / "summary.json").read_text())["status"] == "left"
+    for i in range(3):
+        rows = _rows(tmp_path / "swarm" / f"peer{i}")
+        assert [int(r["round"]) for r in rows] == [0, 10, 20, 30] and float(rows[-1]["wall_time_s"]) < 60
+        assert int(rows[-1]["peers_seen"]) == 3 and int(rows[-1]["unsent_messages"]) == 0
+        assert json.loads((tmp_path / "swarm" / f"peer{i}" / "summary.json").read_text())["status"] == "completed"
+    assert float(_rows(tmp_path / "swarm" / "peer0")[-1]["acc_mean"]) > float(leaver[1]["acc_mean"])  # learning on
+
+
+@pytest.mark.slow
+def test_a_churn_scenario_joins_leaves_and_crashes_peers_at_its_rounds(tmp_path):
+    """Gossip learning on 5 peers with a scenario: peer 4 joins at round 40, peer 1 leaves at round 80, peer 2
+    crashes at round 120. Each happens at its round: the joiner's first row is round 40 and it catches up
+    with the others; the leaver's last row is round 80 (status left); the crashed peer wrote nothing after
+    round 100 (its last evaluation); the rest run to round 200 and saw 5 peers, then 4."""
+    config = _config(tmp_path, num_nodes=20, **{**GOSSIP, "eval_every": 20})
+    churn = tmp_path / "churn.yaml"
+    churn.write_text("events:\n  - {peer: 4, round: 40, event: join}\n  - {peer: 1, round: 80, event: leave}\n"
+                     "  - {peer: 2, round: 120, event: crash}\n")
+    done = _swarm(config, tmp_path / "swarm", 5, "--churn", str(churn))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "peer 2 was killed by SIGKILL" in done.stderr
+    rows = {i: _rows(tmp_path / "swarm" / f"peer{i}") for i in range(5)}
+    status = {i: json.loads(p.read_text())["status"] for i in range(5)
+              if (p := tmp_path / "swarm" / f"peer{i}" / "summary.json").is_file()}
+    assert status == {0: "completed", 1: "left", 3: "completed", 4: "completed"}  # peer 2 crashed
+    assert int(rows[4][0]["round"]) == 40 and int(rows[1][-1]["round"]) == 80 and int(rows[2][-1]["round"]) == 100
+    assert all(int(rows[i][-1]["round"]) == 200 for i in (0, 3, 4))
+    seen = {int(r["round"]): int(r["peers_seen"]) for r in rows[0]}
+    assert seen[20] == 4 and seen[80] == 5 and seen[200] == 4  # the joiner came, the leaver went
+    others = np.mean([float(rows[i][-1]["acc_mean"]) for i in (0, 3)])
+    assert float(rows[4][0]["acc_mean"]) < others - 0.2 and float(rows[4][-1]["acc_mean"]) > others - 0.05

@@ -24,6 +24,7 @@ import scipy.sparse as sp
 import torch
 
 from peerlearn.engines.dist_comm import RowBatches
+from peerlearn.engines.p2p.churn import churn_point
 from peerlearn.topology.clique import as_csr
 from peerlearn.types import Tensor
 
@@ -35,7 +36,8 @@ SEND_TIMEOUT_S = 2.0  # a model not delivered by then is dropped (gossip learnin
 class GossipPeer:
     """One peer's nodes under an asynchronous algorithm (see the module doc)."""
 
-    def __init__(self, built, swarm, rows: Tensor, view, book, roster: dict, swarm_start: float, joining: bool):
+    def __init__(self, built, swarm, rows: Tensor, view, book, roster: dict, swarm_start: float, joining: bool,
+                 plan: dict[str, int] | None = None):
         """``swarm_start``: the swarm's first peer's start (``time.time()``), the clock every peer's rounds follow;
         ``joining``: the swarm was running before this peer came (it starts at the swarm's current round)."""
         cfg = built.config
@@ -44,7 +46,9 @@ class GossipPeer:
         self.period = cfg.algorithm.period_s or DEFAULT_PERIOD_S
         elapsed = time.time() - swarm_start
         self.start = time.monotonic() - elapsed
-        self.join_round = min(int(elapsed / self.period), cfg.num_rounds - 1) if joining else 0
+        self.plan = plan or {}  # churn: a join, a leave or a crash at a round
+        late = self.plan.get("join", int(elapsed / self.period))  # a planned join starts at its round (catching up)
+        self.join_round = min(late, cfg.num_rounds - 1) if joining else 0
         self.algorithm = built.algorithm
         self.batches = RowBatches(built.batches, rows)
         self.params_RP = built.params_NP[rows].clone()
@@ -88,11 +92,13 @@ class GossipPeer:
 
     def advance(self, round_: int) -> None:
         """Real time until the end of period ``round_``: wake-ups and sends, and every model that comes."""
+        churn_point(self.plan, round_, self.book, self.record, self._leave)
         end = self.start + round_ * self.period
         while True:
             now = time.monotonic()
-            if now - self.roster_at > 2.0:  # joiners and leavers
-                self.set_roster(self.swarm.roster())
+            if now - self.roster_at > 2.0 or set(self.swarm.inbox.departed) & set(self.roster):  # joiners, leavers
+                departed = self.swarm.inbox.departed
+                self.set_roster({p: e for p, e in self.swarm.roster().items() if p not in departed})
                 self.roster_at = now
             for i in np.flatnonzero(self.due <= now):
                 self._send(int(i))
@@ -101,6 +107,9 @@ class GossipPeer:
                 break
             self._take(self.swarm.mailbox.take(min(end, float(self.due.min()))), round_)
         self._take(self.swarm.mailbox.take(time.monotonic()), round_)
+
+    def _leave(self, round_: int) -> None:
+        self.swarm.leave(self.peers, round_, self.params_RP.shape[1], SEND_TIMEOUT_S)
 
     # -- messages ------------------------------------------------------------------------------------
     def _send(self, i: int) -> None:
@@ -139,3 +148,20 @@ class GossipPeer:
             self.received += len(first)
             self.book.step(round_, metrics)
             items = rest
+
+
+def wait_for_round(swarm, built, round_: int, timeout_s: float, say) -> None:
+    """Until the running swarm's clock (its first peer's start, in the roster) reaches ``round_`` of its periods:
+    a peer whose churn scenario has it join then (it is not in the roster meanwhile)."""
+    period = built.config.algorithm.period_s or DEFAULT_PERIOD_S
+    deadline = time.monotonic() + timeout_s
+    while True:
+        started = [e["started"] for e in swarm.roster().values() if isinstance(e.get("started"), (int, float))]
+        if started:
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the swarm did not start within {timeout_s:g} s")
+        time.sleep(0.2)
+    wait = min(started) + round_ * period - time.time()
+    say(f"joining the swarm at its round {round_}, in {max(wait, 0.0):.1f} s")
+    time.sleep(max(wait, 0.0))

@@ -9,8 +9,6 @@ read a swarm's folders together.
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 from typing import Callable
 
@@ -18,6 +16,7 @@ from peerlearn.divergence import watch_run
 from peerlearn.engines.dist_comm import RowBatches, node_blocks
 from peerlearn.engines.distributed import _planned_death
 from peerlearn.engines.loop import RunRows, run_rounds
+from peerlearn.engines.p2p.churn import churn_point
 from peerlearn.engines.p2p.comm import P2PComm
 from peerlearn.engines.run import make_evaluator, round_network
 from peerlearn.spec import ConfigError
@@ -84,7 +83,7 @@ def wait_for_peers(swarm, peers: int, timeout_s: float, say: Callable[[str], Non
 
 
 class _Peer:
-    def __init__(self, built, swarm, index: int, peers: int, roster: dict, deadline_s: float, on_eval):
+    def __init__(self, built, swarm, index: int, peers: int, roster: dict, deadline_s: float, on_eval, plan: dict):
         cfg = built.config
         self.built, self.swarm, self.index = built, swarm, index
         self.rows = node_blocks(cfg.num_nodes, peers)[index]
@@ -95,7 +94,8 @@ class _Peer:
         self.book = RunRows(self.view, make_evaluator(self.view), watch_run(self.view), on_eval)
         self.params_RP = built.params_NP[self.rows].clone()
         self.state = built.algorithm.init(self.params_RP)
-        self.die_at = _planned_death(index)  # PEERLEARN_KILL=PEER:ROUND, as for ranks
+        self.plan = {**({"crash": _planned_death(index)} if _planned_death(index) else {}), **plan}  # also
+        # PEERLEARN_KILL=PEER:ROUND, as for ranks
         self.roster_at = time.monotonic()
 
     def models(self) -> Tensor:
@@ -105,7 +105,13 @@ class _Peer:
         """The roster without the peers that left it *and* stopped sending (a DHT lookup that missed a record is
         not a departure)."""
         c = self.comm
-        return {**found, **{p: e for p, e in c.roster.items() if p not in found and c.misses.get(p, 0) < c.patience}}
+        left = {p for p, e in found.items() if e.get("left")} | set(self.swarm.inbox.departed)
+        return {**{p: e for p, e in found.items() if p not in left},
+                **{p: e for p, e in c.roster.items() if p not in found and p not in left
+                   and c.misses.get(p, 0) < c.patience}}
+
+    def _leave(self, round_: int) -> None:
+        self.swarm.leave(self.comm.peers, round_, self.params_RP.shape[1], self.comm.deadline_s)
 
     def record(self, round_: int) -> None:
         s, c = self.swarm, self.comm
@@ -116,10 +122,11 @@ class _Peer:
         self.book.record(round_, self.params_RP, None, float(c.bytes_sent_N.sum()) + c.bytes_sent_server, {}, more)
 
     def advance(self, round_: int) -> None:
-        if round_ == self.die_at:  # fault injection: a real crash, at a chosen point
-            os.kill(os.getpid(), signal.SIGKILL)
-        if time.monotonic() - self.roster_at > 5 * self.comm.deadline_s:  # who is still there
-            self.comm.set_roster(self._still_there(self.swarm.roster()))
+        churn_point(self.plan, round_, self.book, self.record, self._leave)  # a crash or a leave, when planned
+        c = self.comm
+        if (time.monotonic() - self.roster_at > 5 * c.deadline_s  # who is still there
+                or set(self.swarm.inbox.departed) & set(c.roster)):
+            c.set_roster(self._still_there(self.swarm.roster(with_left=True)))
             self.roster_at = time.monotonic()
         W = round_network(self.built, round_)[0]  # a time-varying topology's W of this round (faults are real here)
         if W is not None:
@@ -133,16 +140,22 @@ class _Peer:
 def run_peer(built, swarm, index: int, peers: int, deadline_s: float = 10.0, startup_timeout_s: float = 120.0,
              on_eval: Callable[[dict], None] | None = None, on_round: Callable[[int, dict], None] | None = None,
              on_finish: Callable[[Tensor], None] | None = None, say: Callable[[str], None] = lambda line: None,
-             wait_for: int | None = None) -> list[dict]:
+             wait_for: int | None = None, plan: dict[str, int] | None = None) -> list[dict]:
     """Run peer ``index`` of ``peers``: announce its nodes, wait for ``wait_for`` peers (default all; under an
-    asynchronous algorithm a swarm already running is joined at once), then the rounds; returns its rows."""
+    asynchronous algorithm a swarm already running is joined at once), then the rounds; returns its rows.
+    ``plan``: its churn events (:meth:`~peerlearn.engines.p2p.churn.Churn.of`): a peer that joins at a round
+    stays out of the roster until the swarm's clock reaches it; one that leaves raises ``Left`` after its round."""
     from peerlearn.device import scope
-    from peerlearn.engines.p2p.gossip import GossipPeer
+    from peerlearn.engines.p2p.gossip import GossipPeer, wait_for_round
 
+    plan = plan or {}
     rows = node_blocks(built.config.num_nodes, peers)[index]
     entry, ttl = {"index": index, "nodes": [int(rows[0]), int(rows[-1]) + 1]}, max(10.0, 5 * deadline_s)
-    swarm.announce(entry, ttl_s=ttl)
     asynchronous = built.config.algorithm.capabilities.asynchronous
+    if "join" in plan:  # a late joiner: out of the roster until the swarm's round plan["join"]
+        wait_for_round(swarm, built, plan["join"], startup_timeout_s, say)
+    running = any(e.get("started") for e in swarm.roster().values())  # before this peer is in the roster
+    swarm.announce(entry, ttl_s=ttl)
     roster = wait_for_peers(swarm, peers if wait_for is None else wait_for, startup_timeout_s, say, asynchronous)
     started = [e["started"] for e in roster.values() if isinstance(e.get("started"), (int, float))]
     swarm_start = min(started) if started else time.time()  # the swarm's clock: its first peer's start
@@ -152,9 +165,9 @@ def run_peer(built, swarm, index: int, peers: int, deadline_s: float = 10.0, sta
         if asynchronous:
             view = peer_view(built, rows)
             book = RunRows(view, make_evaluator(view), watch_run(view), on_eval)
-            me = GossipPeer(built, swarm, rows, view, book, roster, swarm_start, joining=bool(started))
+            me = GossipPeer(built, swarm, rows, view, book, roster, swarm_start, joining=running, plan=plan)
             if me.join_round:
                 say(f"peer {index} joins the running swarm at round {me.join_round}")
             return run_rounds(me, view, book, on_round, on_finish, resume={} if me.join_round else None)
-        me = _Peer(built, swarm, index, peers, roster, deadline_s, on_eval)
+        me = _Peer(built, swarm, index, peers, roster, deadline_s, on_eval, plan)
         return run_rounds(me, me.view, me.book, on_round, on_finish)

@@ -79,10 +79,15 @@ class Inbox:
     late: int = 0
     early: int = 0
     bytes_received: int = 0
+    departed: dict = field(default_factory=dict)  # peer id -> the first exchange it is no longer in (it left)
 
-    def put(self, key: tuple, peer: str, nodes: list[int], rows: torch.Tensor, size: int) -> None:
+    def put(self, key: tuple, peer: str, nodes: list[int], rows: torch.Tensor, size: int, bye: bool = False) -> None:
         with self.cond:
             self.bytes_received += size
+            if bye:  # the peer left: from exchange ``key`` on, nobody waits for it
+                self.departed[peer] = key
+                self.cond.notify_all()
+                return
             if key < self.oldest:
                 self.late += 1
                 return
@@ -98,7 +103,7 @@ class Inbox:
     def wait(self, key: tuple, peers: set[str], deadline: float) -> tuple[dict, set[str]]:
         """The rows of exchange ``key`` once every peer of ``peers`` sent, or at ``deadline``; and who sent."""
         with self.cond:
-            while not peers <= self.senders.get(key, set()):
+            while not peers - {p for p, k in self.departed.items() if k <= key} <= self.senders.get(key, set()):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
@@ -212,6 +217,7 @@ class Swarm:
         self.call(self.p2p.add_binary_stream_handler(PROTOCOL, self._receive), 60.0)
         self._roster_key = f"peerlearn:{run_id}:roster"
         self._entry: dict | None = None
+        self._beating = False
         self._stop = threading.Event()
 
     # -- plumbing --------------------------------------------------------------------------------
@@ -224,24 +230,37 @@ class Swarm:
     # -- the roster ------------------------------------------------------------------------------
     def announce(self, entry: dict, ttl_s: float) -> None:
         """Put this peer in the roster (``entry``: its index and nodes) and keep it there every ``ttl_s / 3``."""
-        self._entry = {**entry, "proof": self.admission.proof(self.peer_id)}
+        self._entry, self._ttl = {**entry, "proof": self.admission.proof(self.peer_id)}, ttl_s
         self._store(ttl_s)
-        threading.Thread(target=self._heartbeat, args=(ttl_s,), name="peerlearn-p2p-heartbeat", daemon=True).start()
+        if not self._beating:
+            self._beating = True
+            threading.Thread(target=self._heartbeat, name="peerlearn-p2p-heartbeat", daemon=True).start()
 
     def _store(self, ttl_s: float) -> None:
         from hivemind.utils import get_dht_time
 
         self.call(self.node.store(self._roster_key, self._entry, get_dht_time() + ttl_s, subkey=self.peer_id), 30.0)
 
-    def _heartbeat(self, ttl_s: float) -> None:
-        while not self._stop.wait(ttl_s / 3):
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self._ttl / 3):
             try:
-                self._store(ttl_s)
+                self._store(self._ttl)
             except Exception:  # the DHT is shutting down, or a hiccup: the next beat tries again
                 pass
 
-    def roster(self) -> dict[str, dict]:
-        """The admitted peers that are alive (their records unexpired), by peer id."""
+    def leave(self, peers: list[str], round_: int, width: int, timeout_s: float) -> None:
+        """Leave the swarm cleanly after round ``round_ - 1``: the roster record says so, and each of ``peers`` is
+        told (a message of no rows, ``bye``) that this peer is in no exchange from round ``round_`` on, so
+        nobody waits for it; returns once they have been told (or ``timeout_s`` passed)."""
+        self._entry = {**self._entry, "left": True}
+        self._store(self._ttl)
+        bye = {"round": round_, "call": 0, "nodes": [], "bye": True}
+        self.send_soon({p: (bye, torch.zeros(0, width)) for p in peers if p != self.peer_id}, timeout_s).result(
+            timeout_s + 5)
+
+    def roster(self, with_left: bool = False) -> dict[str, dict]:
+        """The admitted peers that are alive (their records unexpired), by peer id; those that left cleanly only
+        ``with_left`` (their records say ``left``)."""
         found = self.call(self.node.get(self._roster_key, latest=True), 30.0)
         out = {}
         if found is None or not isinstance(found.value, dict):
@@ -249,7 +268,8 @@ class Swarm:
         for peer, item in found.value.items():
             entry = getattr(item, "value", None)
             if isinstance(entry, dict) and isinstance(peer, str) and self.admission.admits(peer, entry.get("proof", "")):
-                out[peer] = entry
+                if with_left or not entry.get("left"):
+                    out[peer] = entry
         return out
 
     # -- messages --------------------------------------------------------------------------------
@@ -319,7 +339,9 @@ class Swarm:
             data = await P2P.receive_raw_data(reader)
             header, rows = decode(head, data, self.num_params, self.max_rows)
             size = len(head) + len(data) + 16
-            if "to" in header:
+            if header.get("bye") is True:
+                self.inbox.put((header["round"], header["call"]), peer, [], rows, size, bye=True)
+            elif "to" in header:
                 self.mailbox.put((header["to"], header["nodes"][0], float(header["age"]), rows[0]), size)
             else:
                 self.inbox.put((header["round"], header["call"]), peer, header["nodes"], rows, size)
