@@ -66,7 +66,8 @@ class AsyncPushSumSpec(Asynchronous):
     """Asynchronous push-sum: a waking node trains and pushes half its mass (Assran & Rabbat, 2020)."""
 
     name: Literal["async_push_sum"] = "async_push_sum"
-    capabilities: ClassVar = Capabilities(engines=frozenset({"simulator"}), asynchronous=True, column_stochastic=True)
+    capabilities: ClassVar = Capabilities(engines=frozenset({"simulator", "p2p"}), asynchronous=True,
+                                          column_stochastic=True)
     why_not: ClassVar = {  # why model attacks and privacy noise do not act on its messages
         "attack": "its messages carry push-sum weights; attacks on the weights are not modelled yet",
         "privacy": "noise on push-sum weights is not modelled yet"}

@@ -1,15 +1,19 @@
-"""Asynchronous algorithms on a swarm (gossip learning), on wall-clock time: a :func:`~peerlearn.engines.loop.run_rounds`
-driver whose round is one timer period of real time.
+"""Asynchronous algorithms on a swarm (gossip learning, asynchronous push-sum), on wall-clock time: a
+:func:`~peerlearn.engines.loop.run_rounds` driver whose round is one timer period of real time.
 
 Every node of the peer wakes on its own timer (period ``algorithm.period_s``, default 0.1 s; first wake-ups
-spread over the first period) and sends its model and age to a random out-neighbour whose peer is in the
-roster; a peer takes in the models that come for its nodes as they come (the algorithm's ``receive``:
-gossip learning merges by age and trains). A node sends once per period, so after ``num_rounds`` periods
-every node made as many exchanges as in the event engine's run of the same config. Peers that join later
-align their rounds to the swarm's clock (the earliest start in the roster) and start from what they
-receive (age 0: the first model that comes replaces theirs).
+spread over the first period). Under gossip learning a waking node sends its model and age to a random
+out-neighbour whose peer is in the roster, and a peer takes in the models that come for its nodes as they
+come (the algorithm's ``receive``: merge by age, then train). Under asynchronous push-sum the waking nodes
+train and push their mass through :class:`~peerlearn.engines.p2p.push.SwarmPushNet` (the algorithm's
+``wake``, as in the event engine); mass that comes is added at the next push. A node wakes once per period,
+so after ``num_rounds`` periods every node made as many exchanges as in the event engine's run of the same
+config with the same ``period_s``. Peers that join later align their rounds to the swarm's clock (the
+earliest start in the roster) and start from what they receive (gossip learning: age 0, so the first
+model that comes replaces theirs).
 
 References:
+    Assran & Rabbat, "Asynchronous Gradient Push", IEEE Trans. Automatic Control 2021;
     Ormándi, Hegedűs & Jelasity, "Gossip Learning with Linear Models on Fully Distributed Data",
     Concurrency and Computation 2013; Hegedűs, Danner & Jelasity, "Decentralized Learning Works: An
     Empirical Comparison of Gossip Learning and Federated Learning", JPDC 2021.
@@ -25,6 +29,7 @@ import torch
 
 from peerlearn.engines.dist_comm import RowBatches
 from peerlearn.engines.p2p.churn import churn_point
+from peerlearn.engines.p2p.push import SwarmPushNet
 from peerlearn.topology.clique import as_csr
 from peerlearn.types import Tensor
 
@@ -63,6 +68,9 @@ class GossipPeer:
         self.sent = self.received = self.unreachable = 0
         self.set_roster(roster)
         self.roster_at = now
+        # gossip learning sends a model and merges what comes (algorithm.receive); asynchronous push-sum pushes
+        # mass through a net when its nodes wake (algorithm.wake)
+        self.net = SwarmPushNet(self, built.W, SEND_TIMEOUT_S) if self.algorithm.receive is None else None
 
     def set_roster(self, roster: dict) -> None:
         self.roster = dict(roster)
@@ -100,8 +108,14 @@ class GossipPeer:
                 departed = self.swarm.inbox.departed
                 self.set_roster({p: e for p, e in self.swarm.roster().items() if p not in departed})
                 self.roster_at = now
-            for i in np.flatnonzero(self.due <= now):
-                self._send(int(i))
+            due = np.flatnonzero(self.due <= now)
+            if self.net is not None and len(due):  # push-style (asynchronous push-sum): the due nodes train, push
+                self.params_RP, self.state, metrics = self.algorithm.wake(self.state, self.params_RP, due,
+                                                                          self.batches, self.built.grad_fn, self.net)
+                self.book.step(round_, metrics)
+            for i in due:
+                if self.net is None:
+                    self._send(int(i))
                 self.due[i] += self.period
             if now >= end:
                 break
@@ -120,16 +134,28 @@ class GossipPeer:
         j = int(self.rng.choice(live))
         size = (self.params_RP.shape[1] + 1) * self.params_RP.element_size()  # the model and its age
         self.bytes_sent_N[i] += size
-        self.sent += 1
         age = float(self.state.age_N[i])
         if self.lo <= j < self.hi:  # a neighbour on this peer: delivered here
+            self.sent += 1
             self.swarm.mailbox.put((j, self.lo + i, age, self.params_RP[i].clone()), 0)
             return
-        header = {"round": 0, "call": 0, "nodes": [self.lo + i], "to": j, "age": age}
-        self.swarm.send_soon({self.peers[self.host[j]]: (header, self.params_RP[i:i + 1])}, SEND_TIMEOUT_S)
+        self.post(j, i, self.params_RP[i:i + 1], age, SEND_TIMEOUT_S)
+
+    def post(self, to: int, i: int, row_1P: Tensor, age: float, timeout_s: float) -> None:
+        """Send ``row_1P`` from local node ``i`` to node ``to`` of another peer (not sent, and counted as
+        unreachable, when that peer is not in the roster)."""
+        if self.host[to] < 0:
+            self.unreachable += 1
+            return
+        self.sent += 1
+        header = {"round": 0, "call": 0, "nodes": [self.lo + i], "to": to, "age": age}
+        self.swarm.send_soon({self.peers[self.host[to]]: (header, row_1P)}, timeout_s)
 
     def _take(self, items: list, round_: int) -> None:
         """The models that came, in order; a receiver takes one per batch (the next batch takes the rest)."""
+        if self.net is not None:  # push-sum mass: added at the next push
+            self.received += self.net.arrive(items)
+            return
         while items:
             first, rest, seen = [], [], set()
             for item in items:
