@@ -13,7 +13,9 @@ pushes equal one outer Nesterov step. ``s(tau) = (1 + tau)^(-staleness_power)`` 
 updates (0: no weighting). With all workers at equal speed every slice holds all N pushes with
 ``tau = 0`` and this is exactly synchronous DiLoCo (outer lr 1 and no momentum: local SGD).
 
-The node models the engine evaluates are the workers' copies of ``theta`` as last pulled.
+The node models the engine evaluates are the workers' copies of ``theta`` as last pulled. On a swarm
+(``--engine p2p``) there is no server: every peer holds a replica of ``theta`` and applies every push
+(``net.server_pushes``; :mod:`peerlearn.engines.p2p.async_net`).
 
 References:
     Liu, Chhaparia, Douillard, Kale, Rusu, Shen, Szlam & Ranzato, "Asynchronous Local-SGD Training
@@ -54,7 +56,7 @@ def async_local_sgd(inner: Transform, num_local_steps: int = 1, outer_lr: float 
                                   torch.zeros(params_NP.shape[0], dtype=torch.int64), inner.init(params_NP))
 
     def wake(state, params_NP, wakers, batches, grad_fn, net):
-        n = params_NP.shape[0]
+        n = net.num_nodes  # every worker of the run (on a swarm a peer holds some of them)
         rows = from_host(wakers)
         start = params_NP[rows]
         trained, opt_rows, loss = local_steps(start, take_rows(state.opt_state, rows), inner, batches, grad_fn,
@@ -63,15 +65,16 @@ def async_local_sgd(inner: Transform, num_local_steps: int = 1, outer_lr: float 
         weight = (1.0 + staleness) ** (-staleness_power) if staleness_power else torch.ones_like(staleness)
         delta = ((start - trained) * weight.to(start.dtype)[:, None]).sum(0)
         net.send(wakers, params_NP.shape[1] * params_NP.element_size())
+        delta, pushed = net.server_pushes(delta, len(wakers))  # on a swarm, the other peers' pushes too
         theta = state.theta_P - outer_lr * delta / n
         accumulated, pushes, momentum = state.accumulated_P, state.pushes, state.momentum_P
         if outer_momentum:  # delayed Nesterov: one momentum step per n accumulated pushes
-            accumulated, pushes = accumulated + delta, pushes + len(wakers)
+            accumulated, pushes = accumulated + delta, pushes + pushed
             if pushes >= n:
                 momentum = outer_momentum * momentum + accumulated / pushes
                 theta = theta - outer_lr * outer_momentum * momentum
                 accumulated, pushes = torch.zeros_like(accumulated), 0
-        version = state.version + len(wakers)
+        version = state.version + pushed
         net.bytes_sent_server += len(wakers) * params_NP.shape[1] * params_NP.element_size()  # the pulls
         params_NP = params_NP.clone()
         params_NP[rows] = theta
@@ -104,7 +107,7 @@ class AsyncLocalSgdSpec(Asynchronous):
                                   "step per num_nodes pushes)")
     staleness_power: float = Field(0.0, ge=0.0, description="weigh a push of staleness tau by (1 + tau)^-power "
                                    "(0: no weighting)")
-    capabilities: ClassVar = Capabilities(engines=frozenset({"simulator"}), asynchronous=True, global_model=True)
+    capabilities: ClassVar = Capabilities(engines=frozenset({"simulator", "p2p"}), asynchronous=True, global_model=True)
     why_not: ClassVar = {  # why model attacks and privacy noise do not act on its messages
         "attack": "its workers push to a trusted parameter server; Byzantine workers are not modelled yet",
         "privacy": "noise on asynchronous pushes is not built yet"}

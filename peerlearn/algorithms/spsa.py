@@ -116,7 +116,7 @@ class SpsaSpec(Optimized, Synchronous):
     spsa_perturbations: int = Field(1, ge=1, le=10_000, description="random directions per node and round (one byte sent "
                                     "to every peer for each)")
     spsa_epsilon: float = Field(1e-3, gt=0.0, description="probe distance of the two-point estimate")
-    capabilities: ClassVar = Capabilities(engines=SYNC, global_model=True)
+    capabilities: ClassVar = Capabilities(engines=SYNC | {"p2p"}, global_model=True)  # all-gathers on a swarm too
 
     def build(self, ctx):
         return spsa(self.transform(), ctx.probe_loss_fn, self.spsa_perturbations, self.spsa_epsilon,

@@ -66,6 +66,12 @@ class AsyncNet:
         self.send(senders, y_NP.shape[1] * y_NP.element_size() * self._out_degree[senders])
         return out
 
+    def server_pushes(self, delta_P: Tensor, count: int) -> tuple[Tensor, int]:
+        """The pushes the parameter server applies at this wake, ``(their weighted pseudo-gradient sum, their
+        number)``: here this wake's own (the simulator's server gets each push at once); on a swarm every peer's
+        replica of the server also applies what the others broadcast (:mod:`peerlearn.engines.p2p.async_net`)."""
+        return delta_P, count
+
     def send(self, senders: np.ndarray, bytes_each) -> None:
         """Count ``bytes_each`` (a number, or one per sender) sent by each of ``senders``."""
         np.add.at(self.bytes_sent_N, senders, bytes_each)

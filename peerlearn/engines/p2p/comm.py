@@ -229,25 +229,42 @@ class P2PComm:
         return every.mean(0) if len(every) else None
 
     # -- collectives without a server: every peer sends its part to every other ---------------------------
-    def _sum_over_peers(self, part: Tensor) -> Tensor | None:
-        """The sum over the live peers of each one's ``part`` (a row of at most P + 1 values), by sending it to
-        every other peer and adding what came by the deadline: an all-reduce without a server or a ring (K (K-1)
-        messages; a peer whose part did not come is left out). Computed in float64 in peer order, the same sum
-        at every peer that got every part."""
+    def _to_every_peer(self, nodes: list[int], rows: Tensor) -> dict[int, Tensor]:
+        """Send ``rows`` (of ``nodes``) to every other live peer and return every row that came by the deadline,
+        by node (K (K - 1) messages; a peer whose message did not come is left out and counted as dropped)."""
         key = (self.round, self.call)
         self.call += 1
         me = self.swarm.peer_id
         gone = {p for p, m in self.misses.items() if m >= self.patience}
         expect = set(self.peers) - {me} - gone
-        header = {"round": key[0], "call": key[1], "nodes": [self.lo]}  # the part of the peer hosting node lo
-        self.swarm.send_soon({p: (header, part[None].float()) for p in expect}, self.deadline_s)
+        header = {"round": key[0], "call": key[1], "nodes": nodes}
+        self.swarm.send_soon({p: (header, rows) for p in expect}, self.deadline_s)
         received, came = self.swarm.inbox.wait(key, expect, time.monotonic() + self.deadline_s)
         for peer in expect:
             self.misses[peer] = 0 if peer in came else self.misses.get(peer, 0) + 1
         self.dropped += len(expect - came)
+        return {node: row for node, row in received.items() if row.shape == rows.shape[1:]}
+
+    def _sum_over_peers(self, part: Tensor) -> Tensor | None:
+        """The sum over the live peers of each one's ``part`` (a row of at most P + 1 values), by sending it to
+        every other peer and adding what came by the deadline: an all-reduce without a server or a ring (a peer
+        whose part did not come is left out). Computed in float64 in peer order, the same sum at every peer
+        that got every part (a part travels as the part of the peer's first node)."""
         parts = {self.lo: part.double()}
-        parts.update({node: row.double() for node, row in received.items() if row.shape == part.shape})
+        parts.update({node: row.double() for node, row in self._to_every_peer([self.lo], part[None].float()).items()})
         return torch.stack([parts[n] for n in sorted(parts)]).sum(0)
+
+    def all_gather(self, x_RP: Tensor, message_bytes=None) -> tuple[Tensor, Tensor]:
+        """Every node's row, sent by its peer to every other (:meth:`_to_every_peer`): the rows that came (this
+        peer's included) and their node ids, in node order; bytes as the simulator counts a ring all-gather."""
+        self.collective_calls += 1
+        sizes = torch.as_tensor(self.message_bytes(x_RP) if message_bytes is None else message_bytes,
+                                dtype=torch.float64).expand(self.num_nodes)
+        self.bytes_sent_N += (self.num_global - 1) * float(sizes.mean())
+        rows = {self.lo + i: row for i, row in enumerate(x_RP)}
+        rows.update({n: r.to(x_RP) for n, r in self._to_every_peer(list(range(self.lo, self.hi)), x_RP).items()})
+        ids = sorted(rows)
+        return torch.stack([rows[n] for n in ids]), torch.tensor(ids)
 
     def all_reduce_mean(self, x_RP: Tensor, weights_N: Tensor | None = None, message_bytes=None) -> Tensor:
         """The (weighted) mean of every node's row, as ``x_P`` (see :meth:`_sum_over_peers`); bytes as the simulator
@@ -314,8 +331,3 @@ class P2PComm:
             bad[torch.from_numpy(ids[(ids >= self.lo) & (ids < self.hi)] - self.lo)] = True
             self._byzantine_R = bad if bool(bad.any()) else None
 
-    def _unsupported(self, *args, **kwargs):
-        raise NotImplementedError("the p2p engine has no collectives (all-reduce, server averages): run "
-                                  "algorithms that gossip with neighbours")
-
-    all_gather = _unsupported

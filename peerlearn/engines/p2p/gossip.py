@@ -5,7 +5,7 @@ Every node of the peer wakes on its own timer (period ``algorithm.period_s``, de
 spread over the first period). Under gossip learning a waking node sends its model and age to a random
 out-neighbour whose peer is in the roster, and a peer takes in the models that come for its nodes as they
 come (the algorithm's ``receive``: merge by age, then train). Under asynchronous push-sum the waking nodes
-train and push their mass through :class:`~peerlearn.engines.p2p.push.SwarmPushNet` (the algorithm's
+train and push their mass through :class:`~peerlearn.engines.p2p.async_net.SwarmAsyncNet` (the algorithm's
 ``wake``, as in the event engine); mass that comes is added at the next push. A node wakes once per period,
 so after ``num_rounds`` periods every node made as many exchanges as in the event engine's run of the same
 config with the same ``period_s``. Peers that join later align their rounds to the swarm's clock (the
@@ -29,7 +29,7 @@ import torch
 
 from peerlearn.engines.dist_comm import RowBatches
 from peerlearn.engines.p2p.churn import churn_point
-from peerlearn.engines.p2p.push import SwarmPushNet
+from peerlearn.engines.p2p.async_net import SwarmAsyncNet
 from peerlearn.topology.clique import as_csr
 from peerlearn.types import Tensor
 
@@ -63,14 +63,17 @@ class GossipPeer:
         self.out = [o[o != j] for o, j in zip(self.out, range(self.lo, self.hi))]
         self.rng = np.random.default_rng([cfg.seed, self.lo, 7])
         now = time.monotonic()
-        self.due = now + self.rng.uniform(0.0, self.period, len(rows))
+        # first wake-ups as in the event engine: spread over the first period for a timer (gossip learning), all
+        # at the start for an algorithm that wakes again when its work is done (push-sum, local SGD)
+        spread = self.rng.uniform(0.0, self.period, len(rows))
+        self.due = now + (spread if self.algorithm.timer else 0.0 * spread)
         self.bytes_sent_N = torch.zeros(len(rows), dtype=torch.float64)
         self.sent = self.received = self.unreachable = 0
         self.set_roster(roster)
         self.roster_at = now
-        # gossip learning sends a model and merges what comes (algorithm.receive); asynchronous push-sum pushes
-        # mass through a net when its nodes wake (algorithm.wake)
-        self.net = SwarmPushNet(self, built.W, SEND_TIMEOUT_S) if self.algorithm.receive is None else None
+        # gossip learning sends a model and merges what comes (algorithm.receive); asynchronous push-sum and
+        # local SGD push through a net when their nodes wake (algorithm.wake)
+        self.net = SwarmAsyncNet(self, built.W, SEND_TIMEOUT_S) if self.algorithm.receive is None else None
 
     def set_roster(self, roster: dict) -> None:
         self.roster = dict(roster)
@@ -96,7 +99,8 @@ class GossipPeer:
                 "unsent_messages": sum(s.unsent.values()), "refused_messages": s.refused_messages,
                 "refused_peers": len(s.admission.refused), "payload_bytes_sent": s.payload_sent,
                 "overhead_bytes_sent": s.overhead_sent, "bytes_received": s.mailbox.bytes_received}
-        self.book.record(round_, self.params_RP, None, float(self.bytes_sent_N.sum()), {}, more)
+        server = 0.0 if self.net is None else self.net.bytes_sent_server
+        self.book.record(round_, self.params_RP, None, float(self.bytes_sent_N.sum()) + server, {}, more)
 
     def advance(self, round_: int) -> None:
         """Real time until the end of period ``round_``: wake-ups and sends, and every model that comes."""
