@@ -133,6 +133,8 @@ def swarm(path):
             ok = ~np.isnan(values) & (w > 0)
             out[key] = float(np.average(values[ok], weights=w[ok])) if ok.any() else float("nan")
         out.update({c: group[c].sum() for c in summed})
+        if "epsilon" in group:  # the privacy spent by the swarm's worst node
+            out["epsilon"] = group["epsilon"].max()
         return pd.Series(out)
 
     merged = rows.groupby("round").apply(merge, include_groups=False).reset_index()

@@ -116,6 +116,8 @@ class _Peer:
                 "unsent_messages": sum(s.unsent.values()), "refused_messages": s.refused_messages, "refused_peers": len(s.admission.refused),
                 "payload_bytes_sent": s.payload_sent, "overhead_bytes_sent": s.overhead_sent,
                 "bytes_received": s.inbox.bytes_received}
+        report = self.built.algorithm.report  # e.g. the privacy spent: the worst of this peer's nodes
+        more.update(report(self.state) if report is not None else {})
         self.book.record(round_, self.params_RP, None, float(c.bytes_sent_N.sum()) + c.bytes_sent_server, {}, more)
 
     def advance(self, round_: int) -> None:
