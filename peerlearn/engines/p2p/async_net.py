@@ -1,9 +1,9 @@
 """The network as asynchronous algorithms see it on a swarm: a waking node's ``net.push`` (asynchronous push-sum)
 and ``net.server_pushes`` (asynchronous local SGD) between peers.
 
-**Push-sum.** The event engine's :class:`~peerlearn.engines.async_net.AsyncNet` delivers a push at once. On a swarm a waking
-node keeps ``W_jj (x_j, w_j)`` and sends ``W_ij (x_j, w_j)`` to each out-neighbour ``i``: in place when ``i``
-is on this peer, as a message (one row: the numerator and the weight) when it is on another. The mass that
+**Push-sum.** The event engine's :class:`~peerlearn.engines.async_net.AsyncNet` delivers a push at once. On
+a swarm a waking node keeps ``W_jj (x_j, w_j)`` and sends ``W_ij (x_j, w_j)`` to each out-neighbour ``i``: in
+place when ``i`` is on this peer, as a message (one row: the numerator and the weight) when it is on another. The mass that
 arrives is added to its receiver's row at the peer's next push (any of its nodes waking): push-sum needs no
 one to wait, and adding mass commutes with the local steps. A push to a node whose peer is not in the roster,
 or a message not delivered, loses its mass in numerator and weight alike, so the de-biased models stay

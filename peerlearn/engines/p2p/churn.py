@@ -11,9 +11,9 @@ so a churn experiment on one machine is the same experiment at every run::
 - **join** (asynchronous algorithms: their rounds are the swarm's wall clock): the peer is started with
   the others but stays out of the roster until the swarm's round ``round``, then joins as a late peer
   does (it starts from the models it receives). The peers that start the swarm wait for each other only.
-- **leave**: after round ``round`` the peer records its row, marks its roster record as left (the others
-  stop sending to it and waiting for it at their next look at the roster), lets its last messages arrive
-  and exits 0 with status ``left``.
+- **leave**: after round ``round`` the peer records its row, marks its roster record as left, tells every
+  peer (a message of no rows) that it is in no exchange from the next round on, so nobody waits for it,
+  lets its last messages arrive and exits 0 with status ``left``.
 - **crash**: the peer kills itself with SIGKILL as round ``round`` starts (a real crash: the others find
   out by its silence, as in ``tests/distributed/test_p2p.py``).
 
@@ -88,8 +88,8 @@ def load_churn(path: str | None, peers: int, num_rounds: int, asynchronous: bool
         if e.event == "join":
             if not asynchronous:
                 raise ConfigError(f"config error: {field}.event: a peer joins a running swarm under asynchronous "
-                                  "algorithms only (gossip_learning): a synchronous swarm's rounds wait for every "
-                                  "peer from the start")
+                                  "algorithms only (gossip_learning, async_push_sum, "
+                                  "async_local_sgd): a synchronous swarm's rounds wait for every peer from the start")
             if e.peer == 0:
                 raise ConfigError(f"config error: {field}.peer: peer 0 starts the swarm; it cannot join late")
     for peer, mine in seen.items():

@@ -1,12 +1,12 @@
-"""Asynchronous algorithms on a swarm (gossip learning, asynchronous push-sum), on wall-clock time: a
+"""Asynchronous algorithms on a swarm (gossip learning, asynchronous push-sum and local SGD), on wall-clock time: a
 :func:`~peerlearn.engines.loop.run_rounds` driver whose round is one timer period of real time.
 
 Every node of the peer wakes on its own timer (period ``algorithm.period_s``, default 0.1 s; first wake-ups
 spread over the first period). Under gossip learning a waking node sends its model and age to a random
 out-neighbour whose peer is in the roster, and a peer takes in the models that come for its nodes as they
-come (the algorithm's ``receive``: merge by age, then train). Under asynchronous push-sum the waking nodes
-train and push their mass through :class:`~peerlearn.engines.p2p.async_net.SwarmAsyncNet` (the algorithm's
-``wake``, as in the event engine); mass that comes is added at the next push. A node wakes once per period,
+come (the algorithm's ``receive``: merge by age, then train). Under asynchronous push-sum and local SGD the
+waking nodes train and push (mass, or pseudo-gradients to every peer's replica of the server) through :class:`~peerlearn.engines.p2p.async_net.SwarmAsyncNet` (the algorithm's
+``wake``, as in the event engine); what comes is taken in at the next wake. A node wakes once per period,
 so after ``num_rounds`` periods every node made as many exchanges as in the event engine's run of the same
 config with the same ``period_s``. Peers that join later align their rounds to the swarm's clock (the
 earliest start in the roster) and start from what they receive (gossip learning: age 0, so the first
@@ -28,8 +28,8 @@ import scipy.sparse as sp
 import torch
 
 from peerlearn.engines.dist_comm import RowBatches
-from peerlearn.engines.p2p.churn import churn_point
 from peerlearn.engines.p2p.async_net import SwarmAsyncNet
+from peerlearn.engines.p2p.churn import churn_point
 from peerlearn.topology.clique import as_csr
 from peerlearn.types import Tensor
 
@@ -65,8 +65,8 @@ class GossipPeer:
         now = time.monotonic()
         # first wake-ups as in the event engine: spread over the first period for a timer (gossip learning), all
         # at the start for an algorithm that wakes again when its work is done (push-sum, local SGD)
-        spread = self.rng.uniform(0.0, self.period, len(rows))
-        self.due = now + (spread if self.algorithm.timer else 0.0 * spread)
+        first = self.rng.uniform(0.0, self.period, len(rows)) if self.algorithm.timer else np.zeros(len(rows))
+        self.due = now + first
         self.bytes_sent_N = torch.zeros(len(rows), dtype=torch.float64)
         self.sent = self.received = self.unreachable = 0
         self.set_roster(roster)
@@ -113,7 +113,7 @@ class GossipPeer:
                 self.set_roster({p: e for p, e in self.swarm.roster().items() if p not in departed})
                 self.roster_at = now
             due = np.flatnonzero(self.due <= now)
-            if self.net is not None and len(due):  # push-style (asynchronous push-sum): the due nodes train, push
+            if self.net is not None and len(due):  # push-sum, local SGD: the due nodes train and push
                 self.params_RP, self.state, metrics = self.algorithm.wake(self.state, self.params_RP, due,
                                                                           self.batches, self.built.grad_fn, self.net)
                 self.book.step(round_, metrics)
@@ -157,7 +157,7 @@ class GossipPeer:
 
     def _take(self, items: list, round_: int) -> None:
         """The models that came, in order; a receiver takes one per batch (the next batch takes the rest)."""
-        if self.net is not None:  # push-sum mass: added at the next push
+        if self.net is not None:  # push-sum mass, pushes for the server's replica: taken in at the next wake
             self.received += self.net.arrive(items)
             return
         while items:
