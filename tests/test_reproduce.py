@@ -59,6 +59,7 @@ def test_reproduce_modest_vs_dsgd_regenerates_its_table(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.paper  # make test-paper: minutes of compute, outside CI's 12-minute budget
 @pytest.mark.skipif(fashion_mnist_folder() is None, reason="Fashion-MNIST not installed (peerlearn data install "
                                                            "fashion-mnist)")
 def test_the_paper_scale_modest_claim_holds_for_one_seed(tmp_path):
