@@ -73,6 +73,7 @@ def test_reproduce_runs_a_bundled_reproduction_from_anywhere_cut_short_by_set(tm
                      "--workers", "1", "--quiet"]) == 0
     table = (tmp_path / "runs" / "reproduce" / "choco" / "table.md").read_text()
     assert "CHOCO" in table
+    assert table.splitlines()[0].endswith("[--set num_rounds=10, eval_every=5]")  # the title says what was changed
     for run in (tmp_path / "runs" / "reproduce" / "choco").glob("*/seed0"):
         assert "num_rounds: 10" in (run / "config.yaml").read_text()
 

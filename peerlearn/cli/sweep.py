@@ -38,6 +38,8 @@ def _run_sweep(args, spec, out: Path):
     for key in ("workers", "target", "launcher"):
         if getattr(args, key, None) is not None:
             updates[key] = getattr(args, key)
+    if args.set and spec.title:  # the title of the figure and table says what --set changed from the file
+        updates["title"] = f"{spec.title} [--set {', '.join(args.set)}]"
     spec = spec.model_copy(update=updates)
     cells = plan(args.config, spec, args.set)  # every cell checked before any run starts
     definition = json.loads(json.dumps({"config": str(Path(args.config).resolve()), "set": args.set,
