@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 from matplotlib.figure import Figure  # not pyplot: no GUI state, and 0.15 s less start-up
@@ -143,7 +144,7 @@ def plot_bands(df, group: str, out_paths: list[Path], metric: str = "acc_mean", 
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8, title="mean ± 1 std over runs", title_fontsize=8)
     if title:
-        fig.suptitle(_plain(title))
+        fig.suptitle("\n".join(textwrap.wrap(_plain(title), 120)))  # a long title (a sweep's --set) wraps
     fig.tight_layout()
     written = []
     for path in out_paths:
