@@ -46,6 +46,7 @@ def test_a_bad_scenario_is_one_error_naming_the_field(tmp_path, events, asynchro
     assert says in str(err.value) and "\n" not in str(err.value)
 
 
+@pytest.mark.integration  # starts the command in a process
 def test_the_command_refuses_a_bad_scenario_before_any_peer(tmp_path):
     cfg = yaml.safe_load(Path("configs/quickstart.yaml").read_text())
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
