@@ -116,6 +116,24 @@ class P2PComm:
         self.round, self.call = round_, 0
 
     # -- an exchange -------------------------------------------------------------------------------
+    def _next_key(self) -> tuple[int, int]:
+        """The next exchange of this round: ``(round, call)``, the key its messages carry."""
+        key = (self.round, self.call)
+        self.call += 1
+        return key
+
+    def _gone(self) -> set[str]:
+        """The peers presumed gone: ``patience`` missed exchanges in a row (not waited for, not sent to)."""
+        return {p for p, m in self.misses.items() if m >= self.patience}
+
+    def _wait(self, key: tuple, expect: set[str], track: set[str]) -> tuple[dict, set[str]]:
+        """The rows of exchange ``key`` once every peer of ``expect`` sent, or at the deadline, and who sent; each
+        peer of ``track`` has its count of missed exchanges in a row updated."""
+        received, came = self.swarm.inbox.wait(key, expect, time.monotonic() + self.deadline_s)
+        for peer in track:
+            self.misses[peer] = 0 if peer in came else self.misses.get(peer, 0) + 1
+        return received, came
+
     def _poison(self, x_RP: Tensor) -> Tensor:
         """The messages of my nodes: a Byzantine node's replaced by the attack on what this peer has seen (its
         honest nodes' rows and the honest rows it received in the previous exchange: an adversary that knows
@@ -136,17 +154,12 @@ class P2PComm:
 
     def _exchange(self, x_RP: Tensor) -> tuple[Tensor, np.ndarray]:
         """``(rows, got)``: the messages my nodes listen to (in ``_need`` order) and which of them came."""
-        key = (self.round, self.call)
-        self.call += 1
+        key, gone = self._next_key(), self._gone()
         x_RP = self._poison(x_RP)
-        gone = {p for p, m in self.misses.items() if m >= self.patience}
         targets = {peer: ({"round": key[0], "call": key[1], "nodes": [self.lo + int(i) for i in idx]}, x_RP[idx])
                    for peer, idx in self._send.items() if peer not in gone}
         self.swarm.send_soon(targets, self.deadline_s)
-        waiting = self._expect - gone
-        received, senders = self.swarm.inbox.wait(key, waiting, time.monotonic() + self.deadline_s)
-        for peer in self._expect:
-            self.misses[peer] = 0 if peer in senders else self.misses.get(peer, 0) + 1
+        received, _ = self._wait(key, self._expect - gone, self._expect)  # a gone peer that sends again counts
         out = x_RP.new_zeros(len(self._need), x_RP.shape[1])
         got = np.zeros(len(self._need), dtype=bool)
         own = (self._need >= self.lo) & (self._need < self.hi)
@@ -207,22 +220,18 @@ class P2PComm:
         receiver learns nothing and returns its own senders' mean (zeros without any): the algorithm reads a
         multicast's result only for the receivers."""
         self.collective_calls += 1
-        key = (self.round, self.call)
-        self.call += 1
+        key, gone = self._next_key(), self._gone()
         me, ids, to = self.swarm.peer_id, senders.cpu().numpy(), receivers.cpu().numpy()
         others = len(to) - np.isin(ids, to)  # what the simulator counts: a message per other receiver
         self.bytes_sent_N.index_add_(0, torch.from_numpy(ids - self.lo).to(self.bytes_sent_N.device),
                                      torch.from_numpy(others * float(self.message_bytes(x_KP))).to(self.bytes_sent_N))
-        gone = {p for p, m in self.misses.items() if m >= self.patience}
         hosts = {self.peers[q] for q in np.unique(self.host[to]) if q >= 0}
         header = {"round": key[0], "call": key[1], "nodes": [int(i) for i in ids]}
         self.swarm.send_soon({p: (header, x_KP) for p in hosts - {me} - gone}, self.deadline_s)
         if me not in hosts:
             return x_KP.mean(0) if len(x_KP) else x_KP.new_zeros(x_KP.shape[1])
         expect = set(self.peers) - {me} - gone
-        received, came = self.swarm.inbox.wait(key, expect, time.monotonic() + self.deadline_s)
-        for peer in expect:
-            self.misses[peer] = 0 if peer in came else self.misses.get(peer, 0) + 1
+        received, _ = self._wait(key, expect, expect)
         rows = [x_KP] + [row[None].to(x_KP) for node, row in sorted(received.items())
                          if row.shape == x_KP.shape[1:] and node not in set(ids.tolist())]
         every = torch.cat(rows)
@@ -232,16 +241,11 @@ class P2PComm:
     def _to_every_peer(self, nodes: list[int], rows: Tensor) -> dict[int, Tensor]:
         """Send ``rows`` (of ``nodes``) to every other live peer and return every row that came by the deadline,
         by node (K (K - 1) messages; a peer whose message did not come is left out and counted as dropped)."""
-        key = (self.round, self.call)
-        self.call += 1
-        me = self.swarm.peer_id
-        gone = {p for p, m in self.misses.items() if m >= self.patience}
-        expect = set(self.peers) - {me} - gone
+        key = self._next_key()
+        expect = set(self.peers) - {self.swarm.peer_id} - self._gone()
         header = {"round": key[0], "call": key[1], "nodes": nodes}
         self.swarm.send_soon({p: (header, rows) for p in expect}, self.deadline_s)
-        received, came = self.swarm.inbox.wait(key, expect, time.monotonic() + self.deadline_s)
-        for peer in expect:
-            self.misses[peer] = 0 if peer in came else self.misses.get(peer, 0) + 1
+        received, came = self._wait(key, expect, expect)
         self.dropped += len(expect - came)
         return {node: row for node, row in received.items() if row.shape == rows.shape[1:]}
 
