@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 
 SHAKESPEARE := $(VENV)/share/peerlearn/shakespeare
 
-.PHONY: demo test test-fast test-slow test-paper test-goldens-other-kernels test-wheel wheel docs bench data venv clean
+.PHONY: demo test test-fast test-slow test-extended test-paper test-goldens-other-kernels test-wheel wheel docs bench data venv clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] >= (3, 11), "peerlearn needs Python 3.11+"'
@@ -63,7 +63,11 @@ test-fast: venv
 
 ## Longer experiment checks (acceptance numbers).
 test-slow: venv data
-	$(PYTEST) --dist load -m "slow and not paper"  # no shared fixtures here: spread test by test
+	$(PYTEST) --dist load -m "slow and not paper and not extended"  # no shared fixtures here: spread test by test
+
+## System checks beyond CI's budget that repeat in another form what CI covers (launchers, joining, membership).
+test-extended: venv data
+	$(PYTEST) --dist load -m extended
 
 ## The paper-scale claims rerun (one seed of the cheapest reproduction: ~3 min on 2 cores); not in CI's budget.
 test-paper: venv data

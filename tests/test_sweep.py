@@ -119,8 +119,9 @@ def test_compare_on_a_sweep_draws_bands_grouped_by_a_key(two_by_two, tmp_path, c
     assert cli.main(["compare", str(out), "--group-by", "nope", "--out", str(tmp_path / "x.png")]) == 2
 
 
-@pytest.mark.slow  # eight 40-round cells (a local Ray cluster, submitit jobs)
-@pytest.mark.parametrize("launcher", ["local", "ray", "slurm"])
+@pytest.mark.slow  # eight 40-round cells (a local Ray cluster, submitit jobs); Ray's and submitit's beyond CI's budget
+@pytest.mark.parametrize("launcher", ["local", pytest.param("ray", marks=pytest.mark.extended),
+                                      pytest.param("slurm", marks=pytest.mark.extended)])
 def test_an_interrupted_sweep_finishes_only_what_was_left(tmp_path, launcher):
     """Ctrl-C on a sweep, then the same command: only the cells left run, on every launcher (issue 38: Ray
     tasks on a cluster started on 127.0.0.1, submitit's local executor here)."""

@@ -21,12 +21,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = ["docs/index.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs" / "howto").glob("*.md"))]
 BLOCK = re.compile(r"(?:<!-- docs-check: (?P<mark>[^>]*?) -->\n)?```(?P<lang>bash|python)\n(?P<code>.*?)```", re.S)
 TIMEOUT_S = 300
+KINDS = ("run", "fails", "excerpt", "skip")
 
 
 def blocks(page: Path):
@@ -60,40 +62,57 @@ def run(lang: str, code: str, cwd: Path, env: dict) -> subprocess.CompletedProce
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
 
 
+def check_page(name: str, env: dict) -> tuple[dict, list[str], list[str]]:
+    """One page's blocks, in order, in one empty folder: ``(counts, failures, progress lines)``."""
+    failures, lines, counts = [], [], dict.fromkeys(KINDS, 0)
+    page = ROOT / name
+    with tempfile.TemporaryDirectory(prefix="peerlearn-docs-") as tmp:
+        for line, mark, lang, code in blocks(page):
+            where = f"{name}:{line}"
+            kind, _, arg = mark.partition(" ")
+            if kind not in counts:
+                failures.append(f"{where}: a {lang} block without a docs-check marker (run, fails, excerpt PATH "
+                                "or skip REASON)")
+                continue
+            counts[kind] += 1
+            if kind == "skip":
+                if not arg:
+                    failures.append(f"{where}: skip needs a reason")
+                continue
+            if kind == "excerpt":
+                missing = _excerpt_missing(code, ROOT / arg) if (ROOT / arg).is_file() else f"no file {arg}"
+                if missing:
+                    failures.append(f"{where}: not in {arg}: {missing}")
+                continue
+            started = time.perf_counter()
+            done = run(lang, code, Path(tmp), env)
+            took = time.perf_counter() - started
+            err = done.stderr.strip()
+            if kind == "run" and done.returncode != 0:
+                failures.append(f"{where}: exit {done.returncode}\n{(done.stdout + done.stderr)[-2000:]}")
+            elif kind == "fails" and (done.returncode != 2 or len(err.splitlines()) != 1):
+                failures.append(f"{where}: expected exit 2 and one line, got exit {done.returncode}:\n{err[-2000:]}")
+            lines.append(f"{where}: {kind} ok in {took:.1f} s" if not failures or not failures[-1].startswith(where)
+                         else f"{where}: {kind} FAILED")
+    return counts, failures, lines
+
+
 def main() -> int:
+    """Every page, two at a time (pages are independent; a page's blocks run in order): the examples are
+    mostly one-process runs, so two pages share a 2-core machine without slowing each other much."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
            "MPLBACKEND": "Agg"}
-    failures, counts = [], {"run": 0, "fails": 0, "excerpt": 0, "skip": 0}
-    for name in PAGES:
-        page = ROOT / name
-        with tempfile.TemporaryDirectory(prefix="peerlearn-docs-") as tmp:
-            for line, mark, lang, code in blocks(page):
-                where = f"{name}:{line}"
-                kind, _, arg = mark.partition(" ")
-                if kind not in counts:
-                    failures.append(f"{where}: a {lang} block without a docs-check marker (run, fails, excerpt PATH "
-                                    "or skip REASON)")
-                    continue
-                counts[kind] += 1
-                if kind == "skip":
-                    if not arg:
-                        failures.append(f"{where}: skip needs a reason")
-                    continue
-                if kind == "excerpt":
-                    missing = _excerpt_missing(code, ROOT / arg) if (ROOT / arg).is_file() else f"no file {arg}"
-                    if missing:
-                        failures.append(f"{where}: not in {arg}: {missing}")
-                    continue
-                started = time.perf_counter()
-                done = run(lang, code, Path(tmp), env)
-                took = time.perf_counter() - started
-                err = done.stderr.strip()
-                if kind == "run" and done.returncode != 0:
-                    failures.append(f"{where}: exit {done.returncode}\n{(done.stdout + done.stderr)[-2000:]}")
-                elif kind == "fails" and (done.returncode != 2 or len(err.splitlines()) != 1):
-                    failures.append(f"{where}: expected exit 2 and one line, got exit {done.returncode}:\n{err[-2000:]}")
-                print(f"{where}: {kind} ok in {took:.1f} s" if not failures or not failures[-1].startswith(where)
-                      else f"{where}: {kind} FAILED", flush=True)
+    failures, counts = [], dict.fromkeys(KINDS, 0)
+    workers = int(os.environ.get("DOCS_CHECK_WORKERS", "2"))
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        # the longest page (sweeps) is last in PAGES: submitted first, so the other worker takes the rest
+        futures = {name: pool.submit(check_page, name, env) for name in reversed(PAGES)}
+        for page_counts, page_failures, lines in (futures[name].result() for name in PAGES):
+            for line in lines:
+                print(line, flush=True)
+            failures += page_failures
+            for kind, count in page_counts.items():
+                counts[kind] += count
     for failure in failures:
         print(f"FAILED {failure}", file=sys.stderr)
     print(f"docs examples: {counts['run']} run, {counts['fails']} failing as documented, {counts['excerpt']} "

@@ -276,7 +276,7 @@ def _finish(proc, timeout: float):
 
 @pytest.mark.parametrize("kill, departures, alive", [
     ("3:5", {3: 5}, [16, 16, 12, 12]),
-    pytest.param("3:5,1:9", {3: 5, 1: 9}, [16, 16, 12, 8], marks=pytest.mark.slow),
+    pytest.param("3:5,1:9", {3: 5, 1: 9}, [16, 16, 12, 8], marks=[pytest.mark.slow, pytest.mark.extended]),
 ], ids=["one-death", "two-deaths"])
 def test_a_rank_that_dies_at_a_round_is_a_crash_in_the_simulator(tmp_path, kill, departures, alive):
     """Rank 3 kills itself (SIGKILL) as round 5 starts (and rank 1 as round 9 starts): the survivors

@@ -301,6 +301,7 @@ def test_gossip_learning_on_four_peers_learns_as_the_event_engine(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # the same swarm net as asynchronous push-sum's test (in CI)
 def test_asynchronous_local_sgd_without_a_server_learns_as_the_event_engine(tmp_path):
     """Asynchronous local SGD with no parameter server: every peer keeps a replica of the server's model and
     applies its own workers' pushes and those the others broadcast. The other peers' pushes of a period reach
@@ -339,6 +340,7 @@ def test_asynchronous_push_sum_on_four_peers_learns_as_the_event_engine(tmp_path
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # CI joins a peer in the churn scenario test
 def test_a_peer_that_joins_a_running_swarm_reaches_the_others_accuracy(tmp_path):
     """Five blocks of nodes, four peers start the swarm (``--wait-for 4``); the fifth is started once the swarm
     runs (it joins some rounds later: its start-up takes seconds, more on a busy machine, hence a 20 s run),
