@@ -15,6 +15,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from peerlearn.attribution.base import Scorer, ScoreTools
 from peerlearn.config import ExperimentConfig
 from peerlearn.data.base import Dataset
 from peerlearn.data.batching import NodeSampler
@@ -22,7 +23,8 @@ from peerlearn.device import compute_dtype, draw, from_host, to_device
 from peerlearn.device import resolve as resolve_device
 from peerlearn.device import scope as device_scope
 from peerlearn.engines.comm import Threat
-from peerlearn.models.functional import FlatModel, in_compute_dtype, make_grad_fn, make_probe_loss_fn
+from peerlearn.models.functional import FlatModel, in_compute_dtype, make_grad_fn, make_loss_fn, make_probe_loss_fn
+from peerlearn.rng import step_generator
 from peerlearn.resources import GRAD_BUDGET, check_config_fits, check_model_fits, planned_memory_bytes
 from peerlearn.spec import BuildContext, ConfigError, DataContext, GraphContext, config_error
 from peerlearn.topology import directed, graphs
@@ -55,6 +57,7 @@ class Built(NamedTuple):
     mixing: Callable[[sp.csr_array], sp.csr_array] | None = None  # the run's rule adjacency -> W
     eval_N: torch.Tensor | None = None  # bool: the seeded subset of nodes whose models are tested (None: all)
     device: torch.device = torch.device("cpu")  # where every tensor above lives (peerlearn.device)
+    attribution: Scorer | None = None  # the attribution section's scorer (peerlearn.attribution)
 
 
 def build_dataset(cfg: ExperimentConfig) -> Dataset:
@@ -259,18 +262,38 @@ def build(cfg: ExperimentConfig, dataset: Dataset | None = None) -> Built:
             raise
         except ValueError as err:
             raise _as_config_error(err) from None
+        silent_N = None if relay_N is None else from_host(relay_N)
         return Built(
             config=cfg, dataset=ds, parts=parts, local_test_parts=local_test, flat=flat,
             params_NP=params_NP,
             grad_fn=in_compute_dtype(make_grad_fn(flat, strategy, max_rows), compute_dtype(cfg.dtype)),
             batches=NodeSampler(ds.x_train, ds.y_train, parts, cfg.algorithm.batch_size, ctx.seed("sampler"),
-                                poisoned_N, poison, silent_N=None if relay_N is None else from_host(relay_N),
+                                poisoned_N, poison, silent_N=silent_N,
                                 crop_padding=cfg.data.crop_padding if cfg.data.augment == "crop_flip" else None),
             algorithm=algorithm, adjacency=adj, W=W,
             schedule=schedule, honest_N=honest_N, threat=threat, attack_test=attack_test,
             faults=cfg.faults.build(graph_ctx), relay_N=relay_N, clock=cfg.clock.build(graph_ctx),
             mixing=graph_ctx.mixing, eval_N=build_eval_nodes(cfg, ctx), device=device,
+            attribution=build_attribution(cfg, ctx, flat, lambda: NodeSampler(
+                ds.x_train, ds.y_train, parts, cfg.attribution.samples, 0, poisoned_N, poison, silent_N=silent_N)),
         )
+
+
+def build_attribution(cfg: ExperimentConfig, ctx: BuildContext, flat: FlatModel,
+                      make_probe: Callable[[], NodeSampler]) -> Scorer | None:
+    """The attribution section's scorer (None when off). Its probe batches (``make_probe()``: a sampler of each
+    node's own data, poisoned where the node's is) are a pure function of the round, drawn apart from training's."""
+    spec = cfg.attribution
+    if not spec.active:
+        return None
+    seed, probe = ctx.seed("attribution"), make_probe()
+
+    def probe_batch(round_: int):
+        probe.generator = step_generator(seed, round_)
+        return probe.next()
+
+    step = cfg.algorithm.lr * getattr(cfg.algorithm, "num_local_steps", 1)
+    return spec.score.build(ctx, ScoreTools(probe_batch, make_loss_fn(flat), step))
 
 
 def build_eval_nodes(cfg: ExperimentConfig, ctx: DataContext) -> torch.Tensor | None:

@@ -24,6 +24,7 @@ from pydantic import Field, SerializeAsAny, ValidationError, field_validator
 
 from peerlearn.algorithms.base import ALGORITHMS, AlgorithmSpec
 from peerlearn.attacks.base import ThreatSpec
+from peerlearn.attribution.base import AttributionSpec
 from peerlearn.data.base import DataSpec
 from peerlearn.divergence import DivergenceSpec
 from peerlearn.models.base import MODELS, ModelSpec
@@ -34,7 +35,8 @@ from peerlearn.topology.base import TopologySpec
 from peerlearn.world.clock import ClockSpec
 from peerlearn.world.faults import FaultsSpec
 
-for _family in ("topology", "data", "models", "optim", "algorithms", "aggregators", "compressors", "attacks"):
+for _family in ("topology", "data", "models", "optim", "algorithms", "aggregators", "compressors", "attacks",
+                "attribution"):
     importlib.import_module(f"peerlearn.{_family}")  # every built-in family registers its members on import
 
 __all__ = ["ConfigError", "ExperimentConfig", "REGISTRIES", "SECTIONS", "apply_overrides", "load_config",
@@ -109,6 +111,7 @@ class ExperimentConfig(Spec):
     clock: ClockSpec = Field(default_factory=ClockSpec)
     privacy: PrivacySpec = Field(default_factory=PrivacySpec)
     divergence: DivergenceSpec = Field(default_factory=DivergenceSpec)
+    attribution: AttributionSpec = Field(default_factory=AttributionSpec)
 
     @property
     def num_byzantine(self) -> int:
@@ -119,7 +122,7 @@ class ExperimentConfig(Spec):
 SECTIONS: dict[str, type[Spec] | Registry] = {
     "topology": TopologySpec, "data": DataSpec, "model": MODELS, "algorithm": ALGORITHMS, "threat": ThreatSpec,
     "faults": FaultsSpec, "clock": ClockSpec, "privacy": PrivacySpec,
-    "divergence": DivergenceSpec}
+    "divergence": DivergenceSpec, "attribution": AttributionSpec}
 _DEFAULT_MEMBER = {"model": "mlp", "algorithm": "dsgd"}
 
 

@@ -152,6 +152,8 @@ class RunFolder:
         out = {"on_eval": self.sinks, "on_finish": self.sinks.save_model(built)}
         if checkpoints:
             out["on_checkpoint"] = self.writer.checkpoint
+        if getattr(built, "attribution", None) is not None:  # the simulator's scorer (other engines refuse one)
+            out["on_scores"] = self.writer.scores
         return out
 
     def finish(self, status: str, compute: dict) -> dict:

@@ -81,12 +81,15 @@ def check_builds_and_runs(family: str, name: str, config: dict | None = None) ->
     from peerlearn.engines import simulate
 
     cfg = parse_config(config if config is not None else config_naming(family, name))
-    chosen = {m.name for section in ("topology", "data", "model", "algorithm", "threat")
+    chosen = {m.name for section in ("topology", "data", "model", "algorithm", "threat", "attribution")
               for m in getattr(cfg, section).members() if "name" in type(m).model_fields}
     assert name in chosen, f"{family} {name}: the config does not choose it (chosen: {sorted(chosen)})"
     rows = simulate(build(cfg))
     assert rows and rows[0]["round"] == 0 and rows[-1]["round"] == cfg.num_rounds, f"{family} {name}: rows {rows}"
     assert 0.0 <= rows[-1]["acc_mean"] <= 1.0, f"{family} {name}: acc_mean {rows[-1]['acc_mean']} is not in [0, 1]"
+    if cfg.attribution.active:  # a scorer's summary column, finite once a round has been scored
+        score = rows[-1].get("score_honest_mean")
+        assert score is not None and score == score, f"{family} {name}: score_honest_mean {score} after a round"
     return rows
 
 

@@ -134,6 +134,12 @@ def _goldens() -> dict:
     return json.loads(GOLDENS.read_text())
 
 
+def _recorded_on(goldens: dict, case: str) -> dict | None:
+    """The platform that recorded ``case``: the file's, or the case's own for a case added later
+    (``python -m tests.test_goldens --add``), so each case is compared bit for bit where it was recorded."""
+    return goldens.get("case_platforms", {}).get(case, goldens.get("platform"))
+
+
 def _mode(recorded_platform: dict | None) -> tuple[bool, str]:
     """(bit for bit?, why): bit for bit only on the recording platform, unless told otherwise."""
     if os.environ.get("PEERLEARN_GOLDENS") == "tolerance":
@@ -165,7 +171,7 @@ def test_golden_metrics(case):
     missing = _data_missing(config)
     if missing:
         pytest.skip(missing)
-    _check(case, _rows(config, sets), goldens["cases"][case], goldens.get("platform"))
+    _check(case, _rows(config, sets), goldens["cases"][case], _recorded_on(goldens, case))
 
 
 @pytest.mark.integration
@@ -216,6 +222,10 @@ def test_the_comparison_keeps_counts_exact_and_reports_its_mode():
     lost = compare([{k: v for k, v in row.items() if k != "epsilon"}], [row], exact=False)
     assert not lost.ok and "columns lost" in lost.message("c")
     assert compare([{**row, "loss_mean": 1e-14}], [{**row, "loss_mean": 2e-14}], exact=False).ok  # zero up to rounding
+    scored = {**row, "score_honest_mean": 1e-3}  # attribution scores: differences of losses, SCORE_RTOL off-platform
+    assert compare([{**scored, "score_honest_mean": 1e-3 * (1 + 5e-4)}], [scored], exact=False).ok
+    assert not compare([{**scored, "score_honest_mean": 1e-3 * (1 + 5e-4)}], [scored], exact=True).ok
+    assert not compare([{**scored, "score_honest_mean": 1e-3 * (1 + 2e-3)}], [scored], exact=False).ok
 
 
 def test_the_platform_record_names_the_kernels():
@@ -255,5 +265,18 @@ def record() -> None:
     GOLDENS.write_text(json.dumps({"cases": goldens, "platform": platform()}, indent=0, sort_keys=True))
 
 
+def add_missing() -> None:
+    """Record only the cases the file lacks (a new shipped config), each with this machine's platform; every
+    recorded case stays as it is."""
+    goldens = _goldens()
+    for case, (config, sets) in sorted(_cases().items()):
+        if case in goldens["cases"] or _data_missing(config):
+            continue
+        goldens["cases"][case] = _rows(config, sets)
+        goldens.setdefault("case_platforms", {})[case] = platform()
+        print(f"added {case}: {len(goldens['cases'][case])} rows, acc_mean {goldens['cases'][case][-1]['acc_mean']:.4f}")
+    GOLDENS.write_text(json.dumps(goldens, indent=0, sort_keys=True))
+
+
 if __name__ == "__main__":
-    record()
+    add_missing() if sys.argv[1:] == ["--add"] else record()

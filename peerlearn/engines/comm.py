@@ -93,6 +93,7 @@ class SimComm:
         self.threat: Threat | None = None
         self.alive_N: Tensor | None = None  # None: every node is up
         self.collective_calls = 0  # all-reduces, server averages, multicasts so far (the clock's barriers)
+        self.sent_NP: Tensor | None = None  # the last gossip messages as received (attacks applied): attribution's
         if W is not None:
             self.set_topology(W)
 
@@ -179,7 +180,8 @@ class SimComm:
         self.threat = threat
 
     def _poison(self, x_NP: Tensor) -> Tensor:
-        return poison(self.threat, x_NP)
+        self.sent_NP = poison(self.threat, x_NP)
+        return self.sent_NP
 
     # -- accounting ---------------------------------------------------------------------------
     @staticmethod

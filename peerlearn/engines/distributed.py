@@ -354,6 +354,9 @@ def check_config(cfg, world: int) -> None:
         runs = [name for name, c in ALGORITHMS.items() if "distributed" in c.capabilities.engines]
         raise ConfigError(f"config error: algorithm.name: the distributed engine runs {', '.join(runs)}; "
                           f"got {a.name} (use the simulator)")
+    if cfg.attribution.active:
+        raise ConfigError("config error: attribution.score: scores are computed by the simulator (it sees every "
+                          "node's model each round); remove the attribution section for --engine distributed")
     if world > cfg.num_nodes:
         raise ConfigError(f"config error: num_nodes: {world} ranks need at least {world} nodes, got {cfg.num_nodes}")
 

@@ -65,6 +65,7 @@ def choose_run_dir(out: str | None, name: str, overwrite: bool = False) -> Path:
 
 CHECKPOINT = "checkpoint.pt"
 RUN_MARKER = ".peerlearn-run"
+SCORES_DIR = "attribution"  # per-node attribution scores, one CSV per evaluated round
 """Written into every run folder when it is made: a sweep's ``--overwrite`` deletes only folders holding it, and
 ``--resume`` imports a run's plugins only when it holds your signature of them (:mod:`.ownership`)."""
 
@@ -87,6 +88,9 @@ class RunWriter:
         for stale in ("metrics.csv", "summary.json", FINAL_MODEL, FINAL_MODEL + ".tmp", "report.html", CHECKPOINT + ".tmp",
                       "metrics.csv.tmp") + ((CHECKPOINT,) if rows is None else ()):
             (self.path / stale).unlink(missing_ok=True)
+        if rows is None:  # a fresh run in a reused folder: the last run's per-round scores go
+            for stale in sorted((self.path / SCORES_DIR).glob("round_*.csv")):
+                stale.unlink()
         (self.path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         self.config = config
         self.rows: list[dict] = []
@@ -134,6 +138,19 @@ class RunWriter:
         tmp = self.path / (CHECKPOINT + ".tmp")
         snapshot_io.save({**snapshot, "config": self.config}, tmp)  # the config it belongs to: --resume checks it
         tmp.replace(self.path / CHECKPOINT)
+
+    def scores(self, round_: int, table: dict) -> None:
+        """``attribution/round_<r>.csv``: every node's attribution score at evaluated round ``r`` (node, honest,
+        score), written atomically."""
+        folder = self.path / SCORES_DIR
+        folder.mkdir(exist_ok=True)
+        node, honest = table["node"].double().cpu().tolist(), table["honest"].cpu().tolist()
+        tmp = folder / f"round_{round_:06d}.csv.tmp"
+        with open(tmp, "w", newline="") as f:
+            out = csv.writer(f)
+            out.writerow(["node", "honest", "score"])
+            out.writerows([i, int(h), repr(v)] for i, (h, v) in enumerate(zip(honest, node)))
+        tmp.replace(folder / f"round_{round_:06d}.csv")
 
     def save_model(self, params_NP, honest_N, input_shape: tuple, num_classes: int) -> None:
         """``final_model.pt``: every node's final model (``params_NP``, N x P), the honest nodes' average, and

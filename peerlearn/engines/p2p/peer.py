@@ -38,6 +38,9 @@ def check_config(cfg, peers: int) -> None:
     if cfg.faults.active:
         raise ConfigError("config error: faults: a swarm's faults are real (peers that die or leave): remove the "
                           "faults section for --engine p2p")
+    if cfg.attribution.active:
+        raise ConfigError("config error: attribution.score: scores are computed by the simulator (it sees every "
+                          "node's model each round); remove the attribution section for --engine p2p")
     if peers > cfg.num_nodes:
         raise ConfigError(f"config error: num_nodes: {peers} peers need at least {peers} nodes, got {cfg.num_nodes}")
 
