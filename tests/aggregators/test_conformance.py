@@ -20,6 +20,7 @@ RULES = {
     "nearest_neighbor_mean": (functools.partial(A.nearest_neighbor_mean, f=2), True),
     # own weight 1 and similarity weights in [0, 1]: not a breakdown-point rule, so "robust" is not claimed
     "foolsgold": (functools.partial(A.foolsgold, reference_P=torch.zeros(5, dtype=torch.float64)), False),
+    "flag": (A.flag_aggregate, True),  # displacements capped at the median norm: bounded
 }
 N, K, P = 6, 9, 5
 
