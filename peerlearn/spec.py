@@ -69,6 +69,7 @@ class Capabilities:
     needs_groups: bool = False  # partitions: the dataset's natural groups
     common_init: bool = False  # aggregators: need every node to start from the same model
     linear: bool = False  # aggregators: the linear gossip average W x
+    stateful: bool = False  # aggregators: keep state across rounds and read neighbour ids (the simulator only)
 
     def flags(self) -> list[str]:
         """The non-default capabilities, for ``peerlearn list``."""

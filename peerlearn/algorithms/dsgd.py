@@ -51,6 +51,7 @@ class DsgdState(NamedTuple):
     round: int = 0
     privacy: Any = None  # peerlearn.privacy.PrivacyState when the updates are privatised
     prev_NP: Any = None  # accelerated gossip: the models at the start of the previous round
+    combine: Any = None  # a stateful combine step's state (peerlearn.aggregators.reputation.Combinator)
 
 
 def gossip_combine(aggregator: Callable | None = None, gossip_steps: int = 1) -> Callable:
@@ -68,11 +69,13 @@ def dsgd(optimizer: Transform, num_local_steps: int = 1, order: str = "atc",
          aggregator: Callable | None = None, gossip_steps: int = 1, sam_rho: float = 0.0,
          communicate: Callable[[int], bool] | None = None, combine: Callable | None = None,
          share_fraction: float = 1.0, share_seed: int = 0, privacy=None,
-         acceleration_lambda: float | None = None) -> Algorithm:
+         acceleration_lambda: float | None = None, combinator=None) -> Algorithm:
     """Decentralized SGD: local steps, then gossip with the round's mixing matrix (ATC or CTA order).
 
     With ``aggregator`` (``rule(x_NKP, valid_NK) -> x_NP``, e.g. a robust rule) each node combines
-    its own model and its neighbours' messages by that rule instead of the weighted sum ``W x``.
+    its own model and its neighbours' messages by that rule instead of the weighted sum ``W x``; with
+    ``combinator`` (:class:`~peerlearn.aggregators.reputation.Combinator`) by a combine step that keeps state
+    across rounds (a running reputation).
     """
     if order not in ("atc", "cta"):
         raise ValueError(f"algorithm.order must be 'atc' or 'cta', got {order!r}")
@@ -85,7 +88,8 @@ def dsgd(optimizer: Transform, num_local_steps: int = 1, order: str = "atc",
     combine = combine or gossip_combine(aggregator, gossip_steps)
 
     def init(params_NP):
-        return DsgdState(optimizer.init(params_NP), 0, None if privacy is None else privacy.init(params_NP))
+        return DsgdState(optimizer.init(params_NP), 0, None if privacy is None else privacy.init(params_NP),
+                         combine=None if combinator is None else combinator.init(params_NP.shape[0]))
 
     def step(state, params_NP, batches, grad_fn, comm):
         round_ = state.round + 1
@@ -96,13 +100,17 @@ def dsgd(optimizer: Transform, num_local_steps: int = 1, order: str = "atc",
             update, private = privacy.privatize(trained - params_NP, private, comm)
             trained = params_NP + update
         prev = params_NP if acceleration_lambda is not None else None  # the next round's x^{t-1}
+        kept = state.combine
         if communicate is not None and not communicate(round_):
             params_NP = trained
+        elif combinator is not None:
+            mixed, kept = combinator.step(comm, trained if order == "atc" else params_NP, params_NP, kept, round_)
+            params_NP = mixed if order == "atc" else mixed + (trained - params_NP)
         elif order == "atc":
             params_NP = momentum(shared_combine(comm, trained, round_), state, round_)
         else:
             params_NP = momentum(shared_combine(comm, params_NP, round_), state, round_) + (trained - params_NP)
-        return params_NP, DsgdState(opt_state, round_, private, prev), {"loss": float(loss.mean())}
+        return params_NP, DsgdState(opt_state, round_, private, prev, kept), {"loss": float(loss.mean())}
 
     def momentum(mixed_NP, state, round_):
         if acceleration_lambda is None:
@@ -191,6 +199,11 @@ class DsgdSpec(LocalSteps, Synchronous, ServerRounds):
         if self.variance_correction and not agg.capabilities.linear:
             raise config_error("algorithm.variance_correction", f"corrects linear gossip averaging; not combined "
                                                                 f"with aggregator {agg.name}")
+        if agg.capabilities.stateful:
+            for key, clash in {"gossip_steps": self.gossip_steps > 1, "share_fraction": self.share_fraction < 1.0}.items():
+                if clash:
+                    raise config_error(f"algorithm.{key}", f"{agg.name} keeps one view of each neighbour per round; "
+                                                          "not combined with several or partial gossip steps")
         if not agg.capabilities.linear and cfg.topology.schedule.capabilities.time_varying:
             raise config_error("algorithm.aggregator", f"{agg.name} needs a static topology (its f is checked "
                                                        f"against the graph), got topology.schedule "
@@ -239,8 +252,14 @@ class DsgdSpec(LocalSteps, Synchronous, ServerRounds):
 
         from peerlearn.aggregators.base import probe_rule
 
+        from peerlearn.aggregators.reputation import Combinator
+
         rule = self.aggregator.build(ctx)
-        probe_rule(self.aggregator, rule, ctx)  # a plugin's rule: its output shape, before any round
+        combinator = rule if isinstance(rule, Combinator) else None
+        if combinator is not None:
+            rule = None
+        else:
+            probe_rule(self.aggregator, rule, ctx)  # a plugin's rule: its output shape, before any round
         combine = gossip_combine(rule, self.gossip_steps)
         if self.variance_correction:
             combine = variance_corrected(combine, ctx.layer_slices)
@@ -249,4 +268,5 @@ class DsgdSpec(LocalSteps, Synchronous, ServerRounds):
             communicate = communication_schedule(ctx.num_rounds, self.comm_every, self.comm_late_fraction)
         return dsgd(self.transform(), self.num_local_steps, self.order, sam_rho=self.sam_rho, communicate=communicate,
                     combine=combine, share_fraction=self.share_fraction, share_seed=ctx.seed("share"),
-                    privacy=ctx.privacy.build(ctx, self.lr), acceleration_lambda=self._lambda(ctx))
+                    privacy=ctx.privacy.build(ctx, self.lr), acceleration_lambda=self._lambda(ctx),
+                    combinator=combinator)

@@ -47,6 +47,7 @@ class ScoreSpec(Spec):
 
     higher_is_better: ClassVar[bool] = True  # a node's score: higher means it contributed more / is trusted more
     max_nodes: ClassVar[int | None] = None  # the largest run it is meant for (its cost grows faster than N)
+    needs_tools: ClassVar[bool] = False  # build reads ScoreTools (probe batches): not usable inside a combine step
 
     def build(self, ctx: BuildContext, tools: "ScoreTools") -> Scorer:
         raise NotImplementedError

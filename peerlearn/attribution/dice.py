@@ -134,6 +134,7 @@ class DiceSpec(ScoreSpec):
     test_samples: int = Field(256, ge=1, le=100_000, description="test samples (a seeded sample) the influence is "
                                                                 "measured on")
     max_nodes: ClassVar = 4096  # an N x N influence matrix, one HVP per pair within hops
+    needs_tools: ClassVar = True
 
     def build(self, ctx, tools):
         x, y = ctx.dataset.x_test, ctx.dataset.y_test

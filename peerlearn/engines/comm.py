@@ -141,6 +141,17 @@ class SimComm:
             self._table = padded_neighbours(off.indptr, off.indices, k, np.arange(self.num_nodes))
         return self._table
 
+    def neighbour_ids(self) -> tuple[Tensor, Tensor]:
+        """``(ids_NK, valid_NK)``: the node ids of :meth:`gather`'s columns (``include_self``: column 0 is the
+        node itself), for combine rules that keep per-neighbour state."""
+        nbr, valid = self._neighbour_table()
+        ids = torch.cat([torch.arange(self.num_nodes)[:, None], nbr], 1)
+        return ids, torch.cat([torch.ones(self.num_nodes, 1, dtype=torch.bool), valid], 1)
+
+    def dense_W(self) -> Tensor:
+        """The round's mixing matrix, dense (``W[k, j]``: k's weight on j)."""
+        return torch.as_tensor(as_csr(self.W).toarray(), dtype=torch.float32)
+
     def _weights(self, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(off-diagonal CSR ``A``, its row sums, the diagonal, ``A - diag(A 1)``) in ``dtype`` (float32 built,
         others cached)."""

@@ -354,6 +354,10 @@ def check_config(cfg, world: int) -> None:
         runs = [name for name, c in ALGORITHMS.items() if "distributed" in c.capabilities.engines]
         raise ConfigError(f"config error: algorithm.name: the distributed engine runs {', '.join(runs)}; "
                           f"got {a.name} (use the simulator)")
+    agg = getattr(cfg.algorithm, "aggregator", None)
+    if agg is not None and agg.capabilities.stateful:
+        raise ConfigError(f"config error: algorithm.aggregator: {agg.name} keeps a view of each neighbour across "
+                          "rounds, which the simulator runs; use another aggregator for --engine distributed")
     if cfg.attribution.active:
         raise ConfigError("config error: attribution.score: scores are computed by the simulator (it sees every "
                           "node's model each round); remove the attribution section for --engine distributed")

@@ -22,7 +22,6 @@ from peerlearn.engines.comm import SimComm
 from peerlearn.engines.loop import RunRows, run_rounds
 from peerlearn.engines.run import _clone, make_evaluator, rejoin, restore, round_network
 from peerlearn.rows import freeze_rows
-from peerlearn.topology.clique import as_csr
 from peerlearn.types import AsyncAlgorithm, Tensor
 
 
@@ -134,7 +133,7 @@ class _Batched:
     def _score(self, round_: int, start_NP: Tensor) -> None:
         """The attribution scorer's view of the round just run."""
         comm, n = self.comm, self.params_NP.shape[0]
-        W = torch.eye(n) if comm.W is None else torch.as_tensor(as_csr(comm.W).toarray(), dtype=torch.float32)
+        W = torch.eye(n) if comm.W is None else comm.dense_W()
         sent = comm.sent_NP if comm.sent_NP is not None and comm.sent_NP.shape == self.params_NP.shape else None
         view = RoundView(round_, start_NP, self.params_NP, W.to(self.params_NP.device), sent)
         self.scores = self.built.attribution.update(self.scores, view)

@@ -38,6 +38,10 @@ def check_config(cfg, peers: int) -> None:
     if cfg.faults.active:
         raise ConfigError("config error: faults: a swarm's faults are real (peers that die or leave): remove the "
                           "faults section for --engine p2p")
+    agg = getattr(cfg.algorithm, "aggregator", None)
+    if agg is not None and agg.capabilities.stateful:
+        raise ConfigError(f"config error: algorithm.aggregator: {agg.name} keeps a view of each neighbour across "
+                          "rounds, which the simulator runs; use another aggregator for --engine p2p")
     if cfg.attribution.active:
         raise ConfigError("config error: attribution.score: scores are computed by the simulator (it sees every "
                           "node's model each round); remove the attribution section for --engine p2p")
