@@ -31,8 +31,9 @@ from peerlearn.types import Tensor
 
 class Combinator(NamedTuple):
     """A combine step with state across rounds: ``init(num_nodes) -> state``;
-    ``step(comm, x_NP, start_NP, state, round_) -> (x_NP, state)`` (``start_NP``: the models at the round's
-    start). Needs ``comm.neighbour_ids()`` and ``comm.dense_W()`` (the simulator's comm)."""
+    ``step(comm, x_NP, start_NP, state, round_) -> (x_NP, state, metrics)`` (``start_NP``: the models at the
+    round's start; ``metrics``: extra per-round values for the rows). Needs ``comm.neighbour_ids()`` and
+    ``comm.dense_W()`` (the simulator's comm)."""
 
     init: Callable[[int], Any]
     step: Callable[..., tuple[Tensor, Any]]
@@ -71,7 +72,7 @@ def reputation_combinator(scorer, mode: str = "filter", f: int = 1) -> Combinato
         trust = pair_NN.to(x_NP.dtype).gather(1, ids)
         w = trust_weights(W_NN.gather(1, ids).to(x_NP.dtype), trust, valid, mode, f)
         mixed = (w[..., None] * x_NKP).sum(1) / w.sum(1, keepdim=True).clamp_min(1e-30)
-        return mixed, scorer.update(state, RoundView(round_, start_NP, mixed, W_NN, comm.sent_NP))
+        return mixed, scorer.update(state, RoundView(round_, start_NP, mixed, W_NN, comm.sent_NP)), {}
 
     return Combinator(init, step)
 

@@ -100,17 +100,18 @@ def dsgd(optimizer: Transform, num_local_steps: int = 1, order: str = "atc",
             update, private = privacy.privatize(trained - params_NP, private, comm)
             trained = params_NP + update
         prev = params_NP if acceleration_lambda is not None else None  # the next round's x^{t-1}
-        kept = state.combine
+        kept, extra = state.combine, {}
         if communicate is not None and not communicate(round_):
             params_NP = trained
         elif combinator is not None:
-            mixed, kept = combinator.step(comm, trained if order == "atc" else params_NP, params_NP, kept, round_)
+            mixed, kept, extra = combinator.step(comm, trained if order == "atc" else params_NP, params_NP, kept,
+                                                 round_)
             params_NP = mixed if order == "atc" else mixed + (trained - params_NP)
         elif order == "atc":
             params_NP = momentum(shared_combine(comm, trained, round_), state, round_)
         else:
             params_NP = momentum(shared_combine(comm, params_NP, round_), state, round_) + (trained - params_NP)
-        return params_NP, DsgdState(opt_state, round_, private, prev, kept), {"loss": float(loss.mean())}
+        return params_NP, DsgdState(opt_state, round_, private, prev, kept), {"loss": float(loss.mean()), **extra}
 
     def momentum(mixed_NP, state, round_):
         if acceleration_lambda is None:
