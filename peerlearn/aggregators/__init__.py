@@ -14,9 +14,11 @@ from peerlearn.aggregators.loss_delta import loss_delta_mean, loss_delta_scores
 from peerlearn.aggregators.flag import flag_aggregate, flag_scores
 from peerlearn.aggregators.reputation import Combinator, reputation_combinator, trust_weights
 from peerlearn.aggregators.blocklist import blocklist_combinator, proven_byzantine
+from peerlearn.aggregators.bristle import bristle_combinator, class_weights
 from peerlearn.aggregators.variance_correction import layer_variances, restore_variance, variance_corrected
 
-__all__ = ["AGGREGATORS", "AggregatorSpec", "Combinator", "blocklist_combinator", "proven_byzantine", "reputation_combinator", "trust_weights", "align", "aligned_mean", "bulyan", "centered_clipping", "coordinate_median", "flag_aggregate", "flag_scores", "foolsgold", "geometric_median", "krum", "loss_delta_mean", "loss_delta_scores",
+__all__ = ["AGGREGATORS", "AggregatorSpec", "Combinator", "blocklist_combinator", "bristle_combinator", "class_weights",
+           "proven_byzantine", "reputation_combinator", "trust_weights", "align", "aligned_mean", "bulyan", "centered_clipping", "coordinate_median", "flag_aggregate", "flag_scores", "foolsgold", "geometric_median", "krum", "loss_delta_mean", "loss_delta_scores",
            "masked_mean", "mean",
            "layer_variances", "multi_krum", "nearest_neighbor_mean", "restore_variance", "trimmed_mean",
            "variance_corrected"]
