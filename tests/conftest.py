@@ -85,3 +85,22 @@ def ctrl_c_as_in_a_terminal() -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def checkpoint_keeper(tmp_path):
+    """``(on_checkpoint, snapshots)``: every snapshot an engine hands over, through the disk format ``--resume``
+    reads (``snapshots[round]``)."""
+    from peerlearn.report import snapshot_io
+
+    snapshots = {}
+
+    def keep(snapshot):
+        snapshot_io.save(snapshot, tmp_path / "snapshot.pt")
+        snapshots[snapshot["round"]] = snapshot_io.load(tmp_path / "snapshot.pt")
+
+    return keep, snapshots
+
+
+def same_rows(rows: list[dict]) -> list[dict]:
+    """Rows as comparable values (repr: NaN equals NaN), without the wall-clock columns."""
+    return [{k: repr(v) for k, v in r.items() if k not in ("wall_time_s", "eval_time_s")} for r in rows]

@@ -14,7 +14,7 @@ The engine evaluates ``read`` at every evaluated round: a run's ``metrics.csv`` 
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, NamedTuple
+from typing import Callable, ClassVar, NamedTuple
 
 import torch
 from pydantic import Field, SerializeAsAny
@@ -49,7 +49,7 @@ class ScoreSpec(Spec):
     max_nodes: ClassVar[int | None] = None  # the largest run it is meant for (its cost grows faster than N)
     needs_tools: ClassVar[bool] = False  # build reads ScoreTools (probe batches): not usable inside a combine step
 
-    def build(self, ctx: BuildContext, tools: "ScoreTools") -> Scorer:
+    def build(self, ctx: BuildContext, tools: "ScoreTools | None") -> Scorer:
         raise NotImplementedError
 
 
@@ -95,13 +95,6 @@ def summary(node_N: Tensor, honest_N: Tensor) -> dict[str, float]:
     return out
 
 
-def dense(W: Any, n: int) -> Tensor:
-    """The round's mixing matrix as a dense float tensor (scipy sparse, torch sparse or dense in)."""
-    if isinstance(W, torch.Tensor):
-        return (W.to_dense() if W.is_sparse or W.layout != torch.strided else W).float()
-    if W is None:
-        return torch.eye(n)
-    return torch.as_tensor(W.toarray(), dtype=torch.float32)
 
 
 class ScoreTools(NamedTuple):

@@ -40,6 +40,7 @@ from peerlearn.engines.loop import RunRows, run_rounds
 from peerlearn.engines.membership import Membership, PeerFailure, RunStopped, connect_store
 from peerlearn.engines.run import _clone, departed_faults, is_evaluation_round, make_evaluator, round_network
 from peerlearn.rows import freeze_rows
+from peerlearn.engines.run import refuse_simulator_only
 from peerlearn.spec import ConfigError
 from peerlearn.types import Tensor
 
@@ -354,13 +355,7 @@ def check_config(cfg, world: int) -> None:
         runs = [name for name, c in ALGORITHMS.items() if "distributed" in c.capabilities.engines]
         raise ConfigError(f"config error: algorithm.name: the distributed engine runs {', '.join(runs)}; "
                           f"got {a.name} (use the simulator)")
-    agg = getattr(cfg.algorithm, "aggregator", None)
-    if agg is not None and agg.capabilities.stateful:
-        raise ConfigError(f"config error: algorithm.aggregator: {agg.name} keeps a view of each neighbour across "
-                          "rounds, which the simulator runs; use another aggregator for --engine distributed")
-    if cfg.attribution.active:
-        raise ConfigError("config error: attribution.score: scores are computed by the simulator (it sees every "
-                          "node's model each round); remove the attribution section for --engine distributed")
+    refuse_simulator_only(cfg, "distributed")
     if world > cfg.num_nodes:
         raise ConfigError(f"config error: num_nodes: {world} ranks need at least {world} nodes, got {cfg.num_nodes}")
 

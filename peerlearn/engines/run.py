@@ -179,6 +179,20 @@ def departed_faults(built, departure_N: np.ndarray) -> FaultPlan | None:
     return FaultPlan(~gone_TN, metropolis_hastings_weights if regular else built.mixing)
 
 
+def refuse_simulator_only(cfg, engine: str) -> None:
+    """What only the simulator runs, refused in one line for ``--engine <engine>``: a combine step that keeps a
+    view of each neighbour across rounds, and attribution scores (both need every node's model each round)."""
+    from peerlearn.spec import ConfigError
+
+    agg = getattr(cfg.algorithm, "aggregator", None)
+    if agg is not None and agg.capabilities.stateful:
+        raise ConfigError(f"config error: algorithm.aggregator: {agg.name} keeps a view of each neighbour across "
+                          f"rounds, which the simulator runs; use another aggregator for --engine {engine}")
+    if cfg.attribution.active:
+        raise ConfigError("config error: attribution.score: scores are computed by the simulator (it sees every "
+                          f"node's model each round); remove the attribution section for --engine {engine}")
+
+
 def _clone(x):
     return x.clone() if isinstance(x, Tensor) else x
 

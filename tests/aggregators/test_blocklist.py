@@ -9,8 +9,7 @@ import torch
 from peerlearn.aggregators.blocklist import ACCUSATION_BYTES, proven_byzantine
 from peerlearn.build import build
 from peerlearn.engines import simulate
-from peerlearn.report import snapshot_io
-from tests.conftest import tiny_config
+from tests.conftest import checkpoint_keeper, tiny_config
 
 
 def _trial(seed: int, n: int = 20, f: int = 3, degree: int = 4, lies: float = 1.0):
@@ -57,11 +56,8 @@ def test_in_a_run_every_noise_sender_is_blocked_within_patience_plus_diameter_ro
     cfg = tiny_config(num_rounds=12, eval_every=1, topology={"graph": "random_regular", "degree": 4},
                       threat={"attack": "gaussian", "num_byzantine": 2, "sigma": 3.0},
                       algorithm={"aggregator": "blocklist", "f": 2, "patience": patience})
-    built, snapshots = build(cfg), {}
-
-    def keep(snapshot):
-        snapshot_io.save(snapshot, tmp_path / "s.pt")
-        snapshots[snapshot["round"]] = snapshot_io.load(tmp_path / "s.pt")
+    built = build(cfg)
+    keep, snapshots = checkpoint_keeper(tmp_path)
 
     rows = simulate(built, on_checkpoint=keep)
     diameter = nx.diameter(nx.from_scipy_sparse_array(built.adjacency))

@@ -10,8 +10,7 @@ from peerlearn.aggregators.reputation import trust_weights
 from peerlearn.build import build
 from peerlearn.config import ConfigError
 from peerlearn.engines import simulate
-from peerlearn.report import snapshot_io
-from tests.conftest import tiny_config
+from tests.conftest import checkpoint_keeper, same_rows, tiny_config
 
 NAN = math.nan
 
@@ -47,16 +46,11 @@ def test_a_resumed_run_continues_the_reputation_it_had(tmp_path):
     cfg = tiny_config(num_rounds=20, eval_every=5, topology={"graph": "random_regular", "degree": 4},
                       threat={"attack": "gaussian", "num_byzantine": 2, "sigma": 3.0},
                       algorithm={"aggregator": "reputation", "score": "meritrank", "mode": "weight"})
-    snapshots = {}
-
-    def keep(snapshot):
-        snapshot_io.save(snapshot, tmp_path / "s.pt")
-        snapshots[snapshot["round"]] = snapshot_io.load(tmp_path / "s.pt")
+    keep, snapshots = checkpoint_keeper(tmp_path)
 
     full = simulate(build(cfg), on_checkpoint=keep)
     resumed = simulate(build(cfg), resume=snapshots[10])
-    same = [{k: repr(v) for k, v in r.items() if k not in ("wall_time_s", "eval_time_s")} for r in full]
-    assert [{k: repr(v) for k, v in r.items() if k not in ("wall_time_s", "eval_time_s")} for r in resumed] == same
+    assert same_rows(resumed) == same_rows(full)
 
 
 @pytest.mark.parametrize("algorithm, field", [

@@ -7,8 +7,7 @@ import numpy as np
 
 from peerlearn.build import build
 from peerlearn.engines import simulate
-from peerlearn.report import snapshot_io
-from tests.conftest import tiny_config
+from tests.conftest import checkpoint_keeper, same_rows, tiny_config
 
 
 def _sybils(aggregator: str, degree: int = 8, attack: str | None = "sign_flip", rounds: int = 40,
@@ -31,11 +30,8 @@ def test_the_history_gossip_protects_the_node_with_a_single_sybil_neighbour():
 def test_records_travel_one_hop_a_round_never_replace_direct_ones_and_are_paid_for(tmp_path):
     rounds = 6
     cfg = _sybils("sybilwall", degree=3, attack=None, rounds=rounds, eval_every=1)
-    built, snapshots = build(cfg), {}
-
-    def keep(snapshot):
-        snapshot_io.save(snapshot, tmp_path / "s.pt")
-        snapshots[snapshot["round"]] = snapshot_io.load(tmp_path / "s.pt")
+    built = build(cfg)
+    keep, snapshots = checkpoint_keeper(tmp_path)
 
     rows = simulate(built, on_checkpoint=keep)
     graph = nx.from_scipy_sparse_array(built.adjacency)
@@ -58,13 +54,8 @@ def test_records_travel_one_hop_a_round_never_replace_direct_ones_and_are_paid_f
 
 def test_a_resumed_run_continues_the_history_gossip(tmp_path):
     cfg = _sybils("sybilwall", degree=4, rounds=12, eval_every=4)
-    snapshots = {}
-
-    def keep(snapshot):
-        snapshot_io.save(snapshot, tmp_path / "s.pt")
-        snapshots[snapshot["round"]] = snapshot_io.load(tmp_path / "s.pt")
+    keep, snapshots = checkpoint_keeper(tmp_path)
 
     full = simulate(build(cfg), on_checkpoint=keep)
     resumed = simulate(build(cfg), resume=snapshots[4])
-    same = lambda rows: [{k: repr(v) for k, v in r.items() if k not in ("wall_time_s", "eval_time_s")} for r in rows]
-    assert same(resumed) == same(full)
+    assert same_rows(resumed) == same_rows(full)

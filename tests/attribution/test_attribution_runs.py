@@ -10,8 +10,7 @@ from peerlearn import cli
 from peerlearn.build import build
 from peerlearn.config import ConfigError
 from peerlearn.engines import simulate
-from peerlearn.report import snapshot_io
-from tests.conftest import tiny_config
+from tests.conftest import checkpoint_keeper, same_rows, tiny_config
 
 SCORED = {"threat": {"attack": "label_flip", "num_byzantine": 1}, "topology": {"graph": "ring"}}
 
@@ -19,18 +18,11 @@ SCORED = {"threat": {"attack": "label_flip", "num_byzantine": 1}, "topology": {"
 @pytest.mark.parametrize("score", ["loss_delta", "dice", "meritrank"])
 def test_a_run_resumed_from_a_checkpoint_gives_the_same_rows_and_scores(tmp_path, score):
     cfg = tiny_config(num_rounds=20, eval_every=5, attribution={"score": score}, **SCORED)
-    snapshots = {}
-
-    def keep(snapshot):  # through the disk format, as --resume reads it
-        snapshot_io.save(snapshot, tmp_path / "s.pt")
-        snapshots[snapshot["round"]] = snapshot_io.load(tmp_path / "s.pt")
+    keep, snapshots = checkpoint_keeper(tmp_path)  # through the disk format, as --resume reads it
 
     full = simulate(build(cfg), on_checkpoint=keep)
     resumed = simulate(build(cfg), resume=snapshots[10])
-    def same(rows):  # repr: NaN equals NaN; the wall clock differs
-        return [{k: repr(v) for k, v in r.items() if k not in ("wall_time_s", "eval_time_s")} for r in rows]
-
-    assert same(resumed) == same(full)
+    assert same_rows(resumed) == same_rows(full)
     assert not math.isnan(full[-1]["score_auc"])
 
 

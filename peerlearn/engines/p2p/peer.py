@@ -18,7 +18,7 @@ from peerlearn.engines.distributed import _planned_death
 from peerlearn.engines.loop import RunRows, run_rounds
 from peerlearn.engines.p2p.churn import churn_point
 from peerlearn.engines.p2p.comm import P2PComm
-from peerlearn.engines.run import make_evaluator, round_network
+from peerlearn.engines.run import make_evaluator, refuse_simulator_only, round_network
 from peerlearn.spec import ConfigError
 from peerlearn.types import Tensor
 
@@ -38,13 +38,7 @@ def check_config(cfg, peers: int) -> None:
     if cfg.faults.active:
         raise ConfigError("config error: faults: a swarm's faults are real (peers that die or leave): remove the "
                           "faults section for --engine p2p")
-    agg = getattr(cfg.algorithm, "aggregator", None)
-    if agg is not None and agg.capabilities.stateful:
-        raise ConfigError(f"config error: algorithm.aggregator: {agg.name} keeps a view of each neighbour across "
-                          "rounds, which the simulator runs; use another aggregator for --engine p2p")
-    if cfg.attribution.active:
-        raise ConfigError("config error: attribution.score: scores are computed by the simulator (it sees every "
-                          "node's model each round); remove the attribution section for --engine p2p")
+    refuse_simulator_only(cfg, "p2p")
     if peers > cfg.num_nodes:
         raise ConfigError(f"config error: num_nodes: {peers} peers need at least {peers} nodes, got {cfg.num_nodes}")
 
