@@ -70,6 +70,37 @@ def shards(labels: np.ndarray, num_nodes: int, classes_per_node: int, seed: int 
     return _check([np.concatenate([pieces[k] for k in row]) for row in deal], min_size, "shards")
 
 
+def clusters(labels: np.ndarray, num_nodes: int, num_clusters: int, seed: int = 0,
+             min_size: int = 1) -> list[np.ndarray]:
+    """A planted cluster structure: the classes are dealt into ``num_clusters`` disjoint label sets, node i
+    belongs to cluster ``i mod num_clusters``, and each cluster's samples are split at random among its nodes.
+    Nodes of one cluster share a task; nodes of different clusters share no class (what a learned cooperation
+    graph should find, SCooL's planted-partition setting).
+
+    References:
+        Li, Zhou, Tian & Tao, "Structured Cooperative Learning with Graphical Model Priors", ICML 2023 (its
+        non-iid SBM setting: clients in groups with their own label sets).
+    """
+    classes = np.unique(labels)
+    if not 1 <= num_clusters <= min(len(classes), num_nodes):
+        raise ValueError(f"data.num_clusters must be between 1 and min(classes={len(classes)}, "
+                         f"num_nodes={num_nodes}), got {num_clusters}")
+    rng = np.random.default_rng(seed)
+    label_sets = np.array_split(rng.permutation(classes), num_clusters)
+    parts: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * num_nodes
+    for c, label_set in enumerate(label_sets):
+        members = np.arange(c, num_nodes, num_clusters)
+        samples = rng.permutation(np.flatnonzero(np.isin(labels, label_set)))
+        for node, piece in zip(members, np.array_split(samples, len(members))):
+            parts[node] = np.sort(piece)
+    return _check(parts, min_size, "clusters")
+
+
+def cluster_of(num_nodes: int, num_clusters: int) -> np.ndarray:
+    """Each node's cluster under :func:`clusters`."""
+    return np.arange(num_nodes) % num_clusters
+
+
 def quantity_skew(labels: np.ndarray, num_nodes: int, alpha: float, seed: int = 0,
                   min_size: int = 2) -> list[np.ndarray]:
     """Size skew with IID labels: node shares ``q ~ Dir(alpha * 1_N)``, at least ``min_size`` each."""
@@ -150,6 +181,17 @@ class ShardsSpec(_Plain):
     name: Literal["shards"] = "shards"
     classes_per_node: int = Field(2, ge=1, description="classes per node")
     factory: ClassVar = staticmethod(shards)
+
+
+@PARTITIONS.register
+class ClustersSpec(_Plain):
+    """A planted cluster structure: nodes in groups, each group with its own disjoint label set (SCooL's
+    planted-partition setting, Li et al., ICML 2023)."""
+
+    name: Literal["clusters"] = "clusters"
+    num_clusters: int = Field(2, ge=1, le=100_000, description="groups of nodes, each with its own label set "
+                                                                "(node i in group i mod num_clusters)")
+    factory: ClassVar = staticmethod(clusters)
 
 
 @PARTITIONS.register
