@@ -316,8 +316,21 @@ def parse_config(data: dict | None, overrides: list[str] = (), base_dir: Path | 
         cfg = ExperimentConfig.model_validate(values)
     except ValidationError as err:
         raise ConfigError(format_error(err, "")) from None
+    personal_split(cfg)
     check_consistency(cfg)
     return cfg
+
+
+PERSONAL_TEST_FRACTION = 0.2
+
+
+def personal_split(cfg: ExperimentConfig) -> None:
+    """A personalized algorithm is judged on each node's own held-out data, as its papers do: unless the config
+    says otherwise, ``data.local_test_fraction`` becomes 0.2 for it (written out in the run's config.yaml)."""
+    data = cfg.data
+    if cfg.algorithm.capabilities.personalized and "local_test_fraction" not in data.model_fields_set \
+            and not data.relay_fraction:
+        data.local_test_fraction = PERSONAL_TEST_FRACTION
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:

@@ -70,6 +70,7 @@ class Capabilities:
     common_init: bool = False  # aggregators: need every node to start from the same model
     linear: bool = False  # aggregators: the linear gossip average W x
     stateful: bool = False  # aggregators: keep state across rounds and read neighbour ids (the simulator only)
+    personalized: bool = False  # algorithms: a model per node for its own task (judged on its own held-out data)
 
     def flags(self) -> list[str]:
         """The non-default capabilities, for ``peerlearn list``."""

@@ -72,15 +72,28 @@ class Synchronous(AlgorithmSpec):
     """Synchronous rounds; optionally one global average after the last round."""
 
     final_merge: bool = Field(False, description="after the last round, all nodes average once (one all-reduce)")
+    finetune_steps: int = Field(0, ge=0, le=1_000_000, description="after the last round (and the final merge), "
+                                "each node takes this many local steps on its own data: the personalization "
+                                "baseline, a shared model fine-tuned locally")
 
 
     def make(self, ctx: BuildContext) -> Algorithm:
-        algo = super().make(ctx)
-        if not self.final_merge:
-            return algo
-        from peerlearn.algorithms.final_merge import with_final_merge
+        from peerlearn.algorithms.final_merge import with_final_finetune, with_final_merge
 
-        return with_final_merge(algo, ctx.num_rounds)
+        algo = super().make(ctx)
+        if self.final_merge:
+            algo = with_final_merge(algo, ctx.num_rounds)
+        if self.finetune_steps:
+            algo = with_final_finetune(algo, ctx.num_rounds, self.finetune_optimizer(), self.finetune_steps)
+        return algo
+
+    def finetune_optimizer(self):
+        """The fine-tuning steps' optimizer: the algorithm's local one (plain SGD at its lr without one)."""
+        if hasattr(self, "transform"):
+            return self.transform()
+        from peerlearn.optim import sgd
+
+        return sgd(getattr(self, "lr", 0.1))
 
     def check(self, cfg) -> None:
         if self.final_merge and cfg.threat.poisons == "messages":

@@ -42,3 +42,33 @@ def with_final_merge(algorithm: Algorithm, num_rounds: int) -> Algorithm:
 
     report = None if algorithm.report is None else (lambda state: algorithm.report(state.inner))
     return Algorithm(init, step, report)
+
+
+class FinetuneState(NamedTuple):
+    inner: Any
+    round: int
+
+
+def with_final_finetune(algorithm: Algorithm, num_rounds: int, optimizer, steps: int) -> Algorithm:
+    """``algorithm``, whose round ``num_rounds`` ends with every node taking ``steps`` steps of ``optimizer``
+    (a fresh state) on its own data: the personalization baseline of the papers that learn personalized models,
+    a shared model fine-tuned locally. No communication.
+
+    References:
+        Wang et al., "Federated Evaluation of On-device Personalization", 2019 (local fine-tuning of the
+        federated model); Li, Zhou, Tian & Tao, ICML 2023 (SCooL compares against it).
+    """
+    from peerlearn.algorithms.local import local_steps
+
+    def init(params_NP):
+        return FinetuneState(algorithm.init(params_NP), 0)
+
+    def step(state, params_NP, batches, grad_fn, comm):
+        params_NP, inner, metrics = algorithm.step(state.inner, params_NP, batches, grad_fn, comm)
+        round_ = state.round + 1
+        if round_ == num_rounds:
+            params_NP, _, _ = local_steps(params_NP, optimizer.init(params_NP), optimizer, batches, grad_fn, steps)
+        return params_NP, FinetuneState(inner, round_), metrics
+
+    report = None if algorithm.report is None else (lambda state: algorithm.report(state.inner))
+    return Algorithm(init, step, report)

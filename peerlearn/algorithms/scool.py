@@ -167,7 +167,7 @@ class ScoolSpec(LocalSteps, Synchronous):
                                                                    "with once the graph is fixed")
     why_not: ClassVar = {"attack": "its messages are updates sent to every node, not gossip",
                          "privacy": "noise on its updates is not modelled"}
-    capabilities: ClassVar = Capabilities(engines=frozenset({"simulator"}))
+    capabilities: ClassVar = Capabilities(engines=frozenset({"simulator"}), personalized=True)
 
     def build(self, ctx):
         return scool(self.transform(), ctx.probe_loss_fn, self.num_local_steps, self.prior, self.blocks, self.scale,
