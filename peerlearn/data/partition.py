@@ -86,7 +86,7 @@ def clusters(labels: np.ndarray, num_nodes: int, num_clusters: int, seed: int = 
         raise ValueError(f"data.num_clusters must be between 1 and min(classes={len(classes)}, "
                          f"num_nodes={num_nodes}), got {num_clusters}")
     rng = np.random.default_rng(seed)
-    label_sets = np.array_split(rng.permutation(classes), num_clusters)
+    label_sets = np.array_split(rng.permutation(classes), num_clusters)  # what cluster_label_sets gives
     parts: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * num_nodes
     for c, label_set in enumerate(label_sets):
         members = np.arange(c, num_nodes, num_clusters)
@@ -99,6 +99,11 @@ def clusters(labels: np.ndarray, num_nodes: int, num_clusters: int, seed: int = 
 def cluster_of(num_nodes: int, num_clusters: int) -> np.ndarray:
     """Each node's cluster under :func:`clusters`."""
     return np.arange(num_nodes) % num_clusters
+
+
+def cluster_label_sets(labels: np.ndarray, num_clusters: int, seed: int) -> list[np.ndarray]:
+    """The label set of each cluster :func:`clusters` draws with ``seed`` (the partition's seed stream)."""
+    return np.array_split(np.random.default_rng(seed).permutation(np.unique(labels)), num_clusters)
 
 
 def quantity_skew(labels: np.ndarray, num_nodes: int, alpha: float, seed: int = 0,
