@@ -63,6 +63,9 @@ def shards(labels: np.ndarray, num_nodes: int, classes_per_node: int, seed: int 
     """
     if classes_per_node < 1:
         raise ValueError(f"data.classes_per_node must be >= 1, got {classes_per_node}")
+    if num_nodes * classes_per_node > len(labels):
+        raise ValueError(f"data.classes_per_node: {num_nodes} nodes x {classes_per_node} shards each is more than "
+                         f"the {len(labels)} training samples")
     rng = np.random.default_rng(seed)
     order = np.lexsort((rng.random(len(labels)), labels))
     pieces = np.array_split(order, num_nodes * classes_per_node)
@@ -184,7 +187,7 @@ class ShardsSpec(_Plain):
     """Pathological label skew: each node holds shards of a few classes (McMahan et al., AISTATS 2017)."""
 
     name: Literal["shards"] = "shards"
-    classes_per_node: int = Field(2, ge=1, description="classes per node")
+    classes_per_node: int = Field(2, ge=1, le=100_000, description="classes per node")
     factory: ClassVar = staticmethod(shards)
 
 
