@@ -90,6 +90,7 @@ def blocklist_combinator(scorer, f: int, margin: float, patience: int, accusatio
         return out
 
     def step(comm, x_NP: Tensor, start_NP: Tensor, state: dict, round_: int):
+        comm.record_sent = True  # the messages as received, for the scores this step keeps
         x_NKP, valid = comm.gather(x_NP, include_self=True)
         ids, _ = comm.neighbour_ids()
         W_NN = comm.dense_W().to(x_NP.device)

@@ -87,7 +87,7 @@ def bristle_combinator(recall_fn: Callable, head: tuple[slice, slice], num_class
         recall = recall_fn(x_NKP)  # [N, K, C]
         w = class_weights(recall[:, 0], recall, rank, keep)  # [N, K, C]
         merged = (cols[:, 0] + (w[..., None] * cols).sum(1)) / (1.0 + w.sum(1))[..., None]  # [N, C, H + 1]
-        out = x_NP.clone() if comm.sent_NP is None else x_NKP[:, 0].clone()
+        out = x_NP.clone()  # outside the output layer: the node's own parameters
         out[:, w_slice] = merged[..., :-1].flatten(1)
         out[:, b_slice] = merged[..., -1]
         return out, state, {"bristle_weight": float(w.sum(1).mean())}

@@ -65,6 +65,7 @@ def reputation_combinator(scorer, mode: str = "filter", f: int = 1) -> Combinato
         return scorer.init(num_nodes)
 
     def step(comm, x_NP: Tensor, start_NP: Tensor, state: dict, round_: int):
+        comm.record_sent = True  # the messages as received, for the scores this step keeps
         x_NKP, valid = comm.gather(x_NP, include_self=True)
         ids, _ = comm.neighbour_ids()
         W_NN = comm.dense_W().to(x_NP.device)

@@ -109,6 +109,7 @@ def sybilwall_combinator(reference_P: Tensor, seed: int, decay: float = 1 / 1.25
                 "from_NN": torch.full((n, n), -1, dtype=torch.int64)}
 
     def step(comm, x_NP: Tensor, start_NP: Tensor, state: dict, round_: int):
+        comm.record_sent = True  # the messages as received, for the scores this step keeps
         x_NKP, valid = comm.gather(x_NP, include_self=True)
         ids, _ = comm.neighbour_ids()
         n = x_NP.shape[0]

@@ -93,7 +93,8 @@ class SimComm:
         self.threat: Threat | None = None
         self.alive_N: Tensor | None = None  # None: every node is up
         self.collective_calls = 0  # all-reduces, server averages, multicasts so far (the clock's barriers)
-        self.sent_NP: Tensor | None = None  # the last gossip messages as received (attacks applied): attribution's
+        self.record_sent = False  # keep the last gossip messages as received (attribution, stateful combine steps)
+        self.sent_NP: Tensor | None = None  # ... here, when record_sent (otherwise nothing is held between rounds)
         if W is not None:
             self.set_topology(W)
 
@@ -191,8 +192,10 @@ class SimComm:
         self.threat = threat
 
     def _poison(self, x_NP: Tensor) -> Tensor:
-        self.sent_NP = poison(self.threat, x_NP)
-        return self.sent_NP
+        sent = poison(self.threat, x_NP)
+        if self.record_sent:
+            self.sent_NP = sent
+        return sent
 
     # -- accounting ---------------------------------------------------------------------------
     @staticmethod

@@ -63,6 +63,7 @@ class _Batched:
         self.alive_N = None if built.faults is None else from_host(built.faults.alive(0).copy())
         self.clock = built.clock() if built.clock is not None else None
         self.scores = None if built.attribution is None else built.attribution.init(built.config.num_nodes)
+        self.comm.record_sent = self.scores is not None
 
     def record(self, round_: int) -> None:
         built, clock, report = self.built, self.clock, self.built.algorithm.report
