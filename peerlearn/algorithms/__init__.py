@@ -19,7 +19,8 @@ from peerlearn.algorithms.async_local_sgd import async_local_sgd
 from peerlearn.algorithms.semi_decentralized import with_server_rounds
 from peerlearn.algorithms.scool import scool
 from peerlearn.algorithms.experts import experts
+from peerlearn.algorithms.distillation import distillation
 
 __all__ = ["ALGORITHMS", "AlgorithmSpec", "anarchic", "async_local_sgd", "async_push_sum", "centralized", "choco",
-           "communication_schedule", "diloco", "dsgd", "experts", "fedavg", "gossip_combine", "gossip_learning",
+           "communication_schedule", "diloco", "distillation", "dsgd", "experts", "fedavg", "gossip_combine", "gossip_learning",
            "gradient_tracking", "local_only", "local_sgd", "modest", "push_sum", "scool", "spsa", "with_server_rounds"]
