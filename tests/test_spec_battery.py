@@ -92,6 +92,8 @@ def config_naming(family: str, name: str, files: dict) -> dict:
                                                                        "heads": 2, "layers": 1}, "num_nodes": 8},
         ("compressor", name): {"algorithm": {"name": "choco", "compressor": name, "lr": 0.1, "batch_size": 4}},
         ("attack", name): {"threat": {"num_byzantine": 2, "attack": name}},
+        ("algorithm", "experts"): {"data": {"dataset": "digits", "test_samples": 100, "partition": "clusters",
+                                            "num_clusters": 2}},
     }
     for sec, value in needs.get((family, name), {}).items():
         cfg[sec] = value
