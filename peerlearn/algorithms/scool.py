@@ -114,7 +114,7 @@ def scool(optimizer: Transform, probe_loss: Callable, num_local_steps: int = 1, 
         keep = state.keep_NN
         fixed = fix_graph_round is not None and round_ > fix_graph_round
         if fixed:  # a sparse graph: each node sends its update to those who keep it
-            comm.bytes_sent_N += keep.sum(0).double() * comm.message_bytes(update[0])
+            comm.bytes_sent_N += (keep.sum(0) - 1).double() * comm.message_bytes(update[0])  # not to itself
             graph = state.graph_NN
         else:
             comm.all_gather(trained)  # every model to every node, for the cross-evaluation
