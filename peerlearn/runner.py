@@ -154,6 +154,8 @@ class RunFolder:
             out["on_checkpoint"] = self.writer.checkpoint
         if getattr(built, "attribution", None) is not None:  # the simulator's scorer (other engines refuse one)
             out["on_scores"] = self.writer.scores
+        if getattr(getattr(built, "algorithm", None), "artifacts", None) is not None:  # simulator-only algorithms
+            out["on_artifacts"] = self.writer.artifacts
         return out
 
     def finish(self, status: str, compute: dict) -> dict:

@@ -75,11 +75,14 @@ class Algorithm(NamedTuple):
     ``report(state) -> metrics`` (optional): metrics too costly for every round (e.g. the privacy spent),
     computed by the engine at evaluation rows only; on the distributed engine each rank reports over its
     own nodes and the row holds the largest value (a report is a worst case over nodes, or the same on all).
+    ``artifacts(state) -> {name: tensor}`` (optional): what the algorithm learned beside the models (e.g. a
+    cooperation graph), handed to the run folder at the end of the run (``<name>.csv`` and a heat map).
     """
 
     init: Callable[[Tensor], Any]
     step: Callable[[Any, Tensor, BatchStream, GradFn, Comm], tuple[Tensor, Any, Metrics]]
     report: Callable[[Any], Metrics] | None = None
+    artifacts: Callable[[Any], dict[str, Tensor]] | None = None
 
 
 class AsyncAlgorithm(NamedTuple):

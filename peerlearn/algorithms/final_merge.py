@@ -40,8 +40,7 @@ def with_final_merge(algorithm: Algorithm, num_rounds: int) -> Algorithm:
             params_NP = comm.all_reduce_mean(params_NP).expand_as(params_NP).clone()
         return params_NP, MergeState(inner, round_), metrics
 
-    report = None if algorithm.report is None else (lambda state: algorithm.report(state.inner))
-    return Algorithm(init, step, report)
+    return Algorithm(init, step, *inner_hooks(algorithm))
 
 
 class FinetuneState(NamedTuple):
@@ -70,5 +69,10 @@ def with_final_finetune(algorithm: Algorithm, num_rounds: int, optimizer, steps:
             params_NP, _, _ = local_steps(params_NP, optimizer.init(params_NP), optimizer, batches, grad_fn, steps)
         return params_NP, FinetuneState(inner, round_), metrics
 
-    report = None if algorithm.report is None else (lambda state: algorithm.report(state.inner))
-    return Algorithm(init, step, report)
+    return Algorithm(init, step, *inner_hooks(algorithm))
+
+
+def inner_hooks(algorithm: Algorithm) -> tuple:
+    """``(report, artifacts)`` of a wrapped algorithm, read through the wrapper's ``state.inner``."""
+    return tuple(None if hook is None else (lambda state, hook=hook: hook(state.inner))
+                 for hook in (algorithm.report, algorithm.artifacts))

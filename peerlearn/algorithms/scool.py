@@ -16,7 +16,8 @@ Every node keeps its own model. Each round every node trains locally, then
    it cooperates with, weighted by the graph.
 
 So a node learns with whom to cooperate from how well their models fit its data, and the graph follows the
-models as they change. After ``fix_graph_round`` each row keeps only its ``keep_fraction`` largest weights
+models as they change (the last round's graph is written to the run folder: ``cooperation_graph.csv`` and
+``cooperation_graph.png``). After ``fix_graph_round`` each row keeps only its ``keep_fraction`` largest weights
 (renormalised): a sparse graph, and the messages only to those nodes. Bytes: every node's update and trained
 model go to every node (an all-gather each) until the graph is fixed, then the update to its cooperators.
 
@@ -136,7 +137,10 @@ def scool(optimizer: Transform, probe_loss: Callable, num_local_steps: int = 1, 
         within = float(graph.diagonal().mean())
         return mixed, ScoolState(opt_state, round_, graph, keep), {"loss": float(loss.mean()), "self_weight": within}
 
-    return Algorithm(init, step)
+    def artifacts(state):
+        return {"cooperation_graph": state.graph_NN}
+
+    return Algorithm(init, step, artifacts=artifacts)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from peerlearn.algorithms.final_merge import inner_hooks
 from peerlearn.types import Algorithm
 
 
@@ -48,8 +49,7 @@ def with_server_rounds(algorithm: Algorithm, period: int, fraction: float, broad
                 params_NP[comm.mine(to)[0]] = average
         return params_NP, SemiState(inner, round_), metrics
 
-    report = None if algorithm.report is None else (lambda state: algorithm.report(state.inner))
-    return Algorithm(init, step, report)
+    return Algorithm(init, step, *inner_hooks(algorithm))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -30,7 +30,8 @@ def simulate(built, on_eval: Callable[[dict], None] | None = None,
              on_finish: Callable[[Tensor], None] | None = None,
              on_checkpoint: Callable[[dict], None] | None = None,
              resume: dict | None = None,
-             on_scores: Callable[[int, dict], None] | None = None) -> list[dict]:
+             on_scores: Callable[[int, dict], None] | None = None,
+             on_artifacts: Callable[[dict], None] | None = None) -> list[dict]:
     """Run ``built`` (from :func:`peerlearn.config.build`) to the end; returns the evaluated rows.
 
     Rows are evaluated at round 0, every ``eval_every`` rounds and at the last round;
@@ -41,12 +42,16 @@ def simulate(built, on_eval: Callable[[dict], None] | None = None,
     Every other random choice (schedules, faults, client samples) is a pure function of the round.
     With an attribution scorer (``built.attribution``) each row gains its summary columns and ``on_scores``
     receives ``(round, {"node": node_N, "pair": pair_NN, "honest": honest_N})`` at every evaluated round
-    (:mod:`peerlearn.attribution`).
+    (:mod:`peerlearn.attribution`). ``on_artifacts`` receives, at the end, what the algorithm's ``artifacts``
+    hook returns (e.g. SCooL's cooperation graph).
     """
     if isinstance(built.algorithm, AsyncAlgorithm):
         raise TypeError("an asynchronous algorithm runs on the event engine: peerlearn.engines.simulate picks it")
     driver = _Batched(built, on_eval, on_checkpoint, on_scores)
-    return run_rounds(driver, built, driver.book, on_round, on_finish, resume)
+    rows = run_rounds(driver, built, driver.book, on_round, on_finish, resume)
+    if on_artifacts is not None and built.algorithm.artifacts is not None:
+        on_artifacts(built.algorithm.artifacts(driver.state))
+    return rows
 
 
 class _Batched:

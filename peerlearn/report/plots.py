@@ -194,6 +194,17 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def plot_matrix_heat(matrix, out_path: Path, title: str = "") -> Path:
+    """A node x node matrix (a learned cooperation graph: row i, node i's weights) as a heat map."""
+    fig, ax = subplots(1, 1, figsize=(5.2, 4.4))
+    image = ax.imshow(matrix, cmap="viridis", interpolation="nearest")
+    fig.colorbar(image, ax=ax)
+    ax.set_xlabel("node j")
+    ax.set_ylabel("node i")
+    ax.set_title(title)
+    return _save(fig, out_path)
+
+
 def plot_swarm(peers: dict[str, list[dict]], swarm: list[dict], out_path: Path, title: str = "") -> Path:
     """A p2p swarm on wall-clock time: every peer's mean node accuracy (thin) and the swarm's over its live
     peers (thick), and how many peers reported each evaluated round."""

@@ -85,7 +85,7 @@ class RunWriter:
         drop_links(self.path)  # a reused folder (--overwrite, --resume) may hold planted links
         # the plugins a resume may import again, signed with your key
         (self.path / RUN_MARKER).write_text(marker_text(config.get("plugins") or []))
-        for stale in ("metrics.csv", "summary.json", FINAL_MODEL, FINAL_MODEL + ".tmp", "report.html", CHECKPOINT + ".tmp",
+        for stale in ("metrics.csv", "summary.json", "cooperation_graph.csv", "cooperation_graph.png", FINAL_MODEL, FINAL_MODEL + ".tmp", "report.html", CHECKPOINT + ".tmp",
                       "metrics.csv.tmp") + ((CHECKPOINT,) if rows is None else ()):
             (self.path / stale).unlink(missing_ok=True)
         if rows is None:  # a fresh run in a reused folder: the last run's per-round scores go
@@ -151,6 +151,21 @@ class RunWriter:
             out.writerow(["node", "honest", "score"])
             out.writerows([i, int(h), repr(v)] for i, (h, v) in enumerate(zip(honest, node)))
         tmp.replace(folder / f"round_{round_:06d}.csv")
+
+    def artifacts(self, named: dict) -> None:
+        """What the algorithm learned beside the models: each ``[N, N]`` (or ``[N]``) tensor as ``<name>.csv``
+        (rows: nodes) and, for a matrix, a heat map ``<name>.png``."""
+        from peerlearn.report.plots import plot_matrix_heat
+
+        for name, value in named.items():
+            table = value.detach().double().cpu()
+            table = table[:, None] if table.ndim == 1 else table
+            tmp = self.path / f"{name}.csv.tmp"
+            with open(tmp, "w", newline="") as f:
+                csv.writer(f).writerows([[repr(v) for v in row] for row in table.tolist()])
+            tmp.replace(self.path / f"{name}.csv")
+            if table.shape[1] > 1:
+                plot_matrix_heat(table.numpy(), self.path / f"{name}.png", name.replace("_", " "))
 
     def save_model(self, params_NP, honest_N, input_shape: tuple, num_classes: int) -> None:
         """``final_model.pt``: every node's final model (``params_NP``, N x P), the honest nodes' average, and

@@ -74,3 +74,17 @@ def test_a_personalized_algorithm_is_judged_on_each_nodes_own_held_out_data_unle
     assert parse_config({"algorithm": {"name": "scool"}}).data.local_test_fraction == 0.2
     assert parse_config({"algorithm": {"name": "scool"}, "data": {"local_test_fraction": 0.0}}).data.local_test_fraction == 0.0
     assert parse_config({"algorithm": {"name": "dsgd"}}).data.local_test_fraction == 0.0
+
+
+def test_the_learned_graph_is_written_to_the_run_folder(tmp_path):
+    import csv
+
+    from peerlearn import cli
+
+    out = tmp_path / "run"
+    assert cli.main(["run", "configs/scool.yaml", "--set", "num_rounds=20", "--set", "eval_every=20",
+                     "--out", str(out), "--quiet"]) == 0
+    with open(out / "cooperation_graph.csv") as f:
+        graph = torch.tensor([[float(v) for v in row] for row in csv.reader(f)], dtype=torch.float64)
+    assert graph.shape == (N, N) and torch.allclose(graph.sum(1), torch.ones(N, dtype=torch.float64))
+    assert (out / "cooperation_graph.png").read_bytes()[:4] == b"\x89PNG"
