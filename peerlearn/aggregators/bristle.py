@@ -119,9 +119,9 @@ class BristleSpec(AggregatorSpec):
     capabilities: ClassVar = Capabilities(stateful=True)
 
     def build(self, ctx):
-        from torch.func import functional_call, vmap
+        from torch.func import vmap
 
-        from peerlearn.models.functional import FlatModel
+        from peerlearn.models.functional import FlatModel, make_logits_fn
 
         flat = FlatModel(ctx.module)
         weight, bias = flat.shapes[-2:] if len(flat.shapes) >= 2 else (None, None)
@@ -135,7 +135,7 @@ class BristleSpec(AggregatorSpec):
         g = torch.Generator().manual_seed(ctx.seed("bristle"))
         idx = torch.stack([torch.randperm(len(y_test), generator=g)[: self.test_samples] for _ in range(ctx.num_nodes)])
         local_x, local_y = x_test[idx], y_test[idx]  # [N, B, ...]: each node's local IID test set
-        logits = vmap(vmap(lambda p, x: functional_call(flat.module, flat.unravel(p), (x,)), in_dims=(0, None)))
+        logits = vmap(vmap(make_logits_fn(flat), in_dims=(0, None)))  # each node's candidates on its own test set
         onehot = torch.nn.functional.one_hot(local_y, classes).float()  # [N, B, C]
         per_class = onehot.sum(1).clamp_min(1.0)  # [N, C]
 

@@ -36,7 +36,7 @@ def distillation(optimizer: Transform, logits_fn: Callable, soft_grad_fn: Callab
                  num_local_steps: int = 1, distill_steps: int = 1, public_batch: int = 64,
                  distill_weight: float = 1.0, seed: int = 0) -> Algorithm:
     """Prediction sharing on a public set (module doc). ``logits_fn(params_NP, x_B) -> logits_NBC`` (one batch for
-    every node); ``soft_grad_fn(params_NP, x_B, targets_NBC) -> (loss_N, grads_NP)``."""
+    every node, no gradient); ``soft_grad_fn(params_NP, x_B, targets_NBC) -> (loss_N, grads_NP)``."""
     from peerlearn.rng import step_generator
 
     def init(params_NP):
@@ -48,8 +48,7 @@ def distillation(optimizer: Transform, logits_fn: Callable, soft_grad_fn: Callab
                                                num_local_steps)
         pick = torch.randint(len(public_x), (public_batch,), generator=step_generator(seed, round_))
         x_pub = public_x[pick]
-        with torch.no_grad():
-            probs = torch.softmax(logits_fn(trained, x_pub), dim=-1)  # [N, B, C]: what each node sends
+        probs = torch.softmax(logits_fn(trained, x_pub), dim=-1)  # [N, B, C]: what each node sends
         n = trained.shape[0]
         targets = comm.mix(probs.reshape(n, -1), message_bytes=probs[0].numel() * 4).reshape(probs.shape)
         distill_loss = torch.zeros(n)
@@ -88,15 +87,15 @@ class DistillationSpec(LocalSteps, Synchronous):
     capabilities: ClassVar = Capabilities(engines=frozenset({"simulator"}), personalized=True)
 
     def build(self, ctx):
-        import torch.nn.functional as F
-        from torch.func import functional_call, grad_and_value, vmap
+        import functools
 
-        from peerlearn.models.functional import FlatModel
+        import torch.nn.functional as F
+        from torch.func import grad_and_value, vmap
+
+        from peerlearn.models.functional import FlatModel, make_logits_fn, predict_logits
 
         flat = FlatModel(ctx.module)
-
-        def logits_one(p, x):
-            return functional_call(flat.module, flat.unravel(p), (x,))
+        logits_one = make_logits_fn(flat)
 
         def soft_loss(p, x, q):
             return -(q * F.log_softmax(logits_one(p, x), dim=-1)).sum(-1).mean()
@@ -110,6 +109,6 @@ class DistillationSpec(LocalSteps, Synchronous):
         x_train = ctx.dataset.x_train
         g = torch.Generator().manual_seed(ctx.seed("distillation"))
         public = x_train[torch.randperm(len(x_train), generator=g)[: self.public_samples]]
-        return distillation(self.transform(), vmap(logits_one, in_dims=(0, None)), soft_grad_fn, public,
+        return distillation(self.transform(), functools.partial(predict_logits, flat), soft_grad_fn, public,
                             self.num_local_steps, self.distill_steps, self.public_batch, self.distill_weight,
                             ctx.seed("distillation_rounds"))

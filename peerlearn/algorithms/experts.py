@@ -97,6 +97,7 @@ def experts(optimizer: Transform, num_experts: int, evaluate: Callable[[Tensor, 
 # ---------------------------------------------------------------------------------------------
 # Spec (algorithm.name: experts)
 # ---------------------------------------------------------------------------------------------
+import functools  # noqa: E402
 from typing import ClassVar, Literal  # noqa: E402
 
 from pydantic import Field  # noqa: E402
@@ -126,13 +127,11 @@ class ExpertsSpec(LocalSteps, Synchronous):
             raise config_error("algorithm.num_experts", f"at most num_nodes={cfg.num_nodes} experts")
 
     def build(self, ctx):
-        from torch.func import functional_call, vmap
-
         from peerlearn.data.partition import cluster_label_sets
-        from peerlearn.models.functional import FlatModel
+        from peerlearn.models.functional import FlatModel, predict_logits
 
         flat = FlatModel(ctx.module)
-        logits = vmap(lambda p, x: functional_call(flat.module, flat.unravel(p), (x,)), in_dims=(0, None))
+        logits = functools.partial(predict_logits, flat)
         labels = ctx.dataset.y_train.cpu().numpy()
         sets = cluster_label_sets(labels, self.num_experts, ctx.seed("partition"))
         cluster_of_label = torch.zeros(ctx.dataset.num_classes, dtype=torch.int64)

@@ -29,23 +29,9 @@ def with_final_merge(algorithm: Algorithm, num_rounds: int) -> Algorithm:
 
     A node that is down in that round keeps its model: the engine restores the rows of down nodes after
     every step, this one included."""
-
-    def init(params_NP):
-        return MergeState(algorithm.init(params_NP), 0)
-
-    def step(state, params_NP, batches, grad_fn, comm):
-        params_NP, inner, metrics = algorithm.step(state.inner, params_NP, batches, grad_fn, comm)
-        round_ = state.round + 1
-        if round_ == num_rounds:
-            params_NP = comm.all_reduce_mean(params_NP).expand_as(params_NP).clone()
-        return params_NP, MergeState(inner, round_), metrics
-
-    return Algorithm(init, step, *inner_hooks(algorithm))
-
-
-class FinetuneState(NamedTuple):
-    inner: Any
-    round: int
+    return after_last_round(algorithm, num_rounds,
+                            lambda params_NP, batches, grad_fn, comm:
+                            comm.all_reduce_mean(params_NP).expand_as(params_NP).clone())
 
 
 def with_final_finetune(algorithm: Algorithm, num_rounds: int, optimizer, steps: int) -> Algorithm:
@@ -59,15 +45,25 @@ def with_final_finetune(algorithm: Algorithm, num_rounds: int, optimizer, steps:
     """
     from peerlearn.algorithms.local import local_steps
 
+    def finetune(params_NP, batches, grad_fn, comm):
+        return local_steps(params_NP, optimizer.init(params_NP), optimizer, batches, grad_fn, steps)[0]
+
+    return after_last_round(algorithm, num_rounds, finetune)
+
+
+def after_last_round(algorithm: Algorithm, num_rounds: int, finish) -> Algorithm:
+    """``algorithm`` whose round ``num_rounds`` ends with ``finish(params_NP, batches, grad_fn, comm) -> params_NP``
+    (a final merge, a local fine-tuning); its state counts the rounds around the inner one (``MergeState``)."""
+
     def init(params_NP):
-        return FinetuneState(algorithm.init(params_NP), 0)
+        return MergeState(algorithm.init(params_NP), 0)
 
     def step(state, params_NP, batches, grad_fn, comm):
         params_NP, inner, metrics = algorithm.step(state.inner, params_NP, batches, grad_fn, comm)
         round_ = state.round + 1
         if round_ == num_rounds:
-            params_NP, _, _ = local_steps(params_NP, optimizer.init(params_NP), optimizer, batches, grad_fn, steps)
-        return params_NP, FinetuneState(inner, round_), metrics
+            params_NP = finish(params_NP, batches, grad_fn, comm)
+        return params_NP, MergeState(inner, round_), metrics
 
     return Algorithm(init, step, *inner_hooks(algorithm))
 

@@ -91,12 +91,22 @@ class FlatModel:
         return module
 
 
+def make_logits_fn(flat: FlatModel):
+    """``logits(params_P, x_B) -> logits_B...``: one flat parameter row's forward pass (vmap it over rows)."""
+
+    def logits(params_P: Tensor, x_B: Tensor) -> Tensor:
+        return functional_call(flat.module, flat.unravel(params_P), (x_B,))
+
+    return logits
+
+
 def make_loss_fn(flat: FlatModel):
     """``loss(params_P, x_B, y_B) -> scalar`` mean cross-entropy of one model on one batch (0 for a batch
     labelled -1, the batch of a node that holds no data)."""
+    logits = make_logits_fn(flat)
 
     def loss(params_P: Tensor, x_B: Tensor, y_B: Tensor) -> Tensor:
-        ce = F.cross_entropy(functional_call(flat.module, flat.unravel(params_P), (x_B,)), y_B.clamp(min=0))
+        ce = F.cross_entropy(logits(params_P, x_B), y_B.clamp(min=0))
         return ce * (y_B[0] >= 0)  # label -1 marks a node without data (a relay): zero loss, zero gradient
 
     return loss
@@ -180,7 +190,7 @@ def _in_row_chunks(grad_fn: GradFn, max_rows: int) -> GradFn:
 def _logit_chunks(flat: FlatModel, params_RP: Tensor, x_T: Tensor, max_elements: int):
     """``(rows, inputs, logits)`` chunk by chunk, rows and inputs split so that one chunk's activations stay
     below ``max_elements`` floats (64 MiB by default): a CNN on 10,000 images never materialises gigabytes."""
-    forward = vmap(lambda p, x: functional_call(flat.module, flat.unravel(p), (x,)), in_dims=(0, None))
+    forward = vmap(make_logits_fn(flat), in_dims=(0, None))
     per_sample = flat.activation_numel(tuple(x_T.shape[1:]), x_T.dtype)
     samples = max(1, min(x_T.shape[0], max_elements // per_sample))
     rows = max(1, max_elements // (per_sample * samples))
