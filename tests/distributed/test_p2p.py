@@ -404,14 +404,15 @@ def test_a_peer_that_leaves_cleanly_is_not_waited_for(tmp_path):
 
 @pytest.mark.slow
 def test_a_churn_scenario_joins_leaves_and_crashes_peers_at_its_rounds(tmp_path):
-    """Gossip learning on 5 peers with a scenario: peer 4 joins at round 40, peer 1 leaves at round 80, peer 2
-    crashes at round 120. Each happens at its round: the joiner's first row is round 40 and it catches up
-    with the others; the leaver's last row is round 80 (status left); the crashed peer wrote nothing after
-    round 100 (its last evaluation); the rest run to round 200 and saw 5 peers, then 4."""
+    """Gossip learning on 5 peers with a scenario: peer 4 joins at round 40, peer 1 leaves at round 120, peer 2
+    crashes at round 160. Each happens at its round: the joiner's first row is round 40 and it catches up
+    with the others; the leaver's last row is round 120 (status left); the crashed peer wrote nothing after
+    round 140 (its last evaluation); the rest run to round 200 and saw 4 peers, then 5 (the joiner, a second
+    after it came), then 4 (the leaver gone; the crashed peer's record outlives the run)."""
     config = _config(tmp_path, num_nodes=20, **{**GOSSIP, "eval_every": 20})
     churn = tmp_path / "churn.yaml"
-    churn.write_text("events:\n  - {peer: 4, round: 40, event: join}\n  - {peer: 1, round: 80, event: leave}\n"
-                     "  - {peer: 2, round: 120, event: crash}\n")
+    churn.write_text("events:\n  - {peer: 4, round: 40, event: join}\n  - {peer: 1, round: 120, event: leave}\n"
+                     "  - {peer: 2, round: 160, event: crash}\n")
     done = _swarm(config, tmp_path / "swarm", 5, "--churn", str(churn))
     assert done.returncode == 0, done.stderr[-2000:]
     assert "peer 2 was killed by SIGKILL" in done.stderr
@@ -419,9 +420,9 @@ def test_a_churn_scenario_joins_leaves_and_crashes_peers_at_its_rounds(tmp_path)
     status = {i: json.loads(p.read_text())["status"] for i in range(5)
               if (p := tmp_path / "swarm" / f"peer{i}" / "summary.json").is_file()}
     assert status == {0: "completed", 1: "left", 3: "completed", 4: "completed"}  # peer 2 crashed
-    assert int(rows[4][0]["round"]) == 40 and int(rows[1][-1]["round"]) == 80 and int(rows[2][-1]["round"]) == 100
+    assert int(rows[4][0]["round"]) == 40 and int(rows[1][-1]["round"]) == 120 and int(rows[2][-1]["round"]) == 140
     assert all(int(rows[i][-1]["round"]) == 200 for i in (0, 3, 4))
     seen = {int(r["round"]): int(r["peers_seen"]) for r in rows[0]}
-    assert seen[20] == 4 and seen[80] == 5 and seen[200] == 4  # the joiner came, the leaver went
+    assert seen[20] == 4 and seen[100] == 5 and seen[200] == 4  # the joiner came, the leaver went
     others = np.mean([float(rows[i][-1]["acc_mean"]) for i in (0, 3)])
     assert float(rows[4][0]["acc_mean"]) < others - 0.2 and float(rows[4][-1]["acc_mean"]) > others - 0.05

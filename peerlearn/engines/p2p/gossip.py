@@ -108,7 +108,11 @@ class GossipPeer:
         end = self.start + round_ * self.period
         while True:
             now = time.monotonic()
-            if now - self.roster_at > 2.0 or set(self.swarm.inbox.departed) & set(self.roster):  # joiners, leavers
+            # the roster again every 2 s, at once when a peer left (its bye), and within 0.25 s when a peer not in
+            # it sent a model since the last look (a joiner: known by its first message, not up to 2 s later)
+            stranger = now - self.roster_at > 0.25 and any(
+                t > self.roster_at for p, t in list(self.swarm.heard.items()) if p not in self.roster)
+            if now - self.roster_at > 2.0 or stranger or set(self.swarm.inbox.departed) & set(self.roster):
                 departed = self.swarm.inbox.departed
                 self.set_roster({p: e for p, e in self.swarm.roster().items() if p not in departed})
                 self.roster_at = now

@@ -200,6 +200,7 @@ class Swarm:
         self.inbox = Inbox()
         self.mailbox = Mailbox()
         self.refused_messages = 0
+        self.heard: dict[str, float] = {}  # peer id -> when (time.monotonic) its last admitted message came
         self.unsent: dict[str, int] = {}  # why messages this peer sent were not delivered: reason -> count
         self._pending: set = set()  # sends under way (futures of send_soon)
         self.payload_sent = self.overhead_sent = 0
@@ -339,6 +340,7 @@ class Swarm:
             data = await P2P.receive_raw_data(reader)
             header, rows = decode(head, data, self.num_params, self.max_rows)
             size = len(head) + len(data) + 16
+            self.heard[peer] = time.monotonic()
             if header.get("bye") is True:
                 self.inbox.put((header["round"], header["call"]), peer, [], rows, size, bye=True)
             elif "to" in header:
