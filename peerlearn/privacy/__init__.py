@@ -1,5 +1,5 @@
-"""Differential privacy on shared messages: clipping, Gaussian noise (independent or pairwise-cancelling),
-and per-node (epsilon, delta) accounting with Opacus."""
+"""Differential privacy on shared messages: clipping, Gaussian noise (independent or pairwise-cancelling) or
+randomized quantization (RQM), and per-node (epsilon, delta) accounting with Opacus."""
 
 from peerlearn.privacy.accountant import epsilons, gaussian_rdp
 from peerlearn.privacy.gaussian import MessagePrivacy, PrivacyState, effective_multipliers, gaussian_messages, \
