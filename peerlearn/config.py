@@ -28,7 +28,7 @@ from peerlearn.attribution.base import AttributionSpec
 from peerlearn.data.base import DataSpec
 from peerlearn.divergence import DivergenceSpec
 from peerlearn.models.base import MODELS, ModelSpec
-from peerlearn.privacy.gaussian import PrivacySpec
+from peerlearn.privacy.spec import PrivacySpec
 from peerlearn.spec import (REGISTRIES, ConfigError, Registry, Spec, config_error, dump, file_plugin_module,
                             format_error, member_keys, validate)
 from peerlearn.topology.base import TopologySpec

@@ -99,9 +99,12 @@ def load_resume(run_dir: str, trust_plugins: bool = False, note: Callable[[str],
              f"{', '.join(dropped)}")
     cfg = parse_config(data)
     changed = []
-    if "config" in resume:  # a section added to peerlearn since the checkpoint counts as its defaults
-        saved = {**{k: v for k, v in to_dict(parse_config({})).items() if k not in resume["config"]},
-                 **resume["config"]}
+    if "config" in resume:  # a section or key added to peerlearn since the checkpoint counts as its default
+        try:
+            saved = to_dict(parse_config(prune_unread(dict(resume["config"]))[0]))
+        except ConfigError:  # not a config this peerlearn reads: compare what there is
+            saved = {**{k: v for k, v in to_dict(parse_config({})).items() if k not in resume["config"]},
+                     **resume["config"]}
         changed = config_changes(saved, to_dict(cfg))
     if changed:  # one run, one config: an edited config.yaml would mix two
         raise ConfigError(f"config error: --resume {run_dir}: config.yaml differs from the one the checkpoint "

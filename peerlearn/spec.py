@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     import scipy.sparse as sp
     import torch
 
-    # peerlearn.data.base.Dataset, peerlearn.topology.base.GraphSpec and peerlearn.privacy.gaussian.PrivacySpec
+    # peerlearn.data.base.Dataset, peerlearn.topology.base.GraphSpec and peerlearn.privacy.spec.PrivacySpec
     # are named below as strings: their modules import this one
 
 

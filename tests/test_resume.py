@@ -115,3 +115,20 @@ def test_checkpoint_every_spaces_the_checkpoints_and_the_run_resumes_from_the_la
     assert sorted(set(saved)) == [0, 10, 20]
     resumed = simulate(build(cfg), resume=load_checkpoint(tmp_path)[1])
     assert _strip(resumed) == _strip(full)
+
+
+def test_a_checkpoint_written_before_a_key_existed_resumes_with_its_default(interrupted_run):
+    """A run interrupted by an earlier peerlearn, before ``algorithm.gossip_optimizer_state`` existed: neither its
+    config.yaml nor its checkpoint names the key; resuming reads it as its default, not as an edit."""
+    from peerlearn import cli
+    from peerlearn.report import snapshot_io
+    from peerlearn.report.run_dir import CHECKPOINT, read_run
+
+    snapshot = snapshot_io.load(interrupted_run / CHECKPOINT)
+    assert snapshot["config"]["algorithm"].pop("gossip_optimizer_state") is False
+    snapshot_io.save(snapshot, interrupted_run / CHECKPOINT)
+    saved = yaml.safe_load((interrupted_run / "config.yaml").read_text())
+    del saved["algorithm"]["gossip_optimizer_state"]
+    (interrupted_run / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert cli.main(["run", "--resume", str(interrupted_run), "--quiet"]) == 0
+    assert read_run(interrupted_run)[0]["status"] == "completed"

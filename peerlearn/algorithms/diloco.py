@@ -11,7 +11,9 @@ Inner optimizer state persists across rounds. Outer lr 1 without momentum is loc
 With a ``compressor`` (usually wrapped in error feedback) each node sends its compressed
 pseudo-gradient ``C(theta - theta_i^H)`` instead of its model, and the outer step uses the mean
 of the decoded messages. Compressed messages cannot be summed on the way as a ring all-reduce does,
-so they are all-gathered and counted as such (:meth:`~peerlearn.engines.comm.SimComm.all_reduce_mean`).
+so they are all-gathered and counted as such (:meth:`~peerlearn.engines.comm.SimComm.all_reduce_mean`). With
+``reduce: ring`` a quantizer rides the ring all-reduce instead, re-encoding every hop's partial sum
+(:mod:`peerlearn.compressors.ring`, as INTELLECT-1 does with int8), without error feedback.
 
 References:
     Douillard et al., "DiLoCo: Distributed Low-Communication Training of Language Models", 2023
@@ -38,9 +40,11 @@ class DilocoState(NamedTuple):
 
 
 def diloco(inner: Transform, num_inner_steps: int = 1, outer_lr: float = 0.7, outer_momentum: float = 0.9,
-           nesterov: bool = True, combine: str = "all_reduce", compressor: Compressor | None = None) -> Algorithm:
+           nesterov: bool = True, combine: str = "all_reduce", compressor: Compressor | None = None,
+           ring: bool = False) -> Algorithm:
     """DiLoCo with ``num_inner_steps`` (H) inner steps per round; ``combine``: ``all_reduce`` or ``gossip``;
-    ``compressor``: compress the pseudo-gradients (all-reduce only)."""
+    ``compressor``: compress the pseudo-gradients (all-reduce only), all-gathered or, with ``ring``, re-encoded
+    hop by hop on a ring all-reduce."""
     if combine not in ("all_reduce", "gossip"):
         raise ValueError(f"algorithm.combine must be 'all_reduce' or 'gossip', got {combine!r}")
     if compressor is not None and combine != "all_reduce":
@@ -55,7 +59,12 @@ def diloco(inner: Transform, num_inner_steps: int = 1, outer_lr: float = 0.7, ou
         trained, inner_state, loss = local_steps(params_NP, state.inner_state, inner, batches, grad_fn,
                                                  num_inner_steps)
         compressor_state = state.compressor_state
-        if compressor is not None:
+        if compressor is not None and ring:
+            from peerlearn.compressors.ring import ring_all_reduce_mean
+
+            mean, compressor_state = ring_all_reduce_mean(comm, params_NP - trained, compressor, compressor_state)
+            pseudo_grad = mean.expand_as(trained)
+        elif compressor is not None:
             sent, nbytes, compressor_state = compressor.update(params_NP - trained, compressor_state)
             pseudo_grad = comm.all_reduce_mean(sent, message_bytes=nbytes).expand_as(trained)
         elif combine == "all_reduce":
@@ -69,13 +78,14 @@ def diloco(inner: Transform, num_inner_steps: int = 1, outer_lr: float = 0.7, ou
     return Algorithm(init, step)
 
 
-def local_sgd(optimizer: Transform, num_local_steps: int = 1, compressor: Compressor | None = None) -> Algorithm:
+def local_sgd(optimizer: Transform, num_local_steps: int = 1, compressor: Compressor | None = None,
+              ring: bool = False) -> Algorithm:
     """Local SGD: ``num_local_steps`` local steps, then every node takes the all-reduced average.
 
     DiLoCo with outer learning rate 1 and no outer momentum.
     """
     return diloco(optimizer, num_local_steps, outer_lr=1.0, outer_momentum=0.0, nesterov=False,
-                  compressor=compressor)
+                  compressor=compressor, ring=ring)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -95,14 +105,28 @@ _GLOBAL = Capabilities(engines=SYNC | {"p2p"}, global_model=True)
 class _Compressed(LocalSteps):
     compressor: SerializeAsAny[CompressorSpec] = slot(COMPRESSORS, "none", "how each pseudo-gradient is "
                                                       "compressed, with error feedback (as a contraction)")
+    reduce: Literal["gather", "ring"] = Field(
+        "gather", description="how compressed pseudo-gradients are averaged: all-gathered (N - 1 messages per node, "
+                              "with error feedback) or, for a quantizer, re-encoded at every hop of a ring "
+                              "all-reduce (2 (N - 1) / N rows per node, no error feedback)")
     slots: ClassVar = {"compressor": COMPRESSORS}
 
+    def check(self, cfg) -> None:
+        super().check(cfg)
+        if self.reduce == "ring" and not self.compressor.requantizable:
+            ring = sorted(n for n, spec in COMPRESSORS.items() if spec.requantizable)
+            raise config_error("algorithm.reduce", f"ring re-encodes partial sums, which only a quantizer "
+                                                   f"({', '.join(ring)}) can; {self.compressor.name} needs "
+                                                   "reduce: gather")
+
     def pseudo_gradient_compressor(self, ctx):
-        """The pseudo-gradients' compressor with error feedback, or None (dense)."""
+        """The pseudo-gradients' compressor with error feedback (all-gathered), bare (ring), or None (dense)."""
         from peerlearn.compressors import error_feedback
 
         if self.compressor.dense:  # dense all-reduce, no error-feedback state
             return None
+        if self.reduce == "ring":
+            return self.compressor.build(ctx.seed("compressor"))
         return error_feedback(self.compressor.build(ctx.seed("compressor")))
 
 
@@ -128,7 +152,8 @@ class DilocoSpec(_Compressed, Synchronous):
 
     def build(self, ctx):
         return diloco(self.transform(), self.num_local_steps, self.outer_lr, self.outer_momentum,
-                      combine=self.combine, compressor=self.pseudo_gradient_compressor(ctx))
+                      combine=self.combine, compressor=self.pseudo_gradient_compressor(ctx),
+                      ring=self.reduce == "ring")
 
 
 @ALGORITHMS.register
@@ -142,4 +167,5 @@ class LocalSgdSpec(_Compressed, Synchronous):
         "privacy": "noise on the periodic average is not built yet"}
 
     def build(self, ctx):
-        return local_sgd(self.transform(), self.num_local_steps, compressor=self.pseudo_gradient_compressor(ctx))
+        return local_sgd(self.transform(), self.num_local_steps, compressor=self.pseudo_gradient_compressor(ctx),
+                         ring=self.reduce == "ring")

@@ -21,6 +21,10 @@ Variants, each one argument:
   coordinate is mixed by the same doubly stochastic W or not at all, so the network mean is kept;
 - ``privacy``: each node's update is clipped and noised before anything built from it is shared
   (:mod:`peerlearn.privacy`); the privacy spent is reported at evaluation rows.
+- ``gossip_state``: the local optimizer's per-coordinate state (Adam's two moments, SGD's momentum) is
+  gossiped with the same W after the models, instead of staying local: decentralized Adam with gossiped
+  moments, the variant "From Promise to Practice" compares with local moments; one more message per
+  state tensor.
 
 References:
     Lian et al., "Can Decentralized Algorithms Outperform Centralized Algorithms? A Case Study for
@@ -31,6 +35,8 @@ References:
     (DFedSAM, DFedSAM-MGS).
     Dhasade, Kermarrec, Pires, Sharma & Vujasinovic, "Decentralized Learning Made Easy with
     DecentralizePy", EuroMLSys 2023 (partial model sharing).
+    Wang, Zhang, Wu & Johansson, "From Promise to Practice: Realizing High-performance Decentralized
+    Training", ICLR 2025 (decentralized Adam: local or gossiped moments).
 """
 
 from __future__ import annotations
@@ -69,7 +75,7 @@ def dsgd(optimizer: Transform, num_local_steps: int = 1, order: str = "atc",
          aggregator: Callable | None = None, gossip_steps: int = 1, sam_rho: float = 0.0,
          communicate: Callable[[int], bool] | None = None, combine: Callable | None = None,
          share_fraction: float = 1.0, share_seed: int = 0, privacy=None,
-         acceleration_lambda: float | None = None, combinator=None) -> Algorithm:
+         acceleration_lambda: float | None = None, combinator=None, gossip_state: bool = False) -> Algorithm:
     """Decentralized SGD: local steps, then gossip with the round's mixing matrix (ATC or CTA order).
 
     With ``aggregator`` (``rule(x_NKP, valid_NK) -> x_NP``, e.g. a robust rule) each node combines
@@ -101,7 +107,10 @@ def dsgd(optimizer: Transform, num_local_steps: int = 1, order: str = "atc",
             trained = params_NP + update
         prev = params_NP if acceleration_lambda is not None else None  # the next round's x^{t-1}
         kept, extra = state.combine, {}
-        if communicate is not None and not communicate(round_):
+        talks = communicate is None or communicate(round_)
+        if gossip_state and talks:
+            opt_state = mix_state(comm, opt_state, params_NP.shape)
+        if not talks:
             params_NP = trained
         elif combinator is not None:
             mixed, kept, extra = combinator.step(comm, trained if order == "atc" else params_NP, params_NP, kept,
@@ -130,6 +139,18 @@ def dsgd(optimizer: Transform, num_local_steps: int = 1, order: str = "atc",
         return {"epsilon": float(privacy.epsilon(state.privacy).max())}
 
     return Algorithm(init, step, None if privacy is None else report)
+
+
+def mix_state(comm, state: Any, shape: torch.Size) -> Any:
+    """``state`` with every ``N x P`` tensor in it (an optimizer's per-coordinate state) replaced by one gossip step
+    of it, ``W s``; counters and scalars stay local."""
+    if isinstance(state, torch.Tensor):
+        return comm.mix(state) if state.shape == shape else state
+    if isinstance(state, tuple) and hasattr(state, "_fields"):
+        return type(state)(*(mix_state(comm, s, shape) for s in state))
+    if isinstance(state, (list, tuple)):
+        return type(state)(mix_state(comm, s, shape) for s in state)
+    return state
 
 
 def shared_coordinates(num_params: int, fraction: float, seed: int, round_: int) -> torch.Tensor:
@@ -186,6 +207,8 @@ class DsgdSpec(LocalSteps, Synchronous, ServerRounds):
                                                       "two-term recursion over rounds (Liu & Morse 2011)")
     acceleration_lambda: float | None = Field(None, ge=0.0, lt=1.0, description="its spectral bound of the "
                                               "round's W^gossip_steps (default: computed from the static graph)")
+    gossip_optimizer_state: bool = Field(False, description="gossip the local optimizer's moments (Adam's m and v, "
+                                         "SGD's momentum) with the models each round instead of keeping them local")
     aggregator: SerializeAsAny[AggregatorSpec] = slot(AGGREGATORS, "gossip", "how a node combines its own and "
                                                                              "received models")
     slots: ClassVar = {"aggregator": AGGREGATORS}
@@ -214,6 +237,8 @@ class DsgdSpec(LocalSteps, Synchronous, ServerRounds):
                                                   "model, so it needs same_init: true")
         if self.acceleration == "chebyshev":
             self._check_acceleration(cfg)
+        if self.gossip_optimizer_state:
+            self._check_gossip_state(cfg)
         if cfg.privacy.active and (self.comm_every > 1 or self.comm_late_fraction):
             raise config_error("privacy.clip", "rounds without gossip would later share unnoised updates; not "
                                                "combined with algorithm.comm_every or comm_late_fraction")
@@ -233,6 +258,21 @@ class DsgdSpec(LocalSteps, Synchronous, ServerRounds):
         if self.acceleration_lambda is None and not cfg.topology.schedule.uses_graph:
             raise config_error("algorithm.acceleration_lambda", f"topology.schedule {cfg.topology.schedule.name} has "
                                                                 "no static graph to compute it from; give it")
+
+    def _check_gossip_state(self, cfg) -> None:
+        clashes = {"algorithm.aggregator": not self.aggregator.capabilities.linear,
+                   "algorithm.share_fraction": self.share_fraction < 1.0,
+                   "threat.attack": cfg.threat.poisons == "messages",
+                   "privacy.clip": cfg.privacy.active}
+        for key, clash in clashes.items():
+            if clash:
+                raise config_error(key, "gossip_optimizer_state mixes the optimizer's moments with plain W, unguarded "
+                                        "and unnoised; not combined with robust or partial gossip, message attacks "
+                                        "or privacy")
+        if self.optimizer.state_copies == 0:
+            raise config_error("algorithm.gossip_optimizer_state", f"optimizer {self.optimizer.name} keeps no "
+                                                                   "per-coordinate state (use adamw, or sgd with "
+                                                                   "momentum)")
 
     def _lambda(self, ctx) -> float | None:
         """The spectral bound of ``W^Q`` the recursion uses (None: no acceleration)."""
@@ -270,4 +310,4 @@ class DsgdSpec(LocalSteps, Synchronous, ServerRounds):
         return dsgd(self.transform(), self.num_local_steps, self.order, sam_rho=self.sam_rho, communicate=communicate,
                     combine=combine, share_fraction=self.share_fraction, share_seed=ctx.seed("share"),
                     privacy=ctx.privacy.build(ctx, self.lr), acceleration_lambda=self._lambda(ctx),
-                    combinator=combinator)
+                    combinator=combinator, gossip_state=self.gossip_optimizer_state)

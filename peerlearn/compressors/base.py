@@ -73,6 +73,10 @@ class CompressorSpec(Spec):
     (E||C(x) - x||^2 <= (1 - delta) ||x||^2), as CHOCO-SGD and error feedback need."""
 
     dense: ClassVar[bool] = False  # sends rows unchanged (no compression, no error feedback needed)
+    # a near-lossless quantizer: any row, a partial sum included, can be encoded again at every hop of a ring
+    # all-reduce (peerlearn.compressors.ring); not a sparsifier (the sum of sparse rows is dense), nor a
+    # contraction such as QSGD's scaled form or the scaled sign, whose shrinking would compound hop by hop
+    requantizable: ClassVar[bool] = False
 
     def build(self, seed: int) -> Compressor:
         raise NotImplementedError

@@ -127,6 +127,7 @@ class Int8Spec(CompressorSpec):
     """Per-row absmax int8 quantisation (Dettmers et al., ICLR 2022)."""
 
     name: Literal["int8"] = "int8"
+    requantizable: ClassVar[bool] = True
 
     def build(self, seed):
         return int8()
@@ -137,6 +138,7 @@ class Fp16Spec(CompressorSpec):
     """Half-precision rows."""
 
     name: Literal["fp16"] = "fp16"
+    requantizable: ClassVar[bool] = True
 
     def build(self, seed):
         return fp16()

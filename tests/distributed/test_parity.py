@@ -31,7 +31,9 @@ CAPABILITIES = {
     "data-attack": {"threat": {"num_byzantine": 2, "attack": "label_flip"}},
     "crash-link-loss": {"faults": {"crash_fraction": 0.25, "crash_round": 2, "recover_round": 4, "link_failure": 0.2}},
     "privacy": {"privacy": {"clip": 1.0, "noise_multiplier": 0.5, "pairwise_multiplier": 0.5}},
+    "privacy-rqm": {"privacy": {"clip": 0.1, "mechanism": "rqm", "rqm_levels": 2, "rqm_keep": 0.1, "rqm_range": 8.0}},
     "compressor": {"algorithm": {"compressor": "top_k", "compress_ratio": 0.3}},
+    "quantized-ring": {"algorithm": {"compressor": "int8", "reduce": "ring"}},
     "server-rounds": {"algorithm": {"server_period": 2, "server_fraction": 0.5, "server_broadcast": "all"}},
     "final-merge": {"algorithm": {"final_merge": True}},
 }
