@@ -64,6 +64,8 @@ def ring_all_reduce_mean(comm, x_NP: Tensor, compressor: Compressor, state: Any)
     all-gather (counted here as the ring's messages, not as an all-gather) and every rank or peer computes the
     same ring; ``x_P`` and the compressor's next state."""
     rows, ids = comm.all_gather(x_NP, message_bytes=torch.zeros(x_NP.shape[0], dtype=torch.float64))
+    if hasattr(comm, "latency_hops"):  # the all-gather counted N - 1 steps; a ring all-reduce takes 2 (N - 1)
+        comm.latency_hops += max(len(ids) - 1, 0)
     mean, sent_K, state = ring_all_reduce(rows, compressor, state)
     mine = torch.arange(x_NP.shape[0]) if comm.node_ids is None else torch.as_tensor(comm.node_ids)
     pos = torch.searchsorted(ids, mine).clamp(max=len(ids) - 1)

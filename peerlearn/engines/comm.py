@@ -93,6 +93,7 @@ class SimComm:
         self.threat: Threat | None = None
         self.alive_N: Tensor | None = None  # None: every node is up
         self.collective_calls = 0  # all-reduces, server averages, multicasts so far (the clock's barriers)
+        self.latency_hops = 0  # messages in sequence on the rings' critical paths so far (clock.collective_latency)
         self.record_sent = False  # keep the last gossip messages as received (attribution, stateful combine steps)
         self.sent_NP: Tensor | None = None  # ... here, when record_sent (otherwise nothing is held between rounds)
         if W is not None:
@@ -290,6 +291,7 @@ class SimComm:
         """
         self.collective_calls += 1
         rows = torch.arange(self.num_nodes) if self.alive_N is None else torch.nonzero(self.alive_N).flatten()
+        self.latency_hops += max(len(rows) - 1, 0)  # a ring all-gather: N - 1 steps
         sizes = torch.as_tensor(self.message_bytes(x_NP) if message_bytes is None else message_bytes,
                                 dtype=torch.float64).expand(self.num_nodes)
         if len(rows):
@@ -308,6 +310,7 @@ class SimComm:
             sent, rows = self.all_gather(x_NP, message_bytes)
             return mean(sent, weights_K=None if weights_N is None else weights_N[rows])
         self.collective_calls += 1
+        self.latency_hops += 2 * max((self.num_nodes if self.alive_N is None else int(self.alive_N.sum())) - 1, 0)
         if self.alive_N is not None:  # the all-reduce runs among the nodes that are up
             up = self.alive_N
             n = int(up.sum())

@@ -61,6 +61,7 @@ class DistComm:
         self.bytes_sent_N = torch.zeros(self.num_nodes, dtype=torch.float64)
         self.bytes_sent_server = 0.0
         self.collective_calls = 0
+        self.latency_hops = 0  # messages in sequence on the rings' critical paths so far (as SimComm counts them)
         self.set_group(group)
 
     def set_group(self, group: Group) -> None:
@@ -227,6 +228,7 @@ class DistComm:
 
     def all_gather(self, x_RP: Tensor, message_bytes=None) -> tuple[Tensor, Tensor]:
         self.collective_calls += 1
+        self.latency_hops += max(self.num_alive - 1, 0)
         sizes = torch.as_tensor(self.message_bytes(x_RP) if message_bytes is None else message_bytes,
                                 dtype=torch.float64).expand(self.num_nodes)[self._up_R]
         total = self.group.all_reduce(torch.stack([sizes.sum(), torch.tensor(float(len(sizes)), dtype=torch.float64)]))
@@ -241,6 +243,7 @@ class DistComm:
             return mean(sent, weights_K=None if weights_N is None else self._alive_rows(weights_N[:, None])[0][:, 0])
         self.collective_calls += 1
         n, up = self.num_alive, self._up_R
+        self.latency_hops += 2 * max(n - 1, 0)
         self.bytes_sent_N[up] += 2.0 * (n - 1) / max(n, 1) * self.message_bytes(x_RP)
         if weights_N is None:  # the rows' own dtype on the wire: the count of live nodes is known
             return self.group.all_reduce((x_RP if self.alive_N is None else x_RP[up]).sum(0)).div_(n)

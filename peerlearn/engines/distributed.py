@@ -211,6 +211,7 @@ class _Rank:
         silent = alive is not None and not bool(alive.any())
         down_R = None if alive is None else ~alive[self.rows]
         drawn0, bytes0, calls0 = built.batches.drawn_N.clone(), comm.bytes_sent_N.clone(), comm.collective_calls
+        hops0 = comm.latency_hops
         server0 = comm.bytes_sent_server
         metrics = {"loss": math.nan}
         if not silent:  # the whole network is down: nothing happens this round
@@ -236,7 +237,8 @@ class _Rank:
         self.server_bytes += float(delta[2 * n])
         if self.clock is not None:
             self.clock.advance(numpy(delta[:n]), numpy(delta[n:2 * n]), comm.W, comm.collective_calls > calls0,
-                               float(delta[2 * n]), None if alive is None else numpy(alive))
+                               float(delta[2 * n]), None if alive is None else numpy(alive),
+                               hops=comm.latency_hops - hops0)
         self.completed = round_
         self.capture(round_)
 

@@ -118,7 +118,7 @@ class _Batched:
         drawn0, bytes0 = built.batches.drawn_N.clone(), comm.bytes_sent_N.clone()
         start_NP = self.params_NP.clone() if self.scores is not None else None
         comm.sent_NP = None
-        server0, calls0 = comm.bytes_sent_server, comm.collective_calls
+        server0, calls0, hops0 = comm.bytes_sent_server, comm.collective_calls, comm.latency_hops
         if silent:  # the whole network is down: nothing happens this round
             step_metrics = {"loss": math.nan}
         else:
@@ -131,7 +131,8 @@ class _Batched:
         if clock is not None:
             clock.advance(numpy(built.batches.drawn_N - drawn0).astype(np.float64),
                           numpy(comm.bytes_sent_N - bytes0), comm.W, comm.collective_calls > calls0,
-                          comm.bytes_sent_server - server0, None if alive_N is None else numpy(alive_N))
+                          comm.bytes_sent_server - server0, None if alive_N is None else numpy(alive_N),
+                          hops=comm.latency_hops - hops0)
         self.book.step(round_, step_metrics, watch=not silent)
         if start_NP is not None and not silent:
             self._score(round_, start_NP)

@@ -16,6 +16,11 @@ Time is split per node into compute, communication and waiting (``t_i`` minus th
 so a report shows where time went. Down nodes neither compute nor send and their clocks stand
 still; a node that comes back catches up with its neighbours at the next round.
 
+A collective pays one latency by default (``collective_latency: once``). With ``per_hop`` a ring
+collective pays one per message in sequence on its critical path: ``2 (N - 1)`` for a ring all-reduce,
+``N - 1`` for an all-gather (:mod:`peerlearn.world.runtime` models the same and predicts when gossip
+beats an all-reduce); a gossip round's parallel sends still pay one.
+
 References:
     Lian et al., "Asynchronous Decentralized Parallel Stochastic Gradient Descent", ICML 2018
     (stragglers in synchronous decentralized rounds); Tyurin & Richtarik, "Optimal Time
@@ -47,21 +52,27 @@ class Clock:
     """Per-node simulated time; :meth:`advance` once per round with what the round computed and sent."""
 
     def __init__(self, slowdown_N: np.ndarray, step_time_s: float = 0.05, bandwidth_Bps: float = 1.25e6,
-                 latency_s: float = 0.05):
+                 latency_s: float = 0.05, collective_latency: str = "once"):
+        if collective_latency not in ("once", "per_hop"):
+            raise ValueError(f"clock.collective_latency must be 'once' or 'per_hop', got {collective_latency!r}")
         self.slowdown_N = np.asarray(slowdown_N, dtype=np.float64)
         self.step_time_s, self.bandwidth_Bps, self.latency_s = step_time_s, bandwidth_Bps, latency_s
+        self.per_hop = collective_latency == "per_hop"
         n = len(self.slowdown_N)
         self.t_N = np.zeros(n)
         self.compute_N = np.zeros(n)
         self.comm_N = np.zeros(n)
 
     def advance(self, batches_N: np.ndarray, bytes_N: np.ndarray, W: sp.csr_array | None, collective: bool,
-                server_bytes: float = 0.0, alive_N: np.ndarray | None = None) -> None:
+                server_bytes: float = 0.0, alive_N: np.ndarray | None = None, hops: int = 0) -> None:
         """One synchronous round. ``batches_N``/``bytes_N``: mini-batches processed and bytes sent by each
-        node this round; ``W``: the round's mixing matrix (who waits for whom in a gossip round)."""
+        node this round; ``W``: the round's mixing matrix (who waits for whom in a gossip round); ``hops``:
+        messages in sequence on the round's ring collectives (charged a latency each with ``per_hop``)."""
         n = len(self.t_N)
         alive = np.ones(n, dtype=bool) if alive_N is None else np.asarray(alive_N, dtype=bool)
         compute, comm = self._costs(batches_N, bytes_N, alive)
+        if collective and self.per_hop and hops > 1:
+            comm = np.where(comm > 0, comm + (hops - 1) * self.latency_s, 0.0)
         ready = self.t_N + compute + comm
         if collective:
             server = server_bytes / self.bandwidth_Bps + self.latency_s if server_bytes > 0 else 0.0
@@ -152,7 +163,7 @@ def _row_max(W: sp.csr_array | Clique, sender_ready: np.ndarray, own_ready: np.n
 # Spec (the clock: section)
 # ---------------------------------------------------------------------------------------------
 import functools  # noqa: E402
-from typing import Callable  # noqa: E402
+from typing import Callable, Literal  # noqa: E402
 
 from pydantic import Field  # noqa: E402
 
@@ -171,6 +182,9 @@ class ClockSpec(Spec):
     straggler_slowdown: float = Field(10.0, ge=1.0, le=1e6, description="how many times slower a straggler computes")
     slowdowns: list[float] | None = Field(None, description="each node's compute time factor, one per node "
                                           "(instead of speed_sigma and stragglers)")
+    collective_latency: Literal["once", "per_hop"] = Field(
+        "once", description="once: a collective round pays one latency; per_hop: a ring all-reduce pays 2 (N - 1) "
+                            "and an all-gather N - 1, one per message in sequence (peerlearn.world.runtime)")
     slices_per_round: int = Field(4, ge=1, le=10_000, description="asynchronous algorithms: events in the same of this many "
                                   "slices of a round are batched together (more: finer timing, slower)")
 
@@ -191,4 +205,5 @@ class ClockSpec(Spec):
             slowdown = node_slowdowns(ctx.num_nodes, self.speed_sigma, self.straggler_fraction,
                                       self.straggler_slowdown, seed=ctx.seed("clock"))
         return functools.partial(Clock, slowdown, step_time_s=self.step_time_s,
-                                 bandwidth_Bps=self.bandwidth_mbps * 1e6 / 8, latency_s=self.latency_ms / 1e3)
+                                 bandwidth_Bps=self.bandwidth_mbps * 1e6 / 8, latency_s=self.latency_ms / 1e3,
+                                 collective_latency=self.collective_latency)
