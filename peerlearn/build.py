@@ -158,7 +158,7 @@ def build_threat(cfg: ExperimentConfig, ctx: BuildContext):
         seen *= (as_csr(adjacency)[np.flatnonzero(byz)].toarray() > 0)
     seen /= np.maximum(seen.sum(1, keepdims=True), 1.0)
     threat = Threat(from_host(np.flatnonzero(byz)), th.attack.build(ctx), from_host(seen).float(),
-                    th.sybil, torch.Generator().manual_seed(ctx.seed("threat")))
+                    th.sybil, torch.Generator().manual_seed(ctx.seed("threat")), {} if th.space == "update" else None)
     return honest_N, threat, None
 
 

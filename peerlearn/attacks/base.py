@@ -40,6 +40,10 @@ class ThreatSpec(Spec):
     collusion: Literal["all", "neighbors"] = Field(
         "all", description="honest messages an attacker sees: everyone's, or its neighbours'")
     sybil: bool = Field(False, description="all Byzantine identities send one identical message (Sybil clones)")
+    space: Literal["model", "update"] = Field(
+        "model", description="model: a model attack crafts the message from the honest models; update: from the "
+                             "honest updates (each message minus the node's previous one), and a Byzantine node "
+                             "sends its previous message plus the crafted update (D-SGD with one gossip step)")
     slots: ClassVar = {"attack": ATTACKS}
 
     def count(self, num_nodes: int) -> int:
@@ -62,6 +66,13 @@ class ThreatSpec(Spec):
                 cfg.topology.schedule.capabilities.time_varying:
             raise config_error("threat.collusion", "'neighbors' needs a static topology; use 'all'")
         algo = cfg.algorithm
+        if self.space == "update":
+            if self.poisons == "data":
+                raise config_error("threat.space", f"update space is where a model attack crafts its message; "
+                                                   f"{self.attack.name} poisons data")
+            if algo.name != "dsgd" or getattr(algo, "gossip_steps", 1) != 1 or getattr(algo, "share_fraction", 1) < 1:
+                raise config_error("threat.space", "update space needs one message per node and round, each the "
+                                                   "whole model: dsgd with gossip_steps 1 and share_fraction 1")
         if self.poisons == "messages" and not algo.capabilities.attackable:
             data = [name for name, c in ATTACKS.items() if c.capabilities.poisons == "data"]
             why = algo.why_not.get("attack", "model attacks on its messages are not modelled")

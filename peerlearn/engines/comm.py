@@ -48,7 +48,10 @@ class Threat(NamedTuple):
     ``attack(own_BP, seen, generator) -> msg_BP`` (hyper-parameters bound; ``seen`` an
     :class:`~peerlearn.attacks.HonestView`);
     ``view_BN[b, j] > 0`` where Byzantine node b sees honest node j's message (rows sum to 1);
-    ``sybil``: every Byzantine identity sends the first one's message (one adversary, many clones).
+    ``sybil``: every Byzantine identity sends the first one's message (one adversary, many clones);
+    ``memory``: with ``threat.space: update``, a dict holding ``"prev"``, the messages as received in the
+    previous exchange (the attack sees the honest updates, each message minus the previous one, and a Byzantine
+    node sends its previous message plus the crafted update); None in model space.
     """
 
     byzantine_idx: Tensor
@@ -56,6 +59,7 @@ class Threat(NamedTuple):
     view_BN: Tensor
     sybil: bool
     generator: torch.Generator
+    memory: dict | None = None
 
 
 def poison(threat: Threat | None, x_NP: Tensor) -> Tensor:
@@ -65,12 +69,36 @@ def poison(threat: Threat | None, x_NP: Tensor) -> Tensor:
     t = threat
     if t is None or len(t.byzantine_idx) == 0:
         return x_NP
-    msg = t.attack(x_NP[t.byzantine_idx], HonestView(x_NP, t.view_BN), t.generator)
+    if t.memory is None:
+        msg = t.attack(x_NP[t.byzantine_idx], HonestView(x_NP, t.view_BN), t.generator)
+    else:  # update space: the attack crafts an update from the honest ones, sent on top of the previous message
+        prev = t.memory.get("prev")
+        prev = x_NP if prev is None else prev.to(x_NP)
+        delta = x_NP - prev
+        byz = t.byzantine_idx
+        msg = prev[byz] + t.attack(delta[byz], HonestView(delta, t.view_BN), t.generator)
     if t.sybil:
         msg = msg[:1].expand_as(msg)
     out = x_NP.clone()
     out[t.byzantine_idx] = msg.to(x_NP.dtype)
+    if t.memory is not None:
+        t.memory["prev"] = out
     return out
+
+
+def threat_prev(threat: Threat | None) -> Tensor | None:
+    """What an update-space attack remembers between exchanges (for a checkpoint), or None."""
+    if threat is None or threat.memory is None or threat.memory.get("prev") is None:
+        return None
+    return threat.memory["prev"].clone()
+
+
+def restore_threat_prev(threat: Threat | None, prev: Tensor | None) -> None:
+    """Put back what :func:`threat_prev` saved."""
+    if threat is not None and threat.memory is not None:
+        threat.memory.clear()
+        if prev is not None:
+            threat.memory["prev"] = prev.clone()
 
 
 class SimComm:
@@ -344,13 +372,15 @@ class SimComm:
     def state_dict(self) -> dict:
         """The byte counters (the topology and alive set are re-derived from the round on resume)."""
         return {"bytes_sent_N": self.bytes_sent_N.clone(), "bytes_sent_server": self.bytes_sent_server,
-                "threat_generator": None if self.threat is None else self.threat.generator.get_state()}
+                "threat_generator": None if self.threat is None else self.threat.generator.get_state(),
+                "threat_prev": threat_prev(self.threat)}
 
     def load_state_dict(self, state: dict) -> None:
         self.bytes_sent_N = state["bytes_sent_N"].to(self.bytes_sent_N.device, copy=True)
         self.bytes_sent_server = float(state["bytes_sent_server"])
         if self.threat is not None and state.get("threat_generator") is not None:
             self.threat.generator.set_state(state["threat_generator"])
+        restore_threat_prev(self.threat, state.get("threat_prev"))
 
     # -- totals ----------------------------------------------------------------------------------
     @property

@@ -181,6 +181,8 @@ def test_backdoor_succeeds_against_averaging_while_the_main_task_survives():
     ({}, {"name": "fedavg", "aggregator": "median"}, "algorithm.aggregator: not a key of algorithm fedavg"),
     ({"num_byzantine": 2, "attack": "backdoor", "target_label": 10}, {}, "threat.target_label: must be < 10"),
     ({}, {"aggregator": "bulyan", "f": 1}, "algorithm.f: bulyan with f=1 needs every node to receive at least 7"),
+    ({"num_byzantine": 2, "attack": "label_flip", "space": "update"}, {}, "threat.space: update space is where"),
+    ({"num_byzantine": 2, "attack": "alie", "space": "update"}, {"gossip_steps": 2}, "threat.space: update space needs"),
 ])
 def test_invalid_threat_models_are_one_line_config_errors(threat, algorithm, message):
     from peerlearn.config import ConfigError
@@ -283,3 +285,58 @@ def test_matrix_cells_take_an_attacks_own_keys():
     assert parse_member("gaussian:sigma=3") == {"aggregator": "gaussian", "sigma": 3}
     with pytest.raises(ConfigError, match="--attacks alie:z"):
         parse_member("alie:z", "attack", "--attacks")
+
+
+def test_in_update_space_an_attack_crafts_an_update_on_top_of_the_previous_message():
+    """threat.space: update: ALIE's mu - z sigma of the honest *updates* (message minus previous message), sent on
+    top of the Byzantine node's previous message; the first exchange has no update, so nothing is shifted."""
+    n, z = 6, 1.5
+    threat = _threat([4, 5], lambda own, seen, g: attacks.alie(own, seen, g, z=z), n)._replace(memory={})
+    comm = SimComm(metropolis_hastings_weights(cycle_graph(n)))
+    comm.set_threat(threat)
+    x0 = torch.randn(n, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    first = comm._poison(x0)
+    torch.testing.assert_close(first, x0)  # no update seen yet: every message as it was
+    x1 = x0 + torch.randn(n, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    second = comm._poison(x1)
+    delta = (x1 - x0)[:4]
+    crafted = delta.mean(0) - z * delta.std(0, unbiased=False)
+    torch.testing.assert_close(second[4], x0[4] + crafted)
+    torch.testing.assert_close(second[5], x0[5] + crafted)
+    torch.testing.assert_close(second[:4], x1[:4])
+    # the third exchange builds on what the Byzantine nodes sent in the second, not on their honest rows
+    x2 = x1 + 0.1
+    third = comm._poison(x2)
+    torch.testing.assert_close(third[4], second[4] + 0.1)  # every honest update equal: mean 0.1, std 0
+    # a checkpoint keeps what the attack remembers
+    state = comm.state_dict()
+    comm.load_state_dict({**state, "threat_prev": None})
+    assert threat.memory == {}
+    comm.load_state_dict(state)
+    torch.testing.assert_close(threat.memory["prev"], third)
+
+
+def test_alie_in_update_space_drifts_where_in_model_space_it_does_no_harm_and_a_resume_continues_it(tmp_path):
+    from tests.conftest import checkpoint_keeper, same_rows
+
+    def cfg(space):
+        return tiny_config(num_rounds=40, eval_every=20, topology={"graph": "random_regular", "degree": 4},
+                           algorithm={"lr": 0.5}, threat={"num_byzantine": 3, "attack": "alie", "z": 1.5, "space": space})
+
+    model = simulate(build(cfg("model")))[-1]["acc_mean"]
+    keep, snapshots = checkpoint_keeper(tmp_path)
+    full = simulate(build(cfg("update")), on_checkpoint=keep)
+    # -z sigma of the updates points the same way every round: the attackers' models drift without bound
+    # (measured: 0.69 in model space, 0.10 in update space)
+    assert full[-1]["acc_mean"] < model - 0.3, (full[-1]["acc_mean"], model)
+    resumed = simulate(build(cfg("update")), resume=snapshots[20])
+    assert same_rows(resumed) == same_rows(full)
+
+
+def test_a_swarm_refuses_update_space_before_any_peer_starts():
+    from peerlearn.config import ConfigError
+    from peerlearn.engines.p2p import peer
+
+    cfg = tiny_config(threat={"num_byzantine": 2, "attack": "alie", "space": "update"})
+    with pytest.raises(ConfigError, match="^config error: threat.space: an attack on a swarm"):
+        peer.check_config(cfg, 2)

@@ -29,6 +29,7 @@ CAPABILITIES = {
     "model-attack": {"threat": {"num_byzantine": 2, "attack": "gaussian", "sigma": 1.0},
                      "algorithm": {"aggregator": "trimmed_mean", "f": 1}},
     "data-attack": {"threat": {"num_byzantine": 2, "attack": "label_flip"}},
+    "update-attack": {"threat": {"num_byzantine": 2, "attack": "alie", "space": "update"}},
     "crash-link-loss": {"faults": {"crash_fraction": 0.25, "crash_round": 2, "recover_round": 4, "link_failure": 0.2}},
     "privacy": {"privacy": {"clip": 1.0, "noise_multiplier": 0.5, "pairwise_multiplier": 0.5}},
     "privacy-rqm": {"privacy": {"clip": 0.1, "mechanism": "rqm", "rqm_levels": 2, "rqm_keep": 0.1, "rqm_range": 8.0}},

@@ -39,6 +39,9 @@ def check_config(cfg, peers: int) -> None:
         raise ConfigError("config error: faults: a swarm's faults are real (peers that die or leave): remove the "
                           "faults section for --engine p2p")
     refuse_simulator_only(cfg, "p2p")
+    if cfg.threat.space == "update":
+        raise ConfigError("config error: threat.space: an attack on a swarm sees what its peer saw, in model space; "
+                          "update space runs on the simulator and --engine distributed")
     if peers > cfg.num_nodes:
         raise ConfigError(f"config error: num_nodes: {peers} peers need at least {peers} nodes, got {cfg.num_nodes}")
 
