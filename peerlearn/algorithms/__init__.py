@@ -20,7 +20,8 @@ from peerlearn.algorithms.semi_decentralized import with_server_rounds
 from peerlearn.algorithms.scool import scool
 from peerlearn.algorithms.experts import experts
 from peerlearn.algorithms.distillation import distillation
+from peerlearn.algorithms.dadao import dadao
 
 __all__ = ["ALGORITHMS", "AlgorithmSpec", "anarchic", "async_local_sgd", "async_push_sum", "centralized", "choco",
-           "communication_schedule", "diloco", "distillation", "dsgd", "experts", "fedavg", "gossip_combine", "gossip_learning",
+           "communication_schedule", "dadao", "diloco", "distillation", "dsgd", "experts", "fedavg", "gossip_combine", "gossip_learning",
            "gradient_tracking", "local_only", "local_sgd", "modest", "push_sum", "scool", "spsa", "with_server_rounds"]

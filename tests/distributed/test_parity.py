@@ -43,8 +43,9 @@ HYPER = {"fedavg": {"fraction": 0.5}, "fedprox": {"fraction": 0.5}, "modest": {"
                       "num_local_steps": 2},
          "diloco": {"num_local_steps": 2}, "spsa": {"spsa_perturbations": 2}, "choco": {"consensus_lr": 0.3}}
 # personalized algorithms that so far run on the simulator only (their all-to-all evaluation, cluster all-reduces and
-# prediction sharing are not written for rank-local rows yet); the distributed engine refuses them in one line
-SIMULATOR_ONLY = {"scool", "experts", "distillation"}
+# prediction sharing are not written for rank-local rows yet), and DADAO, which plays its events one at a time; the
+# distributed engine refuses them in one line
+SIMULATOR_ONLY = {"scool", "experts", "distillation", "dadao"}
 SYNCHRONOUS = [name for name, spec in ALGORITHMS.items()
                if not spec.capabilities.asynchronous and "distributed" in spec.capabilities.engines]
 
