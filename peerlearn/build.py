@@ -68,6 +68,13 @@ def build_dataset(cfg: ExperimentConfig) -> Dataset:
         g = torch.Generator().manual_seed(ctx.seed("test_subset"))
         keep = torch.randperm(len(ds.y_test), generator=g)[:n_test].sort().values
         ds = ds._replace(x_test=ds.x_test[keep], y_test=ds.y_test[keep])
+    n_train = cfg.data.train_samples
+    if n_train is not None and n_train < len(ds.y_train):
+        g = torch.Generator().manual_seed(ctx.seed("train_subset"))
+        keep = torch.randperm(len(ds.y_train), generator=g)[:n_train].sort().values
+        ds = ds._replace(x_train=ds.x_train[keep], y_train=ds.y_train[keep],
+                         groups=None if ds.groups is None else ds.groups[keep.numpy()],
+                         local_groups=None if ds.local_groups is None else ds.local_groups[keep.numpy()])
     return ds
 
 

@@ -156,6 +156,8 @@ class DataSpec(Spec):
                                                        "ones, or random ones")
     test_samples: int | None = Field(None, ge=1, description="evaluate on a seeded subset of this many test samples "
                                      "(default: the whole test set)")
+    train_samples: int | None = Field(None, ge=1, description="train on a seeded subset of this many training "
+                                      "samples (default: the whole training set; a small one to study overfitting)")
     augment: Literal["none", "crop_flip"] = Field("none", description="training-batch augmentation of images: "
                                                   "crop_flip = random crop after zero padding, and horizontal flips "
                                                   "(seeded per node and sample)")
@@ -163,6 +165,9 @@ class DataSpec(Spec):
     slots: ClassVar = {"dataset": DATASETS, "partition": PARTITIONS}
 
     def check(self, cfg) -> None:
+        if self.train_samples is not None and self.partition.capabilities.needs_groups:
+            raise config_error("data.train_samples", f"a subset of the samples would cut the natural groups "
+                                                     f"partition {self.partition.name} splits by; not combined")
         if self.relay_fraction and self.local_test_fraction:
             raise config_error("data.local_test_fraction", "relay nodes hold no data to hold out; not combined "
                                                            "with data.relay_fraction")

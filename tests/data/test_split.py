@@ -44,3 +44,21 @@ def test_digits_read_without_scikit_learn_equal_its_loader():
 def test_a_class_of_one_sample_is_refused():
     with pytest.raises(ValueError, match="two samples of every class"):
         stratified_split(np.array([0, 0, 1, 1, 2]), 0.4, 0)
+
+
+def test_train_samples_keeps_a_seeded_subset_of_the_training_set_and_the_whole_test_set():
+    import torch
+
+    from peerlearn.build import build_dataset
+    from peerlearn.config import ConfigError
+    from tests.conftest import tiny_config
+
+    full = build_dataset(tiny_config())
+    sub = build_dataset(tiny_config(data={"train_samples": 300}))
+    assert len(sub.y_train) == 300 and torch.equal(sub.x_test, full.x_test)
+    rows = {tuple(r.tolist()) for r in full.x_train}
+    assert all(tuple(r.tolist()) in rows for r in sub.x_train)  # samples of the training set, not of the test set
+    assert torch.equal(build_dataset(tiny_config(data={"train_samples": 300})).x_train, sub.x_train)  # seeded
+    assert not torch.equal(build_dataset(tiny_config(seed=1, data={"train_samples": 300})).x_train, sub.x_train)
+    with pytest.raises(ConfigError, match="^config error: data.train_samples: "):
+        tiny_config(data={"dataset": "shakespeare", "partition": "natural", "train_samples": 10})
