@@ -122,7 +122,7 @@ def dadao(constants: DadaoConstants, edges_E2: np.ndarray, comm_rate: float, gra
         n, p = params_NP.shape
         round_ = state.round + 1
         g = step_generator(seed, round_)
-        V = torch.cat([params_NP[None], state.aux]).clone()  # [6, N, P]
+        V = torch.cat([params_NP[None], state.aux])  # [6, N, P], a new tensor
         grad_counts = torch.poisson(torch.full((n,), grad_rate, dtype=torch.float64), generator=g).long()
         edge_counts = torch.poisson(torch.full((len(edges),), edge_rate, dtype=torch.float64), generator=g).long()
         kinds = torch.cat([torch.zeros(int(grad_counts.sum()), dtype=torch.long),

@@ -86,19 +86,24 @@ def poison(threat: Threat | None, x_NP: Tensor) -> Tensor:
     return out
 
 
-def threat_prev(threat: Threat | None) -> Tensor | None:
-    """What an update-space attack remembers between exchanges (for a checkpoint), or None."""
-    if threat is None or threat.memory is None or threat.memory.get("prev") is None:
-        return None
-    return threat.memory["prev"].clone()
+def threat_state(threat: Threat | None) -> dict:
+    """What a threat carries between rounds, for a checkpoint: its generator's state and what an update-space
+    attack remembers of the previous exchange (None where there is nothing)."""
+    prev = None if threat is None or threat.memory is None else threat.memory.get("prev")
+    return {"threat_generator": None if threat is None else threat.generator.get_state(),
+            "threat_prev": None if prev is None else prev.clone()}
 
 
-def restore_threat_prev(threat: Threat | None, prev: Tensor | None) -> None:
-    """Put back what :func:`threat_prev` saved."""
-    if threat is not None and threat.memory is not None:
+def load_threat_state(threat: Threat | None, state: dict) -> None:
+    """Put back what :func:`threat_state` saved (keys missing from an older checkpoint: nothing to restore)."""
+    if threat is None:
+        return
+    if state.get("threat_generator") is not None:
+        threat.generator.set_state(state["threat_generator"])
+    if threat.memory is not None:
         threat.memory.clear()
-        if prev is not None:
-            threat.memory["prev"] = prev.clone()
+        if state.get("threat_prev") is not None:
+            threat.memory["prev"] = state["threat_prev"].clone()
 
 
 class SimComm:
@@ -338,13 +343,12 @@ class SimComm:
             sent, rows = self.all_gather(x_NP, message_bytes)
             return mean(sent, weights_K=None if weights_N is None else weights_N[rows])
         self.collective_calls += 1
-        self.latency_hops += 2 * max((self.num_nodes if self.alive_N is None else int(self.alive_N.sum())) - 1, 0)
+        n = self.num_nodes if self.alive_N is None else int(self.alive_N.sum())
+        self.latency_hops += 2 * max(n - 1, 0)
         if self.alive_N is not None:  # the all-reduce runs among the nodes that are up
             up = self.alive_N
-            n = int(up.sum())
             self.bytes_sent_N[up] += 2.0 * (n - 1) / max(n, 1) * self.message_bytes(x_NP)
             return mean(x_NP[up], weights_K=None if weights_N is None else weights_N[up])
-        n = self.num_nodes
         self.bytes_sent_N += 2.0 * (n - 1) / n * self.message_bytes(x_NP)
         return mean(x_NP, weights_K=weights_N)
 
@@ -372,15 +376,12 @@ class SimComm:
     def state_dict(self) -> dict:
         """The byte counters (the topology and alive set are re-derived from the round on resume)."""
         return {"bytes_sent_N": self.bytes_sent_N.clone(), "bytes_sent_server": self.bytes_sent_server,
-                "threat_generator": None if self.threat is None else self.threat.generator.get_state(),
-                "threat_prev": threat_prev(self.threat)}
+                **threat_state(self.threat)}
 
     def load_state_dict(self, state: dict) -> None:
         self.bytes_sent_N = state["bytes_sent_N"].to(self.bytes_sent_N.device, copy=True)
         self.bytes_sent_server = float(state["bytes_sent_server"])
-        if self.threat is not None and state.get("threat_generator") is not None:
-            self.threat.generator.set_state(state["threat_generator"])
-        restore_threat_prev(self.threat, state.get("threat_prev"))
+        load_threat_state(self.threat, state)
 
     # -- totals ----------------------------------------------------------------------------------
     @property

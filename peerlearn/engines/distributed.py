@@ -36,7 +36,7 @@ from torch.utils._pytree import tree_map
 from peerlearn.device import from_host, numpy, scope, to_device
 from peerlearn.divergence import watch_run
 from peerlearn.engines.dist_comm import DistComm, RowBatches, node_blocks  # noqa: F401 (re-exported)
-from peerlearn.engines.comm import restore_threat_prev, threat_prev
+from peerlearn.engines.comm import load_threat_state, threat_state
 from peerlearn.engines.loop import RunRows, run_rounds
 from peerlearn.engines.membership import Membership, PeerFailure, RunStopped, connect_store
 from peerlearn.engines.run import _clone, departed_faults, is_evaluation_round, make_evaluator, round_network
@@ -99,9 +99,7 @@ class _Rank:
         self.state = to_device(tree_map(lambda a: a[self.rows].clone() if _per_node(a, n) else a, snap["state"]), device)
         self.bytes_N = snap["comm"]["bytes_sent_N"].to(device, copy=True)
         self.server_bytes = float(snap["comm"]["bytes_sent_server"])
-        if self.comm.threat is not None and snap["comm"].get("threat_generator") is not None:
-            self.comm.threat.generator.set_state(snap["comm"]["threat_generator"])
-        restore_threat_prev(self.comm.threat, snap["comm"].get("threat_prev"))
+        load_threat_state(self.comm.threat, snap["comm"])
         if self.clock is not None and snap.get("clock") is not None:
             self.clock.load_state_dict(snap["clock"])
         self.book.resume(snap)
@@ -119,11 +117,9 @@ class _Rank:
     def snapshot(self, round_: int, state) -> dict:
         """Rank 0's checkpoint of the whole run after the row of ``round_`` (``state``: every node's, gathered),
         in the simulator's format: it resumes on the simulator, or on any number of ranks."""
-        threat = self.comm.threat
         return {"round": round_, "params_NP": self.known_NP.clone(), "state": state, "sampler": self.built.batches.state_dict(),
                 "comm": {"bytes_sent_N": self.bytes_N.clone(), "bytes_sent_server": self.server_bytes,
-                         "threat_generator": None if threat is None else threat.generator.get_state(),
-                         "threat_prev": threat_prev(threat)},
+                         **threat_state(self.comm.threat)},
                 "clock": None if self.clock is None else self.clock.state_dict(),
                 "departure_N": self.departure_N.copy(), **self.book.checkpoint()}
 

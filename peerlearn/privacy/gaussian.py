@@ -58,6 +58,11 @@ class PrivacyState(NamedTuple):
     rdp_NA: Tensor  # float64: each node's Renyi divergence at each order, composed over its releases
 
 
+def no_releases(params_NP: Tensor) -> PrivacyState:
+    """Every node's privacy state before its first release (nothing spent): a mechanism's ``init``."""
+    return PrivacyState(0, torch.zeros(params_NP.shape[0], len(orders()), dtype=torch.float64))
+
+
 class MessagePrivacy(NamedTuple):
     """``init(params_NP) -> PrivacyState``; ``privatize(update_NP, state, comm) -> (update_NP, state)``;
     ``epsilon(state) -> epsilon_N`` (numpy) at the configured delta."""
@@ -137,9 +142,6 @@ def gaussian_messages(clip: float, noise_multiplier: float, pairwise_multiplier:
             cache.update(W=W, edges=edges, rdp_NA=from_host(gaussian_rdp(sigma_N)))
         return cache["edges"], cache["rdp_NA"]
 
-    def init(params_NP):
-        return PrivacyState(0, torch.zeros(params_NP.shape[0], len(orders()), dtype=torch.float64))
-
     def privatize(update_NP, state, comm):
         n, p = comm.num_global, update_NP.shape[1]
         edges, rdp_NA = round_graph(comm.W, n)
@@ -156,4 +158,4 @@ def gaussian_messages(clip: float, noise_multiplier: float, pairwise_multiplier:
     def epsilon(state):
         return (exact_epsilons if accountant == "exact" else epsilons)(numpy(state.rdp_NA), delta)
 
-    return MessagePrivacy(init, privatize, epsilon)
+    return MessagePrivacy(no_releases, privatize, epsilon)

@@ -41,7 +41,7 @@ import torch
 
 from peerlearn.device import draw, from_host, numpy
 from peerlearn.privacy.accountant import epsilons, orders
-from peerlearn.privacy.gaussian import MessagePrivacy, PrivacyState
+from peerlearn.privacy.gaussian import MessagePrivacy, PrivacyState, no_releases
 from peerlearn.rng import step_generator
 from peerlearn.types import Tensor
 
@@ -132,18 +132,14 @@ def rqm_messages(clip: float, levels_m: int, keep: float, range_: float, lr: flo
     c = range_ * clip
     per_coordinate = rqm_rdp(clip, levels_m, keep, range_)
 
-    def init(params_NP):
-        return PrivacyState(0, torch.zeros(params_NP.shape[0], len(orders()), dtype=torch.float64))
-
     def privatize(update_NP, state, comm):
         n, p = comm.num_global, update_NP.shape[1]
         mine = (lambda t: t) if comm.node_ids is None else (lambda t: t[comm.node_ids])
         g = step_generator(seed, state.calls)
         u = (update_NP / lr).clamp(-clip, clip)
-        full = torch.zeros(n, p, dtype=u.dtype)  # drawn for every node, ours kept: a rank gets the simulator's numbers
-        if comm.node_ids is None:
-            full = u
-        else:
+        full = u  # drawn for every node, ours kept: a rank gets the simulator's numbers
+        if comm.node_ids is not None:
+            full = u.new_zeros(n, p)
             full[comm.node_ids] = u
         q = mine(rqm_quantize(full, levels_m, keep, c, g))
         rdp = from_host(per_coordinate * p)[None, :]
@@ -152,4 +148,4 @@ def rqm_messages(clip: float, levels_m: int, keep: float, range_: float, lr: flo
     def epsilon(state):
         return epsilons(numpy(state.rdp_NA), delta)
 
-    return MessagePrivacy(init, privatize, epsilon)
+    return MessagePrivacy(no_releases, privatize, epsilon)
