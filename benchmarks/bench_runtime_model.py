@@ -33,7 +33,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     load = os.getloadavg()
-    print(f"{args.ranks} ranks, median of {args.rounds} rounds, slowest rank; {os.cpu_count()} cores, load average "
+    print(f"{args.ranks} ranks of 1 thread each, median of {args.rounds} rounds, slowest rank; {os.cpu_count()} cores, load average "
           f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     runs = {p: measure(args.ranks, p, args.rounds, args.warmup) for p in args.sizes}
     nbytes = np.array([4.0 * p for p in args.sizes])
