@@ -58,6 +58,11 @@ class ExperimentConfig(Spec):
                                    "of this many nodes (default: every node); at 100k+ nodes an evaluation of all "
                                    "costs several rounds. The acc_* columns then estimate over the subset; the "
                                    "averaged model, alive_nodes and consensus_distance still count every node")
+    eval_train: int = Field(0, ge=0, description="also test every model on a seeded subset of this many of the "
+                            "nodes' training samples, and score test and training cross-entropy (0: off). Rows gain "
+                            "train_acc_mean, train_eval_loss_mean, test_loss_mean, the averaged model's three, and "
+                            "the generalization gaps gap_acc_mean (train minus test accuracy) and gap_loss_mean "
+                            "(test minus training loss)")
     checkpoint_every: int = Field(0, ge=0, description="write checkpoint.pt (for --resume) at evaluated rounds at "
                                   "least this many rounds apart (0: at every evaluation; it holds every node's "
                                   "model, so large runs want fewer)")

@@ -17,7 +17,8 @@ STREAMS = {"partition": 1, "local_test": 2, "graph": 3, "fedavg": 4, "init": 5, 
            "byzantine": 8, "threat": 9, "schedule": 10, "server": 11, "modest": 12, "relays": 14, "crash": 15,
            "late": 16, "churn": 17, "faults": 18, "clock": 19, "async_net": 20, "compressor": 21, "share": 22, "privacy": 23,
            "spsa": 24, "eval_nodes": 25, "anarchic": 26, "anarchic_rounds": 27, "dimat": 28, "loss_delta": 29,
-           "attribution": 30, "dice": 31, "attribution_loss_delta": 32, "sybilwall": 33, "bristle": 34, "bristle_explore": 35, "scool": 36, "distillation": 37, "distillation_rounds": 38}
+           "attribution": 30, "dice": 31, "attribution_loss_delta": 32, "sybilwall": 33, "bristle": 34, "bristle_explore": 35, "scool": 36, "distillation": 37, "distillation_rounds": 38,
+           "eval_train": 39}
 
 
 def stream_seed(seed: int, stream: int | str) -> int:

@@ -43,7 +43,10 @@ from peerlearn.spec import ConfigError, format_error
 
 SWEEP_FILE = "sweep.json"
 FINAL_METRICS = ("acc_mean", "acc_min", "acc_max", "acc_avg_model", "acc_alive_mean", "attack_success", "loss_mean",
-                 "consensus_distance", "bytes_sent_per_node", "sim_time_s", "epsilon", "round", "wall_time_s")
+                 "consensus_distance", "bytes_sent_per_node", "sim_time_s", "epsilon", "round", "wall_time_s",
+                 # with eval_train (peerlearn.engines.run.GENERALIZATION_COLUMNS)
+                 "train_acc_mean", "train_eval_loss_mean", "test_loss_mean", "gap_acc_mean", "gap_loss_mean",
+                 "train_acc_avg_model", "train_eval_loss_avg_model", "test_loss_avg_model")
 DONE = ("completed", "diverged")  # a re-run leaves these; interrupted ones resume, failed ones run again
 MAX_SEEDS = 10_000
 """Seeds one sweep may run: more is a typo (``0-1000000000``), not an experiment, and would be listed first."""
@@ -453,8 +456,10 @@ def markdown_table(table, spec: SweepSpec) -> str:
     """The sweep's summary as a Markdown table (mean ± std over seeds), as the docs show it."""
     timed = "sim_time_s_mean" in table and bool(table["sim_time_s_mean"].notna().any()) and spec.x == "sim_time_s"
     private = "epsilon_mean" in table and bool(table["epsilon_mean"].notna().any())
+    gap = "gap_acc_mean_mean" in table and bool(table["gap_acc_mean_mean"].notna().any())  # eval_train
     head = ["run", "seeds ok", "final acc mean", "acc min", "averaged model", "MB sent per node"]
     head += ["simulated s"] * timed + ["epsilon"] * private
+    head += ["train acc", "gap: train - test acc", "gap: test - train loss"] * gap
     if spec.target is not None:
         head += [f"round to {spec.target:g}", f"MB to {spec.target:g}"] + [f"sim s to {spec.target:g}"] * timed
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -462,6 +467,7 @@ def markdown_table(table, spec: SweepSpec) -> str:
         cells = [cell_label(row), f"{row['completed']}/{row['seeds']}", mean_pm(row, "acc_mean"),
                  mean_pm(row, "acc_min"), mean_pm(row, "acc_avg_model"), mean_pm(row, "bytes_sent_per_node", 1e6, 2)]
         cells += [mean_pm(row, "sim_time_s", digits=1)] * timed + [mean_pm(row, "epsilon", digits=1)] * private
+        cells += [mean_pm(row, "train_acc_mean"), mean_pm(row, "gap_acc_mean"), mean_pm(row, "gap_loss_mean")] * gap
         if spec.target is not None:
             rounds, mb = row.get("rounds_to_target_mean", math.nan), row.get("mb_to_target_mean", math.nan)
             reached = row.get("target_reached", "")

@@ -12,7 +12,7 @@ import torch
 from peerlearn.device import from_host, numpy, to_device
 from peerlearn.divergence import DivergenceWatch
 from peerlearn.metrics import consensus_distance, summarize
-from peerlearn.models.functional import FlatModel, predicted_matches
+from peerlearn.models.functional import FlatModel, accuracy_and_loss, predicted_matches
 from peerlearn.types import Tensor
 from peerlearn.world.faults import FaultPlan, RoundFaults
 
@@ -23,6 +23,9 @@ COLUMNS = ["round", "acc_mean", "acc_min", "acc_max", "acc_std", "acc_avg_model"
            "sim_wait_s", "staleness_mean", "epsilon", "eval_time_s", "acc_local_min", "acc_local_std",
            "acc_local_worst10"]
 LOCAL_COLUMNS = ("acc_local_mean", "acc_local_min", "acc_local_std", "acc_local_worst10")
+# with ``eval_train`` only (after the columns above, in this order): the generalization columns
+GENERALIZATION_COLUMNS = ("train_acc_mean", "train_eval_loss_mean", "test_loss_mean", "gap_acc_mean", "gap_loss_mean",
+                          "train_acc_avg_model", "train_eval_loss_avg_model", "test_loss_avg_model")
 # measured, not computed: the only columns that differ between two runs with the same seed
 TIMINGS = ("wall_time_s", "eval_time_s")
 
@@ -32,14 +35,17 @@ class Evaluator:
 
     ``honest_N`` masks out Byzantine nodes; ``attack_test = (x, y)`` (data attacks) adds
     ``attack_success``: the fraction of honest predictions on ``x`` equal to the attacker's labels ``y``
-    (flipped labels; the target class on triggered inputs).
+    (flipped labels; the target class on triggered inputs). ``train_probe = (x, y)`` (``eval_train``) adds
+    the :data:`GENERALIZATION_COLUMNS`: accuracy and cross-entropy on those training samples and the test
+    cross-entropy, for the nodes' models (mean) and the averaged model, and the gaps between train and test.
     """
 
     def __init__(self, flat: FlatModel, x_test: Tensor, y_test: Tensor,
                  x_train: Tensor | None = None, y_train: Tensor | None = None,
                  local_test_parts: list[np.ndarray] | None = None, honest_N: Tensor | None = None,
-                 attack_test: tuple[Tensor, Tensor] | None = None, nodes_N: Tensor | None = None):
-        self.flat, self.x_test, self.y_test = flat, x_test, y_test
+                 attack_test: tuple[Tensor, Tensor] | None = None, nodes_N: Tensor | None = None,
+                 train_probe: tuple[Tensor, Tensor] | None = None):
+        self.flat, self.x_test, self.y_test, self.train_probe = flat, x_test, y_test, train_probe
         if honest_N is not None and bool(honest_N.all()):
             honest_N = None  # nobody is Byzantine: no copy of every honest row at each evaluation
         self.honest_N, self.attack_test = honest_N, attack_test
@@ -82,6 +88,23 @@ class Evaluator:
             out["attack_success"] = float(success_N.mean())
         out["acc_avg_model"] = float(predicted_matches(self.flat, avg, self.x_test, [self.y_test])[0][0])
         out.update(self._local_accuracy(params_NP) if self.local is not None else dict.fromkeys(LOCAL_COLUMNS, math.nan))
+        if self.train_probe is not None:
+            out.update(self._generalization(params_NP, avg))
+        return out
+
+    def _generalization(self, params_NP: Tensor, avg_1P: Tensor) -> dict[str, float]:
+        """Train and test accuracy and cross-entropy of the tested nodes' models (means) and of the averaged
+        model, and the gaps: train minus test accuracy, test minus training loss (a model that memorises its
+        data has large ones; Zhu et al., ICML 2023 compare D-SGD's with centralized SGD's)."""
+        rows = torch.cat([params_NP, avg_1P])
+        train_acc, train_loss = accuracy_and_loss(self.flat, rows, *self.train_probe)
+        test_acc, test_loss = accuracy_and_loss(self.flat, rows, self.x_test, self.y_test)
+        out = {"train_acc_mean": float(train_acc[:-1].mean()), "train_eval_loss_mean": float(train_loss[:-1].mean()),
+               "test_loss_mean": float(test_loss[:-1].mean())}
+        out["gap_acc_mean"] = out["train_acc_mean"] - float(test_acc[:-1].mean())
+        out["gap_loss_mean"] = out["test_loss_mean"] - out["train_eval_loss_mean"]
+        out.update(train_acc_avg_model=float(train_acc[-1]), train_eval_loss_avg_model=float(train_loss[-1]),
+                   test_loss_avg_model=float(test_loss[-1]))
         return out
 
     def _local_accuracy(self, params_NP: Tensor) -> dict[str, float]:
@@ -105,7 +128,32 @@ def make_evaluator(built) -> Evaluator:
     test set and the seeded subset of evaluated nodes (``eval_nodes``)."""
     ds = built.dataset
     return Evaluator(built.flat, ds.x_test, ds.y_test, ds.x_train, ds.y_train, built.local_test_parts,
-                     built.honest_N, built.attack_test, nodes_N=built.eval_N)
+                     built.honest_N, built.attack_test, nodes_N=built.eval_N, train_probe=train_probe(built))
+
+
+def train_probe(built) -> tuple[Tensor, Tensor] | None:
+    """The ``eval_train`` samples (:func:`train_probe_indices`) with their true labels (a data attack poisons
+    batches as they are drawn), None when off."""
+    held = train_probe_indices(built)
+    if held is None:
+        return None
+    idx = torch.from_numpy(held).to(built.dataset.x_train.device)
+    return built.dataset.x_train[idx], built.dataset.y_train[idx]
+
+
+def train_probe_indices(built) -> np.ndarray | None:
+    """Sorted indices into the training set of ``eval_train`` samples drawn (seeded, without replacement) from the
+    union of the nodes' training indices (never a node's local test split); all of them when fewer."""
+    k = built.config.eval_train
+    if not k:
+        return None
+    from peerlearn.rng import stream_seed
+
+    held = np.unique(np.concatenate([np.asarray(p, dtype=np.int64) for p in built.parts]))
+    if k < len(held):
+        pick = np.random.default_rng(stream_seed(built.config.seed, "eval_train")).choice(len(held), k, replace=False)
+        held = np.sort(held[pick])
+    return held
 
 
 def is_evaluation_round(cfg, round_: int) -> bool:

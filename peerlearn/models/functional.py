@@ -217,6 +217,22 @@ def predicted_matches(flat: FlatModel, params_RP: Tensor, x_T: Tensor, labels: l
 
 
 @torch.no_grad()
+def accuracy_and_loss(flat: FlatModel, params_RP: Tensor, x_T: Tensor, y_T: Tensor,
+                      max_elements: int = 2**24) -> tuple[Tensor, Tensor]:
+    """Each row's accuracy and mean cross-entropy on ``(x_T, y_T)``, both ``[R]`` float64, from one forward pass
+    in the chunks of :func:`predicted_matches` (the loss the models train on, summed in float64)."""
+    correct = torch.zeros(params_RP.shape[0], dtype=torch.int64)
+    loss = torch.zeros(params_RP.shape[0], dtype=torch.float64)
+    for rows, inputs, logits in _logit_chunks(flat, params_RP, x_T, max_elements):
+        y = y_T[inputs].expand(logits.shape[0], *y_T[inputs].shape)
+        correct[rows] += (logits.argmax(-1) == y).flatten(1).sum(1)
+        nll = -logits.log_softmax(-1).gather(-1, y.unsqueeze(-1)).squeeze(-1)
+        loss[rows] += nll.double().flatten(1).sum(1)
+    per_row = y_T[0].numel()  # a sequence model scores every position of a sample
+    return correct.double() / (x_T.shape[0] * per_row), loss / (x_T.shape[0] * per_row)
+
+
+@torch.no_grad()
 def predict_logits(flat: FlatModel, params_RP: Tensor, x_T: Tensor, max_elements: int = 2**24) -> Tensor:
     """Logits ``[R, T, C]`` of every row's model on the same inputs (computed in chunks, then joined)."""
     out = None

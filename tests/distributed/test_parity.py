@@ -25,7 +25,7 @@ TIMEOUT_S = 300
 BASE = {"seed": 0, "num_nodes": 8, "num_rounds": 6, "eval_every": 3, "topology": {"graph": "ring"},
         "data": {"dataset": "digits", "partition": "dirichlet", "alpha": 1.0}, "model": {"name": "mlp", "hidden": [8]}}
 CAPABILITIES = {
-    "plain": {},
+    "plain": {"eval_train": 100},  # no threat or fault; the generalization columns (one evaluator for every engine)
     "model-attack": {"threat": {"num_byzantine": 2, "attack": "gaussian", "sigma": 1.0},
                      "algorithm": {"aggregator": "trimmed_mean", "f": 1}},
     "data-attack": {"threat": {"num_byzantine": 2, "attack": "label_flip"}},
