@@ -74,7 +74,8 @@ class Algorithm(NamedTuple):
     ``step(state, params_NP, batches, grad_fn, comm) -> (params_NP, state, metrics)``;
     ``report(state) -> metrics`` (optional): metrics too costly for every round (e.g. the privacy spent),
     computed by the engine at evaluation rows only; on the distributed engine each rank reports over its
-    own nodes and the row holds the largest value (a report is a worst case over nodes, or the same on all).
+    own nodes and the row holds, for a key ending in ``_mean`` (a mean over nodes), the node-weighted mean of
+    the ranks' values, for any other key the largest (a worst case over nodes, or the same on all).
     ``artifacts(state) -> {name: tensor}`` (optional): what the algorithm learned beside the models (e.g. a
     cooperation graph), handed to the run folder at the end of the run (``<name>.csv`` and a heat map).
     """

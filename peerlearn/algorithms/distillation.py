@@ -200,7 +200,7 @@ from typing import ClassVar, Literal  # noqa: E402
 
 from pydantic import Field  # noqa: E402
 
-from peerlearn.algorithms.base import ALGORITHMS, Capabilities, LocalSteps, Synchronous  # noqa: E402
+from peerlearn.algorithms.base import ALGORITHMS, SYNC, Capabilities, LocalSteps, Synchronous  # noqa: E402
 
 
 @ALGORITHMS.register
@@ -223,7 +223,7 @@ class DistillationSpec(LocalSteps, Synchronous):
                             "with auxiliary heads, mixed with one head")
     why_not: ClassVar = {"attack": "its messages are predictions, not models",
                          "privacy": "noise on its predictions is not modelled"}
-    capabilities: ClassVar = Capabilities(engines=frozenset({"simulator"}), personalized=True)
+    capabilities: ClassVar = Capabilities(engines=SYNC, personalized=True)  # it mixes and gathers, per node
 
     def build(self, ctx):
         import functools

@@ -161,7 +161,7 @@ class _Rank:
     def record(self, round_: int) -> None:
         """The row of ``round_`` (rank 0; every rank takes part in gathering it), then the checkpoint."""
         report = self.built.algorithm.report
-        more = None if report is None else _largest(report(self.state), self.comm.group)
+        more = None if report is None else _over_ranks(report(self.state), len(self.rows), self.comm.group)
         everyone = self.everyone()
         state = tree_map(self._gather, self.state) if self.checkpoints else None  # every rank's rows, to rank 0
         if not self.lead or (self.book.rows and self.book.rows[-1]["round"] >= round_):
@@ -247,11 +247,15 @@ def _per_node(leaf, num_rows: int) -> bool:
     return isinstance(leaf, Tensor) and leaf.ndim >= 1 and leaf.shape[0] == num_rows
 
 
-def _largest(report: dict, group) -> dict:
-    """Each value of a rank's ``report`` at its largest over the ranks (every rank reports the same keys)."""
+def _over_ranks(report: dict, num_rows: int, group) -> dict:
+    """A rank's ``report`` (over its ``num_rows`` nodes) combined over the ranks, every rank reporting the same
+    keys: a ``*_mean`` key (a mean over nodes) as the node-weighted mean, any other at its largest."""
     keys = sorted(report)
-    mine = torch.tensor([float(report[k]) for k in keys], dtype=torch.float64)
-    return dict(zip(keys, torch.stack(group.all_gather(mine)).max(0).values.tolist()))
+    mine = torch.tensor([float(num_rows), *(float(report[k]) for k in keys)], dtype=torch.float64)
+    every = torch.stack(group.all_gather(mine))  # [ranks, 1 + keys]
+    rows, values = every[:, 0], every[:, 1:]
+    mean = (values * rows[:, None]).sum(0) / rows.sum()
+    return {k: float(mean[i] if k.endswith("_mean") else values[:, i].max()) for i, k in enumerate(keys)}
 
 
 def simulate_distributed(built, membership: Membership, on_eval: Callable[[dict], None] | None = None,

@@ -21,6 +21,11 @@ collective pays one per message in sequence on its critical path: ``2 (N - 1)`` 
 ``N - 1`` for an all-gather (:mod:`peerlearn.world.runtime` models the same and predicts when gossip
 beats an all-reduce); a gossip round's parallel sends still pay one.
 
+With ``overlap`` (combine-then-adapt D-SGD only: it sends the models of the step before and computes its
+gradient at them, so both happen at once; Lian et al., NeurIPS 2017) a gossip round's messages are ready
+at ``t_i + max(compute_i, comm_i)``; a collective round still waits for its gradient. The seconds hidden
+(``min(compute_i, comm_i)``) count as both compute and communication, not as waiting.
+
 References:
     Lian et al., "Asynchronous Decentralized Parallel Stochastic Gradient Descent", ICML 2018
     (stragglers in synchronous decentralized rounds); Tyurin & Richtarik, "Optimal Time
@@ -52,16 +57,17 @@ class Clock:
     """Per-node simulated time; :meth:`advance` once per round with what the round computed and sent."""
 
     def __init__(self, slowdown_N: np.ndarray, step_time_s: float = 0.05, bandwidth_Bps: float = 1.25e6,
-                 latency_s: float = 0.05, collective_latency: str = "once"):
+                 latency_s: float = 0.05, collective_latency: str = "once", overlap: bool = False):
         if collective_latency not in ("once", "per_hop"):
             raise ValueError(f"clock.collective_latency must be 'once' or 'per_hop', got {collective_latency!r}")
         self.slowdown_N = np.asarray(slowdown_N, dtype=np.float64)
         self.step_time_s, self.bandwidth_Bps, self.latency_s = step_time_s, bandwidth_Bps, latency_s
-        self.per_hop = collective_latency == "per_hop"
+        self.per_hop, self.overlap = collective_latency == "per_hop", overlap
         n = len(self.slowdown_N)
         self.t_N = np.zeros(n)
         self.compute_N = np.zeros(n)
         self.comm_N = np.zeros(n)
+        self.hidden_N = np.zeros(n)  # seconds of communication done during computation (overlap)
 
     def advance(self, batches_N: np.ndarray, bytes_N: np.ndarray, W: sp.csr_array | None, collective: bool,
                 server_bytes: float = 0.0, alive_N: np.ndarray | None = None, hops: int = 0) -> None:
@@ -73,7 +79,12 @@ class Clock:
         compute, comm = self._costs(batches_N, bytes_N, alive)
         if collective and self.per_hop and hops > 1:
             comm = np.where(comm > 0, comm + (hops - 1) * self.latency_s, 0.0)
-        ready = self.t_N + compute + comm
+        if self.overlap and not collective:
+            hidden = np.minimum(compute, comm)
+            self.hidden_N += hidden
+            ready = self.t_N + compute + comm - hidden
+        else:
+            ready = self.t_N + compute + comm
         if collective:
             server = server_bytes / self.bandwidth_Bps + self.latency_s if server_bytes > 0 else 0.0
             end = ready[alive].max() + server if alive.any() else 0.0
@@ -130,15 +141,17 @@ class Clock:
 
     def metrics(self) -> dict[str, float]:
         """``sim_time_s`` (the latest node clock) and the per-node mean split into compute, comm and wait."""
-        wait = np.maximum(self.t_N - self.compute_N - self.comm_N, 0.0)
+        wait = np.maximum(self.t_N - self.compute_N - self.comm_N + self.hidden_N, 0.0)
         return {"sim_time_s": float(self.t_N.max(initial=0.0)), "sim_compute_s": float(self.compute_N.mean()),
                 "sim_comm_s": float(self.comm_N.mean()), "sim_wait_s": float(wait.mean())}
 
     def state_dict(self) -> dict:
-        return {"t_N": self.t_N.copy(), "compute_N": self.compute_N.copy(), "comm_N": self.comm_N.copy()}
+        return {"t_N": self.t_N.copy(), "compute_N": self.compute_N.copy(), "comm_N": self.comm_N.copy(),
+                "hidden_N": self.hidden_N.copy()}
 
     def load_state_dict(self, state: dict) -> None:
         self.t_N, self.compute_N, self.comm_N = (state[k].copy() for k in ("t_N", "compute_N", "comm_N"))
+        self.hidden_N = state["hidden_N"].copy() if "hidden_N" in state else np.zeros_like(self.t_N)  # older runs
 
 
 def _row_max(W: sp.csr_array | Clique, sender_ready: np.ndarray, own_ready: np.ndarray) -> np.ndarray:
@@ -185,10 +198,17 @@ class ClockSpec(Spec):
     collective_latency: Literal["once", "per_hop"] = Field(
         "once", description="once: a collective round pays one latency; per_hop: a ring all-reduce pays 2 (N - 1) "
                             "and an all-gather N - 1, one per message in sequence (peerlearn.world.runtime)")
+    overlap: bool = Field(False, description="a gossip round takes max(compute, comm) instead of their sum: the "
+                          "models of the step before are sent while the gradient is computed (D-PSGD; needs "
+                          "algorithm.order: cta)")
     slices_per_round: int = Field(4, ge=1, le=10_000, description="asynchronous algorithms: events in the same of this many "
                                   "slices of a round are batched together (more: finer timing, slower)")
 
     def check(self, cfg) -> None:
+        if self.overlap and getattr(cfg.algorithm, "order", None) != "cta":
+            raise config_error("clock.overlap", "only combine-then-adapt D-SGD (algorithm.name: dsgd, algorithm.order: "
+                                                "cta) sends the models its gradient is computed at, so only it can "
+                                                f"communicate while it computes; got algorithm.name: {cfg.algorithm.name}")
         if self.slowdowns is not None:
             if len(self.slowdowns) != cfg.num_nodes or min(self.slowdowns) <= 0:
                 raise config_error("clock.slowdowns", f"needs one positive factor per node ({cfg.num_nodes}), "
@@ -206,4 +226,4 @@ class ClockSpec(Spec):
                                       self.straggler_slowdown, seed=ctx.seed("clock"))
         return functools.partial(Clock, slowdown, step_time_s=self.step_time_s,
                                  bandwidth_Bps=self.bandwidth_mbps * 1e6 / 8, latency_s=self.latency_ms / 1e3,
-                                 collective_latency=self.collective_latency)
+                                 collective_latency=self.collective_latency, overlap=self.overlap)

@@ -14,7 +14,8 @@ Per iteration a node computes for ``compute_s`` and communicates a model of ``M`
 The all-reduce's latency term grows with ``N`` and its bandwidth term does not; gossip's bandwidth term
 grows with ``d`` and its latency term does not. So gossip wins past a crossover latency (or below a
 crossover bandwidth), which :func:`crossover_latency` solves. peerlearn's simulated clock charges the
-same costs with ``clock.collective_latency: per_hop`` (without overlap), which is how the model is checked
+same costs with ``clock.collective_latency: per_hop`` (and the overlap with ``clock.overlap``, for
+combine-then-adapt D-SGD), which is how the model is checked
 (``tests/engines/test_runtime_model.py``; the figure in ``docs/reproductions.md``).
 
 References:

@@ -41,11 +41,13 @@ CAPABILITIES = {
 HYPER = {"fedavg": {"fraction": 0.5}, "fedprox": {"fraction": 0.5}, "modest": {"sample_size": 4, "num_aggregators": 2},
          "anarchic": {"variant": "cs", "participation_min": 0.3, "participation_max": 0.9, "steps_min": 1,
                       "num_local_steps": 2},
-         "diloco": {"num_local_steps": 2}, "spsa": {"spsa_perturbations": 2}, "choco": {"consensus_lr": 0.3}}
-# personalized algorithms that so far run on the simulator only (their all-to-all evaluation, cluster all-reduces and
-# prediction sharing are not written for rank-local rows yet), and DADAO, which plays its events one at a time; the
-# distributed engine refuses them in one line
-SIMULATOR_ONLY = {"scool", "experts", "distillation", "dadao"}
+         "diloco": {"num_local_steps": 2}, "spsa": {"spsa_perturbations": 2}, "choco": {"consensus_lr": 0.3},
+         # two heads: the most-confident teacher (a gather) and the heads' report (a node-weighted mean over ranks)
+         "distillation": {"heads": 2, "public_samples": 64, "public_batch": 16}}
+# personalized algorithms that so far run on the simulator only (their all-to-all evaluation and cluster all-reduces
+# are not written for rank-local rows yet), and DADAO, which plays its events one at a time; the distributed engine
+# refuses them in one line
+SIMULATOR_ONLY = {"scool", "experts", "dadao"}
 SYNCHRONOUS = [name for name, spec in ALGORITHMS.items()
                if not spec.capabilities.asynchronous and "distributed" in spec.capabilities.engines]
 

@@ -1,5 +1,6 @@
 """The runtime model of an iteration (gossip vs a ring all-reduce) against the simulated clock: the same per-round
-times, and the crossover latency the model predicts is where the simulated runs cross (within 20%)."""
+times, and the crossover latency the model predicts is where the simulated runs cross (within 20%), with and
+without gossip overlapping the computation (``clock.overlap``, combine-then-adapt D-SGD)."""
 
 import math
 
@@ -14,13 +15,18 @@ from tests.conftest import tiny_config
 N, DEGREE, STEP_S, MBPS, ROUNDS = 16, 8, 0.05, 10.0, 4
 
 
-def _per_round_s(algorithm: dict, latency_ms: float, **topology) -> tuple[float, int]:
+def _run(algorithm: dict, latency_ms: float, mbps: float = MBPS, **clock) -> tuple[dict, int]:
     cfg = tiny_config(num_nodes=N, num_rounds=ROUNDS, eval_every=ROUNDS, model={"name": "logreg"},
-                      topology=topology or {"graph": "random_regular", "degree": DEGREE}, algorithm=algorithm,
-                      clock={"step_time_s": STEP_S, "bandwidth_mbps": MBPS, "latency_ms": latency_ms,
-                             "collective_latency": "per_hop"})
+                      topology={"graph": "random_regular", "degree": DEGREE}, algorithm=algorithm,
+                      clock={"step_time_s": STEP_S, "bandwidth_mbps": mbps, "latency_ms": latency_ms,
+                             "collective_latency": "per_hop", **clock})
     built = build(cfg)
-    return simulate(built)[-1]["sim_time_s"] / ROUNDS, built.flat.num_params * 4
+    return simulate(built)[-1], built.flat.num_params * 4
+
+
+def _per_round_s(algorithm: dict, latency_ms: float, mbps: float = MBPS, **clock) -> tuple[float, int]:
+    last, model_bytes = _run(algorithm, latency_ms, mbps, **clock)
+    return last["sim_time_s"] / ROUNDS, model_bytes
 
 
 def test_the_crossover_is_where_the_two_iteration_times_meet():
@@ -63,3 +69,58 @@ def test_the_predicted_crossover_is_where_the_simulated_runs_cross():
     below, above = predicted_ms / 2, predicted_ms * 2
     assert _per_round_s({"name": "centralized"}, below)[0] < _per_round_s({"name": "dsgd"}, below)[0]
     assert _per_round_s({"name": "dsgd"}, above)[0] < _per_round_s({"name": "centralized"}, above)[0]
+
+
+CTA = {"name": "dsgd", "order": "cta"}
+
+
+@pytest.mark.parametrize("mbps", [10.0, 1.0], ids=["gossip-shorter-than-compute", "gossip-longer"])
+def test_with_overlap_a_gossip_round_takes_the_longer_of_compute_and_gossip(mbps):
+    (last, model_bytes), latency = _run(CTA, 0.2, mbps, overlap=True), 0.2e-3
+    comm = gossip_s(DEGREE, model_bytes, mbps * 1e6 / 8, latency)
+    assert last["sim_time_s"] / ROUNDS == pytest.approx(iteration_s(STEP_S, comm, overlap=True), rel=1e-9)
+    assert (comm < STEP_S) == (mbps == 10.0)  # both cases are exercised
+    # the hidden seconds count as compute and as communication, not as waiting (equal nodes never wait)
+    assert last["sim_compute_s"] == pytest.approx(ROUNDS * STEP_S) and last["sim_comm_s"] == pytest.approx(ROUNDS * comm)
+    assert last["sim_wait_s"] == pytest.approx(0.0, abs=1e-12)
+    sequential, _ = _run(CTA, 0.2, mbps)
+    assert sequential["sim_time_s"] / ROUNDS == pytest.approx(STEP_S + comm, rel=1e-9)
+
+
+def test_with_overlap_the_predicted_crossover_is_where_the_simulated_runs_cross():
+    """At 1 Mbit/s gossip to 8 neighbours outlasts the step, so overlap hides the step: gossip's line drops by it and
+    crosses the all-reduce's at a lower latency, the one the model predicts."""
+    lo, hi, mbps = 0.0, 10.0, 1.0
+    g0, model_bytes = _per_round_s(CTA, lo, mbps, overlap=True)
+    g1, _ = _per_round_s(CTA, hi, mbps, overlap=True)
+    r0, _ = _per_round_s({"name": "centralized"}, lo, mbps)
+    r1, _ = _per_round_s({"name": "centralized"}, hi, mbps)
+    simulated_ms = lo + (g0 - r0) / ((r1 - r0) - (g1 - g0)) * (hi - lo)
+    args = (N, DEGREE, model_bytes, mbps * 1e6 / 8, STEP_S)
+    predicted_ms = 1e3 * crossover_latency(*args, overlap=True)
+    assert simulated_ms == pytest.approx(predicted_ms, rel=0.2), (simulated_ms, predicted_ms)
+    assert predicted_ms < 1e3 * crossover_latency(*args)  # overlapping makes gossip win sooner
+
+
+def test_overlap_is_refused_for_an_algorithm_that_sends_what_it_has_just_computed():
+    from peerlearn.config import ConfigError
+
+    with pytest.raises(ConfigError, match="clock.overlap"):
+        tiny_config(algorithm={"name": "dsgd"}, clock={"overlap": True})  # adapt-then-combine
+    with pytest.raises(ConfigError, match="clock.overlap"):
+        tiny_config(algorithm={"name": "centralized"}, clock={"overlap": True})
+
+
+def test_a_clock_saved_before_overlap_existed_resumes_with_nothing_hidden():
+    import numpy as np
+
+    from peerlearn.world.clock import Clock
+
+    clock = Clock(np.ones(3), overlap=True)
+    clock.advance(np.ones(3), np.full(3, 1e5), None, collective=False)
+    old = {k: v for k, v in clock.state_dict().items() if k != "hidden_N"}
+    again = Clock(np.ones(3))
+    again.load_state_dict(old)
+    assert np.array_equal(again.hidden_N, np.zeros(3)) and np.array_equal(again.t_N, clock.t_N)
+    again.load_state_dict(clock.state_dict())
+    assert np.array_equal(again.hidden_N, clock.hidden_N) and clock.hidden_N[0] > 0
