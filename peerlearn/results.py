@@ -103,8 +103,8 @@ def load(paths):
 
 def swarm(path):
     """A p2p swarm's folder (``peer<i>/`` run folders, from ``--engine p2p --nproc K``) as one row per evaluated
-    round: ``peers`` (how many reported it), ``acc_mean`` and ``loss_mean`` averaged over the peers' honest
-    nodes, ``acc_min``/``acc_max`` over every peer's nodes, ``wall_time_s`` (the last peer's), and the sums of
+    round: ``peers`` (how many reported it), every ``*_mean`` column (``acc_mean``, ``loss_mean``, an algorithm's
+    ``heads_acc_mean``, ...) averaged over the peers' honest nodes, ``acc_min``/``acc_max`` over every peer's nodes, ``wall_time_s`` (the last peer's), and the sums of
     bytes and message counts. A peer that died stops reporting: its rounds after that count the live ones."""
     import json
 
@@ -128,7 +128,7 @@ def swarm(path):
         w = group["weight"].to_numpy(dtype=float)
         out = {"peers": len(group), "wall_time_s": group["wall_time_s"].max(),
                "acc_min": group["acc_min"].min(), "acc_max": group["acc_max"].max()}
-        for key in ("acc_mean", "loss_mean"):
+        for key in [c for c in group.columns if c.endswith("_mean")]:
             values = group[key].to_numpy(dtype=float)
             ok = ~np.isnan(values) & (w > 0)
             out[key] = float(np.average(values[ok], weights=w[ok])) if ok.any() else float("nan")

@@ -32,6 +32,11 @@ class AlgorithmSpec(Spec):
     def build(self, ctx: BuildContext) -> Algorithm | AsyncAlgorithm:
         raise NotImplementedError
 
+    def message_values(self, num_params: int, num_classes: int) -> int:
+        """The widest row the algorithm sends, in float32 values per node and message (the model's P unless it
+        sends something else): a swarm refuses wider rows as not this run's (plus two: a weight, a count)."""
+        return num_params
+
     @property
     def extra_copies(self) -> int:
         """N x P tensors of the algorithm's own state beyond the parameters, the gradients, the trained and

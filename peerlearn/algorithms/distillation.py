@@ -200,7 +200,7 @@ from typing import ClassVar, Literal  # noqa: E402
 
 from pydantic import Field  # noqa: E402
 
-from peerlearn.algorithms.base import ALGORITHMS, SYNC, Capabilities, LocalSteps, Synchronous  # noqa: E402
+from peerlearn.algorithms.base import ALGORITHMS, GOSSIP, Capabilities, LocalSteps, Synchronous  # noqa: E402
 
 
 @ALGORITHMS.register
@@ -223,7 +223,7 @@ class DistillationSpec(LocalSteps, Synchronous):
                             "with auxiliary heads, mixed with one head")
     why_not: ClassVar = {"attack": "its messages are predictions, not models",
                          "privacy": "noise on its predictions is not modelled"}
-    capabilities: ClassVar = Capabilities(engines=SYNC, personalized=True)  # it mixes and gathers, per node
+    capabilities: ClassVar = Capabilities(engines=GOSSIP, personalized=True)  # it only mixes and gathers
 
     def build(self, ctx):
         import functools
@@ -253,6 +253,10 @@ class DistillationSpec(LocalSteps, Synchronous):
         return distillation(self.transform(), functools.partial(predict_logits, flat), soft_grad_fn, public,
                             self.num_local_steps, self.distill_steps, self.public_batch, self.distill_weight,
                             ctx.seed("distillation_rounds"))
+
+    def message_values(self, num_params: int, num_classes: int) -> int:
+        """Its messages are predictions: every sent head's probabilities on a public batch."""
+        return max(num_params, max(1, self.heads - 1) * self.public_batch * num_classes)
 
     def teacher_rule(self) -> str:
         if self.teacher == "auto":

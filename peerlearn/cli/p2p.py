@@ -125,7 +125,8 @@ def _peer(args, cfg, deadline: float, churn) -> int:
     if args.insecure and not allowed:
         err_console.print("warning: --insecure: any peer that reaches this one can join the swarm and send it models",
                           markup=False, highlight=False, soft_wrap=True)
-    swarm = Swarm(run_id, admission, built.flat.num_params, cfg.num_nodes, initial_peers=args.join,
+    width = cfg.algorithm.message_values(built.flat.num_params, built.dataset.num_classes)  # the widest row sent
+    swarm = Swarm(run_id, admission, width, cfg.num_nodes, initial_peers=args.join,
                   host_maddrs=args.host_maddr, identity_path=args.identity, startup_timeout_s=args.startup_timeout_s)
     try:
         if os.environ.get(ADDRESS_FILE):  # the launcher waits for peer 0's addresses

@@ -94,7 +94,8 @@ def test_four_peers_reproduce_the_simulator(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["choco", "push_sum", "time_varying", "modest", "fedavg", "diloco", "spsa", "privacy"])
+@pytest.mark.parametrize("name", ["choco", "push_sum", "time_varying", "modest", "fedavg", "diloco", "spsa", "privacy",
+                                  "distillation"])
 def test_every_family_of_exchange_reproduces_the_simulator(tmp_path, name):
     """CHOCO's compressed differences, push-sum's weighted sums on a directed graph (each message a model and its
     weight), D-SGD on a one-peer exponential schedule (a new W every round, the same at every peer; a peer
@@ -102,12 +103,16 @@ def test_every_family_of_exchange_reproduces_the_simulator(tmp_path, name):
     round's participants multicast to its aggregators, which multicast to the next sample), and the collectives
     without a server (FedAvg's server average, DiLoCo's all-reduce, SPSA's all-gather of
     one-byte projections: every peer sends its part to every other): the simulator's accuracy and bytes on 2
-    peers (each exchange crosses between them); and private D-SGD with DECOR's pairwise-cancelling noise
-    (drawn from a seed each pair of neighbours shares, on two peers alike) and the worst node's epsilon."""
+    peers (each exchange crosses between them); private D-SGD with DECOR's pairwise-cancelling noise
+    (drawn from a seed each pair of neighbours shares, on two peers alike) and the worst node's epsilon; and
+    two-headed distillation (predictions gathered, the most confident neighbour's taken; the heads' accuracy a
+    node-weighted mean over the peers in swarm.csv)."""
     cfg = yaml.safe_load((Path("configs") / f"{name}.yaml").read_text())
     cfg.update(SMALL)
     if name == "privacy":
         cfg["privacy"]["pairwise_multiplier"] = 0.5
+    if name == "distillation":
+        cfg["algorithm"]["heads"] = 2
     config = tmp_path / f"{name}.yaml"
     config.write_text(yaml.safe_dump(cfg))
     done = _swarm(config, tmp_path / "swarm", 2)
@@ -120,6 +125,8 @@ def test_every_family_of_exchange_reproduces_the_simulator(tmp_path, name):
     assert int(merged[-1]["dropped_messages"]) == 0
     if name == "privacy":
         assert all(abs(float(m["epsilon"]) - s["epsilon"]) < 1e-9 * s["epsilon"] for m, s in zip(merged[1:], sim[1:]))
+    if name == "distillation":
+        assert all(abs(float(m["heads_acc_mean"]) - s["heads_acc_mean"]) < 1e-6 for m, s in zip(merged, sim))
 
 
 def test_a_peer_killed_mid_run_leaves_the_others_running_to_the_end(tmp_path):

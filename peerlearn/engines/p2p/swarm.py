@@ -149,8 +149,9 @@ def encode(header: dict, rows: torch.Tensor) -> tuple[bytes, bytes]:
 
 
 def decode(head: bytes, data: bytes, num_params: int, max_rows: int) -> tuple[dict, torch.Tensor]:
-    """A message read as data: ``ValueError`` unless its header is what this run sends (rows of at most the model's
-    ``num_params`` values and two more: a push-sum weight, or a collective's weight sum and count)."""
+    """A message read as data: ``ValueError`` unless its header is what this run sends (rows of at most
+    ``num_params`` values, the widest row of the run's algorithm (the model's P, or a distiller's predictions),
+    and two more: a push-sum weight, or a collective's weight sum and count)."""
     if len(head) > MAX_HEADER_BYTES:
         raise ValueError("header too large")
     header = json.loads(head.decode())
@@ -182,7 +183,8 @@ class Swarm:
     Args:
         run_id: the run's id (a digest of its config: peers of another config never meet).
         admission: who may exchange models.
-        num_params, max_rows: what a valid message holds (P, at most every node).
+        num_params, max_rows: what a valid message holds (rows of at most P values, or the algorithm's
+            ``message_values``; at most every node).
         initial_peers: multiaddrs of any live peer (none: this peer starts the swarm).
         host_maddrs: where to listen (default 127.0.0.1, a free port).
         identity_path: a private key file (a stable peer id); default a fresh identity.
