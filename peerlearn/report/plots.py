@@ -107,7 +107,17 @@ def plot_compare(runs: dict[str, list[dict]], out_path: Path, metric: str = "acc
 
 
 _METRIC_LABELS = {"acc_mean": "mean node test accuracy", "acc_alive_mean": "mean alive-node test accuracy",
-                  "acc_avg_model": "averaged-model test accuracy", "acc_min": "worst node test accuracy"}
+                  "acc_avg_model": "averaged-model test accuracy", "acc_min": "worst node test accuracy",
+                  "train_acc_mean": "mean node training accuracy (eval_train)",
+                  "test_loss_mean": "mean node test cross-entropy",
+                  "gap_acc_mean": "generalization gap: training minus test accuracy",
+                  "gap_loss_mean": "generalization gap: test minus training cross-entropy"}
+
+
+def _fraction(metric: str) -> bool:
+    """A metric between 0 and 1 (an accuracy, an attack's success; not a gap, which can be negative): its axis is
+    drawn from 0 to 1."""
+    return ("acc" in metric and not metric.startswith("gap")) or metric == "attack_success"
 
 
 def plot_bands(df, group: str, out_paths: list[Path], metric: str = "acc_mean", x: str = "round",
@@ -136,10 +146,13 @@ def plot_bands(df, group: str, out_paths: list[Path], metric: str = "acc_mean", 
                                  color=line.get_color(), linewidth=0)
     axes[0].set(xlabel={"round": "round", "sim_time_s": "simulated seconds (log; mean over runs)",
                         "epsilon": "privacy spent: epsilon of the worst node (log; mean over runs)"}.get(x, x),
-                ylabel=label, ylim=(0, 1))
+                ylabel=label)
     if x != "round":
         axes[0].set_xscale("log")
-    axes[1].set(xlabel="MB sent per node (log)", ylabel=label, ylim=(0, 1), xscale="log")
+    axes[1].set(xlabel="MB sent per node (log)", ylabel=label, xscale="log")
+    if _fraction(metric):  # losses and gaps keep their own range
+        axes[0].set_ylim(0, 1)
+        axes[1].set_ylim(0, 1)
     for ax in axes:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8, title="mean ± 1 std over runs", title_fontsize=8)

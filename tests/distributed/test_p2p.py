@@ -147,19 +147,40 @@ def test_a_peer_killed_mid_run_leaves_the_others_running_to_the_end(tmp_path):
 
 
 def test_an_intruder_without_the_secret_is_refused_and_changes_nothing(tmp_path):
-    """A process that reaches the swarm and floods every peer with well-formed messages for every round, but
-    cannot prove the launch's secret: every message is refused and counted, the rows are the simulator's."""
+    """A process that reaches the swarm and floods peer 0 with well-formed messages for every round, but cannot
+    prove the launch's secret: every message is refused and counted, the rows are the simulator's. Peer 0 starts alone and the other three only once a refusal has come back to the intruder, so the intruder
+    is in the swarm before it runs, however slowly its start-up goes (a loaded machine once ran the whole swarm
+    before the intruder's first message)."""
     config = _config(tmp_path)
-    out = tmp_path / "swarm"
-    intruder = subprocess.Popen([sys.executable, "-c", INTRUDER, str(out / "peer0" / "peer.json"), str(config)],
+    env = {**os.environ, "PEERLEARN_SECRET": "the-swarm-secret-0123456789", "OMP_NUM_THREADS": "1"}
+
+    def peer(i: int, *join: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "peerlearn", "peer", str(config), "--peer", f"{i}/4",
+                                 "--out", str(tmp_path / f"peer{i}"), "--quiet", *join], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    card, reached = tmp_path / "peer0" / "peer.json", tmp_path / "intruder_reached"
+    procs, intruder = [peer(0)], None
     try:
-        done = _swarm(config, out)
-    finally:
+        deadline = time.monotonic() + 120
+        while not card.is_file() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        intruder = subprocess.Popen([sys.executable, "-c", INTRUDER, str(card), str(config), str(reached)],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        while not reached.is_file() and intruder.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert reached.is_file(), "the intruder never got an answer from peer 0"
+        join = [a for m in json.loads(card.read_text())["maddrs"] for a in ("--join", m)]
+        procs += [peer(i, *join) for i in (1, 2, 3)]
+        outs = [p.communicate(timeout=180) for p in procs]
         refused, _ = intruder.communicate(timeout=60)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert int(refused.split()[-1]) > 0  # the intruder did reach a peer, which answered it with a refusal
-    peers = [_rows(out / f"peer{i}") for i in range(4)]
+    finally:
+        for p in [*procs, intruder]:
+            if p is not None and p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in procs] == [0] * 4, [o[1][-1500:] for o in outs]
+    assert int(refused.split()[-1]) > 0  # the intruder's messages were answered with a refusal
+    peers = [_rows(tmp_path / f"peer{i}") for i in range(4)]
     sim = _simulated(config)
     assert abs(np.mean([float(p[-1]["acc_mean"]) for p in peers]) - sim[-1]["acc_mean"]) < 1e-6
     assert sum(int(p[-1]["refused_messages"]) for p in peers) > 0
@@ -174,18 +195,18 @@ from peerlearn.config import load_config, to_dict
 from peerlearn.engines.join import config_digest
 from peerlearn.engines.p2p.swarm import Admission, Swarm
 card, run = Path(sys.argv[1]), config_digest(to_dict(load_config(sys.argv[2], [])))  # the config is no secret
-deadline = time.monotonic() + 120
-while not card.is_file() and time.monotonic() < deadline:
-    time.sleep(0.1)
+reached = Path(sys.argv[3])
 peer = json.loads(card.read_text())
 me = Swarm(run, Admission(run, b"not the launch's secret, but long enough"), 4810, 16, initial_peers=peer["maddrs"])
 me.announce({"index": 1, "nodes": [4, 8]}, ttl_s=30.0)  # a roster record without a valid proof
-done, end = card.parent / "summary.json", time.monotonic() + 30
+done, end = card.parent / "summary.json", time.monotonic() + 120
 while time.monotonic() < end and not done.exists():  # until the swarm is done
     for r in range(1, 31):
         bad = {peer["peer_id"]: ({"round": r, "call": 0, "nodes": list(range(16))}, torch.full((16, 4810), 1e3))}
         if not done.exists():
             me.send_soon(bad, 2.0).result(10)
+        if me.unsent.get("refused by the receiver", 0) and not reached.exists():
+            reached.write_text("refused")  # the test starts the other peers now
     time.sleep(0.2)
 me.close()
 print(me.unsent.get("refused by the receiver", 0))  # the messages the swarm answered with a refusal
