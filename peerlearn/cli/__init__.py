@@ -136,8 +136,8 @@ def make_parser() -> argparse.ArgumentParser:
                       "comparison.png)")
     cmp_.add_argument("--target", type=float, help="also report when each run first reached this accuracy")
     cmp_.add_argument("--target-metric", default="acc_mean", help="metric for --target (default: acc_mean)")
-    cmp_.add_argument("--metric", default="acc_mean", help="accuracy column to plot, e.g. acc_alive_mean under "
-                      "faults, acc_avg_model (default: acc_mean)")
+    cmp_.add_argument("--metric", default="acc_mean", help="column to plot, e.g. acc_alive_mean under faults, "
+                      "acc_avg_model, or with eval_train gap_loss_mean (default: acc_mean)")
     cmp_.add_argument("--x", default="round", choices=["round", "sim_time_s", "epsilon"],
                       help="x axis of the accuracy and "
                       "consensus panels: rounds, simulated seconds (to compare synchronous and asynchronous "

@@ -91,11 +91,14 @@ def plot_compare(runs: dict[str, list[dict]], out_path: Path, metric: str = "acc
         axes[2].plot(_col(rows, x), [max(v, 1e-12) for v in _col(rows, "consensus_distance")], label=name)
     xlabel = {"round": "round", "sim_time_s": "simulated seconds (log)",
               "epsilon": "privacy spent: epsilon of the worst node (log)"}.get(x, x)
-    axes[0].set(xlabel=xlabel, ylabel=label, ylim=(0, 1))
+    axes[0].set(xlabel=xlabel, ylabel=label)
     if x != "round":
         axes[0].set_xscale("log")
         axes[2].set_xscale("log")
-    axes[1].set(xlabel="MB sent per node", ylabel=label, ylim=(0, 1))
+    axes[1].set(xlabel="MB sent per node", ylabel=label)
+    if _fraction(metric):  # losses and gaps keep their own range
+        axes[0].set_ylim(0, 1)
+        axes[1].set_ylim(0, 1)
     axes[1].set_xscale("log")
     if silent:
         axes[1].set_title(f"sent nothing: {', '.join(silent)}", fontsize=9)

@@ -1,5 +1,5 @@
-"""The sweep figure (``plot_bands``): an accuracy is drawn on [0, 1], a loss or a generalization gap on its own
-range (a test loss of 2 would otherwise sit above the frame)."""
+"""The sweep figure (``plot_bands``) and ``peerlearn compare``'s (``plot_compare``): an accuracy is drawn on [0, 1],
+a loss or a generalization gap on its own range (a test loss of 2 would otherwise sit above the frame)."""
 
 from __future__ import annotations
 
@@ -29,3 +29,20 @@ def test_the_axis_holds_the_curve(tmp_path, monkeypatch, metric, values, bounded
     assert low <= min(values) and high >= max(values) + 0.01
     assert ((low, high) == (0.0, 1.0)) == bounded
     assert axes[0].get_ylabel() == plots._METRIC_LABELS.get(metric, metric)
+
+
+@pytest.mark.parametrize("metric, values, bounded", [("acc_mean", [0.1, 0.5, 0.8], True),
+                                                     ("test_loss_mean", [2.3, 1.9, 2.6], False)])
+def test_the_compare_figure_holds_the_curve(tmp_path, monkeypatch, metric, values, bounded):
+    made = []
+    real = plots.subplots
+    monkeypatch.setattr(plots, "subplots", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
+    rows = [{"round": r, metric: v, "bytes_sent_per_node": 1e6 * (r + 1), "consensus_distance": 0.1}
+            for r, v in enumerate(values)]
+    plots.plot_compare({"run": rows}, tmp_path / "c.png", metric=metric)
+    assert (tmp_path / "c.png").is_file()
+    _, axes = made[0]
+    for ax in axes[:2]:
+        low, high = ax.get_ylim()
+        assert low <= min(values) and high >= max(values)
+        assert ((low, high) == (0.0, 1.0)) == bounded
