@@ -65,17 +65,20 @@ def build_dataset(cfg: ExperimentConfig) -> Dataset:
     ds = cfg.data.dataset.load(ctx)
     n_test = cfg.data.test_samples
     if n_test is not None and n_test < len(ds.y_test):
-        g = torch.Generator().manual_seed(ctx.seed("test_subset"))
-        keep = torch.randperm(len(ds.y_test), generator=g)[:n_test].sort().values
+        keep = _seeded_subset(len(ds.y_test), n_test, ctx.seed("test_subset"))
         ds = ds._replace(x_test=ds.x_test[keep], y_test=ds.y_test[keep])
     n_train = cfg.data.train_samples
     if n_train is not None and n_train < len(ds.y_train):
-        g = torch.Generator().manual_seed(ctx.seed("train_subset"))
-        keep = torch.randperm(len(ds.y_train), generator=g)[:n_train].sort().values
+        keep = _seeded_subset(len(ds.y_train), n_train, ctx.seed("train_subset"))
         ds = ds._replace(x_train=ds.x_train[keep], y_train=ds.y_train[keep],
                          groups=None if ds.groups is None else ds.groups[keep.numpy()],
                          local_groups=None if ds.local_groups is None else ds.local_groups[keep.numpy()])
     return ds
+
+
+def _seeded_subset(total: int, k: int, seed: int) -> torch.Tensor:
+    """Sorted indices of ``k`` of ``total`` samples drawn without replacement from ``seed``."""
+    return torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:k].sort().values
 
 
 def build_partition(cfg: ExperimentConfig, labels: np.ndarray, groups: np.ndarray | None = None,

@@ -80,9 +80,8 @@ class Clock:
         if collective and self.per_hop and hops > 1:
             comm = np.where(comm > 0, comm + (hops - 1) * self.latency_s, 0.0)
         if self.overlap and not collective:
-            hidden = np.minimum(compute, comm)
-            self.hidden_N += hidden
-            ready = self.t_N + compute + comm - hidden
+            self.hidden_N += np.minimum(compute, comm)
+            ready = self.t_N + np.maximum(compute, comm)
         else:
             ready = self.t_N + compute + comm
         if collective:

@@ -49,6 +49,16 @@ def _swarm(config: Path, out: Path, nproc: int = 4, *extra: str, timeout: float 
                           timeout=timeout, env={**os.environ, **env})
 
 
+SECRET_ENV = {"PEERLEARN_SECRET": "the-swarm-secret-0123456789", "OMP_NUM_THREADS": "1"}
+
+
+def _peer(config: Path, out: Path, index: int, peers: int, *extra: str) -> subprocess.Popen:
+    """``peerlearn peer`` started by hand, as on another machine: peer ``index`` of ``peers``, its run in ``out``."""
+    return subprocess.Popen([sys.executable, "-m", "peerlearn", "peer", str(config), "--peer", f"{index}/{peers}",
+                             "--out", str(out), "--quiet", *extra], env={**os.environ, **SECRET_ENV},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def _simulated(config: Path) -> list[dict]:
     from peerlearn.build import build
     from peerlearn.config import load_config
@@ -152,12 +162,9 @@ def test_an_intruder_without_the_secret_is_refused_and_changes_nothing(tmp_path)
     is in the swarm before it runs, however slowly its start-up goes (a loaded machine once ran the whole swarm
     before the intruder's first message)."""
     config = _config(tmp_path)
-    env = {**os.environ, "PEERLEARN_SECRET": "the-swarm-secret-0123456789", "OMP_NUM_THREADS": "1"}
 
     def peer(i: int, *join: str) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "peerlearn", "peer", str(config), "--peer", f"{i}/4",
-                                 "--out", str(tmp_path / f"peer{i}"), "--quiet", *join], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return _peer(config, tmp_path / f"peer{i}", i, 4, *join)
 
     card, reached = tmp_path / "peer0" / "peer.json", tmp_path / "intruder_reached"
     procs, intruder = [peer(0)], None
@@ -380,12 +387,9 @@ def test_a_peer_that_joins_a_running_swarm_reaches_the_others_accuracy(tmp_path)
     runs (it joins some rounds later: its start-up takes seconds, more on a busy machine, hence a 20 s run),
     starts from the models it receives and ends level with the others."""
     config = _config(tmp_path, num_nodes=20, **{**GOSSIP, "num_rounds": 400, "eval_every": 20})
-    env = {**os.environ, "PEERLEARN_SECRET": "the-swarm-secret-0123456789", "OMP_NUM_THREADS": "1"}
 
     def peer(i: int, *join: str) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "peerlearn", "peer", str(config), "--peer", f"{i}/5",
-                                 "--wait-for", "4", "--out", str(tmp_path / f"peer{i}"), "--quiet", *join], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return _peer(config, tmp_path / f"peer{i}", i, 5, "--wait-for", "4", *join)
 
     procs = [peer(0)]
     try:

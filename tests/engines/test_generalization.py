@@ -90,3 +90,10 @@ def test_a_model_that_memorises_a_small_training_set_has_a_gap_that_opens_as_it_
 def test_a_negative_size_is_refused_in_one_line():
     with pytest.raises(ConfigError, match="eval_train"):
         tiny_config(eval_train=-1)
+
+
+def test_sweep_summaries_carry_every_generalization_column():
+    """The sweep module stays free of torch, so it names the columns itself: the two lists must agree."""
+    from peerlearn.sweep import FINAL_METRICS
+
+    assert set(GENERALIZATION_COLUMNS) <= set(FINAL_METRICS)
