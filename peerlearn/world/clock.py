@@ -204,10 +204,12 @@ class ClockSpec(Spec):
                                   "slices of a round are batched together (more: finer timing, slower)")
 
     def check(self, cfg) -> None:
-        if self.overlap and getattr(cfg.algorithm, "order", None) != "cta":
+        order = getattr(cfg.algorithm, "order", None)
+        if self.overlap and order != "cta":
+            got = f"{cfg.algorithm.name}" + (f" with algorithm.order: {order}" if order else "")
             raise config_error("clock.overlap", "only combine-then-adapt D-SGD (algorithm.name: dsgd, algorithm.order: "
                                                 "cta) sends the models its gradient is computed at, so only it can "
-                                                f"communicate while it computes; got algorithm.name: {cfg.algorithm.name}")
+                                                f"communicate while it computes; got {got}")
         if self.slowdowns is not None:
             if len(self.slowdowns) != cfg.num_nodes or min(self.slowdowns) <= 0:
                 raise config_error("clock.slowdowns", f"needs one positive factor per node ({cfg.num_nodes}), "

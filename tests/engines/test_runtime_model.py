@@ -105,7 +105,7 @@ def test_with_overlap_the_predicted_crossover_is_where_the_simulated_runs_cross(
 def test_overlap_is_refused_for_an_algorithm_that_sends_what_it_has_just_computed():
     from peerlearn.config import ConfigError
 
-    with pytest.raises(ConfigError, match="clock.overlap"):
+    with pytest.raises(ConfigError, match="clock.overlap: .* got dsgd with algorithm.order: atc"):
         tiny_config(algorithm={"name": "dsgd"}, clock={"overlap": True})  # adapt-then-combine
     with pytest.raises(ConfigError, match="clock.overlap"):
         tiny_config(algorithm={"name": "centralized"}, clock={"overlap": True})
